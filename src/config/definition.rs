@@ -1,0 +1,621 @@
+//! The PQA definition: named metrics over event-time windows, named signals
+//! (event / page-path / trait-change patterns), rules written in CEL, score
+//! weights, tiers and the announcement cooldown. All of it is configuration;
+//! [`DefinitionConfig::compile`] turns it into a [`CompiledDefinition`] the
+//! engine evaluates, or lists everything wrong with it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use cel::{Context, Env, Program, Value};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+/// Variables every rule can use besides the metrics it defines.
+pub const BUILTIN_VARIABLES: &[&str] = &["account_age_days", "account"];
+
+/// The definition as written in the config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefinitionConfig {
+    /// Version of this rule set; it goes into every output event. Change it
+    /// whenever the definition changes.
+    pub version: String,
+    /// Width of a time bucket in seconds (at most 3600). A window boundary is
+    /// exact to one bucket.
+    #[serde(default = "default_bucket_seconds")]
+    pub bucket_seconds: u32,
+    /// An account is not announced again for the same rule within this much
+    /// event time, unless its tier rises (e.g. `30d`).
+    pub cooldown: String,
+    /// How many leads (people) an event lists at most.
+    #[serde(default = "default_max_leads")]
+    pub max_leads: usize,
+    /// Which user traits a lead carries (from `identify` calls).
+    #[serde(default)]
+    pub lead_traits: Vec<String>,
+    /// Named numbers over windows; rules refer to them by name.
+    #[serde(default)]
+    pub metrics: Vec<MetricConfig>,
+    /// Numbers computed from metrics by a CEL expression (e.g. velocity).
+    #[serde(default)]
+    pub derived: Vec<DerivedConfig>,
+    /// Named behavioural signals.
+    #[serde(default)]
+    pub signals: Vec<SignalConfig>,
+    /// The rules; an account is a PQA when any fires.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// How the 0-100 score is made.
+    #[serde(default)]
+    pub score: ScoreConfig,
+    /// Tiers by minimum score, e.g. `hot` >= 70, `warm` >= 0.
+    #[serde(default)]
+    pub tiers: Vec<TierConfig>,
+}
+
+const fn default_bucket_seconds() -> u32 {
+    3600
+}
+const fn default_max_leads() -> usize {
+    5
+}
+
+/// What a metric counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    /// `track` and `page` events (optionally only some track event names).
+    Events,
+    /// Distinct users with a `track` or `page` event in the window (exact).
+    ActiveUsers,
+    /// Distinct `track` event names in the window (exact).
+    DistinctFeatures,
+    /// Occurrences of a named signal in the window.
+    Signal,
+}
+
+/// A named metric.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricConfig {
+    /// Name used in rules and in the output's `metrics` object.
+    pub name: String,
+    /// What it counts.
+    pub kind: MetricKind,
+    /// Window length, e.g. `28d`, `7d`, `12h`.
+    pub window: String,
+    /// Shift the window into the past (only for `events` and `signal`):
+    /// `window = "28d", offset = "7d"` is the 28 days before the last 7.
+    #[serde(default)]
+    pub offset: Option<String>,
+    /// For `events`: count only these track event names.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// For `signal`: the signal's name.
+    #[serde(default)]
+    pub signal: Option<String>,
+}
+
+/// A number computed from metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DerivedConfig {
+    pub name: String,
+    /// CEL expression over metrics (all metrics are doubles: write `4.0`).
+    pub expr: String,
+}
+
+/// A behavioural signal: matches if any of its patterns match.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalConfig {
+    pub name: String,
+    /// `track` event names (exact).
+    #[serde(default)]
+    pub track_events: Vec<String>,
+    /// Regular expression matched against the path of `page` events.
+    #[serde(default)]
+    pub page_path: Option<String>,
+    /// A user trait changing to one of some values (from an `identify`).
+    #[serde(default, rename = "trait")]
+    pub trait_change: Option<TraitChangeConfig>,
+}
+
+/// A user trait that becomes one of `becomes` (case-insensitive), from any
+/// other value or from none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraitChangeConfig {
+    pub name: String,
+    pub becomes: Vec<String>,
+}
+
+/// A rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: String,
+    /// What it means, for people reading the output and `/accounts`.
+    #[serde(default)]
+    pub description: String,
+    /// CEL condition over metrics, derived numbers, `account_age_days` and
+    /// `account` (the account's traits from `group` calls).
+    pub when: String,
+    /// Score points when the rule fires.
+    #[serde(default)]
+    pub points: u32,
+}
+
+/// Score = points of the rules that fire + bonus, clamped to 0..=100.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreConfig {
+    /// Optional CEL expression (a double) added to the rule points.
+    #[serde(default)]
+    pub bonus: Option<String>,
+}
+
+/// A tier: accounts with at least `min_score` get this tier (the highest
+/// that matches).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    pub name: String,
+    pub min_score: u32,
+}
+
+/// A metric ready to evaluate: windows in buckets.
+#[derive(Debug, Clone)]
+pub struct Metric {
+    pub name: String,
+    pub kind: MetricKind,
+    pub window_buckets: u32,
+    pub offset_buckets: u32,
+    /// For `events`: which counter slot of a bucket it reads.
+    pub counter: usize,
+    /// For `signal`: the signal index.
+    pub signal: usize,
+}
+
+/// A signal ready to match.
+#[derive(Debug, Clone)]
+pub struct Signal {
+    pub name: String,
+    pub track_events: HashSet<String>,
+    pub page_path: Option<Regex>,
+    pub trait_change: Option<(String, Vec<String>)>,
+}
+
+/// A compiled rule.
+pub struct Rule {
+    pub name: String,
+    pub description: String,
+    pub when: String,
+    pub program: Program,
+    pub points: u32,
+    /// Variables the condition reads, for explanations.
+    pub references: Vec<String>,
+}
+
+impl std::fmt::Debug for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rule").field("name", &self.name).field("when", &self.when).finish()
+    }
+}
+
+/// The definition ready to evaluate. Shared read-only (`Arc`) by the engine
+/// and the HTTP server.
+pub struct CompiledDefinition {
+    pub version: String,
+    pub bucket_seconds: i64,
+    pub cooldown_seconds: i64,
+    /// How far back in event time state must reach (longest window+offset).
+    pub retention_seconds: i64,
+    pub max_leads: usize,
+    pub lead_traits: Vec<String>,
+    pub metrics: Vec<Metric>,
+    /// Counter slots of a bucket: `None` counts every track/page event,
+    /// `Some(names)` only those track events. Slot 0 is always `None`.
+    pub counters: Vec<Option<HashSet<String>>>,
+    pub signals: Vec<Signal>,
+    pub derived: Vec<(String, Program)>,
+    pub rules: Vec<Rule>,
+    pub bonus: Option<Program>,
+    /// Highest first.
+    pub tiers: Vec<(String, u32)>,
+    pub env: Arc<Env>,
+}
+
+impl std::fmt::Debug for CompiledDefinition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledDefinition")
+            .field("version", &self.version)
+            .field("rules", &self.rules)
+            .finish()
+    }
+}
+
+/// Parses `28d`, `7d`, `12h`, `90 days`.
+pub fn parse_duration_seconds(s: &str) -> Result<i64, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration like `28d` or `12h`: {e}"))?;
+    i64::try_from(d.as_secs()).map_err(|_| format!("`{s}` is too long"))
+}
+
+impl DefinitionConfig {
+    /// Compiles and checks the definition. Every problem is reported, each
+    /// with its place (`definition.rules[1].when`).
+    pub fn compile(&self) -> Result<CompiledDefinition, Vec<ConfigError>> {
+        let mut errs = Vec::new();
+        let env = Arc::new(Env::stdlib());
+        if self.version.trim().is_empty() {
+            errs.push(ConfigError::new("definition.version", "must not be empty"));
+        }
+        let bucket = i64::from(self.bucket_seconds);
+        if !(60..=3600).contains(&bucket) || 3600 % bucket != 0 {
+            errs.push(ConfigError::new(
+                "definition.bucket_seconds",
+                "must divide 3600 and be between 60 and 3600 (a window boundary may be off by one bucket)",
+            ));
+        }
+        let bucket = bucket.clamp(60, 3600);
+        let cooldown_seconds = match parse_duration_seconds(&self.cooldown) {
+            Ok(s) => s,
+            Err(e) => {
+                errs.push(ConfigError::new("definition.cooldown", e));
+                0
+            }
+        };
+
+        let mut names: HashMap<String, String> = HashMap::new();
+        let mut claim = |name: &str, path: String, errs: &mut Vec<ConfigError>| {
+            if !is_identifier(name) {
+                errs.push(ConfigError::new(
+                    format!("{path}.name"),
+                    format!("`{name}` must be an identifier (letters, digits, `_`, not starting with a digit)"),
+                ));
+            } else if BUILTIN_VARIABLES.contains(&name) {
+                errs.push(ConfigError::new(format!("{path}.name"), format!("`{name}` is a built-in variable")));
+            } else if let Some(prev) = names.insert(name.to_string(), path.clone()) {
+                errs.push(ConfigError::new(format!("{path}.name"), format!("`{name}` is already defined at {prev}")));
+            }
+        };
+
+        // Signals.
+        let mut signals = Vec::new();
+        let mut signal_index = HashMap::new();
+        for (i, s) in self.signals.iter().enumerate() {
+            let path = format!("definition.signals[{i}]");
+            if signal_index.insert(s.name.clone(), i).is_some() {
+                errs.push(ConfigError::new(format!("{path}.name"), format!("signal `{}` is defined twice", s.name)));
+            }
+            let page_path = match &s.page_path {
+                Some(re) => match Regex::new(re) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        errs.push(ConfigError::new(format!("{path}.page_path"), format!("invalid regular expression: {e}")));
+                        None
+                    }
+                },
+                None => None,
+            };
+            if s.track_events.is_empty() && s.page_path.is_none() && s.trait_change.is_none() {
+                errs.push(ConfigError::new(
+                    path.clone(),
+                    "a signal needs at least one of track_events, page_path, trait",
+                ));
+            }
+            let trait_change = s.trait_change.as_ref().map(|t| {
+                if t.becomes.is_empty() {
+                    errs.push(ConfigError::new(format!("{path}.trait.becomes"), "needs at least one value"));
+                }
+                (t.name.clone(), t.becomes.iter().map(|v| v.to_lowercase()).collect())
+            });
+            signals.push(Signal {
+                name: s.name.clone(),
+                track_events: s.track_events.iter().cloned().collect(),
+                page_path,
+                trait_change,
+            });
+        }
+
+        // Metrics.
+        let mut metrics = Vec::new();
+        let mut counters: Vec<Option<HashSet<String>>> = vec![None];
+        let mut retention = 0i64;
+        for (i, m) in self.metrics.iter().enumerate() {
+            let path = format!("definition.metrics[{i}]");
+            claim(&m.name, path.clone(), &mut errs);
+            let window = match parse_duration_seconds(&m.window) {
+                Ok(0) => {
+                    errs.push(ConfigError::new(format!("{path}.window"), "must be longer than zero"));
+                    bucket
+                }
+                Ok(w) => w,
+                Err(e) => {
+                    errs.push(ConfigError::new(format!("{path}.window"), e));
+                    bucket
+                }
+            };
+            let offset = match &m.offset {
+                None => 0,
+                Some(o) => match parse_duration_seconds(o) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        errs.push(ConfigError::new(format!("{path}.offset"), e));
+                        0
+                    }
+                },
+            };
+            if offset > 0 && matches!(m.kind, MetricKind::ActiveUsers | MetricKind::DistinctFeatures) {
+                errs.push(ConfigError::new(
+                    format!("{path}.offset"),
+                    "distinct counts (active_users, distinct_features) are exact over trailing windows only; remove the offset",
+                ));
+            }
+            if !m.events.is_empty() && m.kind != MetricKind::Events {
+                errs.push(ConfigError::new(format!("{path}.events"), "only `events` metrics take an event filter"));
+            }
+            let mut counter = 0;
+            if m.kind == MetricKind::Events && !m.events.is_empty() {
+                let set: HashSet<String> = m.events.iter().cloned().collect();
+                counter = match counters.iter().position(|c| c.as_ref() == Some(&set)) {
+                    Some(p) => p,
+                    None => {
+                        counters.push(Some(set));
+                        counters.len() - 1
+                    }
+                };
+            }
+            let mut signal = 0;
+            if m.kind == MetricKind::Signal {
+                match m.signal.as_ref().and_then(|s| signal_index.get(s)) {
+                    Some(&s) => signal = s,
+                    None => errs.push(ConfigError::new(
+                        format!("{path}.signal"),
+                        match &m.signal {
+                            Some(s) => format!("no signal named `{s}` is defined in definition.signals"),
+                            None => "a `signal` metric needs `signal = \"<name>\"`".to_string(),
+                        },
+                    )),
+                }
+            } else if m.signal.is_some() {
+                errs.push(ConfigError::new(format!("{path}.signal"), "only `signal` metrics name a signal"));
+            }
+            retention = retention.max(window + offset);
+            let buckets = |s: i64| u32::try_from((s + bucket - 1) / bucket).unwrap_or(u32::MAX);
+            metrics.push(Metric {
+                name: m.name.clone(),
+                kind: m.kind,
+                window_buckets: buckets(window).max(1),
+                offset_buckets: buckets(offset),
+                counter,
+                signal,
+            });
+        }
+
+        // Derived numbers and rules: compile, then try them on sample
+        // accounts so that unknown names and type errors show up now, not
+        // on the first event.
+        let mut known: Vec<String> = metrics.iter().map(|m| m.name.clone()).collect();
+        let mut derived = Vec::new();
+        for (i, d) in self.derived.iter().enumerate() {
+            let path = format!("definition.derived[{i}]");
+            claim(&d.name, path.clone(), &mut errs);
+            if let Some(p) = compile_expr(&env, &d.expr, &format!("{path}.expr"), &known, &mut errs, ExpectType::Number) {
+                derived.push((d.name.clone(), p));
+            }
+            known.push(d.name.clone());
+        }
+        let mut rules = Vec::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let path = format!("definition.rules[{i}]");
+            claim(&r.name, path.clone(), &mut errs);
+            if let Some(program) = compile_expr(&env, &r.when, &format!("{path}.when"), &known, &mut errs, ExpectType::Bool) {
+                let refs = program.references();
+                let references = known
+                    .iter()
+                    .chain(BUILTIN_VARIABLES.iter().map(|s| s.to_string()).collect::<Vec<_>>().iter())
+                    .filter(|k| refs.has_variable(k.as_str()))
+                    .cloned()
+                    .collect();
+                rules.push(Rule {
+                    name: r.name.clone(),
+                    description: r.description.clone(),
+                    when: r.when.clone(),
+                    program,
+                    points: r.points,
+                    references,
+                });
+            }
+        }
+        if self.rules.is_empty() {
+            errs.push(ConfigError::new("definition.rules", "at least one rule is required"));
+        }
+        let bonus = self.score.bonus.as_ref().and_then(|b| {
+            compile_expr(&env, b, "definition.score.bonus", &known, &mut errs, ExpectType::Number)
+        });
+
+        let mut tiers: Vec<(String, u32)> = self.tiers.iter().map(|t| (t.name.clone(), t.min_score)).collect();
+        for (i, t) in self.tiers.iter().enumerate() {
+            if t.min_score > 100 {
+                errs.push(ConfigError::new(format!("definition.tiers[{i}].min_score"), "must be 0..=100"));
+            }
+            if self.tiers.iter().filter(|o| o.name == t.name).count() > 1 {
+                errs.push(ConfigError::new(format!("definition.tiers[{i}].name"), "tier names must be unique"));
+            }
+        }
+        if tiers.is_empty() {
+            errs.push(ConfigError::new("definition.tiers", "at least one tier is required"));
+        } else if !tiers.iter().any(|t| t.1 == 0) {
+            errs.push(ConfigError::new(
+                "definition.tiers",
+                "one tier must have min_score = 0, so that every PQA has a tier",
+            ));
+        }
+        tiers.sort_by(|a, b| b.1.cmp(&a.1));
+
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        Ok(CompiledDefinition {
+            version: self.version.clone(),
+            bucket_seconds: bucket,
+            cooldown_seconds,
+            retention_seconds: retention.max(bucket),
+            max_leads: self.max_leads,
+            lead_traits: self.lead_traits.clone(),
+            metrics,
+            counters,
+            signals,
+            derived,
+            rules,
+            bonus,
+            tiers,
+            env,
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum ExpectType {
+    Bool,
+    Number,
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Compiles `src` and runs it against sample values (all zeros, all large)
+/// so that unknown variables and type errors are configuration errors.
+fn compile_expr(
+    env: &Arc<Env>,
+    src: &str,
+    path: &str,
+    known: &[String],
+    errs: &mut Vec<ConfigError>,
+    expect: ExpectType,
+) -> Option<Program> {
+    let program = match env.compile(src) {
+        Ok(p) => p,
+        Err(e) => {
+            errs.push(ConfigError::new(path, format!("not a valid CEL expression: {e}")));
+            return None;
+        }
+    };
+    let refs = program.references();
+    let mut unknown: Vec<&str> = refs
+        .variables()
+        .into_iter()
+        .filter(|v| !known.iter().any(|k| k == v) && !BUILTIN_VARIABLES.contains(v))
+        .collect();
+    unknown.sort_unstable();
+    if !unknown.is_empty() {
+        errs.push(ConfigError::new(
+            path,
+            format!(
+                "unknown name(s) {}: define them under definition.metrics or definition.derived (known: {})",
+                unknown.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", "),
+                known.iter().chain(BUILTIN_VARIABLES.iter().map(|s| s.to_string()).collect::<Vec<_>>().iter()).cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+        return None;
+    }
+    for sample in [0.0, 1.0, 1000.0] {
+        let mut ctx = Context::with_env(env.clone());
+        for k in known {
+            ctx.add_variable_from_value(k.as_str(), Value::Float(sample));
+        }
+        ctx.add_variable_from_value("account_age_days", Value::Float(sample));
+        ctx.add_variable_from_value("account", Value::from(HashMap::<String, Value>::new()));
+        match program.execute(&ctx) {
+            Ok(Value::Bool(_)) if expect == ExpectType::Bool => {}
+            Ok(Value::Float(_) | Value::Int(_) | Value::UInt(_)) if expect == ExpectType::Number => {}
+            Ok(other) => {
+                errs.push(ConfigError::new(
+                    path,
+                    format!(
+                        "must give a {}, gives {:?} when every metric is {sample}",
+                        if expect == ExpectType::Bool { "true/false" } else { "number" },
+                        other
+                    ),
+                ));
+                return None;
+            }
+            Err(e) => {
+                errs.push(ConfigError::new(
+                    path,
+                    format!(
+                        "fails when every metric is {sample}: {e} (metrics are doubles: write `2.0 * x`, not `2 * x`)"
+                    ),
+                ));
+                return None;
+            }
+        }
+    }
+    Some(program)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> DefinitionConfig {
+        crate::config::Config::default_config().definition
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration_seconds("28d").unwrap(), 28 * 86400);
+        assert_eq!(parse_duration_seconds("12h").unwrap(), 12 * 3600);
+        assert!(parse_duration_seconds("soon").is_err());
+    }
+
+    #[test]
+    fn default_definition_has_the_product_numbers() {
+        let def = base().compile().unwrap();
+        let names: Vec<_> = def.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["team_adoption", "enterprise_evaluation", "usage_spike", "hand_raiser"]);
+        assert_eq!(def.cooldown_seconds, 30 * 86400);
+        assert_eq!(def.bucket_seconds, 3600);
+        assert!(def.retention_seconds >= 35 * 86400);
+    }
+
+    #[test]
+    fn unknown_variable_and_type_errors_are_reported() {
+        let mut d = base();
+        d.rules[0].when = "active_users_27d >= 7".into();
+        d.rules[1].when = "events_7d * 2 > 3".into();
+        d.rules[2].when = "events_7d".into();
+        let errs = d.compile().unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs[0].message.contains("active_users_27d"));
+        assert_eq!(errs[1].path, "definition.rules[1].when");
+        assert!(errs[2].message.contains("true/false"));
+    }
+
+    #[test]
+    fn duplicate_names_and_bad_windows() {
+        let mut d = base();
+        d.metrics[1].name = d.metrics[0].name.clone();
+        d.metrics[2].window = "forever".into();
+        let errs = d.compile().unwrap_err();
+        assert!(errs.iter().any(|e| e.message.contains("already defined")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.path.ends_with(".window")), "{errs:?}");
+    }
+
+    #[test]
+    fn distinct_metrics_refuse_offsets() {
+        let mut d = base();
+        let i = d.metrics.iter().position(|m| m.kind == MetricKind::ActiveUsers).unwrap();
+        d.metrics[i].offset = Some("7d".into());
+        let errs = d.compile().unwrap_err();
+        assert!(errs.iter().any(|e| e.path == format!("definition.metrics[{i}].offset")), "{errs:?}");
+    }
+}

@@ -1,0 +1,437 @@
+//! Configuration: serde structs for the file, layered loading (embedded
+//! defaults, then the file, then `PQA_...` environment variables) and
+//! validation that reports every problem at once with where it is.
+//!
+//! The PQA *definition* (metrics, signals, rules, score, tiers) lives in
+//! [`definition`]; everything else here is plumbing: Kafka, input field
+//! locations, state, HTTP.
+
+pub mod definition;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+pub use definition::{CompiledDefinition, DefinitionConfig};
+
+/// The configuration shipped in `config/pqa-engine.toml`, embedded so that
+/// `demo` and tests need no file on disk.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/pqa-engine.toml");
+
+/// Everything wrong with a configuration, each with where it is.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} problem(s) in the configuration:", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One configuration problem.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// Where: a dotted path such as `definition.rules[2].when`.
+    pub path: String,
+    /// What is wrong, in the user's terms.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Kafka connection, topics and librdkafka pass-through properties.
+    pub kafka: KafkaConfig,
+    /// Where fields live in the input events, and input limits.
+    pub input: InputConfig,
+    /// Local state (RocksDB).
+    pub state: StateConfig,
+    /// HTTP endpoints: metrics, health, account queries.
+    pub http: HttpConfig,
+    /// The PQA definition: metrics, signals, rules, score, tiers, cooldown.
+    pub definition: DefinitionConfig,
+}
+
+/// Kafka settings. Anything librdkafka understands can be passed through the
+/// `properties`, `consumer_properties` and `producer_properties` maps
+/// (SASL/SSL included); secrets given there are never logged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`: comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// Consumer group id; instances with the same id share the partitions.
+    pub group_id: String,
+    /// Topics carrying Segment-Spec JSON events.
+    pub input_topics: Vec<String>,
+    /// Topic the PQA CloudEvents are produced to (key = account id).
+    pub output_topic: String,
+    /// Dead-letter topic: rejected input with the reason in headers.
+    pub dlq_topic: String,
+    /// At most this many messages form one processing batch (one RocksDB
+    /// write, one producer flush, one offset store).
+    #[serde(default = "default_max_batch_messages")]
+    pub max_batch_messages: usize,
+    /// A batch is closed after this long even if not full.
+    #[serde(default = "default_max_batch_wait_ms")]
+    pub max_batch_wait_ms: u64,
+    /// librdkafka properties applied to both consumer and producer
+    /// (e.g. `security.protocol`, `sasl.mechanism`, `ssl.ca.location`).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only.
+    #[serde(default)]
+    pub consumer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only.
+    #[serde(default)]
+    pub producer_properties: BTreeMap<String, String>,
+}
+
+const fn default_max_batch_messages() -> usize {
+    10_000
+}
+const fn default_max_batch_wait_ms() -> u64 {
+    50
+}
+
+/// Input handling: field locations (JSON pointers, RFC 6901) and limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// Messages larger than this are dead-lettered (`too_large`).
+    pub max_message_bytes: usize,
+    /// Events whose time is further than this ahead of the wall clock are
+    /// dead-lettered (`future_timestamp`).
+    pub max_future_seconds: i64,
+    /// Where each field is found; the first pointer that resolves wins.
+    pub fields: FieldPointers,
+}
+
+/// JSON pointers for each field of an event. Lists are tried in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldPointers {
+    /// The Segment call type: `track`, `page`, `identify`, `group`
+    /// (`screen` is read as `page`).
+    pub r#type: Vec<String>,
+    /// The track event name.
+    pub event: Vec<String>,
+    /// The page name.
+    pub page_name: Vec<String>,
+    /// The page path (e.g. `/legal/privacy`).
+    pub page_path: Vec<String>,
+    /// The page URL, used for the path when no path is given.
+    pub page_url: Vec<String>,
+    /// The user id.
+    pub user_id: Vec<String>,
+    /// The account (group) id.
+    pub account_id: Vec<String>,
+    /// Event time: RFC 3339 strings or epoch milliseconds.
+    pub timestamp: Vec<String>,
+    /// Traits object of identify / group calls.
+    pub traits: Vec<String>,
+    /// Unique message id.
+    pub message_id: Vec<String>,
+}
+
+/// Local state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// RocksDB directory. It holds the counters and the consumed offsets.
+    pub dir: PathBuf,
+    /// Accounts kept hot in memory (an LRU in front of RocksDB). Memory is
+    /// bounded by this, not by the number of accounts.
+    pub cache_accounts: usize,
+    /// RocksDB block cache, in bytes.
+    pub block_cache_bytes: usize,
+    /// fsync the write-ahead log on every batch. Off, a process crash
+    /// (`kill -9`) still loses nothing; only an OS crash or power loss can.
+    pub sync_writes: bool,
+    /// Account, user and member records not touched for this long (in event
+    /// time) are dropped by compaction. Must exceed the longest window.
+    pub idle_ttl_days: u32,
+}
+
+/// HTTP server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address; localhost by default. Empty string disables HTTP.
+    pub addr: String,
+}
+
+impl Config {
+    /// The embedded default configuration.
+    pub fn default_config() -> Config {
+        Config::load_layers(None, false).expect("embedded default configuration is valid")
+    }
+
+    /// Loads the embedded defaults, then `file` on top, then `PQA_...`
+    /// environment variables (`PQA_KAFKA__BOOTSTRAP_SERVERS`, `__` nests).
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigErrors> {
+        Config::load_layers(file, true)
+    }
+
+    fn load_layers(file: Option<&Path>, env: bool) -> Result<Config, ConfigErrors> {
+        let mut fig = Figment::new().merge(Toml::string(DEFAULT_CONFIG_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigErrors(vec![ConfigError::new(
+                    path.display().to_string(),
+                    "file not found",
+                )]));
+            }
+            // A file that defines its own rules replaces the shipped ones
+            // instead of being merged item by item.
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigErrors(vec![ConfigError::new(path.display().to_string(), e.to_string())])
+            })?;
+            let doc: toml::Table = toml::from_str(&text).map_err(|e| {
+                ConfigErrors(vec![ConfigError::new(
+                    path.display().to_string(),
+                    format!("not valid TOML: {e}"),
+                )])
+            })?;
+            if let Some(def) = doc.get("definition").and_then(|d| d.as_table()) {
+                if def.contains_key("rules") || def.contains_key("metrics") {
+                    fig = Figment::new().merge(Toml::string(&strip_definition_lists()));
+                }
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        if env {
+            fig = fig.merge(Env::prefixed("PQA_").split("__"));
+        }
+        let cfg: Config = fig.extract().map_err(|e| {
+            ConfigErrors(
+                e.into_iter()
+                    .map(|e| {
+                        let path = if e.path.is_empty() {
+                            "config".to_string()
+                        } else {
+                            e.path.join(".")
+                        };
+                        let mut msg = e.kind.to_string();
+                        if let Some(meta) = &e.metadata {
+                            msg.push_str(&format!(" (from {})", meta.name));
+                        }
+                        ConfigError::new(path, msg)
+                    })
+                    .collect(),
+            )
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks everything and compiles the definition; every problem at once.
+    pub fn validate(&self) -> Result<CompiledDefinition, ConfigErrors> {
+        let mut errs = Vec::new();
+        if self.kafka.input_topics.is_empty() {
+            errs.push(ConfigError::new("kafka.input_topics", "at least one input topic is required"));
+        }
+        for (i, t) in self.kafka.input_topics.iter().enumerate() {
+            if t.trim().is_empty() {
+                errs.push(ConfigError::new(format!("kafka.input_topics[{i}]"), "empty topic name"));
+            }
+        }
+        if self.kafka.output_topic.trim().is_empty() {
+            errs.push(ConfigError::new("kafka.output_topic", "empty topic name"));
+        }
+        if self.kafka.dlq_topic.trim().is_empty() {
+            errs.push(ConfigError::new("kafka.dlq_topic", "empty topic name"));
+        }
+        if self.kafka.input_topics.contains(&self.kafka.output_topic) {
+            errs.push(ConfigError::new(
+                "kafka.output_topic",
+                "must not be one of the input topics (the engine would read its own output)",
+            ));
+        }
+        if self.kafka.max_batch_messages == 0 {
+            errs.push(ConfigError::new("kafka.max_batch_messages", "must be at least 1"));
+        }
+        if self.input.max_message_bytes == 0 {
+            errs.push(ConfigError::new("input.max_message_bytes", "must be at least 1"));
+        }
+        if self.input.max_future_seconds < 0 {
+            errs.push(ConfigError::new("input.max_future_seconds", "must not be negative"));
+        }
+        let f = &self.input.fields;
+        for (name, list) in [
+            ("type", &f.r#type),
+            ("event", &f.event),
+            ("page_name", &f.page_name),
+            ("page_path", &f.page_path),
+            ("page_url", &f.page_url),
+            ("user_id", &f.user_id),
+            ("account_id", &f.account_id),
+            ("timestamp", &f.timestamp),
+            ("traits", &f.traits),
+            ("message_id", &f.message_id),
+        ] {
+            for (i, p) in list.iter().enumerate() {
+                if !p.starts_with('/') {
+                    errs.push(ConfigError::new(
+                        format!("input.fields.{name}[{i}]"),
+                        format!("`{p}` is not a JSON pointer (it must start with `/`, e.g. `/context/groupId`)"),
+                    ));
+                }
+            }
+        }
+        for (name, list) in [("type", &f.r#type), ("user_id", &f.user_id), ("timestamp", &f.timestamp)] {
+            if list.is_empty() {
+                errs.push(ConfigError::new(format!("input.fields.{name}"), "needs at least one pointer"));
+            }
+        }
+        if self.state.cache_accounts == 0 {
+            errs.push(ConfigError::new("state.cache_accounts", "must be at least 1"));
+        }
+        if !self.http.addr.is_empty() && self.http.addr.parse::<SocketAddr>().is_err() {
+            errs.push(ConfigError::new(
+                "http.addr",
+                format!("`{}` is not an address like 127.0.0.1:9464", self.http.addr),
+            ));
+        }
+        let compiled = match self.definition.compile() {
+            Ok(c) => Some(c),
+            Err(mut e) => {
+                errs.append(&mut e);
+                None
+            }
+        };
+        if let Some(c) = &compiled {
+            let ttl = i64::from(self.state.idle_ttl_days) * 86_400;
+            if ttl < c.retention_seconds {
+                errs.push(ConfigError::new(
+                    "state.idle_ttl_days",
+                    format!(
+                        "must cover the longest window of the definition ({} days)",
+                        (c.retention_seconds + 86_399) / 86_400
+                    ),
+                ));
+            }
+        }
+        match (errs.is_empty(), compiled) {
+            (true, Some(c)) => Ok(c),
+            _ => Err(ConfigErrors(errs)),
+        }
+    }
+}
+
+/// The shipped defaults without the definition's lists, used as the base
+/// when a file brings its own metrics/rules (lists are replaced, not merged).
+fn strip_definition_lists() -> String {
+    let mut doc: toml::Table = toml::from_str(DEFAULT_CONFIG_TOML).expect("embedded config parses");
+    if let Some(def) = doc.get_mut("definition").and_then(|d| d.as_table_mut()) {
+        for k in ["metrics", "derived", "signals", "rules", "tiers"] {
+            def.remove(k);
+        }
+    }
+    toml::to_string(&doc).expect("embedded config serialises")
+}
+
+/// Names of librdkafka properties whose values must never be logged.
+pub fn is_secret_property(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.contains("password") || n.contains("secret") || n.contains("key.pem") || n.ends_with(".key") || n.contains("token")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let cfg = Config::default_config();
+        let def = cfg.validate().expect("default validates");
+        assert_eq!(def.rules.len(), 4);
+        assert_eq!(cfg.http.addr, "127.0.0.1:9464", "HTTP binds to localhost by default");
+    }
+
+    #[test]
+    fn unknown_field_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[kafka]\nbootstrap_server = 'x:1'\n").unwrap();
+        let err = Config::load(Some(&p)).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("bootstrap_server"), "{text}");
+    }
+
+    #[test]
+    fn every_error_at_once() {
+        let mut cfg = Config::default_config();
+        cfg.kafka.input_topics.clear();
+        cfg.http.addr = "nope".into();
+        cfg.input.fields.user_id = vec!["userId".into()];
+        cfg.definition.rules[0].when = "active_users_28d >= ".into();
+        let errs = cfg.validate().unwrap_err();
+        let paths: Vec<_> = errs.0.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"kafka.input_topics"), "{paths:?}");
+        assert!(paths.contains(&"http.addr"), "{paths:?}");
+        assert!(paths.contains(&"input.fields.user_id[0]"), "{paths:?}");
+        assert!(paths.iter().any(|p| p.starts_with("definition.rules[0].when")), "{paths:?}");
+    }
+
+    #[test]
+    fn file_with_own_rules_replaces_shipped_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            r#"
+[definition]
+version = "mine-1"
+[[definition.metrics]]
+name = "active_users_7d"
+kind = "active_users"
+window = "7d"
+[[definition.rules]]
+name = "small_team"
+when = "active_users_7d >= 2"
+points = 50
+[[definition.tiers]]
+name = "warm"
+min_score = 0
+"#,
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&p)).unwrap();
+        let def = cfg.validate().unwrap();
+        assert_eq!(def.rules.len(), 1);
+        assert_eq!(def.version, "mine-1");
+    }
+
+    #[test]
+    fn secrets_are_recognised() {
+        assert!(is_secret_property("sasl.password"));
+        assert!(is_secret_property("ssl.key.password"));
+        assert!(is_secret_property("sasl.oauthbearer.client.secret"));
+        assert!(!is_secret_property("bootstrap.servers"));
+    }
+}

@@ -1,0 +1,248 @@
+//! `pqa-engine demo`: nothing to install or configure. It starts an
+//! embedded Kafka (librdkafka's mock cluster, real Kafka protocol on
+//! loopback), a simulated product whose clock runs fast (weeks pass in
+//! seconds), the real engine (`run`) against it, and prints each PQA as it
+//! appears on the output topic.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::http::{self, AppState, Health};
+use crate::shutdown::Shutdown;
+use crate::sim::{SimConfig, Simulator};
+use crate::telemetry::Metrics;
+
+/// Demo settings.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Stop by itself after this long.
+    pub duration: Option<Duration>,
+    pub accounts: usize,
+    pub days: u32,
+    /// Wall-clock milliseconds per simulated day.
+    pub day_ms: u64,
+    pub seed: u64,
+    /// HTTP address; if busy, a free port is used instead.
+    pub http_addr: String,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            duration: None,
+            accounts: 300,
+            days: 90,
+            day_ms: 200,
+            seed: 42,
+            http_addr: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// What the demo saw, printed at the end.
+#[derive(Debug, Default, Clone)]
+pub struct DemoSummary {
+    pub events_produced: u64,
+    pub announcements: u64,
+    pub qualified_accounts: u64,
+    pub by_rule: BTreeMap<String, u64>,
+}
+
+const EVENTS_TOPIC: &str = "segment.events";
+
+/// Runs the demo until `opts.duration` passes or `shutdown` is triggered.
+pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) -> anyhow::Result<DemoSummary> {
+    let cluster = MockCluster::new(1).context("starting the embedded Kafka (mock cluster)")?;
+    let mut cfg = Config::default_config();
+    cluster.create_topic(EVENTS_TOPIC, 4, 1).context("creating the events topic")?;
+    cluster.create_topic(&cfg.kafka.output_topic, 1, 1).context("creating the output topic")?;
+    cluster.create_topic(&cfg.kafka.dlq_topic, 1, 1).context("creating the dead-letter topic")?;
+    let bootstrap = cluster.bootstrap_servers();
+    let state = tempfile::Builder::new().prefix("pqa-demo-").tempdir()?;
+    cfg.kafka.bootstrap_servers = bootstrap.clone();
+    cfg.kafka.group_id = "pqa-demo".into();
+    cfg.kafka.input_topics = vec![EVENTS_TOPIC.into()];
+    cfg.kafka.consumer_properties.insert("session.timeout.ms".into(), "6000".into());
+    cfg.state.dir = state.path().to_path_buf();
+    cfg.http.addr = opts.http_addr.clone();
+    let def = Arc::new(cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?);
+
+    let stop = Shutdown::new();
+    let metrics = Metrics::new();
+    let health = Health::new();
+    let app = AppState {
+        def: def.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+    };
+    let (http_addr, http_thread) = match http::spawn(&opts.http_addr, app.clone(), stop.clone()) {
+        Ok(x) => x,
+        Err(_) => http::spawn("127.0.0.1:0", app, stop.clone()).context("starting the HTTP server")?,
+    };
+
+    let now = chrono::Utc::now().timestamp();
+    let start_unix = (now / 86_400 - i64::from(opts.days)) * 86_400;
+    writeln!(out, "pqa-engine demo")?;
+    writeln!(out, "  embedded Kafka      {bootstrap}  (librdkafka mock cluster, topic {EVENTS_TOPIC} x4)")?;
+    writeln!(out, "  simulated product   {} accounts, {} days of usage, 1 day every {} ms", opts.accounts, opts.days, opts.day_ms)?;
+    writeln!(out, "  definition          {}  (config/pqa-engine.toml)", def.version)?;
+    writeln!(out, "  metrics             http://{http_addr}/metrics   accounts: http://{http_addr}/accounts/<id>")?;
+    writeln!(out)?;
+    out.flush()?;
+
+    // The engine: the same `run` as production, against the embedded Kafka.
+    let engine_cfg = cfg.clone();
+    let (engine_stop, engine_health, engine_metrics) = (stop.clone(), health.clone(), metrics.clone());
+    let engine = std::thread::Builder::new().name("pqa-engine".into()).spawn(move || {
+        crate::source::run(&engine_cfg, def, engine_metrics, engine_health, &engine_stop)
+    })?;
+
+    // The simulated product, paced by its fast clock.
+    let produced = Arc::new(Mutex::new(0u64));
+    let sim_stop = stop.clone();
+    let sim_produced = produced.clone();
+    let sim_cfg = SimConfig {
+        seed: opts.seed,
+        accounts: opts.accounts,
+        start_unix,
+        days: opts.days,
+    };
+    let day_ms = opts.day_ms.max(1);
+    let sim_bootstrap = bootstrap.clone();
+    let sim = std::thread::Builder::new().name("pqa-sim".into()).spawn(move || -> anyhow::Result<()> {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &sim_bootstrap)
+            .set("linger.ms", "5")
+            .create()?;
+        let t0 = Instant::now();
+        for ev in Simulator::new(sim_cfg) {
+            if sim_stop.is_triggered() {
+                break;
+            }
+            let due = Duration::from_millis(((ev.time - start_unix).max(0) as u64) * day_ms / 86_400);
+            if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                producer.poll(Duration::ZERO);
+                if sim_stop.sleep(wait) {
+                    break;
+                }
+            }
+            let mut rec = BaseRecord::<str, str>::to(EVENTS_TOPIC).key(&ev.account).payload(&ev.json);
+            loop {
+                match producer.send(rec) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        producer.poll(Duration::from_millis(10));
+                        rec = r;
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+            *sim_produced.lock().expect("lock") += 1;
+        }
+        producer.flush(Duration::from_secs(10))?;
+        Ok(())
+    })?;
+
+    // The live view: read the output topic and print each announcement.
+    let viewer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "pqa-demo-viewer")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&cfg.kafka.output_topic, 0, Offset::Beginning)?;
+    viewer.assign(&tpl)?;
+    drop(tpl);
+
+    let started = Instant::now();
+    let mut summary = DemoSummary::default();
+    let mut qualified = std::collections::BTreeSet::new();
+    loop {
+        if shutdown.is_triggered() || opts.duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        match viewer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                if let Some(v) = m.payload().and_then(|p| serde_json::from_slice::<Value>(p).ok()) {
+                    summary.announcements += 1;
+                    if v["type"] == crate::emit::TYPE_QUALIFIED {
+                        qualified.insert(v["subject"].as_str().unwrap_or_default().to_string());
+                        for r in v["data"]["rules"].as_array().into_iter().flatten() {
+                            *summary.by_rule.entry(r.as_str().unwrap_or_default().to_string()).or_default() += 1;
+                        }
+                    }
+                    writeln!(out, "{}", render_line(&v))?;
+                    out.flush()?;
+                }
+            }
+            Some(Err(e)) => tracing::debug!(cause = %e, "viewer"),
+            None => {}
+        }
+        if engine.is_finished() {
+            writeln!(out, "the engine stopped unexpectedly")?;
+            break;
+        }
+    }
+    stop.trigger();
+    let engine_result = engine.join().map_err(|_| anyhow::anyhow!("engine thread panicked"))?;
+    let _ = sim.join();
+    let _ = http_thread.join();
+    drop(viewer);
+    engine_result.context("engine")?;
+    summary.events_produced = *produced.lock().expect("lock");
+    summary.qualified_accounts = qualified.len() as u64;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{} events produced, {} announcements, {} accounts qualified",
+        summary.events_produced, summary.announcements, summary.qualified_accounts
+    )?;
+    for (rule, n) in &summary.by_rule {
+        writeln!(out, "  {rule:<24} {n}")?;
+    }
+    drop(cluster);
+    Ok(summary)
+}
+
+/// One readable line per announcement.
+pub fn render_line(v: &Value) -> String {
+    let d = &v["data"];
+    let time = v["time"].as_str().unwrap_or_default();
+    let day = time.get(..16).unwrap_or(time).replace('T', " ");
+    let account = d["account_id"].as_str().unwrap_or_default();
+    let name = d["account"]["name"].as_str().unwrap_or("");
+    let kind = match v["type"].as_str().unwrap_or_default() {
+        crate::emit::TYPE_QUALIFIED => "PQA         ",
+        crate::emit::TYPE_TIER_CHANGED => "TIER UP     ",
+        crate::emit::TYPE_DISQUALIFIED => "DISQUALIFIED",
+        _ => "?           ",
+    };
+    let rules: Vec<&str> = d["rules"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let lead = d["leads"]
+        .get(0)
+        .map(|l| {
+            let who = l["traits"]["email"].as_str().or(l["user_id"].as_str()).unwrap_or_default();
+            let why: Vec<&str> = l["why"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            format!("  lead {who} ({})", why.join(", "))
+        })
+        .unwrap_or_default();
+    format!(
+        "[{day}] {kind} {account:<12} {name:<12} {:<40} score {:>3} {:<4}{lead}",
+        rules.join("+"),
+        d["score"].as_u64().unwrap_or(0),
+        d["tier"].as_str().unwrap_or_default(),
+    )
+}

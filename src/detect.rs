@@ -1,0 +1,287 @@
+//! Detect: evaluate the definition's metrics, derived numbers and rules for
+//! one account at one moment of event time, and compute score and tier.
+
+use std::collections::HashMap;
+
+use cel::{Context, Value};
+use serde_json::Value as Json;
+
+use crate::config::CompiledDefinition;
+use crate::state::account::{bucket_of, AccountState};
+
+/// The outcome of one rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Fires,
+    DoesNotFire,
+    /// The condition could not be evaluated (e.g. a trait of the wrong
+    /// type); the rule does not fire.
+    Error(String),
+}
+
+/// Everything known about an account at one moment.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// Metrics then derived numbers, in definition order.
+    pub values: Vec<(String, f64)>,
+    /// Per rule, in definition order.
+    pub outcomes: Vec<Outcome>,
+    /// Indices of the rules that fire.
+    pub fired: Vec<usize>,
+    /// 0..=100.
+    pub score: u32,
+    /// Index into `CompiledDefinition::tiers`.
+    pub tier: usize,
+    pub account_age_days: f64,
+}
+
+impl Evaluation {
+    pub fn value(&self, name: &str) -> Option<f64> {
+        self.values.iter().find(|v| v.0 == name).map(|v| v.1)
+    }
+}
+
+/// Converts account traits (a JSON object) into a CEL map.
+pub fn traits_to_cel(traits_json: &str) -> Value {
+    let json: Json = serde_json::from_str(traits_json).unwrap_or(Json::Object(Default::default()));
+    match json_to_cel(&json) {
+        v @ Value::Map(_) => v,
+        _ => Value::from(HashMap::<String, Value>::new()),
+    }
+}
+
+fn json_to_cel(j: &Json) -> Value {
+    match j {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(0.0)),
+        },
+        Json::String(s) => Value::from(s.as_str()),
+        Json::Array(a) => Value::List(a.iter().map(json_to_cel).collect::<Vec<_>>().into()),
+        Json::Object(o) => Value::from(o.iter().map(|(k, v)| (k.clone(), json_to_cel(v))).collect::<HashMap<String, Value>>()),
+    }
+}
+
+/// Evaluates the definition for `acct` at event time `now_ms`. `traits` is
+/// the account's traits as a CEL map ([`traits_to_cel`]).
+pub fn evaluate(def: &CompiledDefinition, acct: &AccountState, traits: &Value, now_ms: i64) -> Evaluation {
+    let now = bucket_of(now_ms, def.bucket_seconds);
+    let mut values: Vec<(String, f64)> = def
+        .metrics
+        .iter()
+        .map(|m| (m.name.clone(), acct.metric(m, now, def.bucket_seconds)))
+        .collect();
+    let age = acct.age_days(now_ms);
+    let mut ctx = Context::with_env(def.env.clone());
+    for (k, v) in &values {
+        ctx.add_variable_from_value(k.as_str(), Value::Float(*v));
+    }
+    ctx.add_variable_from_value("account_age_days", Value::Float(age));
+    ctx.add_variable_from_value("account", traits.clone());
+    for (name, program) in &def.derived {
+        let v = match program.execute(&ctx) {
+            Ok(v) => as_f64(&v).filter(|x| x.is_finite()).unwrap_or(0.0),
+            Err(_) => 0.0,
+        };
+        ctx.add_variable_from_value(name.as_str(), Value::Float(v));
+        values.push((name.clone(), v));
+    }
+    let mut outcomes = Vec::with_capacity(def.rules.len());
+    let mut fired = Vec::new();
+    let mut points = 0.0;
+    for (i, r) in def.rules.iter().enumerate() {
+        let o = match r.program.execute(&ctx) {
+            Ok(Value::Bool(true)) => Outcome::Fires,
+            Ok(Value::Bool(false)) => Outcome::DoesNotFire,
+            Ok(other) => Outcome::Error(format!("condition gave {other:?}, not true/false")),
+            Err(e) => Outcome::Error(e.to_string()),
+        };
+        if o == Outcome::Fires {
+            fired.push(i);
+            points += f64::from(r.points);
+        }
+        outcomes.push(o);
+    }
+    let bonus = match &def.bonus {
+        Some(p) if !fired.is_empty() => p.execute(&ctx).ok().and_then(|v| as_f64(&v)).filter(|x| x.is_finite()).unwrap_or(0.0),
+        _ => 0.0,
+    };
+    let score = if fired.is_empty() { 0 } else { (points + bonus).round().clamp(0.0, 100.0) as u32 };
+    let tier = def.tiers.iter().position(|t| score >= t.1).unwrap_or(def.tiers.len() - 1);
+    Evaluation {
+        values,
+        outcomes,
+        fired,
+        score,
+        tier,
+        account_age_days: age,
+    }
+}
+
+fn as_f64(v: &Value) -> Option<f64> {
+    match v {
+        Value::Float(f) => Some(*f),
+        Value::Int(i) => Some(*i as f64),
+        Value::UInt(u) => Some(*u as f64),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each rule of the default definition, on and just off its threshold,
+    //! with controlled event time.
+    use super::*;
+    use crate::config::Config;
+
+    const H: i64 = 3_600_000;
+    const D: i64 = 24 * H;
+    const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+    struct Acct {
+        def: CompiledDefinition,
+        state: AccountState,
+        users: HashMap<String, u32>,
+    }
+
+    impl Acct {
+        fn new() -> Self {
+            Acct {
+                def: Config::default_config().validate().unwrap(),
+                state: AccountState::default(),
+                users: HashMap::new(),
+            }
+        }
+        fn event(&mut self, user: &str, t: i64) {
+            let b = bucket_of(t, self.def.bucket_seconds);
+            if self.state.first_seen_ms == 0 {
+                self.state.first_seen_ms = t;
+            }
+            self.state.last_seen_ms = self.state.last_seen_ms.max(t);
+            self.state.add_event(b, &[0], self.def.counters.len());
+            let old = self.users.get(user).copied();
+            self.state.move_user(old, b);
+            let e = self.users.entry(user.to_string()).or_insert(b);
+            *e = (*e).max(b);
+        }
+        fn users(&mut self, n: usize, t: i64) {
+            for u in 0..n {
+                self.event(&format!("u{u}"), t);
+            }
+        }
+        fn signal(&mut self, s: &str, t: i64) {
+            self.state.add_signal(s, "u0", t);
+            self.state.last_seen_ms = self.state.last_seen_ms.max(t);
+        }
+        fn fired_at(&self, now: i64) -> Vec<String> {
+            let e = evaluate(&self.def, &self.state, &traits_to_cel("{}"), now);
+            e.fired.iter().map(|&i| self.def.rules[i].name.clone()).collect()
+        }
+    }
+
+    #[test]
+    fn team_adoption_at_seven_not_six() {
+        let mut a = Acct::new();
+        a.users(6, T0);
+        assert!(a.fired_at(T0).is_empty());
+        a.event("u6", T0 + H);
+        assert_eq!(a.fired_at(T0 + H), ["team_adoption"]);
+        // 28 days later (minus the bucket) the first six are still in...
+        assert_eq!(a.fired_at(T0 + 28 * D - 2 * H), ["team_adoption"]);
+        // ...and just after, they are not.
+        assert!(a.fired_at(T0 + 28 * D + H).is_empty());
+    }
+
+    #[test]
+    fn enterprise_evaluation_needs_three_users_and_a_fresh_signal() {
+        let mut a = Acct::new();
+        a.users(2, T0);
+        a.signal("legal_page_visit", T0);
+        assert!(a.fired_at(T0).is_empty(), "2 users are not enough");
+        a.event("u2", T0 + H);
+        assert_eq!(a.fired_at(T0 + H), ["enterprise_evaluation"]);
+        // The visit is 14 days old (minus a bucket): still fires; 15 days: not.
+        assert_eq!(a.fired_at(T0 + 14 * D - 2 * H), ["enterprise_evaluation"]);
+        assert!(a.fired_at(T0 + 15 * D).is_empty());
+        let mut b = Acct::new();
+        b.users(3, T0);
+        b.signal("admin_switch", T0 + 2 * H);
+        assert_eq!(b.fired_at(T0 + 2 * H), ["enterprise_evaluation"]);
+    }
+
+    #[test]
+    fn usage_spike_thresholds() {
+        // Baseline: 21 events a week (one per user per day) from day 0.
+        let base = |a: &mut Acct| {
+            for day in 0..35 {
+                for k in 0..3 {
+                    a.event(&format!("u{k}"), T0 + day * D + k * H);
+                }
+            }
+        };
+        let week = |a: &mut Acct, n: i64| {
+            for i in 0..n {
+                a.event(&format!("u{}", i % 3), T0 + 35 * D + (i * 6 * D) / n.max(1));
+            }
+        };
+        let now = T0 + 41 * D + 12 * H;
+        let mut a = Acct::new();
+        base(&mut a);
+        week(&mut a, 100);
+        let prev = a.state.metric(&a.def.metrics[4], bucket_of(now, 3600), 3600);
+        assert!(prev < 100.0, "baseline of 28 days is {prev}");
+        assert_eq!(a.fired_at(now), ["usage_spike"]);
+
+        let mut b = Acct::new();
+        base(&mut b);
+        week(&mut b, 99);
+        assert!(b.fired_at(now).is_empty(), "99 events is under 100");
+
+        // Not 2x the weekly average: baseline 60/week, then 110.
+        let mut c = Acct::new();
+        for day in 0..35 {
+            for k in 0..9 {
+                c.event(&format!("u{}", k % 3), T0 + day * D + k * H);
+            }
+        }
+        week(&mut c, 110);
+        assert!(c.fired_at(now).is_empty(), "110 is under 2x a weekly average of 63");
+
+        // A new account: busy first week, no baseline.
+        let mut d = Acct::new();
+        for i in 0..300 {
+            d.event(&format!("u{}", i % 3), T0 + (i * 6 * D) / 300);
+        }
+        assert!(d.fired_at(T0 + 6 * D + 12 * H).is_empty(), "a new account's first week is no spike");
+    }
+
+    #[test]
+    fn hand_raiser_fires_alone() {
+        let mut a = Acct::new();
+        a.event("u0", T0);
+        a.signal("hand_raise", T0);
+        assert_eq!(a.fired_at(T0), ["hand_raiser"]);
+    }
+
+    #[test]
+    fn score_and_tier() {
+        let mut a = Acct::new();
+        a.users(9, T0);
+        a.signal("hand_raise", T0);
+        a.signal("admin_switch", T0);
+        let e = evaluate(&a.def, &a.state, &traits_to_cel(r#"{"employees":5000}"#), T0);
+        assert_eq!(e.fired.len(), 3);
+        assert_eq!(e.score, 100);
+        assert_eq!(a.def.tiers[e.tier].0, "hot");
+        let mut b = Acct::new();
+        b.users(7, T0);
+        let e = evaluate(&b.def, &b.state, &traits_to_cel("{}"), T0);
+        assert_eq!(e.score, 30 + 7);
+        assert_eq!(b.def.tiers[e.tier].0, "warm");
+        // A trait of the wrong type does not break scoring.
+        let e = evaluate(&b.def, &b.state, &traits_to_cel(r#"{"employees":"many"}"#), T0);
+        assert_eq!(e.score, 37);
+    }
+}

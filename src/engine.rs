@@ -1,0 +1,447 @@
+//! The engine core: decode -> state -> detect -> emit, for one record at a
+//! time, with an explicit [`Engine::commit`] per batch. It does not know
+//! whether records come from Kafka, a file, a test or a benchmark: that is
+//! what makes `run`, `replay`, the tests and the benches one code path.
+//!
+//! Evaluation happens after every event that touches an account, at the
+//! account's event time, so what is announced does not depend on how the
+//! input was cut into batches: a crash and a restart with other batch
+//! boundaries give the same announcements with the same ids.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+
+use crate::config::{CompiledDefinition, InputConfig};
+use crate::decode::{Decoder, Event, Kind, Reason, Rejection};
+use crate::detect::{evaluate, traits_to_cel, Outcome};
+use crate::emit::{self, Announcement, EventInput, Lead, OutputEvent};
+use crate::state::account::{bucket_of, SignalHit};
+use crate::state::store::CommitStats;
+use crate::state::{StateError, StateReader, Store};
+use crate::telemetry::Metrics;
+
+/// One input record, wherever it came from.
+#[derive(Debug, Clone, Copy)]
+pub struct InputRecord<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    /// `None` is a tombstone (null value).
+    pub payload: Option<&'a [u8]>,
+    /// Kafka's timestamp of the record, for latency metrics.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// A rejected input record, for the dead-letter output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The original bytes, unchanged (empty for a tombstone).
+    pub payload: Vec<u8>,
+    pub reason: Reason,
+    pub detail: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// What processing produced: announcements and dead letters, in order.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub events: Vec<OutputEvent>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl Output {
+    pub fn clear(&mut self) {
+        self.events.clear();
+        self.dead_letters.clear();
+    }
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.dead_letters.is_empty()
+    }
+}
+
+/// Engine errors: only state (disk) problems. Bad input is never an error,
+/// it is a [`DeadLetter`].
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// The engine. Owns the state; one per process (or per partition worker).
+pub struct Engine {
+    def: Arc<CompiledDefinition>,
+    decoder: Decoder,
+    store: Store,
+    metrics: Metrics,
+    clock: Box<dyn Fn() -> i64 + Send>,
+    /// Next offset to apply, per (topic, partition), as far as applied in
+    /// memory (committed or pending).
+    positions: HashMap<(String, i32), i64>,
+    /// Partitions advanced since the last commit.
+    pending: HashMap<(String, i32), i64>,
+    retention_ms: i64,
+    retention_buckets: u32,
+    /// Records applied since the last commit (for latency metrics).
+    batch_oldest_ts: Option<i64>,
+}
+
+impl Engine {
+    pub fn new(def: Arc<CompiledDefinition>, input: InputConfig, store: Store, metrics: Metrics) -> Engine {
+        let retention_ms = def.retention_seconds * 1000;
+        let retention_buckets = u32::try_from(def.retention_seconds / def.bucket_seconds + 1).unwrap_or(u32::MAX);
+        Engine {
+            def,
+            decoder: Decoder::new(input),
+            store,
+            metrics,
+            clock: Box::new(|| chrono::Utc::now().timestamp_millis()),
+            positions: HashMap::new(),
+            pending: HashMap::new(),
+            retention_ms,
+            retention_buckets,
+            batch_oldest_ts: None,
+        }
+    }
+
+    /// Replaces the wall clock (used only to reject events from the future).
+    pub fn with_clock(mut self, clock: impl Fn() -> i64 + Send + 'static) -> Engine {
+        self.clock = Box::new(clock);
+        self
+    }
+
+    pub fn definition(&self) -> &Arc<CompiledDefinition> {
+        &self.def
+    }
+
+    pub fn reader(&self) -> StateReader {
+        self.store.reader()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The next offset to apply for a partition: what this engine applied,
+    /// else what RocksDB says was committed.
+    pub fn position(&mut self, topic: &str, partition: i32) -> Result<Option<i64>, EngineError> {
+        if let Some(p) = self.positions.get(&(topic.to_string(), partition)) {
+            return Ok(Some(*p));
+        }
+        let p = self.store.reader().offset(topic, partition)?;
+        if let Some(p) = p {
+            self.positions.insert((topic.to_string(), partition), p);
+        }
+        Ok(p)
+    }
+
+    /// Applies one record. Records at offsets already applied are skipped,
+    /// so Kafka redelivering after a restart or rebalance changes nothing.
+    pub fn process(&mut self, rec: &InputRecord<'_>, out: &mut Output) -> Result<(), EngineError> {
+        if let Some(next) = self.position(rec.topic, rec.partition)? {
+            if rec.offset < next {
+                self.metrics.duplicates_skipped.inc();
+                return Ok(());
+            }
+        }
+        if let Some(ts) = rec.timestamp_ms {
+            self.batch_oldest_ts = Some(self.batch_oldest_ts.map_or(ts, |o| o.min(ts)));
+        }
+        let now = (self.clock)();
+        let result = match self.decoder.decode(rec.payload, now) {
+            Ok(ev) => self.apply(ev, out)?,
+            Err(r) => Err(r),
+        };
+        if let Err(rej) = result {
+            self.metrics.dead_letters.with_label_values(&[rej.reason.as_str()]).inc();
+            out.dead_letters.push(DeadLetter {
+                payload: rec.payload.map(<[u8]>::to_vec).unwrap_or_default(),
+                reason: rej.reason,
+                detail: rej.detail,
+                topic: rec.topic.to_string(),
+                partition: rec.partition,
+                offset: rec.offset,
+            });
+        }
+        let key = (rec.topic.to_string(), rec.partition);
+        self.positions.insert(key.clone(), rec.offset + 1);
+        self.pending.insert(key, rec.offset + 1);
+        Ok(())
+    }
+
+    /// Makes everything applied since the last commit durable: state and
+    /// consumed offsets in one RocksDB write. Call it only after the batch's
+    /// output has been delivered.
+    pub fn commit(&mut self) -> Result<CommitStats, EngineError> {
+        let started = Instant::now();
+        let offsets: Vec<(String, i32, i64)> = self.pending.drain().map(|((t, p), o)| (t, p, o)).collect();
+        let stats = self.store.commit(&offsets)?;
+        self.metrics.commits.with_label_values(&["state"]).inc();
+        self.metrics.batch_seconds.with_label_values(&["state_commit"]).observe(started.elapsed().as_secs_f64());
+        self.metrics.cache_accounts.set(stats.cached_accounts as i64);
+        self.metrics.watermark_seconds.set(self.store.watermark_ms() / 1000);
+        if let Some(ts) = self.batch_oldest_ts.take() {
+            let now = chrono::Utc::now().timestamp_millis();
+            self.metrics.end_to_end_seconds.observe(((now - ts).max(0) as f64) / 1000.0);
+        }
+        Ok(stats)
+    }
+
+    /// Forgets everything applied since the last commit (the batch's output
+    /// could not be delivered): the next records are applied again on top
+    /// of the committed state.
+    pub fn abort(&mut self) {
+        self.pending.clear();
+        self.positions.clear();
+        self.batch_oldest_ts = None;
+        self.store.discard_cache();
+    }
+
+    /// Offsets committed to RocksDB for the given partitions (next to read).
+    pub fn committed_offsets(&self) -> Result<Vec<((String, i32), i64)>, EngineError> {
+        Ok(self.store.reader().offsets()?)
+    }
+
+    /// Forgets in-memory positions for partitions this instance no longer
+    /// owns (after a rebalance), so that their state is read again from
+    /// RocksDB if they come back.
+    pub fn release_partitions(&mut self, parts: &[(String, i32)]) {
+        for p in parts {
+            self.positions.remove(p);
+        }
+    }
+
+    /// Flushes RocksDB memtables (clean shutdown).
+    pub fn close(&mut self) -> Result<(), EngineError> {
+        self.store.flush_to_disk()?;
+        Ok(())
+    }
+
+    fn apply(&mut self, ev: Event, out: &mut Output) -> Result<Result<(), Rejection>, EngineError> {
+        let started = Instant::now();
+        let wm = self.store.watermark_ms();
+        if wm > 0 && ev.time_ms < wm - self.retention_ms {
+            return Ok(Err(Rejection::new(
+                Reason::TooLate,
+                format!(
+                    "event time {} is older than the longest window before the latest event time {}",
+                    emit::format_time_ms(ev.time_ms),
+                    emit::format_time_ms(wm)
+                ),
+            )));
+        }
+        let def = self.def.clone();
+
+        // The user: account link, traits, trait-change signals.
+        let mut hits: Vec<&str> = Vec::new();
+        let user = self.store.user(&ev.user_id)?;
+        let account = ev.account_id.clone().or_else(|| user.state.account.clone());
+        if let Some(a) = &ev.account_id {
+            if user.state.account.as_deref() != Some(a.as_str()) {
+                user.state.account = Some(a.clone());
+                user.dirty = true;
+            }
+        }
+        if ev.kind == Kind::Identify {
+            if let Some(new) = &ev.traits {
+                let mut traits: Map<String, Value> = serde_json::from_str(&user.state.traits_json).unwrap_or_default();
+                for s in &def.signals {
+                    if let Some((name, becomes)) = &s.trait_change {
+                        let matches = |v: Option<&Value>| {
+                            v.and_then(Value::as_str).is_some_and(|x| becomes.iter().any(|b| b.eq_ignore_ascii_case(x)))
+                        };
+                        if new.contains_key(name) && matches(new.get(name)) && !matches(traits.get(name)) {
+                            hits.push(&s.name);
+                        }
+                    }
+                }
+                for (k, v) in new {
+                    traits.insert(k.clone(), v.clone());
+                }
+                user.state.traits_json = Value::Object(traits).to_string();
+                user.dirty = true;
+            }
+        }
+        // Refresh the user's idle-TTL clock at most daily (saves writes).
+        if ev.time_ms > user.state.updated_ms + 86_400_000 {
+            user.state.updated_ms = ev.time_ms;
+            user.dirty = true;
+        }
+        let Some(account) = account else {
+            return Ok(match ev.kind {
+                Kind::Identify => Ok(()),
+                _ => Err(Rejection::new(
+                    Reason::NoAccount,
+                    "no account id in the event and no account known for the user (send a group call or context.groupId)",
+                )),
+            });
+        };
+        match ev.kind {
+            Kind::Track => {
+                let name = ev.name.as_deref().unwrap_or_default();
+                hits.extend(def.signals.iter().filter(|s| s.track_events.contains(name)).map(|s| s.name.as_str()));
+            }
+            Kind::Page => {
+                if let Some(path) = ev.path.as_deref() {
+                    hits.extend(
+                        def.signals
+                            .iter()
+                            .filter(|s| s.page_path.as_ref().is_some_and(|r| r.is_match(path)))
+                            .map(|s| s.name.as_str()),
+                    );
+                }
+            }
+            _ => {}
+        }
+
+        // The account.
+        self.store.set_watermark_ms(ev.time_ms);
+        let reader = self.store.reader();
+        let entry = self.store.account(&account)?;
+        let st = &mut entry.state;
+        if st.first_seen_ms == 0 || ev.time_ms < st.first_seen_ms {
+            st.first_seen_ms = ev.time_ms;
+        }
+        st.last_seen_ms = st.last_seen_ms.max(ev.time_ms);
+        st.seq += 1;
+        entry.dirty = true;
+        let idx = bucket_of(ev.time_ms, def.bucket_seconds);
+        if ev.kind == Kind::Group {
+            if let Some(new) = &ev.traits {
+                let mut traits: Map<String, Value> = serde_json::from_str(&entry.state.traits_json).unwrap_or_default();
+                for (k, v) in new {
+                    traits.insert(k.clone(), v.clone());
+                }
+                entry.state.traits_json = Value::Object(traits).to_string();
+                entry.traits_cel = None;
+            }
+        }
+        if ev.kind.is_usage() {
+            let mut slots = [0usize; 8];
+            let mut n = 1;
+            if ev.kind == Kind::Track {
+                let name = ev.name.as_deref().unwrap_or_default();
+                for (i, c) in def.counters.iter().enumerate().skip(1) {
+                    if c.as_ref().is_some_and(|set| set.contains(name)) && n < slots.len() {
+                        slots[n] = i;
+                        n += 1;
+                    }
+                }
+            }
+            entry.state.add_event(idx, &slots[..n], def.counters.len());
+            if ev.kind == Kind::Track {
+                entry.state.touch_feature(ev.name.as_deref().unwrap_or_default(), idx);
+            }
+            let member = reader.member_into(entry, &account, &ev.user_id)?;
+            let old = (member.state.last_seen_ms > 0).then(|| bucket_of(member.state.last_seen_ms, def.bucket_seconds));
+            member.state.add_event(ev.time_ms);
+            member.state.prune(ev.time_ms, (self.retention_ms / 86_400_000) as u32 + 1);
+            member.dirty = true;
+            entry.state.move_user(old, idx);
+        }
+        for s in &hits {
+            entry.state.add_signal(s, &ev.user_id, ev.time_ms);
+        }
+        let now_ms = entry.state.last_seen_ms;
+        entry.state.prune(bucket_of(now_ms, def.bucket_seconds), self.retention_buckets, def.bucket_seconds);
+
+        // Detect.
+        let traits = entry.traits_cel.get_or_insert_with(|| traits_to_cel(&entry.state.traits_json));
+        let eval = evaluate(&def, &entry.state, traits, now_ms);
+        for (i, o) in eval.outcomes.iter().enumerate() {
+            if let Outcome::Error(e) = o {
+                self.metrics.rule_errors.with_label_values(&[&def.rules[i].name]).inc();
+                tracing::debug!(rule = %def.rules[i].name, account = %account, cause = %e, "rule could not be evaluated");
+            }
+        }
+        self.metrics.events.with_label_values(&[ev.kind.as_str()]).inc();
+        let decision = emit::decide(&def, &mut entry.state.announced, &eval, now_ms);
+        let Some((kind, previous_tier)) = decision else {
+            self.metrics.batch_seconds.with_label_values(&["apply"]).observe(started.elapsed().as_secs_f64());
+            return Ok(Ok(()));
+        };
+
+        // Emit: gather what the event explains itself with.
+        let now_bucket = bucket_of(now_ms, def.bucket_seconds);
+        let signals: Vec<SignalHit> = entry.state.live_signals(&def, now_bucket).cloned().collect();
+        let account_traits: Map<String, Value> = serde_json::from_str(&entry.state.traits_json).unwrap_or_default();
+        let (seq, first_seen_ms) = (entry.state.seq, entry.state.first_seen_ms);
+        let leads = if kind == Announcement::Disqualified { Vec::new() } else { self.leads(&account, &signals, now_ms)? };
+        let event = emit::build(EventInput {
+            def: &def,
+            kind,
+            previous_tier,
+            account_id: &account,
+            seq,
+            time_ms: ev.time_ms,
+            eval: &eval,
+            signals: signals.iter().collect(),
+            leads,
+            account_traits,
+            first_seen_ms,
+        });
+        self.metrics.announcements.with_label_values(&[event.event_type]).inc();
+        if kind == Announcement::Qualified {
+            for r in &event.rules {
+                self.metrics.pqas.with_label_values(&[r, &event.tier]).inc();
+            }
+        }
+        out.events.push(event);
+        Ok(Ok(()))
+    }
+
+    /// The people behind an announcement: users behind its signals first,
+    /// then the most active users of the last 28 days.
+    fn leads(&self, account: &str, signals: &[SignalHit], now_ms: i64) -> Result<Vec<Lead>, EngineError> {
+        let mut members = self.store.members(account)?;
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut why: Vec<(String, Vec<String>)> = Vec::new();
+        for h in signals.iter().rev() {
+            match why.iter_mut().find(|w| w.0 == h.user) {
+                Some(w) if !w.1.contains(&h.signal) => w.1.push(h.signal.clone()),
+                Some(_) => {}
+                None => why.push((h.user.clone(), vec![h.signal.clone()])),
+            }
+        }
+        let mut active: Vec<(String, u64)> = members
+            .iter()
+            .map(|(u, m)| (u.clone(), m.events_in_days(now_ms, 28)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        active.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        for (u, _) in active.iter().take(self.def.max_leads) {
+            if !why.iter().any(|w| &w.0 == u) {
+                why.push((u.clone(), vec!["most_active".into()]));
+            }
+        }
+        why.truncate(self.def.max_leads);
+        let mut leads = Vec::with_capacity(why.len());
+        for (user, mut reasons) in why {
+            let traits_all: Map<String, Value> = self
+                .store
+                .peek_user(&user)?
+                .and_then(|u| serde_json::from_str(&u.traits_json).ok())
+                .unwrap_or_default();
+            if traits_all
+                .get("role")
+                .and_then(Value::as_str)
+                .is_some_and(|r| r.eq_ignore_ascii_case("admin") || r.eq_ignore_ascii_case("owner"))
+            {
+                reasons.insert(0, "admin".into());
+            }
+            let traits = traits_all.into_iter().filter(|(k, _)| self.def.lead_traits.iter().any(|t| t == k)).collect();
+            let events_28d = members.iter().find(|m| m.0 == user).map_or(0, |m| m.1.events_in_days(now_ms, 28));
+            leads.push(Lead {
+                user_id: user,
+                why: reasons,
+                events_28d,
+                traits,
+            });
+        }
+        Ok(leads)
+    }
+}

@@ -1,0 +1,225 @@
+//! HTTP: `/metrics` (Prometheus text), `/healthz` (the process is alive),
+//! `/readyz` (consuming and able to make progress), and `/accounts/{id}`
+//! (the account's counters, signals, score, and for each rule whether it
+//! fires and the numbers it looked at). Binds to localhost unless
+//! configured otherwise.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+
+use crate::config::CompiledDefinition;
+use crate::detect::{evaluate, traits_to_cel, Outcome};
+use crate::emit::format_time_ms;
+use crate::shutdown::Shutdown;
+use crate::state::account::bucket_of;
+use crate::state::StateReader;
+use crate::telemetry::Metrics;
+
+/// Liveness and readiness, set by the consumer loop.
+#[derive(Default)]
+pub struct Health {
+    live: AtomicBool,
+    assigned: AtomicBool,
+    problem: Mutex<Option<String>>,
+    reader: Mutex<Option<StateReader>>,
+}
+
+impl Health {
+    pub fn new() -> Arc<Health> {
+        Arc::new(Health::default())
+    }
+    pub fn set_live(&self, v: bool) {
+        self.live.store(v, Ordering::SeqCst);
+    }
+    /// The consumer has joined its group and received an assignment.
+    pub fn set_assigned(&self, v: bool) {
+        self.assigned.store(v, Ordering::SeqCst);
+    }
+    /// A reason progress is impossible right now, or `None` when it is.
+    pub fn set_problem(&self, p: Option<&str>) {
+        let mut g = self.problem.lock().expect("lock");
+        if g.as_deref() != p {
+            match p {
+                Some(p) => tracing::warn!(problem = p, "not ready"),
+                None if g.is_some() => tracing::info!("ready again"),
+                None => {}
+            }
+            *g = p.map(str::to_string);
+        }
+    }
+    pub fn set_reader(&self, r: StateReader) {
+        *self.reader.lock().expect("lock") = Some(r);
+    }
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
+    }
+    /// `Ok` when ready, else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.is_live() {
+            return Err("not consuming".into());
+        }
+        if !self.assigned.load(Ordering::SeqCst) {
+            return Err("waiting for a partition assignment from the consumer group".into());
+        }
+        match &*self.problem.lock().expect("lock") {
+            Some(p) => Err(p.clone()),
+            None => Ok(()),
+        }
+    }
+    fn reader(&self) -> Option<StateReader> {
+        self.reader.lock().expect("lock").clone()
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub def: Arc<CompiledDefinition>,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/accounts/{id}", get(account))
+        .with_state(state)
+}
+
+/// Binds `addr` now (so a busy port is an error at start) and serves on a
+/// background thread until `shutdown`.
+pub fn spawn(addr: &str, state: AppState, shutdown: Shutdown) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let handle = std::thread::Builder::new().name("pqa-http".into()).spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let stop = async move {
+                while !shutdown.is_triggered() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            if let Err(e) = axum::serve(listener, router(state)).with_graceful_shutdown(stop).await {
+                tracing::error!(cause = %e, "http server failed");
+            }
+        });
+    })?;
+    Ok((local, handle))
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    if let Some(r) = s.health.reader() {
+        let (records, bytes) = r.size_estimate();
+        s.metrics.state_records.set(records as i64);
+        s.metrics.state_bytes.set(bytes as i64);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+async fn healthz(State(s): State<AppState>) -> Response {
+    if s.health.is_live() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopped\n").into_response()
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    match s.health.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+    }
+}
+
+async fn account(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let Some(reader) = s.health.reader() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "state not open yet"}))).into_response();
+    };
+    let result = tokio::task::spawn_blocking(move || account_view(&s.def, &reader, &id)).await;
+    match result {
+        Ok(Ok(Some(v))) => Json(v).into_response(),
+        Ok(Ok(None)) => (StatusCode::NOT_FOUND, Json(json!({"error": "unknown account"}))).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e}))).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e.to_string()}))).into_response(),
+    }
+}
+
+/// The explanation of an account, as of the engine's event-time watermark
+/// (state as of the last committed batch).
+pub fn account_view(def: &CompiledDefinition, reader: &StateReader, id: &str) -> Result<Option<Value>, String> {
+    let Some(acct) = reader.account(id).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let watermark = reader.watermark_ms().map_err(|e| e.to_string())?;
+    let now = acct.last_seen_ms.max(watermark);
+    let traits_cel = traits_to_cel(&acct.traits_json);
+    let eval = evaluate(def, &acct, &traits_cel, now);
+    let mut metrics = Map::new();
+    for (k, v) in &eval.values {
+        metrics.insert(k.clone(), json!(v));
+    }
+    metrics.insert("account_age_days".into(), json!(eval.account_age_days));
+    let rules: Vec<Value> = def
+        .rules
+        .iter()
+        .zip(&eval.outcomes)
+        .map(|(r, o)| {
+            let inputs: Map<String, Value> = r
+                .references
+                .iter()
+                .filter_map(|name| match name.as_str() {
+                    "account_age_days" => Some((name.clone(), json!(eval.account_age_days))),
+                    "account" => None,
+                    _ => eval.value(name).map(|v| (name.clone(), json!(v))),
+                })
+                .collect();
+            json!({
+                "name": r.name,
+                "description": r.description,
+                "when": r.when,
+                "fires": *o == Outcome::Fires,
+                "error": match o { Outcome::Error(e) => Some(e.clone()), _ => None },
+                "inputs": inputs,
+            })
+        })
+        .collect();
+    let signals: Vec<Value> = acct
+        .live_signals(def, bucket_of(now, def.bucket_seconds))
+        .map(|h| json!({"name": h.signal, "user_id": h.user, "at": format_time_ms(h.at_ms)}))
+        .collect();
+    let traits: Value = serde_json::from_str(&acct.traits_json).unwrap_or(json!({}));
+    let qualified = !eval.fired.is_empty();
+    Ok(Some(json!({
+        "account_id": id,
+        "as_of": format_time_ms(now),
+        "first_seen": format_time_ms(acct.first_seen_ms),
+        "last_seen": format_time_ms(acct.last_seen_ms),
+        "definition_version": def.version,
+        "qualified": qualified,
+        "score": eval.score,
+        "tier": if qualified { Some(def.tiers[eval.tier].0.clone()) } else { None },
+        "metrics": metrics,
+        "signals": signals,
+        "rules": rules,
+        "account": traits,
+        "announced": {
+            "active": acct.announced.active,
+            "rules": acct.announced.rules.iter().map(|(r, t)| json!({"rule": r, "at": format_time_ms(*t)})).collect::<Vec<_>>(),
+            "tier": acct.announced.tier.as_ref().map(|(t, at)| json!({"tier": t, "at": format_time_ms(*at)})),
+        },
+    })))
+}

@@ -1,0 +1,56 @@
+//! # pqa-engine
+//!
+//! A real-time engine for product-led sales: it reads Segment-Spec product
+//! usage events from Kafka, keeps sliding-window counters per account in
+//! RocksDB, recognises Product Qualified Accounts (PQAs) with a definition
+//! written as configuration, and publishes CloudEvents to an output topic.
+//!
+//! # Layout
+//!
+//! Data flows one way, one module a stage:
+//!
+//! ```text
+//! source -> decode -> state -> detect -> emit -> sink
+//! ```
+//!
+//! - [`source`]: the Kafka consumer loop (`run`): batches, rebalances,
+//!   offsets, seeking to the offsets stored in RocksDB.
+//! - [`decode`]: message bytes -> [`decode::Event`], or a rejection with a
+//!   reason (dead letter).
+//! - [`state`]: RocksDB state behind a bounded cache: time-bucketed
+//!   counters, exact distinct users, signals, traits, consumed offsets; key
+//!   encoding and column families.
+//! - [`detect`]: evaluates metrics, derived numbers and CEL rules for an
+//!   account; score and tier.
+//! - [`emit`]: cooldown / tier / disqualification decisions and the
+//!   CloudEvents envelope with deterministic ids.
+//! - [`sink`]: the Kafka producer for PQA events and dead letters.
+//! - [`engine`]: the core that ties decode, state, detect and emit together
+//!   for one record at a time; shared by Kafka, replay, tests and benches.
+//! - [`config`]: configuration structs, layered loading, validation and the
+//!   compiled definition.
+//! - [`telemetry`]: Prometheus metrics, their names in one place.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/accounts/{id}`.
+//! - [`replay`]: the engine over an NDJSON file, no Kafka.
+//! - [`sim`]: a seeded simulated product (Segment events) for the demo,
+//!   tests and benchmarks.
+//! - [`demo`]: embedded Kafka (librdkafka's mock cluster) + simulator +
+//!   engine + a live view.
+//! - [`shutdown`]: the SIGTERM/SIGINT flag every loop watches.
+//!
+//! `main.rs` only parses the command line and wires these together.
+
+pub mod config;
+pub mod decode;
+pub mod demo;
+pub mod detect;
+pub mod emit;
+pub mod engine;
+pub mod http;
+pub mod replay;
+pub mod shutdown;
+pub mod sim;
+pub mod sink;
+pub mod source;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,236 @@
+//! Sink: the Kafka producer for PQA events (key = account id) and dead
+//! letters (original bytes, reason and source in headers).
+//!
+//! The producer is idempotent. A full local queue is backpressure: we poll
+//! and retry, never drop. A batch counts as delivered only when every record
+//! is acknowledged; records whose delivery failed are sent again until they
+//! are, or until shutdown (then the batch is not committed and will be
+//! processed again after the restart, with the same ids).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
+
+use crate::config::KafkaConfig;
+use crate::engine::Output;
+use crate::shutdown::Shutdown;
+use crate::telemetry::Metrics;
+
+/// Header names on dead-letter records.
+pub mod headers {
+    pub const REASON: &str = "pqa.reason";
+    pub const DETAIL: &str = "pqa.detail";
+    pub const SOURCE_TOPIC: &str = "pqa.source.topic";
+    pub const SOURCE_PARTITION: &str = "pqa.source.partition";
+    pub const SOURCE_OFFSET: &str = "pqa.source.offset";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot create the Kafka producer: {0}")]
+    Create(KafkaError),
+    #[error("output not delivered before shutdown ({pending} records); the batch will be processed again on restart")]
+    NotDelivered { pending: usize },
+}
+
+/// A record to (re)send.
+#[derive(Debug, Clone)]
+struct Owned {
+    topic: String,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Collects failed deliveries for resending.
+pub struct SinkContext {
+    failed: Mutex<Vec<Owned>>,
+    metrics: Metrics,
+}
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((err, msg)) = result {
+            self.metrics.delivery_failures.inc();
+            tracing::warn!(cause = %err, topic = msg.topic(), "output delivery failed; will resend");
+            let headers = msg
+                .headers()
+                .map(|h| h.iter().map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
+                .unwrap_or_default();
+            self.failed.lock().expect("lock").push(Owned {
+                topic: msg.topic().to_string(),
+                key: msg.key().map(<[u8]>::to_vec),
+                payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                headers,
+            });
+        }
+    }
+}
+
+/// The output producer.
+pub struct KafkaSink {
+    producer: BaseProducer<SinkContext>,
+    output_topic: String,
+    dlq_topic: String,
+}
+
+/// Producer settings we rely on; users' properties are applied on top of
+/// the defaults but cannot turn these off.
+const REQUIRED: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
+
+impl KafkaSink {
+    pub fn new(cfg: &KafkaConfig, metrics: Metrics) -> Result<KafkaSink, SinkError> {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &cfg.bootstrap_servers);
+        cc.set("client.id", "pqa-engine-producer");
+        for (k, v) in cfg.properties.iter().chain(cfg.producer_properties.iter()) {
+            cc.set(k, v);
+        }
+        for (k, v) in REQUIRED {
+            cc.set(*k, *v);
+        }
+        let producer = cc
+            .create_with_context(SinkContext {
+                failed: Mutex::new(Vec::new()),
+                metrics,
+            })
+            .map_err(SinkError::Create)?;
+        Ok(KafkaSink {
+            producer,
+            output_topic: cfg.output_topic.clone(),
+            dlq_topic: cfg.dlq_topic.clone(),
+        })
+    }
+
+    /// Sends a batch's output and waits until all of it is acknowledged.
+    pub fn deliver(&self, out: &Output, shutdown: &Shutdown, not_ready: &dyn Fn(Option<&str>)) -> Result<(), SinkError> {
+        for e in &out.events {
+            let h = OwnedHeaders::new()
+                .insert(Header {
+                    key: "content-type",
+                    value: Some("application/cloudevents+json; charset=UTF-8"),
+                })
+                .insert(Header {
+                    key: "ce_type",
+                    value: Some(e.event_type),
+                });
+            self.send(&self.output_topic, Some(e.key.as_bytes()), &e.payload, h);
+        }
+        for d in &out.dead_letters {
+            let h = OwnedHeaders::new()
+                .insert(Header {
+                    key: headers::REASON,
+                    value: Some(d.reason.as_str()),
+                })
+                .insert(Header {
+                    key: headers::DETAIL,
+                    value: Some(&d.detail),
+                })
+                .insert(Header {
+                    key: headers::SOURCE_TOPIC,
+                    value: Some(&d.topic),
+                })
+                .insert(Header {
+                    key: headers::SOURCE_PARTITION,
+                    value: Some(&d.partition.to_string()),
+                })
+                .insert(Header {
+                    key: headers::SOURCE_OFFSET,
+                    value: Some(&d.offset.to_string()),
+                });
+            self.send(&self.dlq_topic, None, &d.payload, h);
+        }
+        self.wait_delivered(shutdown, not_ready)
+    }
+
+    fn send(&self, topic: &str, key: Option<&[u8]>, payload: &[u8], headers: OwnedHeaders) {
+        let mut record: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(topic).payload(payload).headers(headers);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // Backpressure: let librdkafka drain, then try again.
+                    self.producer.poll(Duration::from_millis(50));
+                    record = r;
+                }
+                Err((e, r)) => {
+                    // Other local errors (e.g. unknown topic while metadata
+                    // is refreshing) are retried the same way.
+                    tracing::warn!(cause = %e, topic, "produce failed; retrying");
+                    self.producer.poll(Duration::from_millis(200));
+                    record = r;
+                }
+            }
+        }
+    }
+
+    fn wait_delivered(&self, shutdown: &Shutdown, not_ready: &dyn Fn(Option<&str>)) -> Result<(), SinkError> {
+        let mut backoff = Duration::from_millis(100);
+        let mut degraded = false;
+        loop {
+            // Flush until the queue is empty; on shutdown give up after a
+            // grace period rather than hang.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while self.producer.in_flight_count() > 0 {
+                let _ = self.producer.flush(Duration::from_millis(500));
+                if self.producer.in_flight_count() > 0 {
+                    if !degraded {
+                        not_ready(Some("output not acknowledged by Kafka"));
+                        degraded = true;
+                    }
+                    if shutdown.is_triggered() && Instant::now() > deadline {
+                        return Err(SinkError::NotDelivered {
+                            pending: self.producer.in_flight_count().max(0) as usize,
+                        });
+                    }
+                }
+            }
+            let failed = std::mem::take(&mut *self.producer.context().failed.lock().expect("lock"));
+            if failed.is_empty() {
+                if degraded {
+                    not_ready(None);
+                }
+                return Ok(());
+            }
+            if !degraded {
+                not_ready(Some("output delivery failing"));
+                degraded = true;
+            }
+            if shutdown.is_triggered() {
+                return Err(SinkError::NotDelivered { pending: failed.len() });
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            for r in failed {
+                let mut h = OwnedHeaders::new();
+                for (k, v) in &r.headers {
+                    h = h.insert(Header {
+                        key: k,
+                        value: Some(v.as_slice()),
+                    });
+                }
+                self.send(&r.topic, r.key.as_deref(), &r.payload, h);
+            }
+        }
+    }
+
+    /// Final flush on shutdown.
+    pub fn close(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}
+
+/// Shared handle type for health reporting.
+pub type SharedSink = Arc<KafkaSink>;

@@ -1,0 +1,400 @@
+//! The records kept per account, per (account, user) and per user, and the
+//! window arithmetic over their time buckets.
+//!
+//! Time is event time, cut into buckets of `bucket_seconds` (one hour by
+//! default). A trailing window of `w` buckets at bucket `now` covers buckets
+//! `now - w + 1 ..= now`; with an offset `o` it covers
+//! `now - o - w + 1 ..= now - o`. So a window boundary is exact to one bucket.
+//!
+//! Distinct users are exact: each (account, user) record holds the user's
+//! last-seen bucket, and the account holds a histogram of users by last-seen
+//! bucket, so "users active in the last 28 days" is a sum over that
+//! histogram. Distinct features work the same way with a small map.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::definition::{CompiledDefinition, Metric, MetricKind};
+
+/// At most this many distinct feature names are tracked per account (the
+/// least recently used is dropped), so a misbehaving event-name generator
+/// cannot blow up a record.
+pub const MAX_FEATURES: usize = 512;
+/// At most this many occurrences of one signal are kept per account.
+pub const MAX_SIGNAL_HITS: usize = 64;
+
+/// Events of one time bucket; one count per counter slot of the definition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub idx: u32,
+    pub counts: Vec<u32>,
+}
+
+/// One occurrence of a signal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalHit {
+    pub signal: String,
+    pub user: String,
+    pub at_ms: i64,
+}
+
+/// What has been announced for the account (cooldown bookkeeping).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Announced {
+    /// Rule name -> event time it was last announced.
+    pub rules: Vec<(String, i64)>,
+    /// The tier last announced and when.
+    pub tier: Option<(String, i64)>,
+    /// A qualification is standing (announced, no disqualification since).
+    pub active: bool,
+}
+
+/// Per-account state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AccountState {
+    /// Event time the account was first seen (any call); 0 = never.
+    pub first_seen_ms: i64,
+    /// The account's clock: the latest event time applied to it.
+    pub last_seen_ms: i64,
+    /// Events applied to this account: part of deterministic output ids.
+    pub seq: u64,
+    /// Sorted by `idx`.
+    pub buckets: Vec<Bucket>,
+    /// Last-seen bucket -> number of users whose last activity is there.
+    /// Sorted by bucket.
+    pub user_hist: Vec<(u32, u32)>,
+    /// Feature (track event name) -> last-seen bucket.
+    pub features: Vec<(String, u32)>,
+    /// Sorted by time.
+    pub signals: Vec<SignalHit>,
+    /// Account traits from `group` calls, as a JSON object.
+    pub traits_json: String,
+    pub announced: Announced,
+}
+
+/// A user's activity inside one account.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemberState {
+    pub first_seen_ms: i64,
+    /// Latest usage event time; 0 = none yet.
+    pub last_seen_ms: i64,
+    /// Usage events per day (day index since epoch), sorted.
+    pub days: Vec<(u32, u32)>,
+}
+
+/// A user: the account they belong to, and their traits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserState {
+    pub account: Option<String>,
+    /// Traits from `identify` calls, as a JSON object.
+    pub traits_json: String,
+    pub updated_ms: i64,
+}
+
+/// Bucket index of an event time.
+pub fn bucket_of(time_ms: i64, bucket_seconds: i64) -> u32 {
+    u32::try_from(time_ms.max(0) / 1000 / bucket_seconds).unwrap_or(u32::MAX)
+}
+
+/// The inclusive bucket range a metric covers at bucket `now`.
+pub fn window_range(now: u32, window_buckets: u32, offset_buckets: u32) -> (u32, u32) {
+    let hi = now.saturating_sub(offset_buckets);
+    let lo = (u64::from(hi) + 1).saturating_sub(u64::from(window_buckets)) as u32;
+    (lo, hi)
+}
+
+impl AccountState {
+    /// Adds one usage event to bucket `idx`, counting it in `slots`.
+    pub fn add_event(&mut self, idx: u32, slots: &[usize], n_counters: usize) {
+        let pos = match self.buckets.binary_search_by_key(&idx, |b| b.idx) {
+            Ok(p) => p,
+            Err(p) => {
+                self.buckets.insert(
+                    p,
+                    Bucket {
+                        idx,
+                        counts: vec![0; n_counters],
+                    },
+                );
+                p
+            }
+        };
+        let b = &mut self.buckets[pos];
+        if b.counts.len() < n_counters {
+            b.counts.resize(n_counters, 0);
+        }
+        for &s in slots {
+            b.counts[s] = b.counts[s].saturating_add(1);
+        }
+    }
+
+    /// A user's last-seen bucket moves from `old` (if they had one) to `new`.
+    pub fn move_user(&mut self, old: Option<u32>, new: u32) {
+        if let Some(o) = old {
+            if o >= new {
+                return;
+            }
+            if let Ok(p) = self.user_hist.binary_search_by_key(&o, |e| e.0) {
+                self.user_hist[p].1 = self.user_hist[p].1.saturating_sub(1);
+                if self.user_hist[p].1 == 0 {
+                    self.user_hist.remove(p);
+                }
+            }
+        }
+        match self.user_hist.binary_search_by_key(&new, |e| e.0) {
+            Ok(p) => self.user_hist[p].1 += 1,
+            Err(p) => self.user_hist.insert(p, (new, 1)),
+        }
+    }
+
+    /// Records that feature `name` was used in bucket `idx`.
+    pub fn touch_feature(&mut self, name: &str, idx: u32) {
+        if let Some(f) = self.features.iter_mut().find(|f| f.0 == name) {
+            f.1 = f.1.max(idx);
+            return;
+        }
+        if self.features.len() >= MAX_FEATURES {
+            if let Some(oldest) = self.features.iter().enumerate().min_by_key(|(_, f)| f.1).map(|(i, _)| i) {
+                self.features.swap_remove(oldest);
+            }
+        }
+        self.features.push((name.to_string(), idx));
+    }
+
+    /// Records a signal occurrence.
+    pub fn add_signal(&mut self, signal: &str, user: &str, at_ms: i64) {
+        let pos = self.signals.partition_point(|h| h.at_ms <= at_ms);
+        self.signals.insert(
+            pos,
+            SignalHit {
+                signal: signal.to_string(),
+                user: user.to_string(),
+                at_ms,
+            },
+        );
+        let count = self.signals.iter().filter(|h| h.signal == signal).count();
+        if count > MAX_SIGNAL_HITS {
+            if let Some(p) = self.signals.iter().position(|h| h.signal == signal) {
+                self.signals.remove(p);
+            }
+        }
+    }
+
+    /// Drops everything older than `retention_buckets` before bucket `now`.
+    pub fn prune(&mut self, now: u32, retention_buckets: u32, bucket_seconds: i64) {
+        let cutoff = now.saturating_sub(retention_buckets);
+        self.buckets.retain(|b| b.idx >= cutoff);
+        self.user_hist.retain(|e| e.0 >= cutoff);
+        self.features.retain(|f| f.1 >= cutoff);
+        self.signals.retain(|h| bucket_of(h.at_ms, bucket_seconds) >= cutoff);
+    }
+
+    /// The value of a metric at bucket `now`.
+    pub fn metric(&self, m: &Metric, now: u32, bucket_seconds: i64) -> f64 {
+        let (lo, hi) = window_range(now, m.window_buckets, m.offset_buckets);
+        match m.kind {
+            MetricKind::Events => {
+                let start = self.buckets.partition_point(|b| b.idx < lo);
+                self.buckets[start..]
+                    .iter()
+                    .take_while(|b| b.idx <= hi)
+                    .map(|b| f64::from(b.counts.get(m.counter).copied().unwrap_or(0)))
+                    .sum()
+            }
+            MetricKind::ActiveUsers => {
+                let start = self.user_hist.partition_point(|e| e.0 < lo);
+                self.user_hist[start..]
+                    .iter()
+                    .take_while(|e| e.0 <= hi)
+                    .map(|e| f64::from(e.1))
+                    .sum()
+            }
+            MetricKind::DistinctFeatures => {
+                self.features.iter().filter(|f| f.1 >= lo && f.1 <= hi).count() as f64
+            }
+            MetricKind::Signal => self
+                .signals
+                .iter()
+                .filter(|h| {
+                    let b = bucket_of(h.at_ms, bucket_seconds);
+                    b >= lo && b <= hi
+                })
+                .count() as f64,
+        }
+    }
+
+    /// Whole days since the account was first seen, at `now_ms` (fractional).
+    pub fn age_days(&self, now_ms: i64) -> f64 {
+        if self.first_seen_ms == 0 {
+            return 0.0;
+        }
+        (now_ms - self.first_seen_ms).max(0) as f64 / 86_400_000.0
+    }
+
+    /// Signal occurrences that some metric of the definition counts at `now`.
+    pub fn live_signals<'a>(&'a self, def: &'a CompiledDefinition, now: u32) -> impl Iterator<Item = &'a SignalHit> + 'a {
+        self.signals.iter().filter(move |h| {
+            let b = bucket_of(h.at_ms, def.bucket_seconds);
+            def.metrics.iter().any(|m| {
+                if m.kind != MetricKind::Signal || def.signals[m.signal].name != h.signal {
+                    return false;
+                }
+                let (lo, hi) = window_range(now, m.window_buckets, m.offset_buckets);
+                b >= lo && b <= hi
+            })
+        })
+    }
+}
+
+impl MemberState {
+    /// Counts one usage event at `time_ms`.
+    pub fn add_event(&mut self, time_ms: i64) {
+        let day = (time_ms.max(0) / 86_400_000) as u32;
+        match self.days.binary_search_by_key(&day, |d| d.0) {
+            Ok(p) => self.days[p].1 = self.days[p].1.saturating_add(1),
+            Err(p) => self.days.insert(p, (day, 1)),
+        }
+        if self.first_seen_ms == 0 || time_ms < self.first_seen_ms {
+            self.first_seen_ms = time_ms;
+        }
+        self.last_seen_ms = self.last_seen_ms.max(time_ms);
+    }
+
+    /// Usage events in the `days` days up to `now_ms` (day granularity).
+    pub fn events_in_days(&self, now_ms: i64, days: u32) -> u64 {
+        let today = (now_ms.max(0) / 86_400_000) as u32;
+        let from = (today + 1).saturating_sub(days);
+        self.days.iter().filter(|d| d.0 >= from && d.0 <= today).map(|d| u64::from(d.1)).sum()
+    }
+
+    /// Drops day counts older than `keep_days` before `now_ms`.
+    pub fn prune(&mut self, now_ms: i64, keep_days: u32) {
+        let today = (now_ms.max(0) / 86_400_000) as u32;
+        let from = today.saturating_sub(keep_days);
+        self.days.retain(|d| d.0 >= from);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const H: i64 = 3600;
+
+    fn metric(kind: MetricKind, window_h: u32, offset_h: u32) -> Metric {
+        Metric {
+            name: "m".into(),
+            kind,
+            window_buckets: window_h,
+            offset_buckets: offset_h,
+            counter: 0,
+            signal: 0,
+        }
+    }
+
+    #[test]
+    fn window_edges() {
+        // 28 days = 672 hourly buckets: at bucket 1000 the window is 329..=1000.
+        assert_eq!(window_range(1000, 672, 0), (329, 1000));
+        // 28 days before the last 7: 161..=832.
+        assert_eq!(window_range(1000, 672, 168), (161, 832));
+        // Near zero it saturates instead of wrapping.
+        assert_eq!(window_range(3, 672, 0), (0, 3));
+        assert_eq!(window_range(3, 672, 168), (0, 0));
+    }
+
+    #[test]
+    fn events_window_counts_exactly_the_buckets_inside() {
+        let mut a = AccountState::default();
+        for idx in [328, 329, 500, 1000, 1001] {
+            a.add_event(idx, &[0], 1);
+        }
+        let m = metric(MetricKind::Events, 672, 0);
+        // 328 is one bucket too old; 1001 is in the future of `now`.
+        assert_eq!(a.metric(&m, 1000, H), 3.0);
+        assert_eq!(a.metric(&m, 1001, H), 3.0); // 329 drops out, 1001 comes in
+        assert_eq!(a.metric(&m, 1002, H), 2.0);
+    }
+
+    #[test]
+    fn active_users_are_exact_at_seven() {
+        let mut a = AccountState::default();
+        // 7 users, last seen at buckets 100..=106.
+        for u in 0..7 {
+            a.move_user(None, 100 + u);
+        }
+        let m = metric(MetricKind::ActiveUsers, 672, 0);
+        assert_eq!(a.metric(&m, 106, H), 7.0);
+        // At bucket 771 the window is 100..=771: still 7.
+        assert_eq!(a.metric(&m, 771, H), 7.0);
+        // One bucket later the first user (bucket 100) is out: 6.
+        assert_eq!(a.metric(&m, 772, H), 6.0);
+        // A user seen again moves, and is not counted twice.
+        a.move_user(Some(100), 772);
+        assert_eq!(a.metric(&m, 772, H), 7.0);
+        // An out-of-order (older) event of a user does not move them back.
+        a.move_user(Some(772), 500);
+        assert_eq!(a.metric(&m, 772, H), 7.0);
+        assert_eq!(a.user_hist.iter().map(|e| e.1).sum::<u32>(), 7);
+    }
+
+    #[test]
+    fn prune_drops_old_buckets_only() {
+        let mut a = AccountState::default();
+        a.add_event(10, &[0], 1);
+        a.add_event(900, &[0], 1);
+        a.move_user(None, 10);
+        a.add_signal("s", "u", 10 * 3600 * 1000);
+        a.touch_feature("f", 10);
+        a.prune(900, 840, H);
+        assert_eq!(a.buckets.len(), 1);
+        assert!(a.user_hist.is_empty() && a.signals.is_empty() && a.features.is_empty());
+    }
+
+    #[test]
+    fn signals_keep_time_order_and_are_bounded() {
+        let mut a = AccountState::default();
+        for i in (0..100).rev() {
+            a.add_signal("s", "u", i * 1000);
+        }
+        assert_eq!(a.signals.len(), MAX_SIGNAL_HITS);
+        assert!(a.signals.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+    }
+
+    #[test]
+    fn member_days() {
+        let mut m = MemberState::default();
+        let day = 86_400_000;
+        m.add_event(10 * day + 5);
+        m.add_event(10 * day + 6);
+        m.add_event(40 * day);
+        assert_eq!(m.events_in_days(40 * day, 28), 1);
+        assert_eq!(m.events_in_days(37 * day, 28), 2);
+        assert_eq!(m.first_seen_ms, 10 * day + 5);
+    }
+
+    proptest! {
+        /// The histogram always equals a brute-force distinct count.
+        #[test]
+        fn histogram_matches_brute_force(events in proptest::collection::vec((0u8..20, 0u32..2000), 1..300), now in 0u32..2500, w in 1u32..1000) {
+            let mut a = AccountState::default();
+            let mut last: std::collections::HashMap<u8, u32> = Default::default();
+            for (u, b) in &events {
+                let old = last.get(u).copied();
+                a.move_user(old, *b);
+                let e = last.entry(*u).or_insert(*b);
+                *e = (*e).max(*b);
+            }
+            let (lo, hi) = window_range(now, w, 0);
+            let brute = last.values().filter(|&&b| b >= lo && b <= hi).count() as f64;
+            prop_assert_eq!(a.metric(&metric(MetricKind::ActiveUsers, w, 0), now, H), brute);
+        }
+
+        #[test]
+        fn window_has_exactly_w_buckets(now in 2000u32..100_000, w in 1u32..1500, o in 0u32..500) {
+            let (lo, hi) = window_range(now, w, o);
+            prop_assert_eq!(hi - lo + 1, w);
+            prop_assert_eq!(hi, now - o);
+        }
+    }
+}

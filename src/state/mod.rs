@@ -1,0 +1,14 @@
+//! State: per-account windowed counters in RocksDB, behind a bounded cache.
+//!
+//! - [`keys`]: key encoding (prefix byte, length-prefixed ids, big-endian).
+//! - [`cf`]: column family names.
+//! - [`account`]: the records and their window arithmetic.
+//! - [`store`]: RocksDB, the cache, atomic commit of state + offsets.
+
+pub mod account;
+pub mod cf;
+pub mod keys;
+pub mod store;
+
+pub use account::{AccountState, MemberState, UserState};
+pub use store::{StateError, StateReader, Store};

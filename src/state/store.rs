@@ -1,0 +1,492 @@
+//! RocksDB-backed state with a bounded in-memory cache in front.
+//!
+//! The engine reads and changes records through the cache during a batch;
+//! [`Store::commit`] writes every changed record *and* the consumed offsets
+//! of the batch in one `WriteBatch`, so state and progress are atomic: after
+//! a crash the engine resumes exactly at the offsets that produced the state
+//! it finds. After the write, the cache is trimmed back to its capacity, so
+//! memory is bounded by `cache_accounts`, not by the number of accounts.
+//!
+//! Values are `last_seen_ms (i64 BE) | postcard(record)`: the fixed-width
+//! prefix lets the compaction filter expire idle records without decoding.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use lru::LruCache;
+use rocksdb::compaction_filter::Decision;
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::account::{AccountState, MemberState, UserState};
+use super::{cf, keys};
+use crate::config::StateConfig;
+
+/// State errors. All are internal or environmental (disk, corruption):
+/// none is caused by an input event.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("RocksDB: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt {what} record: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("state directory {path}: {detail}")]
+    Dir { path: String, detail: String },
+}
+
+/// Schema version of the stored records; a mismatch refuses to start
+/// rather than misreading state.
+const SCHEMA_VERSION: &[u8] = b"1";
+
+/// A cached account with the members touched while it was cached.
+#[derive(Debug, Default)]
+pub struct AccountEntry {
+    pub state: AccountState,
+    pub dirty: bool,
+    pub members: HashMap<String, MemberEntry>,
+    /// The account traits as a CEL value, derived from `state.traits_json`
+    /// on first use (reset when the traits change).
+    pub traits_cel: Option<cel::Value>,
+}
+
+#[derive(Debug, Default)]
+pub struct MemberEntry {
+    pub state: MemberState,
+    /// Known to exist in RocksDB or changed since load.
+    pub dirty: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct UserEntry {
+    pub state: UserState,
+    pub dirty: bool,
+}
+
+/// Read-only access to the database, shared with the HTTP server.
+#[derive(Clone)]
+pub struct StateReader {
+    db: Arc<DB>,
+}
+
+impl StateReader {
+    pub fn account(&self, id: &str) -> Result<Option<AccountState>, StateError> {
+        get(&self.db, cf::ACCOUNTS, &keys::account(id), "account")
+    }
+
+    pub fn user(&self, id: &str) -> Result<Option<UserState>, StateError> {
+        get(&self.db, cf::USERS, &keys::user(id), "user")
+    }
+
+    /// Every member record of an account in RocksDB.
+    pub fn members(&self, account: &str) -> Result<Vec<(String, MemberState)>, StateError> {
+        let prefix = keys::member_prefix(account);
+        let cf = self.db.cf_handle(cf::MEMBERS).expect("members column family");
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if let Some(user) = keys::member_user(&k, &prefix) {
+                out.push((user.to_string(), decode_value(&v, "member")?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The member record of (account, user), loaded into the account's
+    /// cache entry if it is not there yet.
+    pub fn member_into<'e>(&self, entry: &'e mut AccountEntry, account: &str, user: &str) -> Result<&'e mut MemberEntry, StateError> {
+        if !entry.members.contains_key(user) {
+            let state: Option<MemberState> = get(&self.db, cf::MEMBERS, &keys::member(account, user), "member")?;
+            entry.members.insert(
+                user.to_string(),
+                MemberEntry {
+                    state: state.unwrap_or_default(),
+                    dirty: false,
+                },
+            );
+        }
+        Ok(entry.members.get_mut(user).expect("just inserted"))
+    }
+
+    /// The consumed offset (next to read) stored for a partition.
+    pub fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StateError> {
+        let cf = self.db.cf_handle(cf::META).expect("meta column family");
+        Ok(self
+            .db
+            .get_pinned_cf(cf, keys::offset(topic, partition))?
+            .and_then(|v| v.as_ref().try_into().ok().map(i64::from_be_bytes)))
+    }
+
+    /// Every stored (topic, partition) -> next offset.
+    pub fn offsets(&self) -> Result<Vec<((String, i32), i64)>, StateError> {
+        let cf = self.db.cf_handle(cf::META).expect("meta column family");
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::From(&[keys::OFFSET], rocksdb::Direction::Forward)) {
+            let (k, v) = item?;
+            if k.first() != Some(&keys::OFFSET) {
+                break;
+            }
+            if let (Some(tp), Ok(b)) = (keys::parse_offset(&k), <[u8; 8]>::try_from(v.as_ref())) {
+                out.push((tp, i64::from_be_bytes(b)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The engine's event-time watermark as last committed.
+    pub fn watermark_ms(&self) -> Result<i64, StateError> {
+        let cf = self.db.cf_handle(cf::META).expect("meta column family");
+        Ok(self
+            .db
+            .get_pinned_cf(cf, keys::meta("watermark"))?
+            .and_then(|v| v.as_ref().try_into().ok().map(i64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// Approximate number of records and bytes on disk, for metrics.
+    pub fn size_estimate(&self) -> (u64, u64) {
+        let mut keys_n = 0;
+        let mut bytes = 0;
+        for name in [cf::ACCOUNTS, cf::MEMBERS, cf::USERS] {
+            if let Some(h) = self.db.cf_handle(name) {
+                keys_n += self.db.property_int_value_cf(h, "rocksdb.estimate-num-keys").ok().flatten().unwrap_or(0);
+                bytes += self.db.property_int_value_cf(h, "rocksdb.total-sst-files-size").ok().flatten().unwrap_or(0);
+                bytes += self.db.property_int_value_cf(h, "rocksdb.size-all-mem-tables").ok().flatten().unwrap_or(0);
+            }
+        }
+        (keys_n, bytes)
+    }
+
+    /// Number of account records (estimate).
+    pub fn accounts_estimate(&self) -> u64 {
+        self.db
+            .cf_handle(cf::ACCOUNTS)
+            .and_then(|h| self.db.property_int_value_cf(h, "rocksdb.estimate-num-keys").ok().flatten())
+            .unwrap_or(0)
+    }
+}
+
+/// The engine's state: RocksDB plus the write-back cache.
+pub struct Store {
+    reader: StateReader,
+    accounts: LruCache<String, AccountEntry>,
+    users: LruCache<String, UserEntry>,
+    capacity: usize,
+    sync_writes: bool,
+    /// Event-time watermark shared with the compaction filter.
+    watermark: Arc<AtomicI64>,
+}
+
+impl Store {
+    /// Opens (or creates) the state directory.
+    pub fn open(cfg: &StateConfig) -> Result<Store, StateError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| StateError::Dir {
+            path: cfg.dir.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        let watermark = Arc::new(AtomicI64::new(0));
+        let cache = Cache::new_lru_cache(cfg.block_cache_bytes.max(8 << 20));
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_bytes_per_sync(1 << 20);
+        db_opts.set_keep_log_file_num(3);
+        let ttl_ms = i64::from(cfg.idle_ttl_days) * 86_400_000;
+        let cfs = cf::ALL.iter().map(|name| {
+            let mut o = Options::default();
+            let mut t = BlockBasedOptions::default();
+            t.set_block_cache(&cache);
+            t.set_bloom_filter(10.0, false);
+            t.set_cache_index_and_filter_blocks(true);
+            t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            o.set_block_based_table_factory(&t);
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            o.set_write_buffer_size(32 << 20);
+            if *name != cf::META {
+                let wm = watermark.clone();
+                o.set_compaction_filter("pqa-idle-ttl", move |_level: u32, _key: &[u8], value: &[u8]| {
+                    let w = wm.load(Ordering::Relaxed);
+                    match value.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                        Some(b) if w > 0 && i64::from_be_bytes(b).saturating_add(ttl_ms) < w => Decision::Remove,
+                        _ => Decision::Keep,
+                    }
+                });
+            }
+            ColumnFamilyDescriptor::new(*name, o)
+        });
+        let db = DB::open_cf_descriptors(&db_opts, &cfg.dir, cfs)?;
+        let meta = db.cf_handle(cf::META).expect("meta column family");
+        match db.get_cf(meta, keys::meta("schema"))? {
+            None => db.put_cf(meta, keys::meta("schema"), SCHEMA_VERSION)?,
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) => {
+                return Err(StateError::Dir {
+                    path: cfg.dir.display().to_string(),
+                    detail: format!(
+                        "state schema {} is not the {} this version reads; use a new state dir",
+                        String::from_utf8_lossy(&v),
+                        String::from_utf8_lossy(SCHEMA_VERSION)
+                    ),
+                })
+            }
+        }
+        let reader = StateReader { db: Arc::new(db) };
+        watermark.store(reader.watermark_ms()?, Ordering::Relaxed);
+        Ok(Store {
+            reader,
+            accounts: LruCache::unbounded(),
+            users: LruCache::unbounded(),
+            capacity: cfg.cache_accounts,
+            sync_writes: cfg.sync_writes,
+            watermark,
+        })
+    }
+
+    /// A read-only handle for other threads (HTTP).
+    pub fn reader(&self) -> StateReader {
+        self.reader.clone()
+    }
+
+    /// The event-time watermark (latest event time seen).
+    pub fn watermark_ms(&self) -> i64 {
+        self.watermark.load(Ordering::Relaxed)
+    }
+
+    pub fn set_watermark_ms(&self, t: i64) {
+        self.watermark.fetch_max(t, Ordering::Relaxed);
+    }
+
+    /// The account's cache entry, loaded from RocksDB or new.
+    pub fn account(&mut self, id: &str) -> Result<&mut AccountEntry, StateError> {
+        if !self.accounts.contains(id) {
+            let state = self.reader.account(id)?.unwrap_or_default();
+            self.accounts.put(
+                id.to_string(),
+                AccountEntry {
+                    state,
+                    dirty: false,
+                    members: HashMap::new(),
+                    traits_cel: None,
+                },
+            );
+        }
+        Ok(self.accounts.get_mut(id).expect("just inserted"))
+    }
+
+    /// An account entry only if cached (for reads that must see unflushed state).
+    pub fn cached_account(&self, id: &str) -> Option<&AccountEntry> {
+        self.accounts.peek(id)
+    }
+
+    /// The user's cache entry, loaded from RocksDB or new.
+    pub fn user(&mut self, id: &str) -> Result<&mut UserEntry, StateError> {
+        if !self.users.contains(id) {
+            let state = self.reader.user(id)?.unwrap_or_default();
+            self.users.put(id.to_string(), UserEntry { state, dirty: false });
+        }
+        Ok(self.users.get_mut(id).expect("just inserted"))
+    }
+
+    /// Members of an account: RocksDB overlaid with the cached (possibly
+    /// unflushed) ones.
+    pub fn members(&self, account: &str) -> Result<Vec<(String, MemberState)>, StateError> {
+        let mut all: HashMap<String, MemberState> = self.reader.members(account)?.into_iter().collect();
+        if let Some(e) = self.accounts.peek(account) {
+            for (u, m) in &e.members {
+                all.insert(u.clone(), m.state.clone());
+            }
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    /// A user's state, from the cache if present.
+    pub fn peek_user(&self, id: &str) -> Result<Option<UserState>, StateError> {
+        match self.users.peek(id) {
+            Some(u) => Ok(Some(u.state.clone())),
+            None => self.reader.user(id),
+        }
+    }
+
+    /// Writes every changed record and the given consumed offsets (next
+    /// offset to read, per partition) in one atomic batch, then trims the
+    /// cache to its capacity.
+    pub fn commit(&mut self, offsets: &[(String, i32, i64)]) -> Result<CommitStats, StateError> {
+        let db = &self.reader.db;
+        let (acf, mcf, ucf, meta) = (
+            db.cf_handle(cf::ACCOUNTS).expect("cf"),
+            db.cf_handle(cf::MEMBERS).expect("cf"),
+            db.cf_handle(cf::USERS).expect("cf"),
+            db.cf_handle(cf::META).expect("cf"),
+        );
+        let mut batch = WriteBatch::default();
+        let mut stats = CommitStats::default();
+        let mut buf = Vec::with_capacity(4096);
+        for (id, e) in self.accounts.iter_mut() {
+            if e.dirty {
+                encode_value(&mut buf, e.state.last_seen_ms, &e.state);
+                batch.put_cf(acf, keys::account(id), &buf);
+                e.dirty = false;
+                stats.accounts += 1;
+            }
+            for (user, m) in e.members.iter_mut() {
+                if m.dirty {
+                    encode_value(&mut buf, m.state.last_seen_ms.max(m.state.first_seen_ms), &m.state);
+                    batch.put_cf(mcf, keys::member(id, user), &buf);
+                    m.dirty = false;
+                    stats.members += 1;
+                }
+            }
+        }
+        for (id, u) in self.users.iter_mut() {
+            if u.dirty {
+                encode_value(&mut buf, u.state.updated_ms, &u.state);
+                batch.put_cf(ucf, keys::user(id), &buf);
+                u.dirty = false;
+                stats.users += 1;
+            }
+        }
+        for (topic, partition, next) in offsets {
+            batch.put_cf(meta, keys::offset(topic, *partition), next.to_be_bytes());
+        }
+        batch.put_cf(meta, keys::meta("watermark"), self.watermark_ms().to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync_writes);
+        db.write_opt(batch, &wo)?;
+        // Everything is clean now: trim to capacity. Members of a cached
+        // account are bounded with it.
+        while self.accounts.len() > self.capacity {
+            self.accounts.pop_lru();
+        }
+        while self.users.len() > self.capacity {
+            self.users.pop_lru();
+        }
+        for (_, e) in self.accounts.iter_mut() {
+            if e.members.len() > 256 {
+                e.members.clear();
+            }
+        }
+        stats.cached_accounts = self.accounts.len();
+        Ok(stats)
+    }
+
+    /// Drops the whole cache without writing (after a failed batch: the
+    /// next batch starts again from what RocksDB holds).
+    pub fn discard_cache(&mut self) {
+        self.accounts.clear();
+        self.users.clear();
+        if let Ok(w) = self.reader.watermark_ms() {
+            self.watermark.store(w, Ordering::Relaxed);
+        }
+    }
+
+    /// Flushes memtables to disk (clean shutdown makes the next start fast).
+    pub fn flush_to_disk(&self) -> Result<(), StateError> {
+        for name in cf::ALL {
+            if let Some(h) = self.reader.db.cf_handle(name) {
+                self.reader.db.flush_cf(h)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a commit wrote.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CommitStats {
+    pub accounts: usize,
+    pub members: usize,
+    pub users: usize,
+    pub cached_accounts: usize,
+}
+
+fn encode_value<T: Serialize>(buf: &mut Vec<u8>, last_seen_ms: i64, record: &T) {
+    buf.clear();
+    buf.extend_from_slice(&last_seen_ms.to_be_bytes());
+    // postcard into a Vec cannot fail for these plain records.
+    let body = postcard::to_allocvec(record).expect("state records serialise");
+    buf.extend_from_slice(&body);
+}
+
+fn decode_value<T: DeserializeOwned>(v: &[u8], what: &'static str) -> Result<T, StateError> {
+    let body = v.get(8..).ok_or_else(|| StateError::Corrupt {
+        what,
+        detail: "shorter than its header".into(),
+    })?;
+    postcard::from_bytes(body).map_err(|e| StateError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+fn get<T: DeserializeOwned>(db: &DB, cf_name: &str, key: &[u8], what: &'static str) -> Result<Option<T>, StateError> {
+    let cf = db.cf_handle(cf_name).expect("column family");
+    match db.get_pinned_cf(cf, key)? {
+        None => Ok(None),
+        Some(v) => decode_value(&v, what).map(Some),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(dir: &Path) -> StateConfig {
+        let mut c = crate::config::Config::default_config().state;
+        c.dir = dir.to_path_buf();
+        c.cache_accounts = 2;
+        c
+    }
+
+    #[test]
+    fn state_and_offsets_survive_reopen_and_cache_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Store::open(&cfg(dir.path())).unwrap();
+            for i in 0..5 {
+                let e = s.account(&format!("a{i}")).unwrap();
+                e.state.seq = i;
+                e.state.last_seen_ms = 1_000 + i as i64;
+                e.dirty = true;
+            }
+            let e = s.account("a1").unwrap();
+            let mut e_members = std::mem::take(&mut e.members);
+            e_members.insert(
+                "u1".into(),
+                MemberEntry {
+                    state: MemberState {
+                        first_seen_ms: 5,
+                        last_seen_ms: 6,
+                        days: vec![(1, 2)],
+                    },
+                    dirty: true,
+                },
+            );
+            s.account("a1").unwrap().members = e_members;
+            s.user("u1").unwrap().state.account = Some("a1".into());
+            s.user("u1").unwrap().dirty = true;
+            s.set_watermark_ms(777);
+            let stats = s.commit(&[("t".into(), 3, 42)]).unwrap();
+            assert_eq!(stats.accounts, 5);
+            assert_eq!(stats.members, 1);
+            assert_eq!(stats.cached_accounts, 2, "cache trimmed to capacity");
+        }
+        let s = Store::open(&cfg(dir.path())).unwrap();
+        let r = s.reader();
+        assert_eq!(r.account("a3").unwrap().unwrap().seq, 3);
+        assert_eq!(r.offset("t", 3).unwrap(), Some(42));
+        assert_eq!(r.offset("t", 4).unwrap(), None);
+        assert_eq!(r.offsets().unwrap(), vec![(("t".to_string(), 3), 42)]);
+        assert_eq!(s.watermark_ms(), 777);
+        assert_eq!(r.user("u1").unwrap().unwrap().account.as_deref(), Some("a1"));
+        let members = r.members("a1").unwrap();
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].1.days, vec![(1, 2)]);
+        assert!(r.members("a").unwrap().is_empty(), "prefix of another account does not leak");
+    }
+}
