@@ -104,9 +104,15 @@ pub fn evaluate(def: &CompiledDefinition, acct: &AccountState, traits: &Value, n
         }
         outcomes.push(o);
     }
-    let bonus = match &def.bonus {
-        Some(p) if !fired.is_empty() => p.execute(&ctx).ok().and_then(|v| as_f64(&v)).filter(|x| x.is_finite()).unwrap_or(0.0),
-        _ => 0.0,
+    // Each bonus term stands alone: one that cannot be evaluated (say, a
+    // trait of the wrong type) adds nothing and does not spoil the others.
+    let bonus: f64 = if fired.is_empty() {
+        0.0
+    } else {
+        def.bonus
+            .iter()
+            .map(|p| p.execute(&ctx).ok().and_then(|v| as_f64(&v)).filter(|x| x.is_finite()).unwrap_or(0.0))
+            .sum()
     };
     let score = if fired.is_empty() { 0 } else { (points + bonus).round().clamp(0.0, 100.0) as u32 };
     let tier = def.tiers.iter().position(|t| score >= t.1).unwrap_or(def.tiers.len() - 1);

@@ -149,13 +149,14 @@ pub struct RuleConfig {
     pub points: u32,
 }
 
-/// Score = points of the rules that fire + bonus, clamped to 0..=100.
+/// Score = points of the rules that fire + bonus terms, clamped to 0..=100.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreConfig {
-    /// Optional CEL expression (a double) added to the rule points.
+    /// CEL expressions (numbers) added to the rule points when any rule
+    /// fires. A term that fails to evaluate for an account adds 0.
     #[serde(default)]
-    pub bonus: Option<String>,
+    pub bonus: Vec<String>,
 }
 
 /// A tier: accounts with at least `min_score` get this tier (the highest
@@ -176,8 +177,9 @@ pub struct Metric {
     pub offset_buckets: u32,
     /// For `events`: which counter slot of a bucket it reads.
     pub counter: usize,
-    /// For `signal`: the signal index.
+    /// For `signal`: the signal index and name.
     pub signal: usize,
+    pub signal_name: String,
 }
 
 /// A signal ready to match.
@@ -223,7 +225,7 @@ pub struct CompiledDefinition {
     pub signals: Vec<Signal>,
     pub derived: Vec<(String, Program)>,
     pub rules: Vec<Rule>,
-    pub bonus: Option<Program>,
+    pub bonus: Vec<Program>,
     /// Highest first.
     pub tiers: Vec<(String, u32)>,
     pub env: Arc<Env>,
@@ -394,6 +396,7 @@ impl DefinitionConfig {
                 offset_buckets: buckets(offset),
                 counter,
                 signal,
+                signal_name: if m.kind == MetricKind::Signal { m.signal.clone().unwrap_or_default() } else { String::new() },
             });
         }
 
@@ -435,9 +438,15 @@ impl DefinitionConfig {
         if self.rules.is_empty() {
             errs.push(ConfigError::new("definition.rules", "at least one rule is required"));
         }
-        let bonus = self.score.bonus.as_ref().and_then(|b| {
-            compile_expr(&env, b, "definition.score.bonus", &known, &mut errs, ExpectType::Number)
-        });
+        let bonus = self
+            .score
+            .bonus
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                compile_expr(&env, b, &format!("definition.score.bonus[{i}]"), &known, &mut errs, ExpectType::Number)
+            })
+            .collect();
 
         let mut tiers: Vec<(String, u32)> = self.tiers.iter().map(|t| (t.name.clone(), t.min_score)).collect();
         for (i, t) in self.tiers.iter().enumerate() {

@@ -348,7 +348,7 @@ impl Config {
 fn strip_definition_lists() -> String {
     let mut doc: toml::Table = toml::from_str(DEFAULT_CONFIG_TOML).expect("embedded config parses");
     if let Some(def) = doc.get_mut("definition").and_then(|d| d.as_table_mut()) {
-        for k in ["metrics", "derived", "signals", "rules", "tiers"] {
+        for k in ["metrics", "derived", "signals", "rules", "tiers", "score"] {
             def.remove(k);
         }
     }

