@@ -1,0 +1,214 @@
+//! Shared test helpers: an in-process Kafka (librdkafka's mock cluster), the
+//! real `pqa-engine` binary as a child process, and small HTTP/Kafka readers.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pqa-engine");
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Writes a config file for `run` against `bootstrap`.
+pub fn write_config(dir: &Path, bootstrap: &str, state_dir: &Path, http_port: u16, extra: &str) -> PathBuf {
+    let path = dir.join("pqa.toml");
+    let text = format!(
+        r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "pqa-it"
+input_topics = ["events"]
+output_topic = "out"
+dlq_topic = "dlq"
+max_batch_wait_ms = 20
+
+[kafka.consumer_properties]
+"session.timeout.ms" = "6000"
+
+[state]
+dir = "{}"
+
+[http]
+addr = "127.0.0.1:{http_port}"
+{extra}
+"#,
+        state_dir.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The engine as a child process.
+pub struct EngineProcess {
+    pub child: Child,
+    pub http_port: u16,
+    pub stderr_path: PathBuf,
+}
+
+impl EngineProcess {
+    pub fn start(config: &Path, http_port: u16, log_dir: &Path, n: usize) -> EngineProcess {
+        let stderr_path = log_dir.join(format!("engine-{n}.log"));
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("start pqa-engine run");
+        EngineProcess {
+            child,
+            http_port,
+            stderr_path,
+        }
+    }
+
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.http_port, path)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some((200, _)) = self.http_get("/readyz") {
+                return;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("engine exited early with {st}: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("engine not ready within {timeout:?}: {}", self.log());
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("engine did not stop within {timeout:?} after SIGTERM: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+pub fn producer(bootstrap: &str) -> BaseProducer {
+    ClientConfig::new().set("bootstrap.servers", bootstrap).set("linger.ms", "1").create().unwrap()
+}
+
+/// Produces (key, value) records; `None` value is a tombstone.
+pub fn produce(p: &BaseProducer, topic: &str, records: &[(Option<&str>, Option<Vec<u8>>)]) {
+    for (k, v) in records {
+        let mut r: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic);
+        if let Some(k) = k {
+            r = r.key(k);
+        }
+        if let Some(v) = v {
+            r = r.payload(v.as_slice());
+        }
+        p.send(r).map_err(|(e, _)| e).unwrap();
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// One consumed record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: HashMap<String, String>,
+    pub offset: i64,
+}
+
+impl Record {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(self.payload.as_deref().unwrap_or(b"null")).unwrap()
+    }
+}
+
+/// Reads a topic (all partitions given) from the beginning until `done`
+/// says the records are complete or the timeout passes.
+pub fn read_until(bootstrap: &str, topic: &str, partitions: i32, timeout: Duration, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "pqa-it-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    drop(tpl);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline && !done(&out) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let mut headers = HashMap::new();
+            if let Some(h) = m.headers() {
+                for x in h.iter() {
+                    headers.insert(x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).to_string());
+                }
+            }
+            out.push(Record {
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+                headers,
+                offset: m.offset(),
+            });
+        }
+    }
+    out
+}
+
+/// Segment event builders.
+pub fn track(user: &str, account: Option<&str>, event: &str, ts: &str) -> Vec<u8> {
+    let ctx = account.map(|a| format!(r#","context":{{"groupId":"{a}"}}"#)).unwrap_or_default();
+    format!(r#"{{"type":"track","event":"{event}","userId":"{user}","timestamp":"{ts}"{ctx}}}"#).into_bytes()
+}
