@@ -54,12 +54,7 @@ const DECODE_LINES: usize = 20_000;
 const CHUNK: usize = 10_000;
 
 fn small_sim() -> SimConfig {
-    SimConfig {
-        seed: 7,
-        accounts: 2000,
-        start_unix: START_UNIX,
-        days: 60,
-    }
+    SimConfig { seed: 7, accounts: 2000, start_unix: START_UNIX, days: 60 }
 }
 
 /// The first `n` events of a simulation.
@@ -88,11 +83,7 @@ fn bench_decode(c: &mut Criterion) {
     let rejected = lines.iter().filter(|l| decoder.decode(Some(l), now_ms).is_err()).count();
     assert_eq!(rejected, 0, "simulated lines must all decode");
     let bytes: usize = lines.iter().map(Vec::len).sum();
-    eprintln!(
-        "decode: {} lines, {:.0} bytes/line on average",
-        lines.len(),
-        bytes as f64 / lines.len() as f64
-    );
+    eprintln!("decode: {} lines, {:.0} bytes/line on average", lines.len(), bytes as f64 / lines.len() as f64);
 
     let mut g = c.benchmark_group("decode");
     g.sample_size(20).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(5));
@@ -131,10 +122,8 @@ fn bench_detect(c: &mut Criterion) {
     let mut ids: Vec<&str> = events.iter().map(|e| e.account.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let accounts: Vec<(String, AccountState)> = ids
-        .iter()
-        .filter_map(|id| reader.account(id).expect("read account").map(|s| (id.to_string(), s)))
-        .collect();
+    let accounts: Vec<(String, AccountState)> =
+        ids.iter().filter_map(|id| reader.account(id).expect("read account").map(|s| (id.to_string(), s))).collect();
     assert!(!accounts.is_empty(), "no account state after 20k events");
     let (busiest_id, busiest) = accounts.iter().max_by_key(|(_, s)| s.seq).unwrap();
     eprintln!(
@@ -151,9 +140,7 @@ fn bench_detect(c: &mut Criterion) {
     g.sample_size(20).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Elements(1));
     let now_ms = busiest.last_seen_ms;
-    g.bench_function("busiest_account", |b| {
-        b.iter(|| black_box(evaluate(&def, black_box(busiest), &traits, now_ms)))
-    });
+    g.bench_function("busiest_account", |b| b.iter(|| black_box(evaluate(&def, black_box(busiest), &traits, now_ms))));
     g.throughput(Throughput::Elements(accounts.len() as u64));
     g.bench_function("all_accounts", |b| {
         b.iter(|| {
@@ -176,16 +163,8 @@ struct Stream {
 
 impl Stream {
     fn new() -> Stream {
-        let cfg = SimConfig {
-            seed: 11,
-            accounts: 20_000,
-            start_unix: START_UNIX,
-            days: 365,
-        };
-        Stream {
-            sim: Simulator::new(cfg.clone()),
-            cfg,
-        }
+        let cfg = SimConfig { seed: 11, accounts: 20_000, start_unix: START_UNIX, days: 365 };
+        Stream { sim: Simulator::new(cfg.clone()), cfg }
     }
 
     fn fill(&mut self, buf: &mut Vec<Vec<u8>>, n: usize) {

@@ -132,10 +132,7 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Rejection {
-            reason,
-            detail: detail.into(),
-        }
+        Rejection { reason, detail: detail.into() }
     }
 }
 
@@ -198,7 +195,9 @@ impl Decoder {
         };
         let account_id = id_field(v, &f.account_id, "account id")?;
         let time_ms = match first(v, &f.timestamp) {
-            None => return Err(Rejection::new(Reason::MissingTimestamp, "no timestamp, originalTimestamp or receivedAt")),
+            None => {
+                return Err(Rejection::new(Reason::MissingTimestamp, "no timestamp, originalTimestamp or receivedAt"))
+            }
             Some((_, t)) => parse_time(t)?,
         };
         if time_ms > now_ms.saturating_add(self.cfg.max_future_seconds.saturating_mul(1000)) {
@@ -251,9 +250,7 @@ impl Decoder {
 }
 
 fn first<'v>(v: &'v Value, pointers: &'v [String]) -> Option<(&'v str, &'v Value)> {
-    pointers
-        .iter()
-        .find_map(|p| v.pointer(p).filter(|x| !x.is_null()).map(|x| (p.as_str(), x)))
+    pointers.iter().find_map(|p| v.pointer(p).filter(|x| !x.is_null()).map(|x| (p.as_str(), x)))
 }
 
 /// A string field; anything else than a string (or null/absent) is a type error.
@@ -291,11 +288,11 @@ fn id_field(v: &Value, pointers: &[String], what: &str) -> Result<Option<String>
 /// RFC 3339 strings, or epoch numbers (seconds below 1e11, else milliseconds).
 fn parse_time(t: &Value) -> Result<i64, Rejection> {
     let ms = match t {
-        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s.trim())
-            .map(|d| d.timestamp_millis())
-            .map_err(|e| {
+        Value::String(s) => {
+            chrono::DateTime::parse_from_rfc3339(s.trim()).map(|d| d.timestamp_millis()).map_err(|e| {
                 Rejection::new(Reason::InvalidTimestamp, format!("`{}` is not an RFC 3339 time: {e}", truncate(s, 64)))
-            })?,
+            })?
+        }
         Value::Number(n) => {
             let x = n
                 .as_f64()
@@ -374,7 +371,9 @@ mod tests {
 
     #[test]
     fn segment_track() {
-        let e = ok(r#"{"type":"track","event":"Board Created","userId":"u1","timestamp":"2026-08-02T10:00:00Z","context":{"groupId":"acct-42"},"messageId":"m1"}"#);
+        let e = ok(
+            r#"{"type":"track","event":"Board Created","userId":"u1","timestamp":"2026-08-02T10:00:00Z","context":{"groupId":"acct-42"},"messageId":"m1"}"#,
+        );
         assert_eq!(e.kind, Kind::Track);
         assert_eq!(e.user_id, "u1");
         assert_eq!(e.account_id.as_deref(), Some("acct-42"));
@@ -385,13 +384,18 @@ mod tests {
 
     #[test]
     fn account_fallbacks_and_time_fallbacks() {
-        let e = ok(r#"{"type":"track","event":"x","userId":"u1","originalTimestamp":"2026-08-02T10:00:00+02:00","properties":{"accountId":"a9"}}"#);
+        let e = ok(
+            r#"{"type":"track","event":"x","userId":"u1","originalTimestamp":"2026-08-02T10:00:00+02:00","properties":{"accountId":"a9"}}"#,
+        );
         assert_eq!(e.account_id.as_deref(), Some("a9"));
         assert_eq!(e.time_ms, 1_785_657_600_000);
-        let e = ok(r#"{"type":"track","event":"x","userId":"u1","receivedAt":1785664800000,"properties":{"groupId":"g"}}"#);
+        let e =
+            ok(r#"{"type":"track","event":"x","userId":"u1","receivedAt":1785664800000,"properties":{"groupId":"g"}}"#);
         assert_eq!(e.account_id.as_deref(), Some("g"));
         assert_eq!(e.time_ms, 1_785_664_800_000);
-        let e = ok(r#"{"type":"group","userId":"u1","groupId":"acct-1","timestamp":"2026-08-02T10:00:00Z","traits":{"name":"Acme"}}"#);
+        let e = ok(
+            r#"{"type":"group","userId":"u1","groupId":"acct-1","timestamp":"2026-08-02T10:00:00Z","traits":{"name":"Acme"}}"#,
+        );
         assert_eq!(e.account_id.as_deref(), Some("acct-1"));
         assert_eq!(e.traits.unwrap()["name"], "Acme");
         let e = ok(r#"{"type":"track","event":"x","userId":42,"timestamp":"2026-08-02T10:00:00Z"}"#);
@@ -401,9 +405,13 @@ mod tests {
 
     #[test]
     fn page_path_from_path_or_url() {
-        let e = ok(r#"{"type":"page","name":"Terms","userId":"u","timestamp":"2026-08-02T10:00:00Z","properties":{"path":"/legal/terms?x=1"}}"#);
+        let e = ok(
+            r#"{"type":"page","name":"Terms","userId":"u","timestamp":"2026-08-02T10:00:00Z","properties":{"path":"/legal/terms?x=1"}}"#,
+        );
         assert_eq!(e.path.as_deref(), Some("/legal/terms"));
-        let e = ok(r#"{"type":"page","userId":"u","timestamp":"2026-08-02T10:00:00Z","properties":{"url":"https://acme.io/dpa#top"}}"#);
+        let e = ok(
+            r#"{"type":"page","userId":"u","timestamp":"2026-08-02T10:00:00Z","properties":{"url":"https://acme.io/dpa#top"}}"#,
+        );
         assert_eq!(e.path.as_deref(), Some("/dpa"));
         let e = ok(r#"{"type":"screen","userId":"u","timestamp":"2026-08-02T10:00:00Z"}"#);
         assert_eq!(e.kind, Kind::Page);
@@ -425,16 +433,28 @@ mod tests {
             (format!(r#"{{"type":7,"userId":"u",{ts}}}"#).into_bytes(), Reason::WrongFieldType),
             (format!(r#"{{"type":"track","event":["x"],"userId":"u",{ts}}}"#).into_bytes(), Reason::WrongFieldType),
             (format!(r#"{{"type":"track","event":"x","userId":{{"a":1}},{ts}}}"#).into_bytes(), Reason::WrongFieldType),
-            (format!(r#"{{"type":"identify","userId":"u","traits":"admin",{ts}}}"#).into_bytes(), Reason::WrongFieldType),
+            (
+                format!(r#"{{"type":"identify","userId":"u","traits":"admin",{ts}}}"#).into_bytes(),
+                Reason::WrongFieldType,
+            ),
             (format!(r#"{{"type":"track","event":"x",{ts}}}"#).into_bytes(), Reason::MissingUserId),
             (format!(r#"{{"type":"track","event":"x","userId":"",{ts}}}"#).into_bytes(), Reason::MissingUserId),
             (format!(r#"{{"type":"track","userId":"u",{ts}}}"#).into_bytes(), Reason::MissingEventName),
             (br#"{"type":"track","event":"x","userId":"u"}"#.to_vec(), Reason::MissingTimestamp),
-            (br#"{"type":"track","event":"x","userId":"u","timestamp":"yesterday"}"#.to_vec(), Reason::InvalidTimestamp),
-            (br#"{"type":"track","event":"x","userId":"u","timestamp":"1970-01-01T00:00:00Z"}"#.to_vec(), Reason::InvalidTimestamp),
+            (
+                br#"{"type":"track","event":"x","userId":"u","timestamp":"yesterday"}"#.to_vec(),
+                Reason::InvalidTimestamp,
+            ),
+            (
+                br#"{"type":"track","event":"x","userId":"u","timestamp":"1970-01-01T00:00:00Z"}"#.to_vec(),
+                Reason::InvalidTimestamp,
+            ),
             (br#"{"type":"track","event":"x","userId":"u","timestamp":-5}"#.to_vec(), Reason::InvalidTimestamp),
             (br#"{"type":"track","event":"x","userId":"u","timestamp":true}"#.to_vec(), Reason::WrongFieldType),
-            (br#"{"type":"track","event":"x","userId":"u","timestamp":"2031-01-01T00:00:00Z"}"#.to_vec(), Reason::FutureTimestamp),
+            (
+                br#"{"type":"track","event":"x","userId":"u","timestamp":"2031-01-01T00:00:00Z"}"#.to_vec(),
+                Reason::FutureTimestamp,
+            ),
             ("[".repeat(10_000).into_bytes(), Reason::InvalidJson),
             (b"{\"type\":\"track\0\"}".to_vec(), Reason::InvalidJson),
         ];

@@ -83,11 +83,7 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
     let stop = Shutdown::new();
     let metrics = Metrics::new();
     let health = Health::new();
-    let app = AppState {
-        def: def.clone(),
-        metrics: metrics.clone(),
-        health: health.clone(),
-    };
+    let app = AppState { def: def.clone(), metrics: metrics.clone(), health: health.clone() };
     let (http_addr, http_thread) = match http::spawn(&opts.http_addr, app.clone(), stop.clone()) {
         Ok(x) => x,
         Err(_) => http::spawn("127.0.0.1:0", app, stop.clone()).context("starting the HTTP server")?,
@@ -97,7 +93,11 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
     let start_unix = (now / 86_400 - i64::from(opts.days)) * 86_400;
     writeln!(out, "pqa-engine demo")?;
     writeln!(out, "  embedded Kafka      {bootstrap}  (librdkafka mock cluster, topic {EVENTS_TOPIC} x4)")?;
-    writeln!(out, "  simulated product   {} accounts, {} days of usage, 1 day every {} ms", opts.accounts, opts.days, opts.day_ms)?;
+    writeln!(
+        out,
+        "  simulated product   {} accounts, {} days of usage, 1 day every {} ms",
+        opts.accounts, opts.days, opts.day_ms
+    )?;
     writeln!(out, "  definition          {}  (config/pqa-engine.toml)", def.version)?;
     writeln!(out, "  metrics             http://{http_addr}/metrics   accounts: http://{http_addr}/accounts/<id>")?;
     writeln!(out)?;
@@ -106,27 +106,20 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
     // The engine: the same `run` as production, against the embedded Kafka.
     let engine_cfg = cfg.clone();
     let (engine_stop, engine_health, engine_metrics) = (stop.clone(), health.clone(), metrics.clone());
-    let engine = std::thread::Builder::new().name("pqa-engine".into()).spawn(move || {
-        crate::source::run(&engine_cfg, def, engine_metrics, engine_health, &engine_stop)
-    })?;
+    let engine = std::thread::Builder::new()
+        .name("pqa-engine".into())
+        .spawn(move || crate::source::run(&engine_cfg, def, engine_metrics, engine_health, &engine_stop))?;
 
     // The simulated product, paced by its fast clock.
     let produced = Arc::new(Mutex::new(0u64));
     let sim_stop = stop.clone();
     let sim_produced = produced.clone();
-    let sim_cfg = SimConfig {
-        seed: opts.seed,
-        accounts: opts.accounts,
-        start_unix,
-        days: opts.days,
-    };
+    let sim_cfg = SimConfig { seed: opts.seed, accounts: opts.accounts, start_unix, days: opts.days };
     let day_ms = opts.day_ms.max(1);
     let sim_bootstrap = bootstrap.clone();
     let sim = std::thread::Builder::new().name("pqa-sim".into()).spawn(move || -> anyhow::Result<()> {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &sim_bootstrap)
-            .set("linger.ms", "5")
-            .create()?;
+        let producer: BaseProducer =
+            ClientConfig::new().set("bootstrap.servers", &sim_bootstrap).set("linger.ms", "5").create()?;
         let t0 = Instant::now();
         for ev in Simulator::new(sim_cfg) {
             if sim_stop.is_triggered() {

@@ -60,7 +60,9 @@ fn json_to_cel(j: &Json) -> Value {
         },
         Json::String(s) => Value::from(s.as_str()),
         Json::Array(a) => Value::List(a.iter().map(json_to_cel).collect::<Vec<_>>().into()),
-        Json::Object(o) => Value::from(o.iter().map(|(k, v)| (k.clone(), json_to_cel(v))).collect::<HashMap<String, Value>>()),
+        Json::Object(o) => {
+            Value::from(o.iter().map(|(k, v)| (k.clone(), json_to_cel(v))).collect::<HashMap<String, Value>>())
+        }
     }
 }
 
@@ -68,11 +70,8 @@ fn json_to_cel(j: &Json) -> Value {
 /// the account's traits as a CEL map ([`traits_to_cel`]).
 pub fn evaluate(def: &CompiledDefinition, acct: &AccountState, traits: &Value, now_ms: i64) -> Evaluation {
     let now = bucket_of(now_ms, def.bucket_seconds);
-    let mut values: Vec<(String, f64)> = def
-        .metrics
-        .iter()
-        .map(|m| (m.name.clone(), acct.metric(m, now, def.bucket_seconds)))
-        .collect();
+    let mut values: Vec<(String, f64)> =
+        def.metrics.iter().map(|m| (m.name.clone(), acct.metric(m, now, def.bucket_seconds))).collect();
     let age = acct.age_days(now_ms);
     let mut ctx = Context::with_env(def.env.clone());
     for (k, v) in &values {
@@ -116,14 +115,7 @@ pub fn evaluate(def: &CompiledDefinition, acct: &AccountState, traits: &Value, n
     };
     let score = if fired.is_empty() { 0 } else { (points + bonus).round().clamp(0.0, 100.0) as u32 };
     let tier = def.tiers.iter().position(|t| score >= t.1).unwrap_or(def.tiers.len() - 1);
-    Evaluation {
-        values,
-        outcomes,
-        fired,
-        score,
-        tier,
-        account_age_days: age,
-    }
+    Evaluation { values, outcomes, fired, score, tier, account_age_days: age }
 }
 
 fn as_f64(v: &Value) -> Option<f64> {

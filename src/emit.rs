@@ -207,11 +207,7 @@ pub fn build(input: EventInput<'_>) -> OutputEvent {
             signals: input
                 .signals
                 .iter()
-                .map(|h| SignalOut {
-                    name: &h.signal,
-                    user_id: &h.user,
-                    at: format_time_ms(h.at_ms),
-                })
+                .map(|h| SignalOut { name: &h.signal, user_id: &h.user, at: format_time_ms(h.at_ms) })
                 .collect(),
             leads: &input.leads,
             account,
@@ -233,9 +229,7 @@ fn number(v: f64) -> Value {
     if v.fract() == 0.0 && v.abs() < 9e15 {
         Value::from(v as i64)
     } else {
-        serde_json::Number::from_f64((v * 100.0).round() / 100.0)
-            .map(Value::Number)
-            .unwrap_or(Value::Null)
+        serde_json::Number::from_f64((v * 100.0).round() / 100.0).map(Value::Number).unwrap_or(Value::Null)
     }
 }
 
@@ -290,7 +284,10 @@ mod tests {
         // Fires again inside the cooldown of its last announcement: silent.
         assert_eq!(k(decide(&def, &mut a, &eval(&def, &["team_adoption"], "warm"), 20 * D)), None);
         // After the cooldown (30 days after day 4's refresh): announced again.
-        assert_eq!(k(decide(&def, &mut a, &eval(&def, &["team_adoption"], "warm"), 35 * D)), Some(Announcement::Qualified));
+        assert_eq!(
+            k(decide(&def, &mut a, &eval(&def, &["team_adoption"], "warm"), 35 * D)),
+            Some(Announcement::Qualified)
+        );
     }
 
     #[test]

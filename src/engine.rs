@@ -370,7 +370,8 @@ impl Engine {
         let signals: Vec<SignalHit> = entry.state.live_signals(&def, now_bucket).cloned().collect();
         let account_traits: Map<String, Value> = serde_json::from_str(&entry.state.traits_json).unwrap_or_default();
         let (seq, first_seen_ms) = (entry.state.seq, entry.state.first_seen_ms);
-        let leads = if kind == Announcement::Disqualified { Vec::new() } else { self.leads(&account, &signals, now_ms)? };
+        let leads =
+            if kind == Announcement::Disqualified { Vec::new() } else { self.leads(&account, &signals, now_ms)? };
         let event = emit::build(EventInput {
             def: &def,
             kind,
@@ -407,11 +408,8 @@ impl Engine {
                 None => why.push((h.user.clone(), vec![h.signal.clone()])),
             }
         }
-        let mut active: Vec<(String, u64)> = members
-            .iter()
-            .map(|(u, m)| (u.clone(), m.events_in_days(now_ms, 28)))
-            .filter(|(_, n)| *n > 0)
-            .collect();
+        let mut active: Vec<(String, u64)> =
+            members.iter().map(|(u, m)| (u.clone(), m.events_in_days(now_ms, 28))).filter(|(_, n)| *n > 0).collect();
         active.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         for (u, _) in active.iter().take(self.def.max_leads) {
             if !why.iter().any(|w| &w.0 == u) {
@@ -435,12 +433,7 @@ impl Engine {
             }
             let traits = traits_all.into_iter().filter(|(k, _)| self.def.lead_traits.iter().any(|t| t == k)).collect();
             let events_28d = members.iter().find(|m| m.0 == user).map_or(0, |m| m.1.events_in_days(now_ms, 28));
-            leads.push(Lead {
-                user_id: user,
-                why: reasons,
-                events_28d,
-                traits,
-            });
+            leads.push(Lead { user_id: user, why: reasons, events_28d, traits });
         }
         Ok(leads)
     }

@@ -158,7 +158,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
     match dispatch(cli.command) {
@@ -233,11 +234,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let http_thread = if cfg.http.addr.is_empty() {
                 None
             } else {
-                let app = AppState {
-                    def: def.clone(),
-                    metrics: metrics.clone(),
-                    health: health.clone(),
-                };
+                let app = AppState { def: def.clone(), metrics: metrics.clone(), health: health.clone() };
                 let (addr, t) = http::spawn(&cfg.http.addr, app, shutdown.clone())
                     .with_context(|| format!("binding HTTP to {}", cfg.http.addr))?;
                 tracing::info!(%addr, "http listening");
@@ -298,12 +295,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 .expect("midnight")
                 .and_utc()
                 .timestamp();
-            let sim = Simulator::new(SimConfig {
-                seed: a.seed,
-                accounts: a.accounts,
-                start_unix: start,
-                days: a.days,
-            });
+            let sim = Simulator::new(SimConfig { seed: a.seed, accounts: a.accounts, start_unix: start, days: a.days });
             let raw: Box<dyn Write> = if a.output.as_os_str() == "-" {
                 Box::new(std::io::stdout().lock())
             } else {
@@ -311,7 +303,10 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             };
             let gz = a.output.extension().is_some_and(|e| e == "gz");
             let mut w: Box<dyn Write> = if gz {
-                Box::new(flate2::write::GzEncoder::new(std::io::BufWriter::with_capacity(1 << 20, raw), flate2::Compression::fast()))
+                Box::new(flate2::write::GzEncoder::new(
+                    std::io::BufWriter::with_capacity(1 << 20, raw),
+                    flate2::Compression::fast(),
+                ))
             } else {
                 Box::new(std::io::BufWriter::with_capacity(1 << 20, raw))
             };

@@ -71,11 +71,8 @@ impl ReplayStats {
 
 /// Opens a possibly gzipped input.
 pub fn open_input(path: &Path) -> io::Result<Box<dyn BufRead>> {
-    let raw: Box<dyn Read> = if path == Path::new("-") {
-        Box::new(io::stdin().lock())
-    } else {
-        Box::new(File::open(path)?)
-    };
+    let raw: Box<dyn Read> =
+        if path == Path::new("-") { Box::new(io::stdin().lock()) } else { Box::new(File::open(path)?) };
     let mut buf = BufReader::with_capacity(1 << 20, raw);
     let gz = buf.fill_buf()?.starts_with(&[0x1f, 0x8b]);
     Ok(if gz {
@@ -94,7 +91,12 @@ fn open_output(path: &Path) -> io::Result<Box<dyn Write>> {
 }
 
 /// Replays `opts.input` through the engine.
-pub fn replay(cfg: &Config, def: Arc<CompiledDefinition>, opts: &ReplayOptions, metrics: Metrics) -> Result<ReplayStats, ReplayError> {
+pub fn replay(
+    cfg: &Config,
+    def: Arc<CompiledDefinition>,
+    opts: &ReplayOptions,
+    metrics: Metrics,
+) -> Result<ReplayStats, ReplayError> {
     let started = Instant::now();
     let temp;
     let mut state_cfg = cfg.state.clone();
@@ -109,10 +111,7 @@ pub fn replay(cfg: &Config, def: Arc<CompiledDefinition>, opts: &ReplayOptions, 
     let mut engine = Engine::new(def, cfg.input.clone(), store, metrics);
 
     let in_name = opts.input.display().to_string();
-    let mut input = open_input(&opts.input).map_err(|e| ReplayError::Input {
-        path: in_name.clone(),
-        source: e,
-    })?;
+    let mut input = open_input(&opts.input).map_err(|e| ReplayError::Input { path: in_name.clone(), source: e })?;
     let out_err = |p: &Path| {
         let path = p.display().to_string();
         move |e| ReplayError::Output { path, source: e }
@@ -142,10 +141,8 @@ pub fn replay(cfg: &Config, def: Arc<CompiledDefinition>, opts: &ReplayOptions, 
     let mut in_batch = 0usize;
     loop {
         line.clear();
-        let n = input.read_until(b'\n', &mut line).map_err(|e| ReplayError::Input {
-            path: in_name.clone(),
-            source: e,
-        })?;
+        let n =
+            input.read_until(b'\n', &mut line).map_err(|e| ReplayError::Input { path: in_name.clone(), source: e })?;
         if n == 0 {
             break;
         }
@@ -159,13 +156,7 @@ pub fn replay(cfg: &Config, def: Arc<CompiledDefinition>, opts: &ReplayOptions, 
         }
         stats.lines += 1;
         engine.process(
-            &InputRecord {
-                topic: REPLAY_TOPIC,
-                partition: 0,
-                offset: this,
-                payload: Some(&line),
-                timestamp_ms: None,
-            },
+            &InputRecord { topic: REPLAY_TOPIC, partition: 0, offset: this, payload: Some(&line), timestamp_ms: None },
             &mut output,
         )?;
         in_batch += 1;
@@ -200,10 +191,7 @@ fn write_output(
     dlq_path: Option<&Path>,
     stats: &mut ReplayStats,
 ) -> Result<(), ReplayError> {
-    let werr = |p: &Path, e: io::Error| ReplayError::Output {
-        path: p.display().to_string(),
-        source: e,
-    };
+    let werr = |p: &Path, e: io::Error| ReplayError::Output { path: p.display().to_string(), source: e };
     for e in &output.events {
         out.write_all(&e.payload).and_then(|_| out.write_all(b"\n")).map_err(|e| werr(out_path, e))?;
         stats.announcements += 1;

@@ -189,17 +189,8 @@ const ROLE_OWNER: u16 = 2;
 
 const SENIORITIES: [&str; 6] = ["entry", "senior", "manager", "director", "vp", "c_level"];
 const SENIORITY_WEIGHTS: [u16; 6] = [20, 35, 25, 12, 5, 3];
-const DEPARTMENTS: [&str; 9] = [
-    "engineering",
-    "product",
-    "design",
-    "marketing",
-    "sales",
-    "operations",
-    "finance",
-    "it",
-    "hr",
-];
+const DEPARTMENTS: [&str; 9] =
+    ["engineering", "product", "design", "marketing", "sales", "operations", "finance", "it", "hr"];
 const INDUSTRIES: [&str; 10] = [
     "software",
     "fintech",
@@ -357,11 +348,7 @@ fn derive_plan(seed: u64, idx: u32, days: u32, early: bool) -> Plan {
         Archetype::HandRaiser
     };
     let start_span = (days / 3).max(1);
-    let start = if early {
-        0
-    } else {
-        r.random_range(0..start_span)
-    };
+    let start = if early { 0 } else { r.random_range(0..start_span) };
     let tz = TZ_HOURS[r.random_range(0..TZ_HOURS.len())] * 3600;
     let mut p = Plan {
         arch,
@@ -448,11 +435,7 @@ fn derive_plan(seed: u64, idx: u32, days: u32, early: bool) -> Plan {
             p.p_active = r.random_range(0.2..0.5);
             p.min_session = 1;
             p.max_session = 3;
-            p.special = if early {
-                r.random_range(0..=1)
-            } else {
-                r.random_range(0..=25)
-            };
+            p.special = if early { r.random_range(0..=1) } else { r.random_range(0..=25) };
             p.actor = 0;
             p.variant = r.random_bool(0.7) as u8; // 1: Contact Sales, 0: Demo Requested
             p.employees = log_uniform(&mut r, 10.0, 5000.0);
@@ -505,22 +488,12 @@ impl Simulator {
             k += 1;
         }
         let msg_tag = (splitmix64(cfg.seed) >> 32) as u32;
-        Simulator {
-            cfg,
-            early,
-            day: 0,
-            buf: Vec::new(),
-            pos: 0,
-            counter: 0,
-            msg_tag,
-        }
+        Simulator { cfg, early, day: 0, buf: Vec::new(), pos: 0, counter: 0, msg_tag }
     }
 
     /// The archetype chosen for each account, for tests and for the demo's legend.
     pub fn archetypes(&self) -> Vec<(String, Archetype)> {
-        (0..self.cfg.accounts as u32)
-            .map(|i| (account_id(i), self.plan(i).arch))
-            .collect()
+        (0..self.cfg.accounts as u32).map(|i| (account_id(i), self.plan(i).arch)).collect()
     }
 
     fn plan(&self, idx: u32) -> Plan {
@@ -561,15 +534,7 @@ impl Simulator {
         (local - plan.tz - slot_sod).rem_euclid(DAY as i32) as u32
     }
 
-    fn gen_account_day(
-        &self,
-        idx: u32,
-        plan: &Plan,
-        day: u32,
-        slot_sod: i32,
-        weekend: bool,
-        out: &mut Vec<Rec>,
-    ) {
+    fn gen_account_day(&self, idx: u32, plan: &Plan, day: u32, slot_sod: i32, weekend: bool, out: &mut Vec<Rec>) {
         if day < plan.start {
             return;
         }
@@ -601,14 +566,9 @@ impl Simulator {
             }
             Archetype::Spiking | Archetype::LegalVisitor | Archetype::AdminSwitch => {
                 let w = if weekend { 0.2 } else { 1.0 };
-                let in_spike = plan.arch == Archetype::Spiking
-                    && age >= plan.special
-                    && age < plan.special.saturating_add(7);
-                let weekly = if in_spike {
-                    plan.spike_weekly
-                } else {
-                    plan.weekly
-                };
+                let in_spike =
+                    plan.arch == Archetype::Spiking && age >= plan.special && age < plan.special.saturating_add(7);
+                let weekly = if in_spike { plan.spike_weekly } else { plan.weekly };
                 let k = poisson(&mut rng, weekly * w / 5.4);
                 let mut active = [0u8; MAX_USERS];
                 let mut na = 0;
@@ -625,20 +585,10 @@ impl Simulator {
             }
         }
         let special_today = plan.special == age
-            && matches!(
-                plan.arch,
-                Archetype::LegalVisitor | Archetype::AdminSwitch | Archetype::HandRaiser
-            );
+            && matches!(plan.arch, Archetype::LegalVisitor | Archetype::AdminSwitch | Archetype::HandRaiser);
         let day_base = day * DAY as u32;
         let mut push = |t: u32, user: usize, kind: u8, code: u16, param: u32| {
-            out.push(Rec {
-                t: day_base + t.min(DAY as u32 - 1),
-                acct: idx,
-                user: user as u8,
-                kind,
-                code,
-                param,
-            });
+            out.push(Rec { t: day_base + t.min(DAY as u32 - 1), acct: idx, user: user as u8, kind, code, param });
         };
         // on sign-up day the founder (user 0) comes first; teammates joining
         // the same day are invited after the founder has signed up
@@ -687,11 +637,7 @@ impl Simulator {
                     let tr = pick_weighted(&mut rng, &TRACK_WEIGHTS) as u16;
                     push(t, u, K_TRACK, tr, rng.random());
                 }
-                t += if rng.random_bool(0.1) {
-                    rng.random_range(600..=2400)
-                } else {
-                    rng.random_range(15..=400)
-                };
+                t += if rng.random_bool(0.1) { rng.random_range(600..=2400) } else { rng.random_range(15..=400) };
             }
             if is_actor {
                 match plan.arch {
@@ -726,11 +672,7 @@ impl Simulator {
                     Archetype::HandRaiser => {
                         push(t, u, K_PAGE, P_PRICING, 0);
                         t += rng.random_range(30..=300);
-                        let ev = if plan.variant == 1 {
-                            T_CONTACT_SALES
-                        } else {
-                            T_DEMO_REQUESTED
-                        };
+                        let ev = if plan.variant == 1 { T_CONTACT_SALES } else { T_DEMO_REQUESTED };
                         let seats = (plan.employees / 10).clamp(5, 500);
                         push(t, u, K_TRACK, ev, seats);
                     }
@@ -748,8 +690,7 @@ impl Simulator {
         self.counter += 1;
         let acct = r.acct;
         let user = r.user;
-        let company = COMPANIES
-            [(mix(self.cfg.seed, acct as u64, SALT_COMPANY) % COMPANIES.len() as u64) as usize];
+        let company = COMPANIES[(mix(self.cfg.seed, acct as u64, SALT_COMPANY) % COMPANIES.len() as u64) as usize];
 
         // common head
         match r.kind {
@@ -772,11 +713,7 @@ impl Simulator {
         }
         s.push_str("\"timestamp\":\"");
         write_rfc3339(&mut s, time);
-        let _ = write!(
-            s,
-            "\",\"messageId\":\"sim-{:08x}-{:010x}\",",
-            self.msg_tag, msg
-        );
+        let _ = write!(s, "\",\"messageId\":\"sim-{:08x}-{:010x}\",", self.msg_tag, msg);
         if r.kind != K_GROUP {
             let _ = write!(s, "\"context\":{{\"groupId\":\"{}\"}},", account);
         }
@@ -801,11 +738,7 @@ impl Simulator {
                     let _ = write!(full_path, "{}", 1 + r.param % 24);
                 }
                 s.push_str(&full_path);
-                let _ = write!(
-                    s,
-                    "\",\"url\":\"{}{}\",\"title\":\"{} - Kanbo\"}}",
-                    host, full_path, name
-                );
+                let _ = write!(s, "\",\"url\":\"{}{}\",\"title\":\"{} - Kanbo\"}}", host, full_path, name);
             }
             K_IDENTIFY => {
                 let h = mix(self.cfg.seed, acct as u64, SALT_USER ^ user as u64);
@@ -821,9 +754,8 @@ impl Simulator {
             _ => {
                 let employees = r.param & 0x00FF_FFFF;
                 let plan = PLANS[((r.param >> 24) as usize).min(PLANS.len() - 1)];
-                let industry =
-                    INDUSTRIES[(splitmix64(mix(self.cfg.seed, acct as u64, SALT_COMPANY))
-                        % INDUSTRIES.len() as u64) as usize];
+                let industry = INDUSTRIES
+                    [(splitmix64(mix(self.cfg.seed, acct as u64, SALT_COMPANY)) % INDUSTRIES.len() as u64) as usize];
                 let _ = write!(
                     s,
                     "\"traits\":{{\"name\":\"{} {}\",\"employees\":{},\"industry\":\"{}\",\"plan\":\"{}\"}}",
@@ -832,11 +764,7 @@ impl Simulator {
             }
         }
         s.push('}');
-        SimEvent {
-            time,
-            account,
-            json: s,
-        }
+        SimEvent { time, account, json: s }
     }
 
     fn track_props(&self, s: &mut String, r: Rec) {
@@ -863,12 +791,7 @@ impl Simulator {
                 );
             }
             5 => {
-                let _ = write!(
-                    s,
-                    "\"boardId\":\"b-{}\",\"sizeBytes\":{}",
-                    board,
-                    1000 + (p >> 8) % 5_000_000
-                );
+                let _ = write!(s, "\"boardId\":\"b-{}\",\"sizeBytes\":{}", board, 1000 + (p >> 8) % 5_000_000);
             }
             6 => {
                 let _ = write!(s, "\"resultCount\":{}", (p >> 8) % 50);
@@ -877,35 +800,19 @@ impl Simulator {
                 let _ = write!(s, "\"boardId\":\"b-{}\",\"trigger\":\"card_moved\"", board);
             }
             10 => {
-                let _ = write!(
-                    s,
-                    "\"integration\":\"{}\"",
-                    INTEGRATIONS[((p >> 8) % 5) as usize]
-                );
+                let _ = write!(s, "\"integration\":\"{}\"", INTEGRATIONS[((p >> 8) % 5) as usize]);
             }
             11 => {
                 let _ = write!(s, "\"format\":\"{}\"", FORMATS[((p >> 8) % 3) as usize]);
             }
             12 => {
-                s.push_str(if (p >> 8) & 1 == 0 {
-                    "\"channel\":\"email\""
-                } else {
-                    "\"channel\":\"in_app\""
-                });
+                s.push_str(if (p >> 8) & 1 == 0 { "\"channel\":\"email\"" } else { "\"channel\":\"in_app\"" });
             }
             T_USER_INVITED => {
-                let _ = write!(
-                    s,
-                    "\"invitedUserId\":\"acct-{:05}-u{}\",\"role\":\"member\"",
-                    r.acct, p
-                );
+                let _ = write!(s, "\"invitedUserId\":\"acct-{:05}-u{}\",\"role\":\"member\"", r.acct, p);
             }
             T_ADMIN_GRANTED => {
-                let _ = write!(
-                    s,
-                    "\"targetUserId\":\"acct-{:05}-u{}\",\"role\":\"admin\"",
-                    r.acct, p
-                );
+                let _ = write!(s, "\"targetUserId\":\"acct-{:05}-u{}\",\"role\":\"admin\"", r.acct, p);
             }
             T_OWNER_CHANGED => {
                 let _ = write!(
@@ -915,11 +822,7 @@ impl Simulator {
                 );
             }
             T_CONTACT_SALES => {
-                let _ = write!(
-                    s,
-                    "\"formId\":\"contact-sales\",\"seats\":{},\"source\":\"pricing_page\"",
-                    p
-                );
+                let _ = write!(s, "\"formId\":\"contact-sales\",\"seats\":{},\"source\":\"pricing_page\"", p);
             }
             _ => {
                 let _ = write!(s, "\"source\":\"pricing_page\",\"seats\":{}", p);
@@ -997,12 +900,7 @@ mod tests {
     use std::collections::{BTreeMap, HashMap, HashSet};
 
     fn small_cfg() -> SimConfig {
-        SimConfig {
-            seed: 7,
-            accounts: 60,
-            start_unix: 1_788_220_800,
-            days: 30,
-        }
+        SimConfig { seed: 7, accounts: 60, start_unix: 1_788_220_800, days: 30 }
     }
 
     fn user_of(json: &str) -> &str {
@@ -1022,11 +920,7 @@ mod tests {
         let b: Vec<SimEvent> = Simulator::new(small_cfg()).collect();
         assert!(!a.is_empty());
         assert_eq!(a, b);
-        let c: Vec<SimEvent> = Simulator::new(SimConfig {
-            seed: 8,
-            ..small_cfg()
-        })
-        .collect();
+        let c: Vec<SimEvent> = Simulator::new(SimConfig { seed: 8, ..small_cfg() }).collect();
         assert_ne!(a, c);
     }
 
@@ -1047,32 +941,17 @@ mod tests {
 
     #[test]
     fn rfc3339_matches_chrono() {
-        for &t in &[
-            0i64,
-            1_788_220_800,
-            1_788_220_800 + 86_399,
-            951_782_400,
-            4_102_444_800,
-            1_709_208_000,
-        ] {
+        for &t in &[0i64, 1_788_220_800, 1_788_220_800 + 86_399, 951_782_400, 4_102_444_800, 1_709_208_000] {
             let mut s = String::new();
             write_rfc3339(&mut s, t);
-            let c = chrono::DateTime::from_timestamp(t, 0)
-                .unwrap()
-                .format("%Y-%m-%dT%H:%M:%SZ")
-                .to_string();
+            let c = chrono::DateTime::from_timestamp(t, 0).unwrap().format("%Y-%m-%dT%H:%M:%SZ").to_string();
             assert_eq!(s, c);
         }
     }
 
     #[test]
     fn every_line_is_valid_segment_json() {
-        let cfg = SimConfig {
-            seed: 3,
-            accounts: 80,
-            start_unix: 1_788_220_800,
-            days: 40,
-        };
+        let cfg = SimConfig { seed: 3, accounts: 80, start_unix: 1_788_220_800, days: 40 };
         let mut ids = HashSet::new();
         let mut kinds: HashMap<String, usize> = HashMap::new();
         for e in Simulator::new(cfg) {
@@ -1085,10 +964,7 @@ mod tests {
             assert!(ts.ends_with('Z'));
             let parsed = chrono::DateTime::parse_from_rfc3339(ts).unwrap();
             assert_eq!(parsed.timestamp(), e.time);
-            assert!(
-                ids.insert(v["messageId"].as_str().unwrap().to_string()),
-                "duplicate messageId"
-            );
+            assert!(ids.insert(v["messageId"].as_str().unwrap().to_string()), "duplicate messageId");
             match ty.as_str() {
                 "track" => {
                     assert!(v["event"].is_string());
@@ -1111,9 +987,7 @@ mod tests {
                 "group" => {
                     assert_eq!(v["groupId"], e.account.as_str());
                     let t = &v["traits"];
-                    assert!(
-                        t["name"].is_string() && t["industry"].is_string() && t["plan"].is_string()
-                    );
+                    assert!(t["name"].is_string() && t["industry"].is_string() && t["plan"].is_string());
                     assert!(t["employees"].as_u64().unwrap() >= 1);
                 }
                 other => panic!("unexpected type {other}"),
@@ -1149,10 +1023,7 @@ mod tests {
 
     #[test]
     fn archetype_mix() {
-        let sim = Simulator::new(SimConfig {
-            accounts: 1000,
-            ..SimConfig::default()
-        });
+        let sim = Simulator::new(SimConfig { accounts: 1000, ..SimConfig::default() });
         let arch = sim.archetypes();
         assert_eq!(arch.len(), 1000);
         assert_eq!(arch[42].0, "acct-00042");
@@ -1169,23 +1040,14 @@ mod tests {
             (Archetype::AdminSwitch, 0.07),
             (Archetype::HandRaiser, 0.05),
         ] {
-            assert!(
-                (frac(a) - want).abs() < 0.05,
-                "{:?}: {} vs {}",
-                a,
-                frac(a),
-                want
-            );
+            assert!((frac(a) - want).abs() < 0.05, "{:?}: {} vs {}", a, frac(a), want);
         }
     }
 
     #[test]
     fn hand_raisers_act_in_first_three_days() {
         for seed in [42, 0, 1, 2, 3, 4, 5] {
-            check_early_hand_raisers(SimConfig {
-                seed,
-                ..SimConfig::default()
-            });
+            check_early_hand_raisers(SimConfig { seed, ..SimConfig::default() });
         }
     }
 
@@ -1199,10 +1061,7 @@ mod tests {
                 accounts.insert(e.account);
             }
         }
-        assert!(
-            accounts.len() >= 2,
-            "hand raisers in first 3 days: {accounts:?}"
-        );
+        assert!(accounts.len() >= 2, "hand raisers in first 3 days: {accounts:?}");
     }
 
     /// Per account: sorted (time, user) of usage events.
@@ -1251,18 +1110,12 @@ mod tests {
     #[test]
     fn archetypes_behave() {
         for seed in [42, 1, 2, 3] {
-            check_archetypes(SimConfig {
-                seed,
-                ..SimConfig::default()
-            });
+            check_archetypes(SimConfig { seed, ..SimConfig::default() });
         }
     }
 
     fn check_archetypes(cfg: SimConfig) {
-        let arch: BTreeMap<String, Archetype> = Simulator::new(cfg.clone())
-            .archetypes()
-            .into_iter()
-            .collect();
+        let arch: BTreeMap<String, Archetype> = Simulator::new(cfg.clone()).archetypes().into_iter().collect();
         let usage = usage_by_account(cfg.clone());
         let mut growing = 0;
         let mut spiking = 0;
@@ -1272,10 +1125,7 @@ mod tests {
             match a {
                 Archetype::Growing => {
                     growing += 1;
-                    assert!(
-                        max_distinct_users_28d(ev) >= 7,
-                        "{acct} growing never reaches 7 users"
-                    );
+                    assert!(max_distinct_users_28d(ev) >= 7, "{acct} growing never reaches 7 users");
                 }
                 Archetype::Small | Archetype::HandRaiser => {
                     assert!(max_distinct_users_28d(ev) <= 4, "{acct}");
@@ -1291,21 +1141,12 @@ mod tests {
         assert!(growing > 10 && spiking > 5);
 
         // signals only where intended
-        let legal = [
-            "/legal/terms\"",
-            "/privacy\"",
-            "/security\"",
-            "/dpa\"",
-            "/legal/sla\"",
-        ];
+        let legal = ["/legal/terms\"", "/privacy\"", "/security\"", "/dpa\"", "/legal/sla\""];
         let mut legal_accounts = HashSet::new();
         let mut admin_accounts = HashSet::new();
         let mut hand_accounts = HashSet::new();
         for e in Simulator::new(cfg) {
-            if legal
-                .iter()
-                .any(|p| e.json.contains(&format!("\"path\":\"{p}")))
-            {
+            if legal.iter().any(|p| e.json.contains(&format!("\"path\":\"{p}"))) {
                 legal_accounts.insert(e.account.clone());
             }
             if e.json.contains("\"role\":\"admin\"")
@@ -1347,14 +1188,8 @@ mod tests {
     #[test]
     fn signals_meet_default_rule_preconditions() {
         for seed in [42, 9] {
-            let cfg = SimConfig {
-                seed,
-                ..SimConfig::default()
-            };
-            let arch: HashMap<String, Archetype> = Simulator::new(cfg.clone())
-                .archetypes()
-                .into_iter()
-                .collect();
+            let cfg = SimConfig { seed, ..SimConfig::default() };
+            let arch: HashMap<String, Archetype> = Simulator::new(cfg.clone()).archetypes().into_iter().collect();
             let mut usage: HashMap<String, Vec<(i64, String)>> = HashMap::new();
             let mut first_seen: HashMap<String, i64> = HashMap::new();
             let mut signal_ok: HashMap<String, bool> = HashMap::new();
@@ -1371,11 +1206,8 @@ mod tests {
                     ev.push((e.time, user_of(&e.json).to_string()));
                 }
                 if signal {
-                    let users: HashSet<&str> = ev
-                        .iter()
-                        .filter(|(t, _)| *t > e.time - 28 * DAY)
-                        .map(|(_, u)| u.as_str())
-                        .collect();
+                    let users: HashSet<&str> =
+                        ev.iter().filter(|(t, _)| *t > e.time - 28 * DAY).map(|(_, u)| u.as_str()).collect();
                     let ok = signal_ok.entry(e.account.clone()).or_insert(false);
                     *ok |= users.len() >= 3;
                 }
@@ -1390,14 +1222,8 @@ mod tests {
                         let fs = first_seen[acct];
                         let fired = (0..ev.len()).any(|i| {
                             let t = ev[i].0;
-                            let last7 = ev
-                                .iter()
-                                .filter(|(x, _)| *x > t - 7 * DAY && *x <= t)
-                                .count();
-                            let prev28 = ev
-                                .iter()
-                                .filter(|(x, _)| *x > t - 35 * DAY && *x <= t - 7 * DAY)
-                                .count();
+                            let last7 = ev.iter().filter(|(x, _)| *x > t - 7 * DAY && *x <= t).count();
+                            let prev28 = ev.iter().filter(|(x, _)| *x > t - 35 * DAY && *x <= t - 7 * DAY).count();
                             let users: HashSet<&str> = ev
                                 .iter()
                                 .filter(|(x, _)| *x > t - 28 * DAY && *x <= t)
@@ -1418,11 +1244,7 @@ mod tests {
 
     #[test]
     fn lazy_with_a_million_accounts() {
-        let cfg = SimConfig {
-            accounts: 1_000_000,
-            days: 90,
-            ..SimConfig::default()
-        };
+        let cfg = SimConfig { accounts: 1_000_000, days: 90, ..SimConfig::default() };
         let first: Vec<SimEvent> = Simulator::new(cfg).take(1000).collect();
         assert_eq!(first.len(), 1000);
         assert!(first.iter().any(|e| e.account.len() > "acct-00000".len()));

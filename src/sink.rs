@@ -64,7 +64,9 @@ impl ProducerContext for SinkContext {
             tracing::warn!(cause = %err, topic = msg.topic(), "output delivery failed; will resend");
             let headers = msg
                 .headers()
-                .map(|h| h.iter().map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
+                .map(|h| {
+                    h.iter().map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec).unwrap_or_default())).collect()
+                })
                 .unwrap_or_default();
             self.failed.lock().expect("lock").push(Owned {
                 topic: msg.topic().to_string(),
@@ -99,54 +101,31 @@ impl KafkaSink {
             cc.set(*k, *v);
         }
         let producer = cc
-            .create_with_context(SinkContext {
-                failed: Mutex::new(Vec::new()),
-                metrics,
-            })
+            .create_with_context(SinkContext { failed: Mutex::new(Vec::new()), metrics })
             .map_err(SinkError::Create)?;
-        Ok(KafkaSink {
-            producer,
-            output_topic: cfg.output_topic.clone(),
-            dlq_topic: cfg.dlq_topic.clone(),
-        })
+        Ok(KafkaSink { producer, output_topic: cfg.output_topic.clone(), dlq_topic: cfg.dlq_topic.clone() })
     }
 
     /// Sends a batch's output and waits until all of it is acknowledged.
-    pub fn deliver(&self, out: &Output, shutdown: &Shutdown, not_ready: &dyn Fn(Option<&str>)) -> Result<(), SinkError> {
+    pub fn deliver(
+        &self,
+        out: &Output,
+        shutdown: &Shutdown,
+        not_ready: &dyn Fn(Option<&str>),
+    ) -> Result<(), SinkError> {
         for e in &out.events {
             let h = OwnedHeaders::new()
-                .insert(Header {
-                    key: "content-type",
-                    value: Some("application/cloudevents+json; charset=UTF-8"),
-                })
-                .insert(Header {
-                    key: "ce_type",
-                    value: Some(e.event_type),
-                });
+                .insert(Header { key: "content-type", value: Some("application/cloudevents+json; charset=UTF-8") })
+                .insert(Header { key: "ce_type", value: Some(e.event_type) });
             self.send(&self.output_topic, Some(e.key.as_bytes()), &e.payload, h);
         }
         for d in &out.dead_letters {
             let h = OwnedHeaders::new()
-                .insert(Header {
-                    key: headers::REASON,
-                    value: Some(d.reason.as_str()),
-                })
-                .insert(Header {
-                    key: headers::DETAIL,
-                    value: Some(&d.detail),
-                })
-                .insert(Header {
-                    key: headers::SOURCE_TOPIC,
-                    value: Some(&d.topic),
-                })
-                .insert(Header {
-                    key: headers::SOURCE_PARTITION,
-                    value: Some(&d.partition.to_string()),
-                })
-                .insert(Header {
-                    key: headers::SOURCE_OFFSET,
-                    value: Some(&d.offset.to_string()),
-                });
+                .insert(Header { key: headers::REASON, value: Some(d.reason.as_str()) })
+                .insert(Header { key: headers::DETAIL, value: Some(&d.detail) })
+                .insert(Header { key: headers::SOURCE_TOPIC, value: Some(&d.topic) })
+                .insert(Header { key: headers::SOURCE_PARTITION, value: Some(&d.partition.to_string()) })
+                .insert(Header { key: headers::SOURCE_OFFSET, value: Some(&d.offset.to_string()) });
             self.send(&self.dlq_topic, None, &d.payload, h);
         }
         self.wait_delivered(shutdown, not_ready)
@@ -216,10 +195,7 @@ impl KafkaSink {
             for r in failed {
                 let mut h = OwnedHeaders::new();
                 for (k, v) in &r.headers {
-                    h = h.insert(Header {
-                        key: k,
-                        value: Some(v.as_slice()),
-                    });
+                    h = h.insert(Header { key: k, value: Some(v.as_slice()) });
                 }
                 self.send(&r.topic, r.key.as_deref(), &r.payload, h);
             }

@@ -181,7 +181,13 @@ fn log_config(cc: &ClientConfig) {
 }
 
 /// Runs the consumer loop until `shutdown`. Returns after a final commit.
-pub fn run(cfg: &Config, def: Arc<CompiledDefinition>, metrics: Metrics, health: Arc<Health>, shutdown: &Shutdown) -> Result<(), RunError> {
+pub fn run(
+    cfg: &Config,
+    def: Arc<CompiledDefinition>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: &Shutdown,
+) -> Result<(), RunError> {
     let store = Store::open(&cfg.state)?;
     health.set_reader(store.reader());
     let mut engine = Engine::new(def, cfg.input.clone(), store, metrics.clone());
@@ -197,10 +203,9 @@ pub fn run(cfg: &Config, def: Arc<CompiledDefinition>, metrics: Metrics, health:
         })
         .map_err(RunError::Consumer)?;
     let topics: Vec<&str> = cfg.kafka.input_topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).map_err(|e| RunError::Subscribe {
-        topics: cfg.kafka.input_topics.clone(),
-        source: e,
-    })?;
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| RunError::Subscribe { topics: cfg.kafka.input_topics.clone(), source: e })?;
     health.set_live(true);
     tracing::info!(topics = ?topics, group = %cfg.kafka.group_id, "consuming");
 

@@ -60,15 +60,19 @@ impl Metrics {
         }
         let events = reg(
             &registry,
-            IntCounterVec::new(Opts::new("pqa_events_total", "Valid input events applied, by call type"), &["type"]).unwrap(),
+            IntCounterVec::new(Opts::new("pqa_events_total", "Valid input events applied, by call type"), &["type"])
+                .unwrap(),
         );
         for k in [Kind::Track, Kind::Page, Kind::Identify, Kind::Group] {
             events.with_label_values(&[k.as_str()]);
         }
         let dead_letters = reg(
             &registry,
-            IntCounterVec::new(Opts::new("pqa_dead_letters_total", "Input messages dead-lettered, by reason"), &["reason"])
-                .unwrap(),
+            IntCounterVec::new(
+                Opts::new("pqa_dead_letters_total", "Input messages dead-lettered, by reason"),
+                &["reason"],
+            )
+            .unwrap(),
         );
         for r in Reason::ALL {
             dead_letters.with_label_values(&[r.as_str()]);
@@ -86,8 +90,11 @@ impl Metrics {
             ),
             announcements: reg(
                 &registry,
-                IntCounterVec::new(Opts::new("pqa_announcements_total", "Events produced to the output topic, by type"), &["type"])
-                    .unwrap(),
+                IntCounterVec::new(
+                    Opts::new("pqa_announcements_total", "Events produced to the output topic, by type"),
+                    &["type"],
+                )
+                .unwrap(),
             ),
             pqas: reg(
                 &registry,
@@ -99,8 +106,11 @@ impl Metrics {
             ),
             rule_errors: reg(
                 &registry,
-                IntCounterVec::new(Opts::new("pqa_rule_errors_total", "Rule conditions that failed to evaluate"), &["rule"])
-                    .unwrap(),
+                IntCounterVec::new(
+                    Opts::new("pqa_rule_errors_total", "Rule conditions that failed to evaluate"),
+                    &["rule"],
+                )
+                .unwrap(),
             ),
             batch_seconds: reg(
                 &registry,
@@ -125,7 +135,11 @@ impl Metrics {
             batches: reg(&registry, IntCounter::new("pqa_batches_total", "Batches processed and committed").unwrap()),
             commits: reg(
                 &registry,
-                IntCounterVec::new(Opts::new("pqa_commits_total", "Commits, by kind (state, kafka_offsets)"), &["kind"]).unwrap(),
+                IntCounterVec::new(
+                    Opts::new("pqa_commits_total", "Commits, by kind (state, kafka_offsets)"),
+                    &["kind"],
+                )
+                .unwrap(),
             ),
             batch_messages: reg(
                 &registry,
@@ -137,21 +151,37 @@ impl Metrics {
             ),
             delivery_failures: reg(
                 &registry,
-                IntCounter::new("pqa_producer_delivery_failures_total", "Output messages whose delivery failed (retried)").unwrap(),
+                IntCounter::new(
+                    "pqa_producer_delivery_failures_total",
+                    "Output messages whose delivery failed (retried)",
+                )
+                .unwrap(),
             ),
-            cache_accounts: reg(&registry, IntGauge::new("pqa_cache_accounts", "Accounts in the in-memory cache").unwrap()),
+            cache_accounts: reg(
+                &registry,
+                IntGauge::new("pqa_cache_accounts", "Accounts in the in-memory cache").unwrap(),
+            ),
             state_records: reg(&registry, IntGauge::new("pqa_state_records", "Estimated records in RocksDB").unwrap()),
-            state_bytes: reg(&registry, IntGauge::new("pqa_state_size_bytes", "Estimated RocksDB size (SST + memtables)").unwrap()),
+            state_bytes: reg(
+                &registry,
+                IntGauge::new("pqa_state_size_bytes", "Estimated RocksDB size (SST + memtables)").unwrap(),
+            ),
             watermark_seconds: reg(
                 &registry,
                 IntGauge::new("pqa_event_time_watermark_seconds", "Latest event time applied (Unix seconds)").unwrap(),
             ),
             assigned_partitions: reg(
                 &registry,
-                IntGaugeVec::new(Opts::new("pqa_assigned_partitions", "Input partitions assigned to this instance"), &["topic"])
-                    .unwrap(),
+                IntGaugeVec::new(
+                    Opts::new("pqa_assigned_partitions", "Input partitions assigned to this instance"),
+                    &["topic"],
+                )
+                .unwrap(),
             ),
-            consumer_lag: reg(&registry, IntGauge::new("pqa_consumer_lag_messages", "Messages behind the log end").unwrap()),
+            consumer_lag: reg(
+                &registry,
+                IntGauge::new("pqa_consumer_lag_messages", "Messages behind the log end").unwrap(),
+            ),
             registry,
         };
         m.commits.with_label_values(&["state"]);

@@ -18,7 +18,9 @@ fn qualified_pairs(records: &[Record]) -> BTreeMap<(String, String), usize> {
         let v = r.json();
         if v["type"] == "pqa.account.qualified" {
             for rule in v["data"]["rules"].as_array().unwrap() {
-                *pairs.entry((v["subject"].as_str().unwrap().to_string(), rule.as_str().unwrap().to_string())).or_insert(0) += 1;
+                *pairs
+                    .entry((v["subject"].as_str().unwrap().to_string(), rule.as_str().unwrap().to_string()))
+                    .or_insert(0) += 1;
             }
         }
     }
@@ -48,10 +50,16 @@ fn run_end_to_end_with_dlq_http_sigterm_and_restart() {
     recs.push((Some("acct-h"), Some(track("h1", Some("acct-h"), "Contact Sales Submitted", "2026-01-05T10:00:00Z"))));
     let users: Vec<String> = (0..7).map(|i| format!("t{i}")).collect();
     for (i, u) in users.iter().enumerate() {
-        recs.push((Some("acct-t"), Some(track(u, Some("acct-t"), "Card Moved", &format!("2026-01-06T{:02}:00:00Z", 8 + i)))));
+        recs.push((
+            Some("acct-t"),
+            Some(track(u, Some("acct-t"), "Card Moved", &format!("2026-01-06T{:02}:00:00Z", 8 + i))),
+        ));
     }
     for i in 0..6 {
-        recs.push((Some("acct-six"), Some(track(&format!("s{i}"), Some("acct-six"), "Card Moved", "2026-01-06T12:00:00Z"))));
+        recs.push((
+            Some("acct-six"),
+            Some(track(&format!("s{i}"), Some("acct-six"), "Card Moved", "2026-01-06T12:00:00Z")),
+        ));
     }
     // Bad ones, each with a specific reason.
     let bad: Vec<(Option<Vec<u8>>, &str)> = vec![
@@ -70,7 +78,9 @@ fn run_end_to_end_with_dlq_http_sigterm_and_restart() {
     let out = read_until(&bootstrap, "out", 1, Duration::from_secs(60), |r| qualified_pairs(r).len() >= 2);
     let pairs = qualified_pairs(&out);
     let want: BTreeMap<(String, String), usize> =
-        [(("acct-h".into(), "hand_raiser".into()), 1), (("acct-t".into(), "team_adoption".into()), 1)].into_iter().collect();
+        [(("acct-h".into(), "hand_raiser".into()), 1), (("acct-t".into(), "team_adoption".into()), 1)]
+            .into_iter()
+            .collect();
     assert_eq!(pairs, want, "log:\n{}", engine.log());
     for r in &out {
         let v = r.json();
@@ -95,7 +105,11 @@ fn run_end_to_end_with_dlq_http_sigterm_and_restart() {
         assert!(r.headers["pqa.source.offset"].parse::<i64>().is_ok());
         assert!(!r.headers["pqa.detail"].is_empty());
         let original = bad.iter().find(|b| b.1 == r.headers["pqa.reason"]).unwrap();
-        assert_eq!(r.payload.clone().unwrap_or_default(), original.0.clone().unwrap_or_default(), "original bytes kept");
+        assert_eq!(
+            r.payload.clone().unwrap_or_default(),
+            original.0.clone().unwrap_or_default(),
+            "original bytes kept"
+        );
     }
 
     // HTTP: metrics, readiness, the account explanation.
@@ -186,7 +200,9 @@ min_score = 0
     let out = std::process::Command::new(BIN).args(["validate", "--config"]).arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    for needle in ["kafka.input_topics", "http.addr", "definition.metrics[0].window", "definition.rules[0].when", "userz"] {
+    for needle in
+        ["kafka.input_topics", "http.addr", "definition.metrics[0].window", "definition.rules[0].when", "userz"]
+    {
         assert!(err.contains(needle), "missing {needle} in:\n{err}");
     }
     let ok = std::process::Command::new(BIN)

@@ -22,12 +22,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_pqa-engine");
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/pqa-engine.toml");
 
 const QUALIFIED: &str = "pqa.account.qualified";
-const RULES: [&str; 4] = [
-    "team_adoption",
-    "enterprise_evaluation",
-    "usage_spike",
-    "hand_raiser",
-];
+const RULES: [&str; 4] = ["team_adoption", "enterprise_evaluation", "usage_spike", "hand_raiser"];
 
 // ---------------------------------------------------------------------------
 // Building events
@@ -53,9 +48,7 @@ fn at(start: DateTime<Utc>, days: i64, hours: i64) -> DateTime<Utc> {
 /// `n` instants evenly spaced over `[from, to)`.
 fn spread(n: usize, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
     let step = (to - from).num_seconds() / n as i64;
-    (0..n as i64)
-        .map(|i| from + Duration::seconds(i * step))
-        .collect()
+    (0..n as i64).map(|i| from + Duration::seconds(i * step)).collect()
 }
 
 fn rfc3339(ts: DateTime<Utc>) -> String {
@@ -68,10 +61,7 @@ fn message_id() -> String {
 }
 
 fn ev(ts: DateTime<Utc>, value: Value) -> Ev {
-    Ev {
-        ts,
-        line: value.to_string(),
-    }
+    Ev { ts, line: value.to_string() }
 }
 
 fn context(account: Option<&str>) -> Value {
@@ -133,25 +123,14 @@ fn daily_usage(account: &str, who: &[String], from: DateTime<Utc>, days: i64) ->
     let mut out = Vec::new();
     for d in 0..days {
         for (i, u) in who.iter().enumerate() {
-            out.push(track(
-                u,
-                Some(account),
-                "Board Edited",
-                at(from, d, i as i64),
-            ));
+            out.push(track(u, Some(account), "Board Edited", at(from, d, i as i64)));
         }
     }
     out
 }
 
 /// `n` plain usage events over `[from, to)`, round-robin over `who`.
-fn volume(
-    account: &str,
-    who: &[String],
-    n: usize,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Vec<Ev> {
+fn volume(account: &str, who: &[String], n: usize, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Ev> {
     spread(n, from, to)
         .into_iter()
         .enumerate()
@@ -177,10 +156,7 @@ struct Scenario {
 
 impl Scenario {
     fn expected_pairs(&self) -> BTreeSet<(String, String)> {
-        self.expected
-            .iter()
-            .map(|r| (self.account.clone(), r.to_string()))
-            .collect()
+        self.expected.iter().map(|r| (self.account.clone(), r.to_string())).collect()
     }
 }
 
@@ -192,23 +168,13 @@ fn scenario(
 ) -> Scenario {
     let account = format!("acct-{name}");
     let events = story(&account, start);
-    Scenario {
-        name,
-        account,
-        events,
-        expected: expected.to_vec(),
-        extra: None,
-    }
+    Scenario { name, account, events, expected: expected.to_vec(), extra: None }
 }
 
 /// 3 users active on day 0, then one of them does `signal` on day 1, then
 /// ordinary usage a few hours later (so the rule is evaluated after the
 /// signal even if a non-usage call like `identify` does not trigger it).
-fn three_users_then(
-    a: &str,
-    s: DateTime<Utc>,
-    signal: impl FnOnce(&str, DateTime<Utc>) -> Vec<Ev>,
-) -> Vec<Ev> {
+fn three_users_then(a: &str, s: DateTime<Utc>, signal: impl FnOnce(&str, DateTime<Utc>) -> Vec<Ev>) -> Vec<Ev> {
     let u = users(a, 3);
     let mut e = daily_usage(a, &u, s, 1);
     e.extend(signal(&u[0], at(s, 1, 0)));
@@ -241,9 +207,7 @@ fn scenarios() -> Vec<Scenario> {
             e
         }),
         // 2. Six users, plenty of events: one short of the magic number.
-        scenario("six-users", next(), &[], |a, s| {
-            volume(a, &users(a, 6), 150, s, at(s, 21, 0))
-        }),
+        scenario("six-users", next(), &[], |a, s| volume(a, &users(a, 6), 150, s, at(s, 21, 0))),
         // 3. Seven users in total, but never seven inside one 28-day window:
         //    four users on days 0-2, three others on day 40 (38 days later).
         scenario("seven-users-spread-out", next(), &[], |a, s| {
@@ -253,37 +217,14 @@ fn scenarios() -> Vec<Scenario> {
             e
         }),
         // 4. Enterprise evaluation through a legal/trust page visit.
-        scenario(
-            "legal-privacy",
-            next(),
-            &["enterprise_evaluation"],
-            legal_page("/legal/privacy"),
-        ),
-        scenario(
-            "legal-terms",
-            next(),
-            &["enterprise_evaluation"],
-            legal_page("/terms"),
-        ),
-        scenario(
-            "legal-security",
-            next(),
-            &["enterprise_evaluation"],
-            legal_page("/security"),
-        ),
-        scenario(
-            "legal-dpa",
-            next(),
-            &["enterprise_evaluation"],
-            legal_page("/dpa"),
-        ),
+        scenario("legal-privacy", next(), &["enterprise_evaluation"], legal_page("/legal/privacy")),
+        scenario("legal-terms", next(), &["enterprise_evaluation"], legal_page("/terms")),
+        scenario("legal-security", next(), &["enterprise_evaluation"], legal_page("/security")),
+        scenario("legal-dpa", next(), &["enterprise_evaluation"], legal_page("/dpa")),
         // 4'. An ordinary page is not a signal.
         scenario("ordinary-pages", next(), &[], |a, s| {
             three_users_then(a, s, |u, t| {
-                vec![
-                    page(u, Some(a), "/pricing", t),
-                    page(u, Some(a), "/docs/getting-started", at(t, 0, 1)),
-                ]
+                vec![page(u, Some(a), "/pricing", t), page(u, Some(a), "/docs/getting-started", at(t, 0, 1))]
             })
         }),
         // 5. The visit is on day 0 (the visitor's only activity); the other two
@@ -303,59 +244,27 @@ fn scenarios() -> Vec<Scenario> {
             e
         }),
         // 7. Enterprise evaluation through an admin switch.
-        scenario(
-            "admin-role-granted",
-            next(),
-            &["enterprise_evaluation"],
-            |a, s| {
-                three_users_then(a, s, |u, t| {
-                    vec![track(u, Some(a), "Admin Role Granted", t)]
-                })
-            },
-        ),
-        scenario(
-            "workspace-owner-changed",
-            next(),
-            &["enterprise_evaluation"],
-            |a, s| {
-                three_users_then(a, s, |u, t| {
-                    vec![track(u, Some(a), "Workspace Owner Changed", t)]
-                })
-            },
-        ),
-        scenario(
-            "identify-becomes-admin",
-            next(),
-            &["enterprise_evaluation"],
-            |a, s| {
-                // The user is known as a member on day 0 (after their first event,
-                // so their account is known), then identified as admin on day 1.
-                three_users_then(a, s, |u, t| {
-                    vec![
-                        identify(
-                            u,
-                            json!({ "email": format!("{u}@example.com"), "role": "member" }),
-                            at(s, 0, 6),
-                        ),
-                        identify(
-                            u,
-                            json!({ "email": format!("{u}@example.com"), "role": "admin" }),
-                            t,
-                        ),
-                    ]
-                })
-            },
-        ),
+        scenario("admin-role-granted", next(), &["enterprise_evaluation"], |a, s| {
+            three_users_then(a, s, |u, t| vec![track(u, Some(a), "Admin Role Granted", t)])
+        }),
+        scenario("workspace-owner-changed", next(), &["enterprise_evaluation"], |a, s| {
+            three_users_then(a, s, |u, t| vec![track(u, Some(a), "Workspace Owner Changed", t)])
+        }),
+        scenario("identify-becomes-admin", next(), &["enterprise_evaluation"], |a, s| {
+            // The user is known as a member on day 0 (after their first event,
+            // so their account is known), then identified as admin on day 1.
+            three_users_then(a, s, |u, t| {
+                vec![
+                    identify(u, json!({ "email": format!("{u}@example.com"), "role": "member" }), at(s, 0, 6)),
+                    identify(u, json!({ "email": format!("{u}@example.com"), "role": "admin" }), t),
+                ]
+            })
+        }),
         // 8. Hand-raisers fire at once, whatever the other numbers.
         Scenario {
             extra: Some(fires_at_trigger_time),
             ..scenario("contact-sales", next(), &["hand_raiser"], |a, s| {
-                vec![track(
-                    &users(a, 1)[0],
-                    Some(a),
-                    "Contact Sales Submitted",
-                    s,
-                )]
+                vec![track(&users(a, 1)[0], Some(a), "Contact Sales Submitted", s)]
             })
         },
         Scenario {
@@ -375,36 +284,23 @@ fn scenarios() -> Vec<Scenario> {
         // 13. Users known only through `group` calls are not active users.
         scenario("group-only-users", next(), &[], |a, s| {
             let u = users(a, 8);
-            let mut e: Vec<Ev> = u[3..]
-                .iter()
-                .enumerate()
-                .map(|(i, u)| group(u, a, at(s, 0, i as i64)))
-                .collect();
+            let mut e: Vec<Ev> = u[3..].iter().enumerate().map(|(i, u)| group(u, a, at(s, 0, i as i64))).collect();
             e.extend(daily_usage(a, &u[..3], at(s, 1, 0), 3));
             e
         }),
         // 13'. Three users whose events carry no account, linked by an earlier
         //      `group` call, plus four users with context.groupId: seven active.
-        scenario(
-            "attributed-through-group",
-            next(),
-            &["team_adoption"],
-            |a, s| {
-                let u = users(a, 7);
-                let mut e: Vec<Ev> = u[..3]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, u)| group(u, a, at(s, 0, i as i64)))
-                    .collect();
-                for d in 1..4 {
-                    for (i, user) in u.iter().enumerate() {
-                        let account = if i < 3 { None } else { Some(a) };
-                        e.push(track(user, account, "Board Edited", at(s, d, i as i64)));
-                    }
+        scenario("attributed-through-group", next(), &["team_adoption"], |a, s| {
+            let u = users(a, 7);
+            let mut e: Vec<Ev> = u[..3].iter().enumerate().map(|(i, u)| group(u, a, at(s, 0, i as i64))).collect();
+            for d in 1..4 {
+                for (i, user) in u.iter().enumerate() {
+                    let account = if i < 3 { None } else { Some(a) };
+                    e.push(track(user, account, "Board Edited", at(s, d, i as i64)));
                 }
-                e
-            },
-        ),
+            }
+            e
+        }),
         // 14. Cooldown: the same hand-raise five days later is not announced again.
         Scenario {
             extra: Some(announced_once),
@@ -418,9 +314,7 @@ fn scenarios() -> Vec<Scenario> {
             })
         },
         // 10. A new account's busy first week has no baseline: not a spike.
-        scenario("busy-first-week", next(), &[], |a, s| {
-            volume(a, &users(a, 3), 300, s, at(s, 6, 12))
-        }),
+        scenario("busy-first-week", next(), &[], |a, s| volume(a, &users(a, 3), 300, s, at(s, 6, 12))),
     ];
 
     // The usage-spike stories are long (up to eight weeks), so they come last.
@@ -432,12 +326,7 @@ fn scenarios() -> Vec<Scenario> {
             let mut e = Vec::new();
             for d in 0..42 {
                 for (i, h) in [0, 4, 8].into_iter().enumerate() {
-                    e.push(track(
-                        &u[(d as usize + i) % 3],
-                        Some(a),
-                        "Board Edited",
-                        at(s, d, h),
-                    ));
+                    e.push(track(&u[(d as usize + i) % 3], Some(a), "Board Edited", at(s, d, h)));
                 }
             }
             e.extend(volume(a, &u, 175, at(s, 42, 0), at(s, 48, 12)));
@@ -448,12 +337,7 @@ fn scenarios() -> Vec<Scenario> {
             let u = users(a, 3);
             let mut e = Vec::new();
             for d in (0..49).filter(|d| d % 7 < 5) {
-                e.push(track(
-                    &u[d as usize % 3],
-                    Some(a),
-                    "Board Edited",
-                    at(s, d, 1),
-                ));
+                e.push(track(&u[d as usize % 3], Some(a), "Board Edited", at(s, d, 1)));
             }
             e.extend(volume(a, &u, 60, at(s, 50, 0), at(s, 56, 12)));
             e
@@ -474,16 +358,10 @@ fn fires_at_trigger_time(s: &Scenario, out: &[&Value]) -> Result<(), String> {
     let trigger = s.events[0].ts;
     let q: Vec<_> = out.iter().filter(|e| e["type"] == QUALIFIED).collect();
     let first = q.first().ok_or("no qualified event")?;
-    let time = first["time"]
-        .as_str()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+    let time = first["time"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok());
     match time {
         Some(t) if t == trigger => Ok(()),
-        _ => Err(format!(
-            "qualified `time` is {}, the hand-raise was at {}",
-            first["time"],
-            rfc3339(trigger)
-        )),
+        _ => Err(format!("qualified `time` is {}, the hand-raise was at {}", first["time"], rfc3339(trigger))),
     }
 }
 
@@ -498,10 +376,7 @@ fn announced_once(_: &Scenario, out: &[&Value]) -> Result<(), String> {
         .collect();
     match tiers.as_slice() {
         [_] | ["warm", "hot"] => Ok(()),
-        _ => Err(format!(
-            "expected one qualified event listing hand_raiser, got {} (tiers {tiers:?})",
-            tiers.len()
-        )),
+        _ => Err(format!("expected one qualified event listing hand_raiser, got {} (tiers {tiers:?})", tiers.len())),
     }
 }
 
@@ -528,11 +403,7 @@ fn replay(events: &[Ev]) -> Run {
 
     let dir = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let (inp, out, dlq) = (
-        dir.path().join("in.ndjson"),
-        dir.path().join("out.ndjson"),
-        dir.path().join("dlq.ndjson"),
-    );
+    let (inp, out, dlq) = (dir.path().join("in.ndjson"), dir.path().join("out.ndjson"), dir.path().join("dlq.ndjson"));
     std::fs::write(&inp, input).unwrap();
 
     let result = Command::new(BIN)
@@ -559,48 +430,29 @@ fn replay(events: &[Ev]) -> Run {
         .expect("output is UTF-8")
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("output line is not JSON ({e}): {l}"))
-        })
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("output line is not JSON ({e}): {l}")))
         .collect();
     let dead_letter = std::fs::read_to_string(&dlq).unwrap_or_default();
-    Run {
-        raw,
-        events,
-        dead_letter,
-    }
+    Run { raw, events, dead_letter }
 }
 
 fn rules_of(e: &Value) -> Vec<&str> {
-    e["data"]["rules"]
-        .as_array()
-        .map(|r| r.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default()
+    e["data"]["rules"].as_array().map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
 }
 
 fn account_of(e: &Value) -> &str {
-    e["data"]["account_id"]
-        .as_str()
-        .or_else(|| e["subject"].as_str())
-        .unwrap_or("?")
+    e["data"]["account_id"].as_str().or_else(|| e["subject"].as_str()).unwrap_or("?")
 }
 
 fn qualified_pairs(events: &[Value]) -> BTreeSet<(String, String)> {
     events
         .iter()
         .filter(|e| e["type"] == QUALIFIED)
-        .flat_map(|e| {
-            rules_of(e)
-                .into_iter()
-                .map(move |r| (account_of(e).to_owned(), r.to_owned()))
-        })
+        .flat_map(|e| rules_of(e).into_iter().map(move |r| (account_of(e).to_owned(), r.to_owned())))
         .collect()
 }
 
-fn compare_pairs(
-    expected: &BTreeSet<(String, String)>,
-    actual: &BTreeSet<(String, String)>,
-) -> Result<(), String> {
+fn compare_pairs(expected: &BTreeSet<(String, String)>, actual: &BTreeSet<(String, String)>) -> Result<(), String> {
     if expected == actual {
         return Ok(());
     }
@@ -624,10 +476,7 @@ fn check_scenario_extras(list: &[Scenario], events: &[Value]) -> Vec<String> {
     let mut errors = Vec::new();
     for s in list {
         if let Some(extra) = s.extra {
-            let own: Vec<&Value> = events
-                .iter()
-                .filter(|e| account_of(e) == s.account)
-                .collect();
+            let own: Vec<&Value> = events.iter().filter(|e| account_of(e) == s.account).collect();
             if let Err(e) = extra(s, &own) {
                 errors.push(format!("[{}] {e}", s.name));
             }
@@ -662,14 +511,8 @@ fn all_scenarios_in_one_run_match_the_table() {
 fn each_scenario_alone_matches_the_table() {
     let list = scenarios();
     let results: Vec<(&Scenario, Run)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = list
-            .iter()
-            .map(|s| scope.spawn(move || (s, replay(&s.events))))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("replay thread"))
-            .collect()
+        let handles: Vec<_> = list.iter().map(|s| scope.spawn(move || (s, replay(&s.events)))).collect();
+        handles.into_iter().map(|h| h.join().expect("replay thread")).collect()
     });
 
     let mut errors = Vec::new();
@@ -693,11 +536,7 @@ fn replay_is_deterministic() {
     if first.raw != second.raw {
         let a = String::from_utf8_lossy(&first.raw);
         let b = String::from_utf8_lossy(&second.raw);
-        let diff = a
-            .lines()
-            .zip(b.lines())
-            .enumerate()
-            .find(|(_, (x, y))| x != y);
+        let diff = a.lines().zip(b.lines()).enumerate().find(|(_, (x, y))| x != y);
         panic!(
             "two replays of the same input differ ({} vs {} bytes); first differing line: {diff:?}",
             first.raw.len(),
@@ -709,11 +548,7 @@ fn replay_is_deterministic() {
 #[test]
 fn every_output_event_is_a_well_formed_cloudevent() {
     let run = replay(&all_events(&scenarios()));
-    let known_types = [
-        QUALIFIED,
-        "pqa.account.tier_changed",
-        "pqa.account.disqualified",
-    ];
+    let known_types = [QUALIFIED, "pqa.account.tier_changed", "pqa.account.disqualified"];
     let mut errors = Vec::new();
     let mut ids = BTreeMap::new();
 
@@ -742,11 +577,7 @@ fn every_output_event_is_a_well_formed_cloudevent() {
         if !str_field(&e["subject"]) {
             bad("subject is not a non-empty string");
         }
-        if e["time"]
-            .as_str()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .is_none()
-        {
+        if e["time"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).is_none() {
             bad("time is not an RFC 3339 timestamp");
         }
         if ty != QUALIFIED {
@@ -786,9 +617,6 @@ fn every_output_event_is_a_well_formed_cloudevent() {
             bad("data.account is not an object");
         }
     }
-    assert!(
-        run.events.iter().any(|e| e["type"] == QUALIFIED),
-        "no qualified events at all"
-    );
+    assert!(run.events.iter().any(|e| e["type"] == QUALIFIED), "no qualified events at all");
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }

@@ -233,17 +233,14 @@ pub struct CompiledDefinition {
 
 impl std::fmt::Debug for CompiledDefinition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompiledDefinition")
-            .field("version", &self.version)
-            .field("rules", &self.rules)
-            .finish()
+        f.debug_struct("CompiledDefinition").field("version", &self.version).field("rules", &self.rules).finish()
     }
 }
 
 /// Parses `28d`, `7d`, `12h`, `90 days`.
 pub fn parse_duration_seconds(s: &str) -> Result<i64, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("`{s}` is not a duration like `28d` or `12h`: {e}"))?;
+    let d =
+        humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}` is not a duration like `28d` or `12h`: {e}"))?;
     i64::try_from(d.as_secs()).map_err(|_| format!("`{s}` is too long"))
 }
 
@@ -298,7 +295,10 @@ impl DefinitionConfig {
                 Some(re) => match Regex::new(re) {
                     Ok(r) => Some(r),
                     Err(e) => {
-                        errs.push(ConfigError::new(format!("{path}.page_path"), format!("invalid regular expression: {e}")));
+                        errs.push(ConfigError::new(
+                            format!("{path}.page_path"),
+                            format!("invalid regular expression: {e}"),
+                        ));
                         None
                     }
                 },
@@ -396,7 +396,11 @@ impl DefinitionConfig {
                 offset_buckets: buckets(offset),
                 counter,
                 signal,
-                signal_name: if m.kind == MetricKind::Signal { m.signal.clone().unwrap_or_default() } else { String::new() },
+                signal_name: if m.kind == MetricKind::Signal {
+                    m.signal.clone().unwrap_or_default()
+                } else {
+                    String::new()
+                },
             });
         }
 
@@ -408,7 +412,8 @@ impl DefinitionConfig {
         for (i, d) in self.derived.iter().enumerate() {
             let path = format!("definition.derived[{i}]");
             claim(&d.name, path.clone(), &mut errs);
-            if let Some(p) = compile_expr(&env, &d.expr, &format!("{path}.expr"), &known, &mut errs, ExpectType::Number) {
+            if let Some(p) = compile_expr(&env, &d.expr, &format!("{path}.expr"), &known, &mut errs, ExpectType::Number)
+            {
                 derived.push((d.name.clone(), p));
             }
             known.push(d.name.clone());
@@ -417,7 +422,9 @@ impl DefinitionConfig {
         for (i, r) in self.rules.iter().enumerate() {
             let path = format!("definition.rules[{i}]");
             claim(&r.name, path.clone(), &mut errs);
-            if let Some(program) = compile_expr(&env, &r.when, &format!("{path}.when"), &known, &mut errs, ExpectType::Bool) {
+            if let Some(program) =
+                compile_expr(&env, &r.when, &format!("{path}.when"), &known, &mut errs, ExpectType::Bool)
+            {
                 let refs = program.references();
                 let references = known
                     .iter()
@@ -531,7 +538,12 @@ fn compile_expr(
             format!(
                 "unknown name(s) {}: define them under definition.metrics or definition.derived (known: {})",
                 unknown.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", "),
-                known.iter().chain(BUILTIN_VARIABLES.iter().map(|s| s.to_string()).collect::<Vec<_>>().iter()).cloned().collect::<Vec<_>>().join(", ")
+                known
+                    .iter()
+                    .chain(BUILTIN_VARIABLES.iter().map(|s| s.to_string()).collect::<Vec<_>>().iter())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ));
         return None;

@@ -54,10 +54,7 @@ impl fmt::Display for ConfigError {
 
 impl ConfigError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            path: path.into(),
-            message: message.into(),
-        }
+        ConfigError { path: path.into(), message: message.into() }
     }
 }
 
@@ -202,21 +199,14 @@ impl Config {
         let mut fig = Figment::new().merge(Toml::string(DEFAULT_CONFIG_TOML));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigErrors(vec![ConfigError::new(
-                    path.display().to_string(),
-                    "file not found",
-                )]));
+                return Err(ConfigErrors(vec![ConfigError::new(path.display().to_string(), "file not found")]));
             }
             // A file that defines its own rules replaces the shipped ones
             // instead of being merged item by item.
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigErrors(vec![ConfigError::new(path.display().to_string(), e.to_string())])
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigErrors(vec![ConfigError::new(path.display().to_string(), e.to_string())]))?;
             let doc: toml::Table = toml::from_str(&text).map_err(|e| {
-                ConfigErrors(vec![ConfigError::new(
-                    path.display().to_string(),
-                    format!("not valid TOML: {e}"),
-                )])
+                ConfigErrors(vec![ConfigError::new(path.display().to_string(), format!("not valid TOML: {e}"))])
             })?;
             if let Some(def) = doc.get("definition").and_then(|d| d.as_table()) {
                 if def.contains_key("rules") || def.contains_key("metrics") {
@@ -232,11 +222,7 @@ impl Config {
             ConfigErrors(
                 e.into_iter()
                     .map(|e| {
-                        let path = if e.path.is_empty() {
-                            "config".to_string()
-                        } else {
-                            e.path.join(".")
-                        };
+                        let path = if e.path.is_empty() { "config".to_string() } else { e.path.join(".") };
                         let mut msg = e.kind.to_string();
                         if let Some(meta) = &e.metadata {
                             msg.push_str(&format!(" (from {})", meta.name));
@@ -358,7 +344,11 @@ fn strip_definition_lists() -> String {
 /// Names of librdkafka properties whose values must never be logged.
 pub fn is_secret_property(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    n.contains("password") || n.contains("secret") || n.contains("key.pem") || n.ends_with(".key") || n.contains("token")
+    n.contains("password")
+        || n.contains("secret")
+        || n.contains("key.pem")
+        || n.ends_with(".key")
+        || n.contains("token")
 }
 
 #[cfg(test)]

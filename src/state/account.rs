@@ -108,13 +108,7 @@ impl AccountState {
         let pos = match self.buckets.binary_search_by_key(&idx, |b| b.idx) {
             Ok(p) => p,
             Err(p) => {
-                self.buckets.insert(
-                    p,
-                    Bucket {
-                        idx,
-                        counts: vec![0; n_counters],
-                    },
-                );
+                self.buckets.insert(p, Bucket { idx, counts: vec![0; n_counters] });
                 p
             }
         };
@@ -163,14 +157,7 @@ impl AccountState {
     /// Records a signal occurrence.
     pub fn add_signal(&mut self, signal: &str, user: &str, at_ms: i64) {
         let pos = self.signals.partition_point(|h| h.at_ms <= at_ms);
-        self.signals.insert(
-            pos,
-            SignalHit {
-                signal: signal.to_string(),
-                user: user.to_string(),
-                at_ms,
-            },
-        );
+        self.signals.insert(pos, SignalHit { signal: signal.to_string(), user: user.to_string(), at_ms });
         let count = self.signals.iter().filter(|h| h.signal == signal).count();
         if count > MAX_SIGNAL_HITS {
             if let Some(p) = self.signals.iter().position(|h| h.signal == signal) {
@@ -206,9 +193,7 @@ impl AccountState {
                 let n: u64 = self.user_hist[start..].iter().take_while(|e| e.0 <= hi).map(|e| u64::from(e.1)).sum();
                 n as f64
             }
-            MetricKind::DistinctFeatures => {
-                self.features.iter().filter(|f| f.1 >= lo && f.1 <= hi).count() as f64
-            }
+            MetricKind::DistinctFeatures => self.features.iter().filter(|f| f.1 >= lo && f.1 <= hi).count() as f64,
             MetricKind::Signal => self
                 .signals
                 .iter()
@@ -232,7 +217,11 @@ impl AccountState {
     }
 
     /// Signal occurrences that some metric of the definition counts at `now`.
-    pub fn live_signals<'a>(&'a self, def: &'a CompiledDefinition, now: u32) -> impl Iterator<Item = &'a SignalHit> + 'a {
+    pub fn live_signals<'a>(
+        &'a self,
+        def: &'a CompiledDefinition,
+        now: u32,
+    ) -> impl Iterator<Item = &'a SignalHit> + 'a {
         self.signals.iter().filter(move |h| {
             let b = bucket_of(h.at_ms, def.bucket_seconds);
             def.metrics.iter().any(|m| {
@@ -315,7 +304,7 @@ mod tests {
         // 328 is one bucket too old; 1001 is in the future of `now`.
         assert_eq!(a.metric(&m, 1000, H), 3.0);
         assert_eq!(a.metric(&m, 1001, H), 3.0); // 329 drops out, 1001 comes in
-        // Window 501..=1172: only 1000 and 1001 are left.
+                                                // Window 501..=1172: only 1000 and 1001 are left.
         assert_eq!(a.metric(&m, 1172, H), 2.0);
     }
 

@@ -98,16 +98,15 @@ impl StateReader {
 
     /// The member record of (account, user), loaded into the account's
     /// cache entry if it is not there yet.
-    pub fn member_into<'e>(&self, entry: &'e mut AccountEntry, account: &str, user: &str) -> Result<&'e mut MemberEntry, StateError> {
+    pub fn member_into<'e>(
+        &self,
+        entry: &'e mut AccountEntry,
+        account: &str,
+        user: &str,
+    ) -> Result<&'e mut MemberEntry, StateError> {
         if !entry.members.contains_key(user) {
             let state: Option<MemberState> = get(&self.db, cf::MEMBERS, &keys::member(account, user), "member")?;
-            entry.members.insert(
-                user.to_string(),
-                MemberEntry {
-                    state: state.unwrap_or_default(),
-                    dirty: false,
-                },
-            );
+            entry.members.insert(user.to_string(), MemberEntry { state: state.unwrap_or_default(), dirty: false });
         }
         Ok(entry.members.get_mut(user).expect("just inserted"))
     }
@@ -184,10 +183,8 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the state directory.
     pub fn open(cfg: &StateConfig) -> Result<Store, StateError> {
-        std::fs::create_dir_all(&cfg.dir).map_err(|e| StateError::Dir {
-            path: cfg.dir.display().to_string(),
-            detail: e.to_string(),
-        })?;
+        std::fs::create_dir_all(&cfg.dir)
+            .map_err(|e| StateError::Dir { path: cfg.dir.display().to_string(), detail: e.to_string() })?;
         let watermark = Arc::new(AtomicI64::new(0));
         let cache = Cache::new_lru_cache(cfg.block_cache_bytes.max(8 << 20));
         let mut db_opts = Options::default();
@@ -265,15 +262,8 @@ impl Store {
     pub fn account(&mut self, id: &str) -> Result<&mut AccountEntry, StateError> {
         if !self.accounts.contains(id) {
             let state = self.reader.account(id)?.unwrap_or_default();
-            self.accounts.put(
-                id.to_string(),
-                AccountEntry {
-                    state,
-                    dirty: false,
-                    members: HashMap::new(),
-                    traits_cel: None,
-                },
-            );
+            self.accounts
+                .put(id.to_string(), AccountEntry { state, dirty: false, members: HashMap::new(), traits_cel: None });
         }
         Ok(self.accounts.get_mut(id).expect("just inserted"))
     }
@@ -413,14 +403,8 @@ fn encode_value<T: Serialize>(buf: &mut Vec<u8>, last_seen_ms: i64, record: &T) 
 }
 
 fn decode_value<T: DeserializeOwned>(v: &[u8], what: &'static str) -> Result<T, StateError> {
-    let body = v.get(8..).ok_or_else(|| StateError::Corrupt {
-        what,
-        detail: "shorter than its header".into(),
-    })?;
-    postcard::from_bytes(body).map_err(|e| StateError::Corrupt {
-        what,
-        detail: e.to_string(),
-    })
+    let body = v.get(8..).ok_or_else(|| StateError::Corrupt { what, detail: "shorter than its header".into() })?;
+    postcard::from_bytes(body).map_err(|e| StateError::Corrupt { what, detail: e.to_string() })
 }
 
 fn get<T: DeserializeOwned>(db: &DB, cf_name: &str, key: &[u8], what: &'static str) -> Result<Option<T>, StateError> {
@@ -459,11 +443,7 @@ mod tests {
             e_members.insert(
                 "u1".into(),
                 MemberEntry {
-                    state: MemberState {
-                        first_seen_ms: 5,
-                        last_seen_ms: 6,
-                        days: vec![(1, 2)],
-                    },
+                    state: MemberState { first_seen_ms: 5, last_seen_ms: 6, days: vec![(1, 2)] },
                     dirty: true,
                 },
             );

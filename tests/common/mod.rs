@@ -70,11 +70,7 @@ impl EngineProcess {
             .stderr(std::fs::File::create(&stderr_path).unwrap())
             .spawn()
             .expect("start pqa-engine run");
-        EngineProcess {
-            child,
-            http_port,
-            stderr_path,
-        }
+        EngineProcess { child, http_port, stderr_path }
     }
 
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
@@ -173,7 +169,13 @@ impl Record {
 
 /// Reads a topic (all partitions given) from the beginning until `done`
 /// says the records are complete or the timeout passes.
-pub fn read_until(bootstrap: &str, topic: &str, partitions: i32, timeout: Duration, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+pub fn read_until(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+    done: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "pqa-it-reader")
