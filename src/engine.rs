@@ -223,17 +223,6 @@ impl Engine {
 
     fn apply(&mut self, ev: Event, out: &mut Output) -> Result<Result<(), Rejection>, EngineError> {
         let started = Instant::now();
-        let wm = self.store.watermark_ms();
-        if wm > 0 && ev.time_ms < wm - self.retention_ms {
-            return Ok(Err(Rejection::new(
-                Reason::TooLate,
-                format!(
-                    "event time {} is older than the longest window before the latest event time {}",
-                    emit::format_time_ms(ev.time_ms),
-                    emit::format_time_ms(wm)
-                ),
-            )));
-        }
         let def = self.def.clone();
 
         // The user: account link, traits, trait-change signals.
@@ -301,7 +290,23 @@ impl Engine {
         // The account.
         self.store.set_watermark_ms(ev.time_ms);
         let reader = self.store.reader();
+        let retention_ms = self.retention_ms;
         let entry = self.store.account(&account)?;
+        // Lateness is judged per account: an event older than every window
+        // of its account's clock can no longer count anywhere. (A global
+        // watermark would reject a lagging partition's events during a
+        // backfill.)
+        if entry.state.last_seen_ms > 0 && ev.time_ms < entry.state.last_seen_ms - retention_ms {
+            return Ok(Err(Rejection::new(
+                Reason::TooLate,
+                format!(
+                    "event time {} is older than the longest window ({} days) before the account's latest event {}",
+                    emit::format_time_ms(ev.time_ms),
+                    retention_ms / 86_400_000,
+                    emit::format_time_ms(entry.state.last_seen_ms)
+                ),
+            )));
+        }
         let st = &mut entry.state;
         if st.first_seen_ms == 0 || ev.time_ms < st.first_seen_ms {
             st.first_seen_ms = ev.time_ms;
@@ -436,5 +441,132 @@ impl Engine {
             leads.push(Lead { user_id: user, why: reasons, events_28d, traits });
         }
         Ok(leads)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    struct T {
+        engine: Engine,
+        out: Output,
+        offset: i64,
+        _dir: tempfile::TempDir,
+    }
+
+    impl T {
+        fn new() -> T {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = Config::default_config();
+            cfg.state.dir = dir.path().to_path_buf();
+            let def = Arc::new(cfg.validate().unwrap());
+            let store = Store::open(&cfg.state).unwrap();
+            T {
+                engine: Engine::new(def, cfg.input, store, Metrics::new()),
+                out: Output::default(),
+                offset: 0,
+                _dir: dir,
+            }
+        }
+        fn send(&mut self, json: &str) {
+            let rec = InputRecord {
+                topic: "t",
+                partition: 0,
+                offset: self.offset,
+                payload: Some(json.as_bytes()),
+                timestamp_ms: None,
+            };
+            self.offset += 1;
+            self.engine.process(&rec, &mut self.out).unwrap();
+        }
+        fn track(&mut self, user: &str, acct: &str, event: &str, day: u32) {
+            self.send(&format!(
+                r#"{{"type":"track","event":"{event}","userId":"{user}","context":{{"groupId":"{acct}"}},"timestamp":"2026-01-{day:02}T10:00:00Z"}}"#
+            ));
+        }
+        fn identify(&mut self, user: &str, role: &str, day: u32) {
+            self.send(&format!(
+                r#"{{"type":"identify","userId":"{user}","traits":{{"role":"{role}","email":"{user}@x.example"}},"timestamp":"2026-01-{day:02}T11:00:00Z"}}"#
+            ));
+        }
+        fn signals(&mut self, acct: &str) -> Vec<String> {
+            self.engine.commit().unwrap();
+            self.engine.reader().account(acct).unwrap().unwrap().signals.iter().map(|h| h.signal.clone()).collect()
+        }
+    }
+
+    #[test]
+    fn late_events_are_judged_per_account() {
+        let mut t = T::new();
+        t.track("u1", "a", "x", 1);
+        t.send(r#"{"type":"track","event":"x","userId":"u2","context":{"groupId":"b"},"timestamp":"2026-03-01T10:00:00Z"}"#);
+        // Account `a` is two months behind `b`, but its own clock is what
+        // matters: an event of `a` from January still counts.
+        t.track("u1", "a", "x", 2);
+        assert!(t.out.dead_letters.is_empty(), "{:?}", t.out.dead_letters);
+        // For `b`, January is older than every window: too late.
+        t.track("u2", "b", "x", 2);
+        assert_eq!(t.out.dead_letters.len(), 1);
+        assert_eq!(t.out.dead_letters[0].reason, Reason::TooLate);
+    }
+
+    #[test]
+    fn admin_switch_only_on_a_change_of_role() {
+        let mut t = T::new();
+        t.track("u1", "a", "x", 1);
+        t.identify("u1", "member", 1);
+        assert!(t.signals("a").is_empty());
+        t.identify("u1", "admin", 2);
+        assert_eq!(t.signals("a"), ["admin_switch"]);
+        t.identify("u1", "admin", 3);
+        assert_eq!(t.signals("a"), ["admin_switch"], "still admin: no new switch");
+        t.identify("u1", "Owner", 4);
+        assert_eq!(t.signals("a"), ["admin_switch"], "admin -> owner stays in the set");
+    }
+
+    #[test]
+    fn applied_offsets_are_skipped_and_abort_forgets_the_batch() {
+        let mut t = T::new();
+        t.track("u1", "a", "Contact Sales Submitted", 1);
+        assert_eq!(t.out.events.len(), 1);
+        t.engine.commit().unwrap();
+        // Kafka redelivers offset 0: skipped, nothing announced again.
+        t.offset = 0;
+        t.track("u1", "a", "Contact Sales Submitted", 1);
+        assert_eq!(t.out.events.len(), 1);
+        assert_eq!(t.engine.metrics().duplicates_skipped.get(), 1);
+        // A batch that is aborted (output not delivered) leaves no trace:
+        // processing it again gives the same announcement, same id.
+        t.out.clear();
+        t.track("u2", "b", "Demo Requested", 2);
+        let first = t.out.events[0].clone();
+        t.engine.abort();
+        t.out.clear();
+        t.offset -= 1;
+        t.track("u2", "b", "Demo Requested", 2);
+        assert_eq!(t.out.events.len(), 1);
+        assert_eq!(t.out.events[0].id, first.id);
+        assert_eq!(t.out.events[0].payload, first.payload);
+    }
+
+    #[test]
+    fn leads_name_the_people_behind_the_signals() {
+        let mut t = T::new();
+        for u in ["u1", "u2", "u3"] {
+            t.track(u, "a", "Card Moved", 1);
+        }
+        t.track("u2", "a", "Card Moved", 1);
+        t.identify("u3", "admin", 2);
+        let e = t.out.events.last().expect("enterprise_evaluation announced");
+        let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+        assert_eq!(v["data"]["rules"], serde_json::json!(["enterprise_evaluation"]));
+        let leads = v["data"]["leads"].as_array().unwrap();
+        assert_eq!(leads[0]["user_id"], "u3");
+        assert_eq!(leads[0]["why"], serde_json::json!(["admin", "admin_switch"]));
+        assert_eq!(leads[0]["traits"]["email"], "u3@x.example");
+        assert_eq!(leads[1]["user_id"], "u2", "then the most active");
+        assert_eq!(leads[1]["events_28d"], 2);
     }
 }
