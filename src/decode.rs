@@ -154,7 +154,7 @@ impl Decoder {
     pub fn decode(&self, payload: Option<&[u8]>, now_ms: i64) -> Result<Event, Rejection> {
         let bytes = match payload {
             None => return Err(Rejection::new(Reason::Empty, "null message value (tombstone)")),
-            Some(b) if b.is_empty() => return Err(Rejection::new(Reason::Empty, "empty message")),
+            Some([]) => return Err(Rejection::new(Reason::Empty, "empty message")),
             Some(b) => b,
         };
         if bytes.len() > self.cfg.max_message_bytes {

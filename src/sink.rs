@@ -7,7 +7,7 @@
 //! are, or until shutdown (then the batch is not committed and will be
 //! processed again after the restart, with the same ids).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -207,6 +207,3 @@ impl KafkaSink {
         let _ = self.producer.flush(timeout);
     }
 }
-
-/// Shared handle type for health reporting.
-pub type SharedSink = Arc<KafkaSink>;

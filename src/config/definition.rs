@@ -472,7 +472,7 @@ impl DefinitionConfig {
                 "one tier must have min_score = 0, so that every PQA has a tier",
             ));
         }
-        tiers.sort_by(|a, b| b.1.cmp(&a.1));
+        tiers.sort_by_key(|t| std::cmp::Reverse(t.1));
 
         if !errs.is_empty() {
             return Err(errs);

@@ -40,6 +40,9 @@ pub enum StateError {
 /// rather than misreading state.
 const SCHEMA_VERSION: &[u8] = b"1";
 
+/// (topic, partition).
+pub type TopicPartition = (String, i32);
+
 /// A cached account with the members touched while it was cached.
 #[derive(Debug, Default)]
 pub struct AccountEntry {
@@ -121,7 +124,7 @@ impl StateReader {
     }
 
     /// Every stored (topic, partition) -> next offset.
-    pub fn offsets(&self) -> Result<Vec<((String, i32), i64)>, StateError> {
+    pub fn offsets(&self) -> Result<Vec<(TopicPartition, i64)>, StateError> {
         let cf = self.db.cf_handle(cf::META).expect("meta column family");
         let mut out = Vec::new();
         for item in self.db.iterator_cf(cf, IteratorMode::From(&[keys::OFFSET], rocksdb::Direction::Forward)) {
