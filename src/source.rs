@@ -91,10 +91,12 @@ impl ConsumerContext for EngineContext {
                 // produced: start exactly there.
                 let elems: Vec<(String, i32)> =
                     tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                let mut known = TopicPartitionList::new();
                 for (topic, partition) in &elems {
                     match self.reader.offset(topic, *partition) {
                         Ok(Some(next)) => {
                             let _ = tpl.set_partition_offset(topic, *partition, Offset::Offset(next));
+                            let _ = known.add_partition_offset(topic, *partition, Offset::Offset(next));
                         }
                         Ok(None) => {}
                         Err(e) => tracing::error!(cause = %e, topic, partition, "cannot read stored offset"),
@@ -113,6 +115,15 @@ impl ConsumerContext for EngineContext {
                         rdsys::rd_kafka_assign(native.ptr(), tpl.ptr());
                     }
                 }
+                // Kafka's committed offsets may trail RocksDB (a crash
+                // before the last auto-commit); store RocksDB's so that lag
+                // tools see the truth even for partitions with no new data.
+                if known.count() > 0 {
+                    if let Err(e) = consumer.store_offsets(&known) {
+                        tracing::debug!(cause = %e, "storing assigned offsets");
+                    }
+                }
+                drop(known);
                 self.health.set_assigned(true);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -214,6 +225,7 @@ pub fn run(
     let mut out = Output::default();
     let mut batch_offsets: HashMap<(String, i32), i64> = HashMap::new();
     let mut last_size_report = Instant::now();
+    let mut last_error_log = Instant::now() - Duration::from_secs(60);
     let not_ready = |p: Option<&str>| health.set_problem(p);
     let mut result = Ok(());
 
@@ -241,7 +253,13 @@ pub fn run(
                 }
                 Err(KafkaError::PartitionEOF(_)) => {}
                 Err(e) => {
-                    tracing::warn!(cause = %e, "consumer error");
+                    // Transient (broker down, leader change): librdkafka
+                    // retries by itself; don't spin while it does.
+                    if last_error_log.elapsed() > Duration::from_secs(5) {
+                        tracing::warn!(cause = %e, "consumer error");
+                        last_error_log = Instant::now();
+                    }
+                    shutdown.sleep(Duration::from_millis(100));
                     break;
                 }
             }

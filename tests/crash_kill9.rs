@@ -1,0 +1,213 @@
+//! Effectively once under `kill -9`: a generated history of 200 k events is
+//! preloaded into an in-process Kafka (librdkafka's mock cluster); the real
+//! engine runs as a child process and is killed with SIGKILL at random
+//! moments, ten times, each time restarted on the same state dir. At the end
+//! the output topic must hold exactly the events of a clean `replay` of the
+//! same history: the same ids (so nothing lost, nothing new), every repeat
+//! byte-identical to its first copy, and the state of sampled accounts equal
+//! to the clean run's.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pqa_engine::config::Config;
+use pqa_engine::sim::{SimConfig, Simulator};
+use pqa_engine::state::Store;
+use rand::{Rng, SeedableRng};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+const EVENTS: usize = 200_000;
+const PARTITIONS: i32 = 24;
+const KILLS: usize = 10;
+
+fn history() -> Vec<pqa_engine::sim::SimEvent> {
+    Simulator::new(SimConfig { seed: 11, accounts: 2500, start_unix: 1_767_225_600, days: 90 }).take(EVENTS).collect()
+}
+
+/// Kafka's committed offsets of the engine's group reached the end of every
+/// partition.
+fn caught_up(bootstrap: &str, ends: &BTreeMap<i32, i64>) -> bool {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "pqa-it")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition("events", p);
+    }
+    let done = match c.committed_offsets(tpl, Duration::from_secs(5)) {
+        Ok(committed) => committed.elements().iter().all(|e| match e.offset() {
+            Offset::Offset(o) => o >= ends[&e.partition()],
+            _ => ends[&e.partition()] == 0,
+        }),
+        Err(_) => false,
+    };
+    drop(c);
+    done
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_nothing_and_repeats_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = history();
+
+    // The reference: a clean replay of the same history.
+    let input = dir.path().join("history.ndjson");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        for e in &events {
+            writeln!(f, "{}", e.json).unwrap();
+        }
+    }
+    let clean_out = dir.path().join("clean.ndjson");
+    let clean_state = dir.path().join("clean-state");
+    let st = Command::new(BIN)
+        .args(["replay", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&clean_out)
+        .arg("--state-dir")
+        .arg(&clean_state)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let clean: Vec<serde_json::Value> =
+        std::fs::read_to_string(&clean_out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(clean.len() > 100, "the history must produce announcements ({})", clean.len());
+
+    // Kafka with the history preloaded, keyed by account.
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("events", PARTITIONS, 1).unwrap();
+    cluster.create_topic("out", 1, 1).unwrap();
+    cluster.create_topic("dlq", 1, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", &bootstrap).set("linger.ms", "5").create().unwrap();
+    let mut ends: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
+    for e in &events {
+        // Partition by account, as the engine's scale-out will expect.
+        let p = (xxhash(&e.account) % PARTITIONS as u64) as i32;
+        *ends.get_mut(&p).unwrap() += 1;
+        let mut rec = BaseRecord::<str, str>::to("events").key(&e.account).payload(&e.json).partition(p);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    producer.poll(Duration::from_millis(10));
+                    rec = r;
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+
+    let state = dir.path().join("state");
+    let port = free_port();
+    let config = write_config(dir.path(), &bootstrap, &state, port, "");
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let mut kills = 0;
+    for n in 0..KILLS {
+        let mut engine = EngineProcess::start(&config, port, dir.path(), n);
+        engine.wait_ready(Duration::from_secs(90));
+        std::thread::sleep(Duration::from_millis(rng.random_range(150..1500)));
+        if engine.child.try_wait().unwrap().is_none() {
+            engine.child.kill().unwrap(); // SIGKILL
+            engine.child.wait().unwrap();
+            kills += 1;
+        }
+    }
+    assert_eq!(kills, KILLS);
+
+    // The last run goes to the end, then stops cleanly.
+    let mut engine = EngineProcess::start(&config, port, dir.path(), KILLS);
+    engine.wait_ready(Duration::from_secs(90));
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !caught_up(&bootstrap, &ends) {
+        let progress = engine
+            .http_get("/metrics")
+            .map(|(_, m)| {
+                m.lines()
+                    .filter(|l| l.starts_with("pqa_") && !l.contains("bucket"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        assert!(Instant::now() < deadline, "engine did not catch up:\n{progress}\n{}", engine.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let st = engine.terminate(Duration::from_secs(30));
+    assert!(st.success(), "{st}");
+    drop(engine);
+
+    // Compare the output topic with the clean run.
+    let out = read_until(&bootstrap, "out", 1, Duration::from_secs(60), |r| {
+        r.iter().map(|x| x.json()["id"].as_str().unwrap().to_string()).collect::<BTreeSet<_>>().len() >= clean.len()
+    });
+    let mut first: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for r in &out {
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        let payload = r.payload.clone().unwrap();
+        let prev = first.entry(id.clone()).or_insert_with(|| payload.clone());
+        assert_eq!(*prev, payload, "a repeat of {id} differs from its first copy");
+    }
+    let got: BTreeSet<&String> = first.keys().collect();
+    let want_ids: Vec<String> = clean.iter().map(|v| v["id"].as_str().unwrap().to_string()).collect();
+    let want: BTreeSet<&String> = want_ids.iter().collect();
+    let missing: Vec<_> = want.difference(&got).take(5).collect();
+    let extra: Vec<_> = got.difference(&want).take(5).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, unexpected {extra:?}");
+    let pairs = |vs: &mut dyn Iterator<Item = serde_json::Value>| -> BTreeSet<(String, String)> {
+        vs.filter(|v| v["type"] == "pqa.account.qualified")
+            .flat_map(|v| {
+                let a = v["subject"].as_str().unwrap().to_string();
+                v["data"]["rules"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(move |r| (a.clone(), r.as_str().unwrap().to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    assert_eq!(pairs(&mut out.iter().map(Record::json)), pairs(&mut clean.iter().cloned()));
+    eprintln!(
+        "{} kills; {} output records, {} distinct, {} repeats; {} announcements in the clean run",
+        kills,
+        out.len(),
+        first.len(),
+        out.len() - first.len(),
+        clean.len()
+    );
+
+    // The state of sampled accounts equals the clean run's.
+    let open = |d: &std::path::Path| {
+        let mut c = Config::default_config().state;
+        c.dir = d.to_path_buf();
+        Store::open(&c).unwrap()
+    };
+    let (a, b) = (open(&state), open(&clean_state));
+    let accounts: BTreeSet<&str> = events.iter().map(|e| e.account.as_str()).collect();
+    for acct in accounts.iter().step_by(25) {
+        let x = a.reader().account(acct).unwrap();
+        let y = b.reader().account(acct).unwrap();
+        assert!(x.is_some(), "{acct} missing");
+        assert_eq!(x, y, "state of {acct} differs from the clean run");
+        assert_eq!(a.reader().members(acct).unwrap(), b.reader().members(acct).unwrap(), "members of {acct}");
+    }
+}
+
+fn xxhash(s: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(s.as_bytes())
+}
