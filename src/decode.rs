@@ -151,6 +151,24 @@ impl Decoder {
     }
 
     /// Decodes one message. `now_ms` is the wall clock, for the future check.
+    ///
+    /// ```
+    /// use pqa_engine::config::Config;
+    /// use pqa_engine::decode::{Decoder, Kind, Reason};
+    ///
+    /// let decoder = Decoder::new(Config::default_config().input);
+    /// let now = 1_790_000_000_000; // 2026-09-21
+    /// let line = br#"{"type":"page","userId":"u7","timestamp":"2026-09-02T10:00:00Z",
+    ///   "properties":{"url":"https://acme.example/legal/privacy?ref=footer"},
+    ///   "context":{"groupId":"acct-42"}}"#;
+    /// let event = decoder.decode(Some(line), now).unwrap();
+    /// assert_eq!(event.kind, Kind::Page);
+    /// assert_eq!(event.account_id.as_deref(), Some("acct-42"));
+    /// assert_eq!(event.path.as_deref(), Some("/legal/privacy"));
+    ///
+    /// let bad = decoder.decode(Some(br#"{"type":"track","event":"x"}"#), now).unwrap_err();
+    /// assert_eq!(bad.reason, Reason::MissingUserId);
+    /// ```
     pub fn decode(&self, payload: Option<&[u8]>, now_ms: i64) -> Result<Event, Rejection> {
         let bytes = match payload {
             None => return Err(Rejection::new(Reason::Empty, "null message value (tombstone)")),
