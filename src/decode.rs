@@ -78,11 +78,13 @@ pub enum Reason {
     InvalidTimestamp,
     FutureTimestamp,
     TooLate,
+    FieldTooLong,
+    DuplicateKey,
 }
 
 impl Reason {
     /// Every reason, for pre-registering metric labels.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 17] = [
         Reason::TooLarge,
         Reason::Empty,
         Reason::InvalidUtf8,
@@ -98,6 +100,8 @@ impl Reason {
         Reason::InvalidTimestamp,
         Reason::FutureTimestamp,
         Reason::TooLate,
+        Reason::FieldTooLong,
+        Reason::DuplicateKey,
     ];
 
     /// Stable snake_case name: header value and metric label.
@@ -118,6 +122,8 @@ impl Reason {
             Reason::InvalidTimestamp => "invalid_timestamp",
             Reason::FutureTimestamp => "future_timestamp",
             Reason::TooLate => "too_late",
+            Reason::FieldTooLong => "field_too_long",
+            Reason::DuplicateKey => "duplicate_key",
         }
     }
 }
@@ -135,6 +141,15 @@ impl Rejection {
         Rejection { reason, detail: detail.into() }
     }
 }
+
+/// Longest user id, account id, message id, event or page name (bytes).
+/// Ids become RocksDB keys and names are stored per account, so a huge
+/// string is rejected instead of bloating state.
+pub const MAX_ID_BYTES: usize = crate::state::keys::MAX_ID_BYTES;
+/// Longest page path (bytes).
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Largest traits object of one identify / group call (bytes of JSON).
+pub const MAX_TRAITS_BYTES: usize = 64 * 1024;
 
 /// Earliest plausible event time (2000-01-01): older is a broken clock.
 const MIN_TIME_MS: i64 = 946_684_800_000;
@@ -182,8 +197,13 @@ impl Decoder {
             ));
         }
         let text = std::str::from_utf8(bytes).map_err(|e| Rejection::new(Reason::InvalidUtf8, e.to_string()))?;
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| Rejection::new(Reason::InvalidJson, e.to_string()))?;
+        let value: Value = match serde_json::from_str::<Strict>(text) {
+            Ok(v) => v.0,
+            Err(e) if e.to_string().starts_with(DUPLICATE_KEY) => {
+                return Err(Rejection::new(Reason::DuplicateKey, e.to_string()))
+            }
+            Err(e) => return Err(Rejection::new(Reason::InvalidJson, e.to_string())),
+        };
         let Value::Object(_) = &value else {
             return Err(Rejection::new(Reason::NotAnObject, format!("top level is {}", type_name(&value))));
         };
@@ -263,7 +283,94 @@ impl Decoder {
                 };
             }
         }
+        check_len("user id", Some(&event.user_id), MAX_ID_BYTES)?;
+        check_len("account id", event.account_id.as_deref(), MAX_ID_BYTES)?;
+        check_len("messageId", event.message_id.as_deref(), MAX_ID_BYTES)?;
+        check_len("event / page name", event.name.as_deref(), MAX_ID_BYTES)?;
+        check_len("page path", event.path.as_deref(), MAX_PATH_BYTES)?;
+        if let Some(t) = &event.traits {
+            let size = serde_json::to_vec(t).map(|v| v.len()).unwrap_or(usize::MAX);
+            if size > MAX_TRAITS_BYTES {
+                return Err(Rejection::new(
+                    Reason::FieldTooLong,
+                    format!("traits are {size} bytes of JSON, limit is {MAX_TRAITS_BYTES}"),
+                ));
+            }
+        }
         Ok(event)
+    }
+}
+
+fn check_len(what: &str, v: Option<&str>, max: usize) -> Result<(), Rejection> {
+    match v {
+        Some(s) if s.len() > max => {
+            Err(Rejection::new(Reason::FieldTooLong, format!("{what} is {} bytes, limit is {max}", s.len())))
+        }
+        _ => Ok(()),
+    }
+}
+
+const DUPLICATE_KEY: &str = "duplicate key";
+
+/// A JSON value parsed strictly: an object with the same key twice (at any
+/// depth) is an error, since which one a consumer would see is undefined.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value()?;
+            if out.contains_key(&k) {
+                return Err(serde::de::Error::custom(format_args!("{DUPLICATE_KEY} `{}`", truncate(&k, 64))));
+            }
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -474,7 +581,31 @@ mod tests {
                 Reason::FutureTimestamp,
             ),
             ("[".repeat(10_000).into_bytes(), Reason::InvalidJson),
+            (
+                format!(r#"{{"type":"track","event":"x","userId":"u","userId":"v",{ts}}}"#).into_bytes(),
+                Reason::DuplicateKey,
+            ),
+            (
+                format!(
+                    r#"{{"type":"track","event":"x","userId":"u","context":{{"groupId":"a","groupId":"b"}},{ts}}}"#
+                )
+                .into_bytes(),
+                Reason::DuplicateKey,
+            ),
             (b"{\"type\":\"track\0\"}".to_vec(), Reason::InvalidJson),
+            (
+                format!(r#"{{"type":"track","event":"x","userId":"{}",{ts}}}"#, "u".repeat(2000)).into_bytes(),
+                Reason::FieldTooLong,
+            ),
+            (
+                format!(r#"{{"type":"track","event":"{}","userId":"u",{ts}}}"#, "e".repeat(5000)).into_bytes(),
+                Reason::FieldTooLong,
+            ),
+            (
+                format!(r#"{{"type":"identify","userId":"u","traits":{{"bio":"{}"}},{ts}}}"#, "b".repeat(100_000))
+                    .into_bytes(),
+                Reason::FieldTooLong,
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(bad(&input), want, "input {:?}", String::from_utf8_lossy(&input[..input.len().min(80)]));
