@@ -2,7 +2,11 @@
 //! one account at one moment of event time, and compute score and tier.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
+use cel::common::types::CelDouble as Double;
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
 use cel::{Context, Value};
 use serde_json::Value as Json;
 
@@ -66,27 +70,83 @@ fn json_to_cel(j: &Json) -> Value {
     }
 }
 
+/// The variables of an evaluation, handed to CEL through a
+/// [`VariableResolver`] instead of a map of named, boxed values built and
+/// dropped per evaluation: the metric and derived numbers are `Double`s in
+/// one vector, looked up by the names the definition already holds, and the
+/// account's traits are converted to a CEL map only if an expression reads
+/// `account`.
+///
+/// Which names it knows, and which value a name gives, is exactly what a
+/// context with `add_variable_from_value` for the metrics, then
+/// `account_age_days` and `account`, then the derived numbers computed so far
+/// would give (a later binding replaces an earlier one of the same name).
+struct Vars<'a> {
+    def: &'a CompiledDefinition,
+    /// The metrics, in definition order, then the derived numbers computed
+    /// so far (the first `nums.len() - def.metrics.len()` of `def.derived`).
+    nums: &'a [Double],
+    age: Double,
+    traits: &'a Value,
+    /// `traits` as a CEL value, made on first use.
+    account: &'a OnceLock<Box<dyn Val>>,
+}
+
+impl VariableResolver for Vars<'_> {
+    fn resolve<'b>(&'b self, name: &str) -> Option<CowVal<'b, 'b>> {
+        let n_metrics = self.def.metrics.len();
+        let derived = &self.def.derived[..self.nums.len() - n_metrics];
+        if let Some(j) = derived.iter().rposition(|d| d.0 == name) {
+            return Some(CowVal::Borrowed(&self.nums[n_metrics + j]));
+        }
+        match name {
+            "account_age_days" => return Some(CowVal::Borrowed(&self.age)),
+            "account" => {
+                let account = self.account.get_or_init(|| {
+                    // As `Context::add_variable_from_value` does; a map from
+                    // `traits_to_cel` always converts.
+                    Box::<dyn Val>::try_from(self.traits.clone()).unwrap()
+                });
+                return Some(CowVal::Borrowed(account.as_ref()));
+            }
+            _ => {}
+        }
+        self.def.metrics.iter().rposition(|m| m.name == name).map(|i| CowVal::Borrowed(&self.nums[i] as &dyn Val))
+    }
+}
+
 /// Evaluates the definition for `acct` at event time `now_ms`. `traits` is
 /// the account's traits as a CEL map ([`traits_to_cel`]).
 pub fn evaluate(def: &CompiledDefinition, acct: &AccountState, traits: &Value, now_ms: i64) -> Evaluation {
     let now = bucket_of(now_ms, def.bucket_seconds);
-    let mut values: Vec<(String, f64)> =
-        def.metrics.iter().map(|m| (m.name.clone(), acct.metric(m, now, def.bucket_seconds))).collect();
-    let age = acct.age_days(now_ms);
-    let mut ctx = Context::with_env(def.env.clone());
-    for (k, v) in &values {
-        ctx.add_variable_from_value(k.as_str(), Value::Float(*v));
+    let n = def.metrics.len() + def.derived.len();
+    let mut values: Vec<(String, f64)> = Vec::with_capacity(n);
+    let mut nums: Vec<Double> = Vec::with_capacity(n);
+    for m in &def.metrics {
+        let v = acct.metric(m, now, def.bucket_seconds);
+        values.push((m.name.clone(), v));
+        nums.push(Double::from(v));
     }
-    ctx.add_variable_from_value("account_age_days", Value::Float(age));
-    ctx.add_variable_from_value("account", traits.clone());
+    let age = acct.age_days(now_ms);
+    let account = OnceLock::new();
+    // A context is an `Arc` clone and empty maps: no allocation. Each derived
+    // number sees the metrics and the derived numbers before it.
     for (name, program) in &def.derived {
-        let v = match program.execute(&ctx) {
-            Ok(v) => as_f64(&v).filter(|x| x.is_finite()).unwrap_or(0.0),
-            Err(_) => 0.0,
+        let v = {
+            let vars = Vars { def, nums: &nums, age: Double::from(age), traits, account: &account };
+            let mut ctx = Context::with_env(def.env.clone());
+            ctx.set_variable_resolver(&vars);
+            match program.execute(&ctx) {
+                Ok(v) => as_f64(&v).filter(|x| x.is_finite()).unwrap_or(0.0),
+                Err(_) => 0.0,
+            }
         };
-        ctx.add_variable_from_value(name.as_str(), Value::Float(v));
+        nums.push(Double::from(v));
         values.push((name.clone(), v));
     }
+    let vars = Vars { def, nums: &nums, age: Double::from(age), traits, account: &account };
+    let mut ctx = Context::with_env(def.env.clone());
+    ctx.set_variable_resolver(&vars);
     let mut outcomes = Vec::with_capacity(def.rules.len());
     let mut fired = Vec::new();
     let mut points = 0.0;
@@ -177,6 +237,171 @@ mod tests {
             let e = evaluate(&self.def, &self.state, &traits_to_cel("{}"), now);
             e.fired.iter().map(|&i| self.def.rules[i].name.clone()).collect()
         }
+    }
+
+    /// The evaluation as it was first written: a context with every
+    /// variable bound by name. The resolver-based [`evaluate`] must give
+    /// exactly what this gives.
+    fn reference_evaluate(def: &CompiledDefinition, acct: &AccountState, traits: &Value, now_ms: i64) -> Evaluation {
+        let now = bucket_of(now_ms, def.bucket_seconds);
+        let mut values: Vec<(String, f64)> =
+            def.metrics.iter().map(|m| (m.name.clone(), acct.metric(m, now, def.bucket_seconds))).collect();
+        let age = acct.age_days(now_ms);
+        let mut ctx = Context::with_env(def.env.clone());
+        for (k, v) in &values {
+            ctx.add_variable_from_value(k.as_str(), Value::Float(*v));
+        }
+        ctx.add_variable_from_value("account_age_days", Value::Float(age));
+        ctx.add_variable_from_value("account", traits.clone());
+        for (name, program) in &def.derived {
+            let v = match program.execute(&ctx) {
+                Ok(v) => as_f64(&v).filter(|x| x.is_finite()).unwrap_or(0.0),
+                Err(_) => 0.0,
+            };
+            ctx.add_variable_from_value(name.as_str(), Value::Float(v));
+            values.push((name.clone(), v));
+        }
+        let mut outcomes = Vec::with_capacity(def.rules.len());
+        let mut fired = Vec::new();
+        let mut points = 0.0;
+        for (i, r) in def.rules.iter().enumerate() {
+            let o = match r.program.execute(&ctx) {
+                Ok(Value::Bool(true)) => Outcome::Fires,
+                Ok(Value::Bool(false)) => Outcome::DoesNotFire,
+                Ok(other) => Outcome::Error(format!("condition gave {other:?}, not true/false")),
+                Err(e) => Outcome::Error(e.to_string()),
+            };
+            if o == Outcome::Fires {
+                fired.push(i);
+                points += f64::from(r.points);
+            }
+            outcomes.push(o);
+        }
+        let bonus: f64 = if fired.is_empty() {
+            0.0
+        } else {
+            def.bonus
+                .iter()
+                .map(|p| p.execute(&ctx).ok().and_then(|v| as_f64(&v)).filter(|x| x.is_finite()).unwrap_or(0.0))
+                .sum()
+        };
+        let score = if fired.is_empty() { 0 } else { (points + bonus).round().clamp(0.0, 100.0) as u32 };
+        let tier = def.tiers.iter().position(|t| score >= t.1).unwrap_or(def.tiers.len() - 1);
+        Evaluation { values, outcomes, fired, score, tier, account_age_days: age }
+    }
+
+    /// The default definition plus derived numbers that read earlier derived
+    /// numbers, `account_age_days` and `account`, rules that fail or give a
+    /// non-boolean for some traits, and more bonus terms.
+    fn extended_definition() -> CompiledDefinition {
+        use crate::config::definition::{DerivedConfig, RuleConfig};
+        let mut cfg = Config::default_config();
+        let d = &mut cfg.definition;
+        for (name, expr) in [
+            ("half_velocity", "events_velocity_7d / 2.0 + account_age_days / 100.0"),
+            ("employees", "has(account.employees) ? double(account.employees) : -1.0"),
+            ("per_user", "active_users_28d > 0.0 ? events_28d / active_users_28d : 0.0"),
+            ("mix", "half_velocity * 3.0 + per_user - events_velocity_7d"),
+        ] {
+            d.derived.push(DerivedConfig { name: name.into(), expr: expr.into() });
+        }
+        for (name, when, points) in [
+            ("big_account", "has(account.employees) && account.employees >= 1000 && active_users_7d >= 1", 5),
+            ("flagged", "has(account.flag) ? account.flag : false", 7),
+            ("enterprise_plan", "has(account.plan) && account.plan.startsWith('ent')", 11),
+            ("young_and_fast", "half_velocity > 1.0 || account_age_days < 2.0", 3),
+            ("mixed", "mix >= 10.0 && employees > 10.0 && features_28d >= 2", 13),
+        ] {
+            d.rules.push(RuleConfig { name: name.into(), description: String::new(), when: when.into(), points });
+        }
+        d.score.bonus.extend(["employees > 0.0 ? employees / 1000.0 : 0.0".into(), "account_age_days / 10.0".into()]);
+        cfg.validate().unwrap()
+    }
+
+    const TRAITS: &[&str] = &[
+        "{}",
+        r#"{"employees":5000}"#,
+        r#"{"employees":12}"#,
+        r#"{"employees":"many"}"#,
+        r#"{"employees":1500.5}"#,
+        r#"{"employees":null}"#,
+        r#"{"flag":true}"#,
+        r#"{"flag":"yes","plan":"enterprise"}"#,
+        r#"{"plan":3,"employees":999}"#,
+        r#"{"plan":"enterprise","employees":20000,"flag":false,"tags":["a",1]}"#,
+        "not json",
+        "[1,2]",
+    ];
+    const SIGNALS: &[&str] = &["admin_switch", "legal_page_visit", "hand_raise"];
+    const FEATURES: &[&str] = &["Report Created", "Invite Sent", "Export", "Dashboard Shared"];
+
+    fn assert_same(got: &Evaluation, want: &Evaluation) {
+        let bits = |e: &Evaluation| e.values.iter().map(|(k, v)| (k.clone(), v.to_bits())).collect::<Vec<_>>();
+        assert_eq!(bits(got), bits(want), "values");
+        assert_eq!(got.outcomes, want.outcomes, "outcomes");
+        assert_eq!(got.fired, want.fired, "fired");
+        assert_eq!(got.score, want.score, "score");
+        assert_eq!(got.tier, want.tier, "tier");
+        assert_eq!(got.account_age_days.to_bits(), want.account_age_days.to_bits(), "account_age_days");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Random accounts (users, events, features, signals, traits, any
+        /// moment): the resolver-based evaluation equals the reference one,
+        /// for the default definition and for one that uses every kind of
+        /// variable.
+        #[test]
+        fn resolver_evaluation_equals_reference(
+            ops in proptest::collection::vec((0u8..4, 0usize..12, 0i64..60 * 24, 0usize..4), 0..400),
+            traits in 0usize..TRAITS.len(),
+            now_h in 0i64..70 * 24,
+        ) {
+            use std::sync::LazyLock;
+            static DEFS: LazyLock<[CompiledDefinition; 2]> =
+                LazyLock::new(|| [Config::default_config().validate().unwrap(), extended_definition()]);
+            let mut a = Acct::new();
+            for &(kind, user, h, k) in &ops {
+                let t = T0 + h * H;
+                match kind {
+                    0 | 1 => a.event(&format!("u{user}"), t),
+                    2 => {
+                        a.event(&format!("u{user}"), t);
+                        a.state.touch_feature(FEATURES[k], bucket_of(t, a.def.bucket_seconds));
+                    }
+                    _ => a.signal(SIGNALS[k % SIGNALS.len()], t),
+                }
+            }
+            let traits = traits_to_cel(TRAITS[traits]);
+            let now = T0 + now_h * H + 1234;
+            for def in DEFS.iter() {
+                assert_same(&evaluate(def, &a.state, &traits, now), &reference_evaluate(def, &a.state, &traits, now));
+            }
+        }
+    }
+
+    #[test]
+    fn extended_definition_covers_errors_and_account_reads() {
+        // The extended definition does reach the paths the property test is
+        // about: errors, non-boolean conditions, traits read by derived numbers.
+        let def = extended_definition();
+        let mut a = Acct::new();
+        a.users(9, T0);
+        a.signal("hand_raise", T0);
+        for t in TRAITS {
+            let traits = traits_to_cel(t);
+            assert_same(
+                &evaluate(&def, &a.state, &traits, T0 + H),
+                &reference_evaluate(&def, &a.state, &traits, T0 + H),
+            );
+        }
+        let e = evaluate(&def, &a.state, &traits_to_cel(r#"{"flag":"yes","plan":3}"#), T0 + H);
+        let errors = e.outcomes.iter().filter(|o| matches!(o, Outcome::Error(_))).count();
+        assert_eq!(errors, 2, "{:?}", e.outcomes);
+        let e = evaluate(&def, &a.state, &traits_to_cel(r#"{"employees":5000}"#), T0 + H);
+        assert_eq!(e.value("employees"), Some(5000.0));
+        assert!(e.fired.contains(&def.rules.iter().position(|r| r.name == "big_account").unwrap()));
     }
 
     #[test]

@@ -91,7 +91,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(def: Arc<CompiledDefinition>, input: InputConfig, store: Store, metrics: Metrics) -> Engine {
+    pub fn new(def: Arc<CompiledDefinition>, input: InputConfig, mut store: Store, metrics: Metrics) -> Engine {
+        store.set_dedupe_window_ms(input.dedupe_window_seconds.saturating_mul(1000));
         let retention_ms = def.retention_seconds * 1000;
         let retention_buckets = u32::try_from(def.retention_seconds / def.bucket_seconds + 1).unwrap_or(u32::MAX);
         Engine {
@@ -224,6 +225,12 @@ impl Engine {
     fn apply(&mut self, ev: Event, out: &mut Output) -> Result<Result<(), Rejection>, EngineError> {
         let started = Instant::now();
         let def = self.def.clone();
+        if let Some(id) = &ev.message_id {
+            if self.store.seen_before(id, ev.time_ms)? {
+                self.metrics.duplicate_events.inc();
+                return Ok(Ok(()));
+            }
+        }
 
         // The user: account link, traits, trait-change signals.
         let mut hits: Vec<&str> = Vec::new();
@@ -495,6 +502,34 @@ mod tests {
             self.engine.commit().unwrap();
             self.engine.reader().account(acct).unwrap().unwrap().signals.iter().map(|h| h.signal.clone()).collect()
         }
+    }
+
+    #[test]
+    fn a_retried_message_counts_once() {
+        let mut t = T::new();
+        let msg = |id: &str, user: &str| {
+            format!(
+                r#"{{"type":"track","event":"Card Moved","userId":"{user}","messageId":"{id}","context":{{"groupId":"a"}},"timestamp":"2026-01-05T10:00:00Z"}}"#
+            )
+        };
+        for u in 0..6 {
+            t.send(&msg(&format!("m{u}"), &format!("u{u}")));
+        }
+        t.engine.commit().unwrap();
+        // The 6th user's message again (a producer retry), in this batch and
+        // in a later one: still 6 users, no PQA, 6 events.
+        t.send(&msg("m5", "u5"));
+        t.send(&msg("m5", "u5"));
+        t.engine.commit().unwrap();
+        t.send(&msg("m5", "u5"));
+        assert!(t.out.events.is_empty());
+        assert_eq!(t.engine.metrics().duplicate_events.get(), 3);
+        t.engine.commit().unwrap();
+        let acct = t.engine.reader().account("a").unwrap().unwrap();
+        assert_eq!(acct.seq, 6);
+        // A new message from a 7th user qualifies the account.
+        t.send(&msg("m6", "u6"));
+        assert_eq!(t.out.events.len(), 1);
     }
 
     #[test]

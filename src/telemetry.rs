@@ -20,6 +20,8 @@ pub struct Metrics {
     /// Input messages skipped because their offset was already applied
     /// (replayed by Kafka after a rebalance or restart).
     pub duplicates_skipped: IntCounter,
+    /// Events counted once because their `messageId` was already applied.
+    pub duplicate_events: IntCounter,
     /// Announcements produced, by type.
     pub announcements: IntCounterVec,
     /// Qualified announcements by rule and tier (a rule listed in an event).
@@ -85,6 +87,14 @@ impl Metrics {
                 IntCounter::new(
                     "pqa_duplicate_messages_skipped_total",
                     "Input messages skipped because their offset was already applied to state",
+                )
+                .unwrap(),
+            ),
+            duplicate_events: reg(
+                &registry,
+                IntCounter::new(
+                    "pqa_duplicate_events_total",
+                    "Events ignored because their messageId was already applied (upstream retries)",
                 )
                 .unwrap(),
             ),

@@ -125,6 +125,10 @@ pub struct InputConfig {
     /// Events whose time is further than this ahead of the wall clock are
     /// dead-lettered (`future_timestamp`).
     pub max_future_seconds: i64,
+    /// Events whose `messageId` was already applied within this much event
+    /// time are counted once (upstream retries). 0 turns it off. The ids
+    /// live in RocksDB (16-byte hashes), not in memory.
+    pub dedupe_window_seconds: i64,
     /// Where each field is found; the first pointer that resolves wins.
     pub fields: FieldPointers,
 }
@@ -263,6 +267,9 @@ impl Config {
         }
         if self.input.max_message_bytes == 0 {
             errs.push(ConfigError::new("input.max_message_bytes", "must be at least 1"));
+        }
+        if self.input.dedupe_window_seconds < 0 {
+            errs.push(ConfigError::new("input.dedupe_window_seconds", "must not be negative (0 turns it off)"));
         }
         if self.input.max_future_seconds < 0 {
             errs.push(ConfigError::new("input.max_future_seconds", "must not be negative"));

@@ -11,6 +11,8 @@ pub const MEMBER: u8 = b'm';
 pub const USER: u8 = b'u';
 /// Consumed offset of an input partition: `o | len(topic) | topic | partition (u32 BE)`.
 pub const OFFSET: u8 = b'o';
+/// Applied message id: `d | xxh3-128(message id)`.
+pub const DEDUPE: u8 = b'd';
 /// Engine metadata: `x | name`.
 pub const META: u8 = b'x';
 
@@ -71,6 +73,15 @@ pub fn parse_offset(key: &[u8]) -> Option<(String, i32)> {
     let topic = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
     let p = u32::from_be_bytes(rest.get(2 + len..6 + len)?.try_into().ok()?);
     Some((topic.to_string(), p as i32))
+}
+
+/// Fixed-width key of a message id (a 128-bit hash: ids can be long, and a
+/// collision within a dedupe window is vanishingly unlikely).
+pub fn dedupe(message_id: &str) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = DEDUPE;
+    k[1..].copy_from_slice(&xxhash_rust::xxh3::xxh3_128(message_id.as_bytes()).to_be_bytes());
+    k
 }
 
 pub fn meta(name: &str) -> Vec<u8> {

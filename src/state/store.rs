@@ -181,6 +181,10 @@ pub struct Store {
     sync_writes: bool,
     /// Event-time watermark shared with the compaction filter.
     watermark: Arc<AtomicI64>,
+    /// Message ids applied since the last commit (key -> event time).
+    pending_ids: HashMap<[u8; 17], i64>,
+    /// Shared with the dedupe compaction filter.
+    dedupe_window: Arc<AtomicI64>,
 }
 
 impl Store {
@@ -189,6 +193,7 @@ impl Store {
         std::fs::create_dir_all(&cfg.dir)
             .map_err(|e| StateError::Dir { path: cfg.dir.display().to_string(), detail: e.to_string() })?;
         let watermark = Arc::new(AtomicI64::new(0));
+        let dedupe_window = Arc::new(AtomicI64::new(0));
         let cache = Cache::new_lru_cache(cfg.block_cache_bytes.max(8 << 20));
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
@@ -207,7 +212,23 @@ impl Store {
             o.set_block_based_table_factory(&t);
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
             o.set_write_buffer_size(32 << 20);
-            if *name != cf::META {
+            if *name == cf::DEDUPE {
+                // Nearly every lookup is a miss: a memtable bloom filter
+                // answers those without walking the skiplist.
+                o.set_memtable_whole_key_filtering(true);
+                o.set_memtable_prefix_bloom_ratio(0.05);
+                // Ids expire once older (in event time) than the window.
+                let wm = watermark.clone();
+                let win = dedupe_window.clone();
+                o.set_compaction_filter("pqa-dedupe-window", move |_level: u32, _key: &[u8], value: &[u8]| {
+                    let w = wm.load(Ordering::Relaxed);
+                    let window = win.load(Ordering::Relaxed);
+                    match <[u8; 8]>::try_from(value) {
+                        Ok(b) if w > 0 && i64::from_be_bytes(b).saturating_add(window) < w => Decision::Remove,
+                        _ => Decision::Keep,
+                    }
+                });
+            } else if *name != cf::META {
                 let wm = watermark.clone();
                 o.set_compaction_filter("pqa-idle-ttl", move |_level: u32, _key: &[u8], value: &[u8]| {
                     let w = wm.load(Ordering::Relaxed);
@@ -244,6 +265,8 @@ impl Store {
             capacity: cfg.cache_accounts,
             sync_writes: cfg.sync_writes,
             watermark,
+            pending_ids: HashMap::new(),
+            dedupe_window,
         })
     }
 
@@ -283,6 +306,33 @@ impl Store {
             self.users.put(id.to_string(), UserEntry { state, dirty: false });
         }
         Ok(self.users.get_mut(id).expect("just inserted"))
+    }
+
+    /// Sets the message-id dedupe window in milliseconds of event time (0 = off).
+    pub fn set_dedupe_window_ms(&mut self, ms: i64) {
+        self.dedupe_window.store(ms.max(0), Ordering::Relaxed);
+    }
+
+    /// Whether `message_id` (of an event at `time_ms`) was already applied
+    /// within the dedupe window; if not, remembers it for the next commit.
+    pub fn seen_before(&mut self, message_id: &str, time_ms: i64) -> Result<bool, StateError> {
+        let window = self.dedupe_window.load(Ordering::Relaxed);
+        if window <= 0 {
+            return Ok(false);
+        }
+        let key = keys::dedupe(message_id);
+        if self.pending_ids.contains_key(&key) {
+            return Ok(true);
+        }
+        let cf = self.reader.db.cf_handle(cf::DEDUPE).expect("dedupe column family");
+        if let Some(v) = self.reader.db.get_pinned_cf(cf, key)? {
+            let seen_at = <[u8; 8]>::try_from(v.as_ref()).map(i64::from_be_bytes).unwrap_or(0);
+            if seen_at.saturating_add(window) >= self.watermark_ms() {
+                return Ok(true);
+            }
+        }
+        self.pending_ids.insert(key, time_ms);
+        Ok(false)
     }
 
     /// Members of an account: RocksDB overlaid with the cached (possibly
@@ -343,6 +393,12 @@ impl Store {
                 stats.users += 1;
             }
         }
+        if !self.pending_ids.is_empty() {
+            let dcf = db.cf_handle(cf::DEDUPE).expect("cf");
+            for (k, t) in self.pending_ids.drain() {
+                batch.put_cf(dcf, k, t.to_be_bytes());
+            }
+        }
         for (topic, partition, next) in offsets {
             batch.put_cf(meta, keys::offset(topic, *partition), next.to_be_bytes());
         }
@@ -370,6 +426,7 @@ impl Store {
     /// Drops the whole cache without writing (after a failed batch: the
     /// next batch starts again from what RocksDB holds).
     pub fn discard_cache(&mut self) {
+        self.pending_ids.clear();
         self.accounts.clear();
         self.users.clear();
         if let Ok(w) = self.reader.watermark_ms() {
