@@ -57,6 +57,13 @@ impl Health {
             *g = p.map(str::to_string);
         }
     }
+    /// Clears the problem if it is `which` (another problem stays).
+    pub fn clear_problem(&self, which: &str) {
+        let is_it = self.problem.lock().expect("lock").as_deref() == Some(which);
+        if is_it {
+            self.set_problem(None);
+        }
+    }
     pub fn set_reader(&self, r: StateReader) {
         *self.reader.lock().expect("lock") = Some(r);
     }

@@ -45,6 +45,8 @@ pub enum RunError {
     State(#[from] StateError),
 }
 
+const BROKERS_DOWN: &str = "no Kafka broker is reachable";
+
 /// Partition changes seen in rebalance callbacks, for the loop to act on.
 #[derive(Default)]
 struct Changes {
@@ -71,11 +73,21 @@ impl ClientContext for EngineContext {
             }
         }
         self.metrics.consumer_lag.set(lag);
+        // Readiness follows the brokers: not ready while none is reachable,
+        // ready again as soon as one is (even if no message arrives).
+        let known: Vec<_> = stats.brokers.values().filter(|b| b.nodeid >= 0).collect();
+        if !known.is_empty() {
+            if known.iter().any(|b| b.state == "UP") {
+                self.health.clear_problem(BROKERS_DOWN);
+            } else {
+                self.health.set_problem(Some(BROKERS_DOWN));
+            }
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         if matches!(error, KafkaError::Global(rdkafka::error::RDKafkaErrorCode::AllBrokersDown)) {
-            self.health.set_problem(Some("all Kafka brokers are down"));
+            self.health.set_problem(Some(BROKERS_DOWN));
         }
         tracing::warn!(cause = %error, reason, "kafka client error");
     }

@@ -223,3 +223,56 @@ fn demo_with_duration_prints_a_pqa_and_exits_zero() {
     let pqa_lines = stdout.lines().filter(|l| l.contains("] PQA ")).count();
     assert!(pqa_lines >= 1, "no PQA printed:\n{stdout}");
 }
+
+#[test]
+fn broker_outage_makes_it_unready_then_it_resumes_without_loss() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("events", 2, 1).unwrap();
+    cluster.create_topic("out", 1, 1).unwrap();
+    cluster.create_topic("dlq", 1, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(
+        dir.path(),
+        &bootstrap,
+        &dir.path().join("state"),
+        port,
+        "[kafka.properties]\n\"statistics.interval.ms\" = \"500\"\n",
+    );
+    let mut engine = EngineProcess::start(&config, port, dir.path(), 1);
+    engine.wait_ready(Duration::from_secs(60));
+    let p = producer(&bootstrap);
+    produce(&p, "events", &[(Some("a1"), Some(track("u1", Some("a1"), "Demo Requested", "2026-01-05T10:00:00Z")))]);
+    let out = read_until(&bootstrap, "out", 1, Duration::from_secs(30), |r| !r.is_empty());
+    assert_eq!(qualified_pairs(&out).len(), 1);
+
+    // The only broker goes down: /readyz says so.
+    cluster.broker_down(1).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match engine.http_get("/readyz") {
+            Some((503, body)) => {
+                assert!(body.contains("broker"), "{body}");
+                break;
+            }
+            _ if std::time::Instant::now() > deadline => panic!("still ready with the broker down: {}", engine.log()),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    assert_eq!(engine.http_get("/healthz").unwrap().0, 200, "alive, just not ready");
+
+    // Back up: ready again, and events sent meanwhile are processed.
+    cluster.broker_up(1).unwrap();
+    produce(
+        &p,
+        "events",
+        &[(Some("a2"), Some(track("u2", Some("a2"), "Contact Sales Submitted", "2026-01-05T11:00:00Z")))],
+    );
+    engine.wait_ready(Duration::from_secs(60));
+    let out = read_until(&bootstrap, "out", 1, Duration::from_secs(60), |r| qualified_pairs(r).len() >= 2);
+    let want: BTreeMap<(String, String), usize> =
+        [(("a1".into(), "hand_raiser".into()), 1), (("a2".into(), "hand_raiser".into()), 1)].into_iter().collect();
+    assert_eq!(qualified_pairs(&out), want, "{}", engine.log());
+    assert!(engine.terminate(Duration::from_secs(30)).success());
+}
