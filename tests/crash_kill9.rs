@@ -28,6 +28,8 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 const EVENTS: usize = 200_000;
 const PARTITIONS: i32 = 24;
 const KILLS: usize = 10;
+/// Every fourth stop is a SIGTERM instead.
+const TERMS: usize = 3;
 
 fn history() -> Vec<pqa_engine::sim::SimEvent> {
     Simulator::new(SimConfig { seed: 11, accounts: 2500, start_unix: 1_767_225_600, days: 90 }).take(EVENTS).collect()
@@ -116,18 +118,26 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_nothing_new() {
     let port = free_port();
     let config = write_config(dir.path(), &bootstrap, &state, port, "");
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-    let mut kills = 0;
-    for n in 0..KILLS {
+    let (mut kills, mut terms) = (0, 0);
+    for n in 0..KILLS + TERMS {
         let mut engine = EngineProcess::start(&config, port, dir.path(), n);
         engine.wait_ready(Duration::from_secs(90));
         std::thread::sleep(Duration::from_millis(rng.random_range(150..1500)));
-        if engine.child.try_wait().unwrap().is_none() {
+        assert!(engine.child.try_wait().unwrap().is_none(), "engine died: {}", engine.log());
+        if n % 4 == 3 {
+            // SIGTERM under load: finish the batch, commit, exit 0, quickly.
+            let t = Instant::now();
+            let st = engine.terminate(Duration::from_secs(20));
+            assert!(st.success(), "SIGTERM exit {st}: {}", engine.log());
+            assert!(t.elapsed() < Duration::from_secs(15), "SIGTERM took {:?}", t.elapsed());
+            terms += 1;
+        } else {
             engine.child.kill().unwrap(); // SIGKILL
             engine.child.wait().unwrap();
             kills += 1;
         }
     }
-    assert_eq!(kills, KILLS);
+    assert_eq!((kills, terms), (KILLS, TERMS));
 
     // The last run goes to the end, then stops cleanly.
     let mut engine = EngineProcess::start(&config, port, dir.path(), KILLS);
@@ -183,7 +193,7 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_nothing_new() {
     };
     assert_eq!(pairs(&mut out.iter().map(Record::json)), pairs(&mut clean.iter().cloned()));
     eprintln!(
-        "{} kills; {} output records, {} distinct, {} repeats; {} announcements in the clean run",
+        "{} kills, {terms} SIGTERMs; {} output records, {} distinct, {} repeats; {} announcements in the clean run",
         kills,
         out.len(),
         first.len(),
