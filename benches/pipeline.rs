@@ -118,6 +118,7 @@ fn bench_detect(c: &mut Criterion) {
             topic: "bench",
             partition: 0,
             offset: i as i64,
+            key: None,
             payload: Some(e.json.as_bytes()),
             timestamp_ms: None,
         };
@@ -198,6 +199,7 @@ fn apply_chunk(engine: &mut Engine, chunk: &[Vec<u8>], offset: &mut i64, out: &m
             topic: "bench",
             partition: 0,
             offset: *offset,
+            key: None,
             payload: Some(payload.as_slice()),
             timestamp_ms: None,
         };

@@ -29,6 +29,8 @@ pub struct InputRecord<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
+    /// The message key, kept on dead letters.
+    pub key: Option<&'a [u8]>,
     /// `None` is a tombstone (null value).
     pub payload: Option<&'a [u8]>,
     /// Kafka's timestamp of the record, for latency metrics.
@@ -40,6 +42,10 @@ pub struct InputRecord<'a> {
 pub struct DeadLetter {
     /// The original bytes, unchanged (empty for a tombstone).
     pub payload: Vec<u8>,
+    /// The original key.
+    pub key: Option<Vec<u8>>,
+    /// The original value was null (a tombstone), not empty.
+    pub tombstone: bool,
     pub reason: Reason,
     pub detail: String,
     pub topic: String,
@@ -161,6 +167,8 @@ impl Engine {
             self.metrics.dead_letters.with_label_values(&[rej.reason.as_str()]).inc();
             out.dead_letters.push(DeadLetter {
                 payload: rec.payload.map(<[u8]>::to_vec).unwrap_or_default(),
+                key: rec.key.map(<[u8]>::to_vec),
+                tombstone: rec.payload.is_none(),
                 reason: rej.reason,
                 detail: rej.detail,
                 topic: rec.topic.to_string(),
@@ -232,10 +240,41 @@ impl Engine {
             }
         }
 
+        // Which account, and is the event acceptable at all? Decided before
+        // anything is changed, so a rejected event leaves no trace in state.
+        let known = self.store.user(&ev.user_id)?.state.account.clone();
+        let account = ev.account_id.clone().or(known);
+        match &account {
+            None if ev.kind != Kind::Identify => {
+                return Ok(Err(Rejection::new(
+                    Reason::NoAccount,
+                    "no account id in the event and no account known for the user (send a group call or context.groupId)",
+                )));
+            }
+            None => {}
+            Some(a) => {
+                // Lateness is judged per account: an event older than every
+                // window of its account's clock can no longer count anywhere.
+                // (A global watermark would reject a lagging partition's
+                // events during a backfill.)
+                let last = self.store.account(a)?.state.last_seen_ms;
+                if last > 0 && ev.time_ms < last - self.retention_ms {
+                    return Ok(Err(Rejection::new(
+                        Reason::TooLate,
+                        format!(
+                            "event time {} is older than the longest window ({} days) before the account's latest event {}",
+                            emit::format_time_ms(ev.time_ms),
+                            self.retention_ms / 86_400_000,
+                            emit::format_time_ms(last)
+                        ),
+                    )));
+                }
+            }
+        }
+
         // The user: account link, traits, trait-change signals.
         let mut hits: Vec<&str> = Vec::new();
         let user = self.store.user(&ev.user_id)?;
-        let account = ev.account_id.clone().or_else(|| user.state.account.clone());
         if let Some(a) = &ev.account_id {
             if user.state.account.as_deref() != Some(a.as_str()) {
                 user.state.account = Some(a.clone());
@@ -268,13 +307,7 @@ impl Engine {
             user.dirty = true;
         }
         let Some(account) = account else {
-            return Ok(match ev.kind {
-                Kind::Identify => Ok(()),
-                _ => Err(Rejection::new(
-                    Reason::NoAccount,
-                    "no account id in the event and no account known for the user (send a group call or context.groupId)",
-                )),
-            });
+            return Ok(Ok(())); // an identify of a user with no account yet: traits only
         };
         match ev.kind {
             Kind::Track => {
@@ -297,23 +330,7 @@ impl Engine {
         // The account.
         self.store.set_watermark_ms(ev.time_ms);
         let reader = self.store.reader();
-        let retention_ms = self.retention_ms;
         let entry = self.store.account(&account)?;
-        // Lateness is judged per account: an event older than every window
-        // of its account's clock can no longer count anywhere. (A global
-        // watermark would reject a lagging partition's events during a
-        // backfill.)
-        if entry.state.last_seen_ms > 0 && ev.time_ms < entry.state.last_seen_ms - retention_ms {
-            return Ok(Err(Rejection::new(
-                Reason::TooLate,
-                format!(
-                    "event time {} is older than the longest window ({} days) before the account's latest event {}",
-                    emit::format_time_ms(ev.time_ms),
-                    retention_ms / 86_400_000,
-                    emit::format_time_ms(entry.state.last_seen_ms)
-                ),
-            )));
-        }
         let st = &mut entry.state;
         if st.first_seen_ms == 0 || ev.time_ms < st.first_seen_ms {
             st.first_seen_ms = ev.time_ms;
@@ -482,6 +499,7 @@ mod tests {
                 topic: "t",
                 partition: 0,
                 offset: self.offset,
+                key: None,
                 payload: Some(json.as_bytes()),
                 timestamp_ms: None,
             };
@@ -545,6 +563,28 @@ mod tests {
         t.track("u2", "b", "x", 2);
         assert_eq!(t.out.dead_letters.len(), 1);
         assert_eq!(t.out.dead_letters[0].reason, Reason::TooLate);
+    }
+
+    #[test]
+    fn a_rejected_event_leaves_no_trace() {
+        let mut t = T::new();
+        t.track("x1", "acct-old", "x", 1);
+        t.send(r#"{"type":"track","event":"x","userId":"x1","context":{"groupId":"acct-new"},"timestamp":"2026-05-02T10:00:00Z"}"#);
+        t.send(r#"{"type":"track","event":"x","userId":"x2","context":{"groupId":"acct-old"},"timestamp":"2026-05-01T10:00:00Z"}"#);
+        // Late for acct-old (whose clock is now May): rejected, and x1 stays
+        // in acct-new.
+        t.track("x1", "acct-old", "x", 2);
+        assert_eq!(t.out.dead_letters.len(), 1);
+        assert_eq!(t.out.dead_letters[0].reason, Reason::TooLate);
+        t.send(r#"{"type":"track","event":"Demo Requested","userId":"x1","timestamp":"2026-05-03T10:00:00Z"}"#);
+        assert_eq!(t.out.events.len(), 1);
+        assert_eq!(t.out.events[0].key, "acct-new");
+        // An event without any account from an unknown user: rejected, and
+        // nothing is stored for that user.
+        t.send(r#"{"type":"track","event":"x","userId":"ghost","timestamp":"2026-05-03T10:00:00Z"}"#);
+        assert_eq!(t.out.dead_letters.last().unwrap().reason, Reason::NoAccount);
+        t.engine.commit().unwrap();
+        assert_eq!(t.engine.reader().user("ghost").unwrap(), None);
     }
 
     #[test]

@@ -156,7 +156,14 @@ pub fn replay(
         }
         stats.lines += 1;
         engine.process(
-            &InputRecord { topic: REPLAY_TOPIC, partition: 0, offset: this, payload: Some(&line), timestamp_ms: None },
+            &InputRecord {
+                topic: REPLAY_TOPIC,
+                partition: 0,
+                offset: this,
+                key: None,
+                payload: Some(&line),
+                timestamp_ms: None,
+            },
             &mut output,
         )?;
         in_batch += 1;

@@ -28,6 +28,11 @@ pub mod headers {
     pub const SOURCE_TOPIC: &str = "pqa.source.topic";
     pub const SOURCE_PARTITION: &str = "pqa.source.partition";
     pub const SOURCE_OFFSET: &str = "pqa.source.offset";
+    /// Set when the original value was null (a tombstone), not empty.
+    pub const TOMBSTONE: &str = "pqa.tombstone";
+    /// Size of the original when the payload carries only its first
+    /// `input.max_message_bytes` bytes (a `too_large` message).
+    pub const ORIGINAL_SIZE: &str = "pqa.original.size";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +41,10 @@ pub enum SinkError {
     Create(KafkaError),
     #[error("output not delivered before shutdown ({pending} records); the batch will be processed again on restart")]
     NotDelivered { pending: usize },
+    #[error(
+        "Kafka refuses a record for topic {topic}: {cause} (check the topic and the producer's message.max.bytes)"
+    )]
+    Refused { topic: String, cause: KafkaError },
 }
 
 /// A record to (re)send.
@@ -83,17 +92,27 @@ pub struct KafkaSink {
     producer: BaseProducer<SinkContext>,
     output_topic: String,
     dlq_topic: String,
+    /// Dead-letter payloads are cut to this many bytes (only `too_large`
+    /// messages can exceed it).
+    max_payload_bytes: usize,
 }
+
+/// Room for a dead letter's headers above the input size limit.
+const HEADER_ROOM: usize = 64 * 1024;
 
 /// Producer settings we rely on; users' properties are applied on top of
 /// the defaults but cannot turn these off.
 const REQUIRED: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
 
 impl KafkaSink {
-    pub fn new(cfg: &KafkaConfig, metrics: Metrics) -> Result<KafkaSink, SinkError> {
+    /// `max_message_bytes` is the input limit: every accepted-size input
+    /// message must fit in a dead letter, so the producer's own limit is
+    /// raised above it (plus room for headers) unless configured.
+    pub fn new(cfg: &KafkaConfig, max_message_bytes: usize, metrics: Metrics) -> Result<KafkaSink, SinkError> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &cfg.bootstrap_servers);
         cc.set("client.id", "pqa-engine-producer");
+        cc.set("message.max.bytes", (max_message_bytes + HEADER_ROOM).max(1_000_000).to_string());
         for (k, v) in cfg.properties.iter().chain(cfg.producer_properties.iter()) {
             cc.set(k, v);
         }
@@ -103,7 +122,12 @@ impl KafkaSink {
         let producer = cc
             .create_with_context(SinkContext { failed: Mutex::new(Vec::new()), metrics })
             .map_err(SinkError::Create)?;
-        Ok(KafkaSink { producer, output_topic: cfg.output_topic.clone(), dlq_topic: cfg.dlq_topic.clone() })
+        Ok(KafkaSink {
+            producer,
+            output_topic: cfg.output_topic.clone(),
+            dlq_topic: cfg.dlq_topic.clone(),
+            max_payload_bytes: max_message_bytes,
+        })
     }
 
     /// Sends a batch's output and waits until all of it is acknowledged.
@@ -117,42 +141,76 @@ impl KafkaSink {
             let h = OwnedHeaders::new()
                 .insert(Header { key: "content-type", value: Some("application/cloudevents+json; charset=UTF-8") })
                 .insert(Header { key: "ce_type", value: Some(e.event_type) });
-            self.send(&self.output_topic, Some(e.key.as_bytes()), &e.payload, h);
+            self.send(&self.output_topic, Some(e.key.as_bytes()), &e.payload, h, shutdown, not_ready)?;
         }
         for d in &out.dead_letters {
-            let h = OwnedHeaders::new()
+            let mut h = OwnedHeaders::new()
                 .insert(Header { key: headers::REASON, value: Some(d.reason.as_str()) })
                 .insert(Header { key: headers::DETAIL, value: Some(&d.detail) })
                 .insert(Header { key: headers::SOURCE_TOPIC, value: Some(&d.topic) })
                 .insert(Header { key: headers::SOURCE_PARTITION, value: Some(&d.partition.to_string()) })
                 .insert(Header { key: headers::SOURCE_OFFSET, value: Some(&d.offset.to_string()) });
-            self.send(&self.dlq_topic, None, &d.payload, h);
+            if d.tombstone {
+                h = h.insert(Header { key: headers::TOMBSTONE, value: Some("true") });
+            }
+            let mut payload = d.payload.as_slice();
+            if payload.len() > self.max_payload_bytes {
+                h = h.insert(Header { key: headers::ORIGINAL_SIZE, value: Some(&payload.len().to_string()) });
+                payload = &payload[..self.max_payload_bytes];
+            }
+            self.send(&self.dlq_topic, d.key.as_deref(), payload, h, shutdown, not_ready)?;
         }
         self.wait_delivered(shutdown, not_ready)
     }
 
-    fn send(&self, topic: &str, key: Option<&[u8]>, payload: &[u8], headers: OwnedHeaders) {
+    /// Enqueues one record. A full queue is backpressure (poll and retry);
+    /// a record Kafka can never take is an error; anything else is retried
+    /// until it goes through or shutdown.
+    fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+        shutdown: &Shutdown,
+        not_ready: &dyn Fn(Option<&str>),
+    ) -> Result<(), SinkError> {
         let mut record: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(topic).payload(payload).headers(headers);
         if let Some(k) = key {
             record = record.key(k);
         }
-        loop {
+        let mut degraded = false;
+        let result = loop {
             match self.producer.send(record) {
-                Ok(()) => return,
+                Ok(()) => break Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     // Backpressure: let librdkafka drain, then try again.
                     self.producer.poll(Duration::from_millis(50));
                     record = r;
                 }
+                Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
+                | Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::InvalidArgument), _)) => {
+                    break Err(SinkError::Refused { topic: topic.to_string(), cause: e });
+                }
                 Err((e, r)) => {
-                    // Other local errors (e.g. unknown topic while metadata
-                    // is refreshing) are retried the same way.
-                    tracing::warn!(cause = %e, topic, "produce failed; retrying");
+                    // E.g. an unknown topic while metadata refreshes.
+                    if !degraded {
+                        tracing::warn!(cause = %e, topic, "produce failed; retrying");
+                        not_ready(Some("cannot produce to Kafka"));
+                        degraded = true;
+                    }
                     self.producer.poll(Duration::from_millis(200));
                     record = r;
                 }
             }
+            if shutdown.is_triggered() {
+                break Err(SinkError::NotDelivered { pending: 1 });
+            }
+        };
+        if degraded {
+            not_ready(None);
         }
+        result
     }
 
     fn wait_delivered(&self, shutdown: &Shutdown, not_ready: &dyn Fn(Option<&str>)) -> Result<(), SinkError> {
@@ -197,7 +255,7 @@ impl KafkaSink {
                 for (k, v) in &r.headers {
                     h = h.insert(Header { key: k, value: Some(v.as_slice()) });
                 }
-                self.send(&r.topic, r.key.as_deref(), &r.payload, h);
+                self.send(&r.topic, r.key.as_deref(), &r.payload, h, shutdown, not_ready)?;
             }
         }
     }

@@ -214,7 +214,7 @@ pub fn run(
     let store = Store::open(&cfg.state)?;
     health.set_reader(store.reader());
     let mut engine = Engine::new(def, cfg.input.clone(), store, metrics.clone());
-    let sink = KafkaSink::new(&cfg.kafka, metrics.clone())?;
+    let sink = KafkaSink::new(&cfg.kafka, cfg.input.max_message_bytes, metrics.clone())?;
     let cc = consumer_config(cfg);
     log_config(&cc);
     let consumer: BaseConsumer<EngineContext> = cc
@@ -255,6 +255,7 @@ pub fn run(
                             topic: m.topic(),
                             partition: m.partition(),
                             offset: m.offset(),
+                            key: m.key(),
                             payload: m.payload(),
                             timestamp_ms: m.timestamp().to_millis(),
                         },
