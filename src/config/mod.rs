@@ -220,7 +220,15 @@ impl Config {
             fig = fig.merge(Toml::file(path));
         }
         if env {
-            fig = fig.merge(Env::prefixed("PQA_").split("__"));
+            // Only variables naming a section (`PQA_KAFKA__...`), so that
+            // unrelated `PQA_*` variables in the environment do not break
+            // loading; a typo inside a section is still an error.
+            fig = fig.merge(Env::prefixed("PQA_").split("__").filter(|k| {
+                let k = k.as_str().to_ascii_lowercase();
+                ["kafka", "input", "state", "http", "definition"]
+                    .iter()
+                    .any(|s| k.strip_prefix(s).is_some_and(|rest| rest.starts_with('.') || rest.starts_with("__")))
+            }));
         }
         let cfg: Config = fig.extract().map_err(|e| {
             ConfigErrors(
@@ -422,6 +430,20 @@ min_score = 0
         let def = cfg.validate().unwrap();
         assert_eq!(def.rules.len(), 1);
         assert_eq!(def.version, "mine-1");
+    }
+
+    #[test]
+    fn environment_overrides_sections_and_ignores_other_pqa_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PQA_KAFKA__GROUP_ID", "from-env");
+            jail.set_env("PQA_BIN", "/usr/local/bin/pqa-engine");
+            let cfg = Config::load(None).expect("unrelated PQA_BIN is ignored");
+            assert_eq!(cfg.kafka.group_id, "from-env");
+            jail.set_env("PQA_KAFKA__GROUP_IDD", "typo");
+            let r = Config::load(None);
+            assert!(r.is_err(), "a typo inside a section is reported: {:?}", r.map(|c| c.kafka.group_id));
+            Ok(())
+        });
     }
 
     #[test]
