@@ -1,13 +1,17 @@
 //! Detect: evaluate the definition's metrics, derived numbers and rules for
 //! one account at one moment of event time, and compute score and tier.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+use cel::common::ast::{Expr, LiteralValue};
 use cel::common::types::CelDouble as Double;
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
-use cel::{Context, Value};
+use cel::objects::{AsKeyRef, KeyRef};
+use cel::parser::Expression;
+use cel::{Context, Program, Value};
 use serde_json::Value as Json;
 
 use crate::config::CompiledDefinition;
@@ -92,27 +96,190 @@ struct Vars<'a> {
     account: &'a OnceLock<Box<dyn Val>>,
 }
 
-impl VariableResolver for Vars<'_> {
-    fn resolve<'b>(&'b self, name: &str) -> Option<CowVal<'b, 'b>> {
+/// What a variable name stands for.
+enum Slot {
+    /// `nums[i]`.
+    Num(usize),
+    Age,
+    Account,
+}
+
+impl Vars<'_> {
+    fn slot(&self, name: &str) -> Option<Slot> {
         let n_metrics = self.def.metrics.len();
         let derived = &self.def.derived[..self.nums.len() - n_metrics];
         if let Some(j) = derived.iter().rposition(|d| d.0 == name) {
-            return Some(CowVal::Borrowed(&self.nums[n_metrics + j]));
+            return Some(Slot::Num(n_metrics + j));
         }
         match name {
-            "account_age_days" => return Some(CowVal::Borrowed(&self.age)),
-            "account" => {
-                let account = self.account.get_or_init(|| {
+            "account_age_days" => Some(Slot::Age),
+            "account" => Some(Slot::Account),
+            _ => self.def.metrics.iter().rposition(|m| m.name == name).map(Slot::Num),
+        }
+    }
+}
+
+impl VariableResolver for Vars<'_> {
+    fn resolve<'b>(&'b self, name: &str) -> Option<CowVal<'b, 'b>> {
+        Some(CowVal::Borrowed(match self.slot(name)? {
+            Slot::Num(i) => &self.nums[i],
+            Slot::Age => &self.age,
+            Slot::Account => self
+                .account
+                .get_or_init(|| {
                     // As `Context::add_variable_from_value` does; a map from
                     // `traits_to_cel` always converts.
                     Box::<dyn Val>::try_from(self.traits.clone()).unwrap()
-                });
-                return Some(CowVal::Borrowed(account.as_ref()));
-            }
-            _ => {}
-        }
-        self.def.metrics.iter().rposition(|m| m.name == name).map(|i| CowVal::Borrowed(&self.nums[i] as &dyn Val))
+                })
+                .as_ref(),
+        }))
     }
+}
+
+/// A value of the native fast path ([`fast`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Scalar {
+    Double(f64),
+    Int(i64),
+    UInt(u64),
+    Bool(bool),
+}
+
+impl From<Scalar> for Value {
+    /// What `Program::execute` returns for the same CEL value.
+    fn from(s: Scalar) -> Value {
+        match s {
+            Scalar::Double(d) => Value::Float(d),
+            Scalar::Int(i) => Value::Int(i),
+            Scalar::UInt(u) => Value::UInt(u),
+            Scalar::Bool(b) => Value::Bool(b),
+        }
+    }
+}
+
+/// Evaluates `e` without the CEL interpreter when it is made only of
+/// number and boolean literals, the numeric variables (metrics, derived
+/// numbers, `account_age_days`), `has(account.f)` and `account.f` (a number or
+/// boolean trait), `? :`, `&&`, `||`, `!`, and `+ - * /`, unary `-` on
+/// doubles, `< <= > >= == !=` on numbers. That covers the usual rules and
+/// score terms, and spares the interpreter's per-comparison cost: cel 0.15
+/// builds (and drops) a "no such overload" error for every `<`, `<=`, `>`,
+/// `>=` it evaluates, even one that succeeds (`compare_values` makes its
+/// error context eagerly), which is several allocations per comparison. It
+/// also spares converting the traits to a CEL map.
+///
+/// `None` means: leave it to CEL. That is the answer for anything else
+/// (strings, lists, functions, nested fields, ...) and for every case where
+/// CEL would give an error (a non-boolean condition, `NaN` compared, mixed
+/// types in arithmetic, a missing trait read): the fast path only answers
+/// when CEL gives that very answer, with no error, and CEL is pure, so
+/// evaluating there again is exact. The semantics mirrored are those of
+/// `cel::objects::Value::resolve_val` and of the operator traits of `Double`
+/// and `Int`: IEEE arithmetic, numbers of different types compared by value,
+/// `&&`/`||` short-circuiting from the left.
+fn fast(e: &Expression, vars: &Vars) -> Option<Scalar> {
+    use cel::common::ast::operators as op;
+    use Scalar::{Bool, Double as D};
+    match &e.expr {
+        Expr::Literal(LiteralValue::Double(d)) => Some(D(*d.inner())),
+        Expr::Literal(LiteralValue::Int(i)) => Some(Scalar::Int(*i.inner())),
+        Expr::Literal(LiteralValue::UInt(u)) => Some(Scalar::UInt(*u.inner())),
+        Expr::Literal(LiteralValue::Boolean(b)) => Some(Bool(*b.inner())),
+        Expr::Ident(name) => match vars.slot(name)? {
+            Slot::Num(i) => Some(D(*vars.nums[i].inner())),
+            Slot::Age => Some(D(*vars.age.inner())),
+            Slot::Account => None,
+        },
+        // `has(account.f)` and `account.f`, read from the traits map as is.
+        Expr::Select(sel) => {
+            let Expr::Ident(name) = &sel.operand.expr else { return None };
+            let (Slot::Account, Value::Map(map)) = (vars.slot(name)?, vars.traits) else { return None };
+            let found = map.map.get(&KeyRef::String(&sel.field) as &dyn AsKeyRef);
+            if sel.test {
+                return Some(Bool(found.is_some()));
+            }
+            // CEL looks the whole name `account.f` up first, as a variable
+            // (names have no dots, but still) and as a type.
+            let mut buf = [0u8; 128];
+            let whole = join_dotted(&mut buf, name, &sel.field)?;
+            if vars.slot(whole).is_some() || vars.def.env.types().find_type(whole).is_some() {
+                return None;
+            }
+            match found? {
+                Value::Float(d) => Some(D(*d)),
+                Value::Int(i) => Some(Scalar::Int(*i)),
+                Value::UInt(u) => Some(Scalar::UInt(*u)),
+                Value::Bool(b) => Some(Bool(*b)),
+                _ => None,
+            }
+        }
+        Expr::Call(call) if call.target.is_none() => {
+            let a = &call.args;
+            let bool_of = |e: &Expression| match fast(e, vars)? {
+                Bool(b) => Some(b),
+                _ => None,
+            };
+            let double_of = |e: &Expression| match fast(e, vars)? {
+                D(d) => Some(d),
+                _ => None,
+            };
+            // Ordering of two numbers, as `Double::compare` and
+            // `Int::compare`; `None` where that is an error (`NaN`, another
+            // type) or not mirrored (a uint on the left).
+            let compare = || match (fast(&a[0], vars)?, fast(&a[1], vars)?) {
+                (D(l), D(r)) => l.partial_cmp(&r),
+                (D(l), Scalar::Int(r)) => l.partial_cmp(&(r as f64)),
+                (D(l), Scalar::UInt(r)) => l.partial_cmp(&(r as f64)),
+                (Scalar::Int(l), Scalar::Int(r)) => Some(l.cmp(&r)),
+                (Scalar::Int(l), Scalar::UInt(r)) => Some(u64::try_from(l).map_or(Ordering::Less, |l| l.cmp(&r))),
+                (Scalar::Int(l), D(r)) => (l as f64).partial_cmp(&r),
+                _ => None,
+            };
+            match (call.func_name.as_str(), a.len()) {
+                (op::CONDITIONAL, 3) => fast(if bool_of(&a[0])? { &a[1] } else { &a[2] }, vars),
+                (op::LOGICAL_AND, 2) => Some(Bool(bool_of(&a[0])? && bool_of(&a[1])?)),
+                (op::LOGICAL_OR, 2) => Some(Bool(bool_of(&a[0])? || bool_of(&a[1])?)),
+                (op::LOGICAL_NOT, 1) => Some(Bool(!bool_of(&a[0])?)),
+                (op::NEGATE, 1) => Some(D(-double_of(&a[0])?)),
+                (op::ADD, 2) => Some(D(double_of(&a[0])? + double_of(&a[1])?)),
+                (op::SUBSTRACT, 2) => Some(D(double_of(&a[0])? - double_of(&a[1])?)),
+                (op::MULTIPLY, 2) => Some(D(double_of(&a[0])? * double_of(&a[1])?)),
+                (op::DIVIDE, 2) => Some(D(double_of(&a[0])? / double_of(&a[1])?)),
+                (op::LESS, 2) => Some(Bool(compare()? == Ordering::Less)),
+                (op::LESS_EQUALS, 2) => Some(Bool(compare()? != Ordering::Greater)),
+                (op::GREATER, 2) => Some(Bool(compare()? == Ordering::Greater)),
+                (op::GREATER_EQUALS, 2) => Some(Bool(compare()? != Ordering::Less)),
+                // `==` never fails in CEL (`NaN == x` is false), but only the
+                // case of two numbers is mirrored here.
+                (op::EQUALS, 2) => Some(Bool(compare()? == Ordering::Equal)),
+                (op::NOT_EQUALS, 2) => Some(Bool(compare()? != Ordering::Equal)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// `a.b`, in `buf`; `None` if it does not fit.
+fn join_dotted<'a>(buf: &'a mut [u8], a: &str, b: &str) -> Option<&'a str> {
+    let n = a.len() + 1 + b.len();
+    let out = buf.get_mut(..n)?;
+    out[..a.len()].copy_from_slice(a.as_bytes());
+    out[a.len()] = b'.';
+    out[a.len() + 1..].copy_from_slice(b.as_bytes());
+    std::str::from_utf8(out).ok()
+}
+
+/// `program` on `vars`: natively if [`fast`] can, else by CEL, in a context
+/// whose only variables are `vars` (an `Arc` clone and empty maps: no
+/// allocation).
+fn run(program: &Program, vars: &Vars, native: bool) -> Result<Value, cel::ExecutionError> {
+    if let Some(v) = native.then(|| fast(program.expression(), vars)).flatten() {
+        return Ok(v.into());
+    }
+    let mut ctx = Context::with_env(vars.def.env.clone());
+    ctx.set_variable_resolver(vars);
+    program.execute(&ctx)
 }
 
 /// Evaluates the definition for `acct` at event time `now_ms`. `traits` is
@@ -129,14 +296,14 @@ pub fn evaluate(def: &CompiledDefinition, acct: &AccountState, traits: &Value, n
     }
     let age = acct.age_days(now_ms);
     let account = OnceLock::new();
-    // A context is an `Arc` clone and empty maps: no allocation. Each derived
-    // number sees the metrics and the derived numbers before it.
+    // With a container set, CEL would look a name up under it first (where a
+    // type might answer); the fast path only knows plain names.
+    let native = def.env.container_name().is_empty();
+    // Each derived number sees the metrics and the derived numbers before it.
     for (name, program) in &def.derived {
         let v = {
             let vars = Vars { def, nums: &nums, age: Double::from(age), traits, account: &account };
-            let mut ctx = Context::with_env(def.env.clone());
-            ctx.set_variable_resolver(&vars);
-            match program.execute(&ctx) {
+            match run(program, &vars, native) {
                 Ok(v) => as_f64(&v).filter(|x| x.is_finite()).unwrap_or(0.0),
                 Err(_) => 0.0,
             }
@@ -145,13 +312,11 @@ pub fn evaluate(def: &CompiledDefinition, acct: &AccountState, traits: &Value, n
         values.push((name.clone(), v));
     }
     let vars = Vars { def, nums: &nums, age: Double::from(age), traits, account: &account };
-    let mut ctx = Context::with_env(def.env.clone());
-    ctx.set_variable_resolver(&vars);
     let mut outcomes = Vec::with_capacity(def.rules.len());
     let mut fired = Vec::new();
     let mut points = 0.0;
     for (i, r) in def.rules.iter().enumerate() {
-        let o = match r.program.execute(&ctx) {
+        let o = match run(&r.program, &vars, native) {
             Ok(Value::Bool(true)) => Outcome::Fires,
             Ok(Value::Bool(false)) => Outcome::DoesNotFire,
             Ok(other) => Outcome::Error(format!("condition gave {other:?}, not true/false")),
@@ -170,7 +335,7 @@ pub fn evaluate(def: &CompiledDefinition, acct: &AccountState, traits: &Value, n
     } else {
         def.bonus
             .iter()
-            .map(|p| p.execute(&ctx).ok().and_then(|v| as_f64(&v)).filter(|x| x.is_finite()).unwrap_or(0.0))
+            .map(|p| run(p, &vars, native).ok().and_then(|v| as_f64(&v)).filter(|x| x.is_finite()).unwrap_or(0.0))
             .sum()
     };
     let score = if fired.is_empty() { 0 } else { (points + bonus).round().clamp(0.0, 100.0) as u32 };
@@ -402,6 +567,165 @@ mod tests {
         let e = evaluate(&def, &a.state, &traits_to_cel(r#"{"employees":5000}"#), T0 + H);
         assert_eq!(e.value("employees"), Some(5000.0));
         assert!(e.fired.contains(&def.rules.iter().position(|r| r.name == "big_account").unwrap()));
+    }
+
+    /// The non-empty lines of `s`, trimmed.
+    fn lines(s: &str) -> Vec<&str> {
+        s.lines().map(str::trim).filter(|l| !l.is_empty()).collect()
+    }
+
+    /// Wherever the native fast path answers, it answers what CEL does, for
+    /// operators on every kind of operand (ints, uints, bools, doubles with
+    /// zeros, infinities and NaN, traits of every JSON type, present or
+    /// not), and it does answer for every expression of the default
+    /// definition.
+    #[test]
+    fn fast_path_agrees_with_cel() {
+        let def = Config::default_config().validate().unwrap();
+        let exprs = lines(
+            "
+                events_7d
+                account_age_days
+                1.5
+                7
+                7u
+                true
+                -events_7d
+                -7
+                !true
+                !(events_7d > 1.0)
+                events_7d + events_28d
+                events_7d - 1.0
+                events_7d * 2.0
+                events_7d / events_prev_28d
+                events_7d / 0.0 > 1.0
+                (events_7d - events_7d) / 0.0 >= 1.0
+                events_7d + 1
+                events_7d < 7
+                events_7d <= 7u
+                events_7d > 7.0
+                events_7d >= events_28d
+                events_7d == 3
+                events_7d != 3.0
+                events_7d == true
+                events_7d < true
+                7 < events_7d
+                7 == events_7d
+                7 < 8u
+                -1 < 8u
+                7u < 8
+                7 == 7u
+                true == true
+                1 + 1 > 1
+                events_7d > 1.0 && events_28d > 1.0
+                events_7d > 1.0 || events_28d > 1.0
+                events_7d > 1.0 && 1.0
+                1.0 && events_7d > 1.0
+                false && 1.0
+                true || 1.0
+                1.0 || true
+                events_7d > 1.0 ? events_7d : 0.0
+                events_7d ? 1.0 : 0.0
+                events_7d > 1.0 ? 1 : 'x'
+                events_7d > 1.0 ? 'x' : 2.0
+                account_age_days >= 35
+                double(events_7d) > 1.0
+                [1.0][0] > 0.0
+                int
+                nope > 1.0
+                events_7d / (events_prev_28d / 4.0) >= 2.0
+                events_7d > 1.0 == true
+                -(events_7d / 0.0) < 0.0
+                has(account.employees) && account.employees >= 1000 ? 10.0 : 0.0
+                has(account.employees)
+                account.employees
+                account.employees >= 1000
+                account.employees > 999.5
+                account.employees >= 999.5
+                1 < 18446744073709551615u
+                -1 < 0u
+                account.employees == 5000
+                account.employees < 7u
+                1000 <= account.employees
+                account.employees >= events_7d
+                events_7d >= account.employees
+                account.employees + 1.0
+                -account.employees
+                account.flag
+                account.flag && events_7d > 1.0
+                has(account.nope)
+                account.nope > 1
+                account.plan
+                has(account.tags)
+                account.tags
+                has(account.tags.x)
+                account
+                .account.employees > 1
+                account['employees'] > 1
+            ",
+        );
+        let programs: Vec<Program> = exprs.iter().map(|e| def.env.compile(e).unwrap()).collect();
+        let samples = [0.0, 1.0, 3.0, 7.0, 1000.0, -2.5, f64::INFINITY, f64::NAN];
+        let mut answered = vec![false; exprs.len()];
+        for t in TRAITS {
+            let traits = traits_to_cel(t);
+            for (k, &x) in samples.iter().enumerate() {
+                let account = OnceLock::new();
+                let nums: Vec<Double> = (0..def.metrics.len())
+                    .map(|i| Double::from(if i % 2 == 0 { x } else { samples[(k + i) % samples.len()] }))
+                    .collect();
+                let vars = Vars { def: &def, nums: &nums, age: Double::from(x), traits: &traits, account: &account };
+                let mut ctx = Context::with_env(def.env.clone());
+                ctx.set_variable_resolver(&vars);
+                for (i, (src, p)) in exprs.iter().zip(&programs).enumerate() {
+                    if let Some(got) = fast(p.expression(), &vars) {
+                        answered[i] = true;
+                        let want = p.execute(&ctx);
+                        let got = format!("{:?}", Ok::<Value, ()>(got.into()));
+                        assert_eq!(got, format!("{want:?}"), "`{src}` at {x} with {t}");
+                    }
+                }
+            }
+        }
+        let unanswered: Vec<&str> = exprs.iter().zip(&answered).filter(|(_, a)| !**a).map(|(e, _)| *e).collect();
+        // Left to CEL: errors, other types, `==` beyond two numbers, uints on
+        // the left, functions, lists, unknown names, nested or indexed traits.
+        assert_eq!(
+            unanswered,
+            lines(
+                "
+                (events_7d - events_7d) / 0.0 >= 1.0
+                events_7d + 1
+                events_7d == true
+                events_7d < true
+                7u < 8
+                true == true
+                1 + 1 > 1
+                1.0 && events_7d > 1.0
+                1.0 || true
+                events_7d ? 1.0 : 0.0
+                double(events_7d) > 1.0
+                [1.0][0] > 0.0
+                int
+                nope > 1.0
+                events_7d > 1.0 == true
+                account.nope > 1
+                account.tags
+                has(account.tags.x)
+                account
+                .account.employees > 1
+                account['employees'] > 1
+                "
+            )
+        );
+        let traits = traits_to_cel(r#"{"employees":5000}"#);
+        let account = OnceLock::new();
+        let nums = vec![Double::from(1.0); def.metrics.len() + def.derived.len()];
+        let vars = Vars { def: &def, nums: &nums, age: Double::from(1.0), traits: &traits, account: &account };
+        for p in def.derived.iter().map(|d| &d.1).chain(def.rules.iter().map(|r| &r.program)).chain(&def.bonus) {
+            assert!(fast(p.expression(), &vars).is_some(), "{:?} is not evaluated natively", p.expression());
+        }
+        assert!(account.get().is_none(), "the traits were converted to a CEL map");
     }
 
     #[test]
