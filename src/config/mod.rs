@@ -433,6 +433,7 @@ min_score = 0
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
     fn environment_overrides_sections_and_ignores_other_pqa_variables() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("PQA_KAFKA__GROUP_ID", "from-env");
