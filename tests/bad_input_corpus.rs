@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use pqa_engine::decode::Reason;
 use rdkafka::config::ClientConfig;
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
@@ -450,13 +449,9 @@ fn check_dead_letters(dlq: &[Record], offset_key: &HashMap<i64, String>, sent: &
 #[test]
 fn run_dead_letters_every_bad_message_once_with_reason_and_bytes() {
     let started = Instant::now();
-    let cluster = MockCluster::new(1).unwrap();
     // One partition: the order of the input (too_late after its account's
     // good events) is the order the engine sees.
-    cluster.create_topic("events", 1, 1).unwrap();
-    cluster.create_topic("out", 1, 1).unwrap();
-    cluster.create_topic("dlq", 1, 1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
+    let (_cluster, bootstrap) = mock_kafka(1);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let port = free_port();

@@ -21,7 +21,6 @@ use pqa_engine::state::Store;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -89,11 +88,7 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_nothing_new() {
     assert!(clean.len() > 100, "the history must produce announcements ({})", clean.len());
 
     // Kafka with the history preloaded, keyed by account.
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("events", PARTITIONS, 1).unwrap();
-    cluster.create_topic("out", 1, 1).unwrap();
-    cluster.create_topic("dlq", 1, 1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
+    let (_cluster, bootstrap) = mock_kafka(PARTITIONS);
     let producer: BaseProducer =
         ClientConfig::new().set("bootstrap.servers", &bootstrap).set("linger.ms", "5").create().unwrap();
     let mut ends: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();

@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
-use rdkafka::mocking::MockCluster;
 
 fn qualified_pairs(records: &[Record]) -> BTreeMap<(String, String), usize> {
     let mut pairs = BTreeMap::new();
@@ -29,11 +28,7 @@ fn qualified_pairs(records: &[Record]) -> BTreeMap<(String, String), usize> {
 
 #[test]
 fn run_end_to_end_with_dlq_http_sigterm_and_restart() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("events", 2, 1).unwrap();
-    cluster.create_topic("out", 1, 1).unwrap();
-    cluster.create_topic("dlq", 1, 1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
+    let (_cluster, bootstrap) = mock_kafka(2);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let port = free_port();
@@ -226,11 +221,7 @@ fn demo_with_duration_prints_a_pqa_and_exits_zero() {
 
 #[test]
 fn broker_outage_makes_it_unready_then_it_resumes_without_loss() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("events", 2, 1).unwrap();
-    cluster.create_topic("out", 1, 1).unwrap();
-    cluster.create_topic("dlq", 1, 1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
+    let (cluster, bootstrap) = mock_kafka(2);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = write_config(

@@ -12,11 +12,24 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pqa-engine");
+
+/// An in-process Kafka with the topics the tests use: `events` (with
+/// `partitions` partitions), `out` and `dlq`. Returns it (keep it alive) and
+/// its bootstrap address.
+pub fn mock_kafka(partitions: i32) -> (MockCluster<'static, DefaultProducerContext>, String) {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("events", partitions, 1).unwrap();
+    cluster.create_topic("out", 1, 1).unwrap();
+    cluster.create_topic("dlq", 1, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    (cluster, bootstrap)
+}
 
 /// A free loopback port (bound then released).
 pub fn free_port() -> u16 {
