@@ -237,11 +237,23 @@ impl std::fmt::Debug for CompiledDefinition {
     }
 }
 
-/// Parses `28d`, `7d`, `12h`, `90 days`.
+/// Longest duration accepted anywhere in a definition (100 years), so that
+/// window arithmetic can never overflow.
+pub const MAX_DURATION_SECONDS: i64 = 100 * 365 * 86_400;
+
+/// Longest CEL expression accepted (bytes). The `cel` crate parses and
+/// evaluates recursively: a deeply chained expression of some kilobytes
+/// overflows a thread's stack. No sensible rule comes near this.
+pub const MAX_EXPR_BYTES: usize = 2048;
+
+/// Parses `28d`, `7d`, `12h`, `90 days` (at most 100 years).
 pub fn parse_duration_seconds(s: &str) -> Result<i64, String> {
     let d =
         humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}` is not a duration like `28d` or `12h`: {e}"))?;
-    i64::try_from(d.as_secs()).map_err(|_| format!("`{s}` is too long"))
+    match i64::try_from(d.as_secs()) {
+        Ok(secs) if secs <= MAX_DURATION_SECONDS => Ok(secs),
+        _ => Err(format!("`{s}` is longer than 100 years")),
+    }
 }
 
 impl DefinitionConfig {
@@ -518,6 +530,13 @@ fn compile_expr(
     errs: &mut Vec<ConfigError>,
     expect: ExpectType,
 ) -> Option<Program> {
+    if src.len() > MAX_EXPR_BYTES {
+        errs.push(ConfigError::new(
+            path,
+            format!("expression is {} bytes; the limit is {MAX_EXPR_BYTES} (split it into derived numbers)", src.len()),
+        ));
+        return None;
+    }
     let program = match env.compile(src) {
         Ok(p) => p,
         Err(e) => {
@@ -596,6 +615,32 @@ mod tests {
         assert_eq!(parse_duration_seconds("28d").unwrap(), 28 * 86400);
         assert_eq!(parse_duration_seconds("12h").unwrap(), 12 * 3600);
         assert!(parse_duration_seconds("soon").is_err());
+        // Found by fuzzing: these overflowed window arithmetic.
+        assert!(parse_duration_seconds("9223372036854775807s").is_err());
+        assert!(parse_duration_seconds("5000000000000000000s").is_err());
+    }
+
+    #[test]
+    fn fuzz_findings_are_errors_not_crashes() {
+        let mut d = base();
+        d.metrics[0].window = "9223372036854775807s".into();
+        d.cooldown = "9223372036854775807s".into();
+        // Long chains overflowed the cel crate's recursive parser and
+        // evaluator, or panicked while formatting a syntax error.
+        d.rules[0].when = format!("{}>0.0", vec!["1.0"; 5000].join("+"));
+        d.rules[1].when = format!("has(account{})", ".b".repeat(16_000));
+        d.rules[2].when = format!("true &&{})", " ".repeat(65_530));
+        let errs = d.compile().unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "definition.cooldown",
+            "definition.metrics[0].window",
+            "definition.rules[0].when",
+            "definition.rules[1].when",
+            "definition.rules[2].when",
+        ] {
+            assert!(paths.contains(&p), "{p} missing in {errs:?}");
+        }
     }
 
     #[test]
