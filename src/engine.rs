@@ -19,7 +19,7 @@ use crate::decode::{Decoder, Event, Kind, Reason, Rejection};
 use crate::detect::{evaluate, traits_to_cel, Outcome};
 use crate::emit::{self, Announcement, EventInput, Lead, OutputEvent};
 use crate::state::account::{bucket_of, SignalHit};
-use crate::state::store::{CommitStats, TopicPartition};
+use crate::state::store::CommitStats;
 use crate::state::{StateError, StateReader, Store};
 use crate::telemetry::Metrics;
 
@@ -208,11 +208,6 @@ impl Engine {
         self.positions.clear();
         self.batch_oldest_ts = None;
         self.store.discard_cache();
-    }
-
-    /// Offsets committed to RocksDB for the given partitions (next to read).
-    pub fn committed_offsets(&self) -> Result<Vec<(TopicPartition, i64)>, EngineError> {
-        Ok(self.store.reader().offsets()?)
     }
 
     /// Forgets in-memory positions for partitions this instance no longer

@@ -162,14 +162,6 @@ impl StateReader {
         }
         (keys_n, bytes)
     }
-
-    /// Number of account records (estimate).
-    pub fn accounts_estimate(&self) -> u64 {
-        self.db
-            .cf_handle(cf::ACCOUNTS)
-            .and_then(|h| self.db.property_int_value_cf(h, "rocksdb.estimate-num-keys").ok().flatten())
-            .unwrap_or(0)
-    }
 }
 
 /// The engine's state: RocksDB plus the write-back cache.
@@ -292,11 +284,6 @@ impl Store {
                 .put(id.to_string(), AccountEntry { state, dirty: false, members: HashMap::new(), traits_cel: None });
         }
         Ok(self.accounts.get_mut(id).expect("just inserted"))
-    }
-
-    /// An account entry only if cached (for reads that must see unflushed state).
-    pub fn cached_account(&self, id: &str) -> Option<&AccountEntry> {
-        self.accounts.peek(id)
     }
 
     /// The user's cache entry, loaded from RocksDB or new.
