@@ -74,6 +74,8 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
     let state = tempfile::Builder::new().prefix("pqa-demo-").tempdir()?;
     cfg.kafka.bootstrap_servers = bootstrap.clone();
     cfg.kafka.group_id = "pqa-demo".into();
+    // The mock cluster has no CreateTopics: make the changelog here.
+    cluster.create_topic(&cfg.kafka.changelog_topic_name(), 4, 1).context("creating the changelog topic")?;
     cfg.kafka.input_topics = vec![EVENTS_TOPIC.into()];
     cfg.kafka.consumer_properties.insert("session.timeout.ms".into(), "6000".into());
     cfg.state.dir = state.path().to_path_buf();

@@ -19,7 +19,7 @@ use crate::decode::{Decoder, Event, Kind, Reason, Rejection};
 use crate::detect::{evaluate, traits_to_cel, Outcome};
 use crate::emit::{self, Announcement, EventInput, Lead, OutputEvent};
 use crate::state::account::{bucket_of, SignalHit};
-use crate::state::store::CommitStats;
+use crate::state::store::{CommitStats, Prepared};
 use crate::state::{StateError, StateReader, Store};
 use crate::telemetry::Metrics;
 
@@ -155,6 +155,7 @@ impl Engine {
                 return Ok(());
             }
         }
+        self.store.set_partition(rec.partition);
         if let Some(ts) = rec.timestamp_ms {
             self.batch_oldest_ts = Some(self.batch_oldest_ts.map_or(ts, |o| o.min(ts)));
         }
@@ -186,9 +187,28 @@ impl Engine {
     /// consumed offsets in one RocksDB write. Call it only after the batch's
     /// output has been delivered.
     pub fn commit(&mut self) -> Result<CommitStats, EngineError> {
-        let started = Instant::now();
+        let prepared = self.prepare_commit();
+        self.finish_commit(prepared, &[])
+    }
+
+    /// The first half of [`Engine::commit`]: encodes what changed since the
+    /// last commit (and its changelog records, when the changelog is on)
+    /// without writing it. Follow with [`Engine::finish_commit`] (after the
+    /// changelog records are acknowledged) or [`Engine::abort`].
+    pub fn prepare_commit(&mut self) -> Prepared {
         let offsets: Vec<(String, i32, i64)> = self.pending.drain().map(|((t, p), o)| (t, p, o)).collect();
-        let stats = self.store.commit(&offsets)?;
+        self.store.prepare(&offsets)
+    }
+
+    /// Writes a prepared commit, with the changelog offsets its records
+    /// reached (next offset per changelog partition).
+    pub fn finish_commit(
+        &mut self,
+        prepared: Prepared,
+        changelog_next: &[(i32, i64)],
+    ) -> Result<CommitStats, EngineError> {
+        let started = Instant::now();
+        let stats = self.store.write(prepared, changelog_next)?;
         self.metrics.commits.with_label_values(&["state"]).inc();
         self.metrics.batch_seconds.with_label_values(&["state_commit"]).observe(started.elapsed().as_secs_f64());
         self.metrics.cache_accounts.set(stats.cached_accounts as i64);
@@ -217,6 +237,11 @@ impl Engine {
         for p in parts {
             self.positions.remove(p);
         }
+    }
+
+    /// The state, for restoring it from a changelog.
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
     }
 
     /// Flushes RocksDB memtables (clean shutdown).

@@ -25,6 +25,8 @@
 //! - [`emit`]: cooldown / tier / disqualification decisions and the
 //!   CloudEvents envelope with deterministic ids.
 //! - [`sink`]: the Kafka producer for PQA events and dead letters.
+//! - [`changelog`]: the compacted state changelog topic: written with every
+//!   commit, read back when a partition arrives from another instance.
 //! - [`engine`]: the core that ties decode, state, detect and emit together
 //!   for one record at a time; shared by Kafka, replay, tests and benches.
 //! - [`config`]: configuration structs, layered loading, validation and the
@@ -40,6 +42,7 @@
 //!
 //! `main.rs` only parses the command line and wires these together.
 
+pub mod changelog;
 pub mod config;
 pub mod decode;
 pub mod demo;

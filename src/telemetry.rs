@@ -51,6 +51,16 @@ pub struct Metrics {
     pub assigned_partitions: IntGaugeVec,
     /// Consumer lag (messages) summed over assigned partitions.
     pub consumer_lag: IntGauge,
+    /// State records written to the changelog topic (markers included).
+    pub changelog_records: IntCounter,
+    /// Changelog records read back into state when partitions arrived.
+    pub restored_records: IntCounter,
+    /// Changelog records still to read for the partitions being restored.
+    pub restore_remaining: IntGauge,
+    /// Partitions being restored right now.
+    pub restoring_partitions: IntGauge,
+    /// Time to restore one partition's state.
+    pub restore_seconds: Histogram,
 }
 
 impl Metrics {
@@ -191,6 +201,36 @@ impl Metrics {
             consumer_lag: reg(
                 &registry,
                 IntGauge::new("pqa_consumer_lag_messages", "Messages behind the log end").unwrap(),
+            ),
+            changelog_records: reg(
+                &registry,
+                IntCounter::new("pqa_changelog_records_total", "State records written to the changelog topic").unwrap(),
+            ),
+            restored_records: reg(
+                &registry,
+                IntCounter::new("pqa_changelog_restored_records_total", "Changelog records restored into state")
+                    .unwrap(),
+            ),
+            restore_remaining: reg(
+                &registry,
+                IntGauge::new(
+                    "pqa_changelog_restore_remaining_records",
+                    "Changelog records still to restore for arriving partitions",
+                )
+                .unwrap(),
+            ),
+            restoring_partitions: reg(
+                &registry,
+                IntGauge::new("pqa_changelog_restoring_partitions", "Partitions whose state is being restored")
+                    .unwrap(),
+            ),
+            restore_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("pqa_changelog_restore_seconds", "Time to restore one partition's state")
+                        .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
+                )
+                .unwrap(),
             ),
             registry,
         };

@@ -97,6 +97,20 @@ pub struct KafkaConfig {
     /// A batch is closed after this long even if not full.
     #[serde(default = "default_max_batch_wait_ms")]
     pub max_batch_wait_ms: u64,
+    /// Keep a compacted changelog topic of the state (the Kafka Streams
+    /// way): when a partition moves to another instance of the group, its
+    /// state is restored from the changelog before it is processed. Needs
+    /// one input topic, keyed by account.
+    #[serde(default = "default_true")]
+    pub changelog: bool,
+    /// The changelog topic; empty means `<group_id>-changelog`. Created if
+    /// missing (compacted, as many partitions as the input topic).
+    #[serde(default)]
+    pub changelog_topic: String,
+    /// Replication factor when the engine creates the changelog topic
+    /// (-1: the broker's default).
+    #[serde(default = "default_changelog_replication")]
+    pub changelog_replication_factor: i32,
     /// librdkafka properties applied to both consumer and producer
     /// (e.g. `security.protocol`, `sasl.mechanism`, `ssl.ca.location`).
     #[serde(default)]
@@ -107,6 +121,24 @@ pub struct KafkaConfig {
     /// librdkafka properties for the producer only.
     #[serde(default)]
     pub producer_properties: BTreeMap<String, String>,
+}
+
+const fn default_true() -> bool {
+    true
+}
+const fn default_changelog_replication() -> i32 {
+    -1
+}
+
+impl KafkaConfig {
+    /// The changelog topic's name.
+    pub fn changelog_topic_name(&self) -> String {
+        if self.changelog_topic.trim().is_empty() {
+            format!("{}-changelog", self.group_id)
+        } else {
+            self.changelog_topic.clone()
+        }
+    }
 }
 
 const fn default_max_batch_messages() -> usize {
@@ -269,6 +301,26 @@ impl Config {
                 "kafka.output_topic",
                 "must not be one of the input topics (the engine would read its own output)",
             ));
+        }
+        if self.kafka.changelog {
+            if self.kafka.input_topics.len() > 1 {
+                errs.push(ConfigError::new(
+                    "kafka.changelog",
+                    "the state changelog needs exactly one input topic (partition N of several topics can be \
+                     assigned to different instances); use one topic, or set kafka.changelog = false and run \
+                     one instance",
+                ));
+            }
+            let name = self.kafka.changelog_topic_name();
+            if self.kafka.input_topics.contains(&name)
+                || name == self.kafka.output_topic
+                || name == self.kafka.dlq_topic
+            {
+                errs.push(ConfigError::new(
+                    "kafka.changelog_topic",
+                    format!("`{name}` is already used as an input, output or dead-letter topic"),
+                ));
+            }
         }
         if self.kafka.max_batch_messages == 0 {
             errs.push(ConfigError::new("kafka.max_batch_messages", "must be at least 1"));

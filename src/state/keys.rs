@@ -13,6 +13,9 @@ pub const USER: u8 = b'u';
 pub const OFFSET: u8 = b'o';
 /// Applied message id: `d | xxh3-128(message id)`.
 pub const DEDUPE: u8 = b'd';
+/// Next changelog offset this state has seen of a changelog partition:
+/// `c | partition (u32 BE)` (in the meta column family).
+pub const CHANGELOG: u8 = b'c';
 /// Engine metadata: `x | name`.
 pub const META: u8 = b'x';
 
@@ -81,6 +84,13 @@ pub fn dedupe(message_id: &str) -> [u8; 17] {
     let mut k = [0u8; 17];
     k[0] = DEDUPE;
     k[1..].copy_from_slice(&xxhash_rust::xxh3::xxh3_128(message_id.as_bytes()).to_be_bytes());
+    k
+}
+
+pub fn changelog_position(partition: i32) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[0] = CHANGELOG;
+    k[1..].copy_from_slice(&(partition as u32).to_be_bytes());
     k
 }
 

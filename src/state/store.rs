@@ -52,6 +52,11 @@ pub struct AccountEntry {
     /// The account traits as a CEL value, derived from `state.traits_json`
     /// on first use (reset when the traits change).
     pub traits_cel: Option<cel::Value>,
+    /// Input partition of the event that last touched the account (its
+    /// changelog partition).
+    pub partition: i32,
+    /// Listed in the store's touched list for the next commit.
+    touched: bool,
 }
 
 #[derive(Debug, Default)]
@@ -65,6 +70,29 @@ pub struct MemberEntry {
 pub struct UserEntry {
     pub state: UserState,
     pub dirty: bool,
+    /// Input partition of the event that last touched the user.
+    pub partition: i32,
+    touched: bool,
+}
+
+/// A state record for the changelog topic: the RocksDB key (its first byte
+/// names the kind, see [`keys`]) and value, on the changelog partition equal
+/// to the input partition the record belongs to. A partition's records of
+/// one commit are followed by its offset record (the marker that makes them
+/// complete): `keys::offset(topic, partition)` -> `next offset | watermark`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRecord {
+    pub partition: i32,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// A commit encoded but not written yet: the RocksDB batch and, when the
+/// changelog is on, the same records for the changelog topic.
+pub struct Prepared {
+    batch: WriteBatch,
+    pub changelog: Vec<ChangeRecord>,
+    stats: CommitStats,
 }
 
 /// Read-only access to the database, shared with the HTTP server.
@@ -123,6 +151,16 @@ impl StateReader {
             .and_then(|v| v.as_ref().try_into().ok().map(i64::from_be_bytes)))
     }
 
+    /// The next changelog offset this state has applied or written for a
+    /// changelog partition (`None`: nothing yet).
+    pub fn changelog_position(&self, partition: i32) -> Result<Option<i64>, StateError> {
+        let cf = self.db.cf_handle(cf::META).expect("meta column family");
+        Ok(self
+            .db
+            .get_pinned_cf(cf, keys::changelog_position(partition))?
+            .and_then(|v| v.as_ref().try_into().ok().map(i64::from_be_bytes)))
+    }
+
     /// Every stored (topic, partition) -> next offset.
     pub fn offsets(&self) -> Result<Vec<(TopicPartition, i64)>, StateError> {
         let cf = self.db.cf_handle(cf::META).expect("meta column family");
@@ -173,8 +211,16 @@ pub struct Store {
     sync_writes: bool,
     /// Event-time watermark shared with the compaction filter.
     watermark: Arc<AtomicI64>,
-    /// Message ids applied since the last commit (key -> event time).
-    pending_ids: HashMap<[u8; 17], i64>,
+    /// Message ids applied since the last commit (key -> event time, partition).
+    pending_ids: HashMap<[u8; 17], (i64, i32)>,
+    /// Ids of the cache entries handed out since the last commit (the
+    /// only ones that can be dirty).
+    touched_accounts: Vec<String>,
+    touched_users: Vec<String>,
+    /// Input partition of the record being applied.
+    partition: i32,
+    /// Build changelog records at commit.
+    changelog: bool,
     /// Shared with the dedupe compaction filter.
     dedupe_window: Arc<AtomicI64>,
 }
@@ -259,6 +305,10 @@ impl Store {
             watermark,
             pending_ids: HashMap::new(),
             dedupe_window,
+            touched_accounts: Vec::new(),
+            touched_users: Vec::new(),
+            partition: 0,
+            changelog: false,
         })
     }
 
@@ -276,23 +326,45 @@ impl Store {
         self.watermark.fetch_max(t, Ordering::Relaxed);
     }
 
-    /// The account's cache entry, loaded from RocksDB or new.
+    /// Sets the input partition of the record being applied: records
+    /// touched from now on belong to it (in the changelog).
+    pub fn set_partition(&mut self, partition: i32) {
+        self.partition = partition;
+    }
+
+    /// Turns on building changelog records at commit.
+    pub fn set_changelog(&mut self, on: bool) {
+        self.changelog = on;
+    }
+
+    /// The account's cache entry (to read or change), loaded from RocksDB or new.
     pub fn account(&mut self, id: &str) -> Result<&mut AccountEntry, StateError> {
         if !self.accounts.contains(id) {
             let state = self.reader.account(id)?.unwrap_or_default();
-            self.accounts
-                .put(id.to_string(), AccountEntry { state, dirty: false, members: HashMap::new(), traits_cel: None });
+            self.accounts.put(id.to_string(), AccountEntry { state, ..Default::default() });
         }
-        Ok(self.accounts.get_mut(id).expect("just inserted"))
+        let e = self.accounts.get_mut(id).expect("just inserted");
+        e.partition = self.partition;
+        if !e.touched {
+            e.touched = true;
+            self.touched_accounts.push(id.to_string());
+        }
+        Ok(e)
     }
 
-    /// The user's cache entry, loaded from RocksDB or new.
+    /// The user's cache entry (to read or change), loaded from RocksDB or new.
     pub fn user(&mut self, id: &str) -> Result<&mut UserEntry, StateError> {
         if !self.users.contains(id) {
             let state = self.reader.user(id)?.unwrap_or_default();
-            self.users.put(id.to_string(), UserEntry { state, dirty: false });
+            self.users.put(id.to_string(), UserEntry { state, ..Default::default() });
         }
-        Ok(self.users.get_mut(id).expect("just inserted"))
+        let u = self.users.get_mut(id).expect("just inserted");
+        u.partition = self.partition;
+        if !u.touched {
+            u.touched = true;
+            self.touched_users.push(id.to_string());
+        }
+        Ok(u)
     }
 
     /// Sets the message-id dedupe window in milliseconds of event time (0 = off).
@@ -318,7 +390,7 @@ impl Store {
                 return Ok(true);
             }
         }
-        self.pending_ids.insert(key, time_ms);
+        self.pending_ids.insert(key, (time_ms, self.partition));
         Ok(false)
     }
 
@@ -346,6 +418,14 @@ impl Store {
     /// offset to read, per partition) in one atomic batch, then trims the
     /// cache to its capacity.
     pub fn commit(&mut self, offsets: &[(String, i32, i64)]) -> Result<CommitStats, StateError> {
+        let prepared = self.prepare(offsets);
+        self.write(prepared, &[])
+    }
+
+    /// Encodes every changed record and the consumed offsets into one
+    /// RocksDB batch (and into changelog records when the changelog is on).
+    /// Nothing is written until [`Store::write`].
+    pub fn prepare(&mut self, offsets: &[(String, i32, i64)]) -> Prepared {
         let db = &self.reader.db;
         let (acf, mcf, ucf, meta) = (
             db.cf_handle(cf::ACCOUNTS).expect("cf"),
@@ -355,41 +435,72 @@ impl Store {
         );
         let mut batch = WriteBatch::default();
         let mut stats = CommitStats::default();
+        let mut changelog = Vec::new();
         let mut buf = Vec::with_capacity(4096);
-        for (id, e) in self.accounts.iter_mut() {
+        let mut put = |batch: &mut WriteBatch, cf, key: Vec<u8>, value: &[u8], partition: i32| {
+            batch.put_cf(cf, &key, value);
+            if self.changelog {
+                changelog.push(ChangeRecord { partition, key, value: value.to_vec() });
+            }
+        };
+        for id in self.touched_accounts.drain(..) {
+            let Some(e) = self.accounts.peek_mut(&id) else { continue };
+            e.touched = false;
             if e.dirty {
                 encode_value(&mut buf, e.state.last_seen_ms, &e.state);
-                batch.put_cf(acf, keys::account(id), &buf);
+                put(&mut batch, acf, keys::account(&id), &buf, e.partition);
                 e.dirty = false;
                 stats.accounts += 1;
             }
             for (user, m) in e.members.iter_mut() {
                 if m.dirty {
                     encode_value(&mut buf, m.state.last_seen_ms.max(m.state.first_seen_ms), &m.state);
-                    batch.put_cf(mcf, keys::member(id, user), &buf);
+                    put(&mut batch, mcf, keys::member(&id, user), &buf, e.partition);
                     m.dirty = false;
                     stats.members += 1;
                 }
             }
         }
-        for (id, u) in self.users.iter_mut() {
+        for id in self.touched_users.drain(..) {
+            let Some(u) = self.users.peek_mut(&id) else { continue };
+            u.touched = false;
             if u.dirty {
                 encode_value(&mut buf, u.state.updated_ms, &u.state);
-                batch.put_cf(ucf, keys::user(id), &buf);
+                put(&mut batch, ucf, keys::user(&id), &buf, u.partition);
                 u.dirty = false;
                 stats.users += 1;
             }
         }
         if !self.pending_ids.is_empty() {
             let dcf = db.cf_handle(cf::DEDUPE).expect("cf");
-            for (k, t) in self.pending_ids.drain() {
-                batch.put_cf(dcf, k, t.to_be_bytes());
+            for (k, (t, p)) in self.pending_ids.drain() {
+                put(&mut batch, dcf, k.to_vec(), &t.to_be_bytes(), p);
             }
         }
+        let watermark = self.watermark.load(Ordering::Relaxed);
         for (topic, partition, next) in offsets {
-            batch.put_cf(meta, keys::offset(topic, *partition), next.to_be_bytes());
+            let key = keys::offset(topic, *partition);
+            batch.put_cf(meta, &key, next.to_be_bytes());
+            if self.changelog {
+                // The marker goes last: it completes the partition's records.
+                let mut value = next.to_be_bytes().to_vec();
+                value.extend_from_slice(&watermark.to_be_bytes());
+                changelog.push(ChangeRecord { partition: *partition, key, value });
+            }
         }
-        batch.put_cf(meta, keys::meta("watermark"), self.watermark_ms().to_be_bytes());
+        batch.put_cf(meta, keys::meta("watermark"), watermark.to_be_bytes());
+        Prepared { batch, changelog, stats }
+    }
+
+    /// Writes a prepared batch, with the changelog positions (next offset
+    /// per changelog partition) its records reached, then trims the cache.
+    pub fn write(&mut self, prepared: Prepared, changelog_next: &[(i32, i64)]) -> Result<CommitStats, StateError> {
+        let Prepared { mut batch, mut stats, .. } = prepared;
+        let db = &self.reader.db;
+        let meta = db.cf_handle(cf::META).expect("cf");
+        for (p, next) in changelog_next {
+            batch.put_cf(meta, keys::changelog_position(*p), next.to_be_bytes());
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync_writes);
         db.write_opt(batch, &wo)?;
@@ -410,10 +521,55 @@ impl Store {
         Ok(stats)
     }
 
+    /// Applies changelog records of one input partition (one or more
+    /// complete commits, each ending with its offset marker) in one write,
+    /// with the changelog position reached. The cache must be clean; it is
+    /// dropped, as it may hold older versions of these records.
+    pub fn apply_changelog(
+        &mut self,
+        partition: i32,
+        records: &[(Vec<u8>, Vec<u8>)],
+        changelog_next: i64,
+    ) -> Result<(), StateError> {
+        let db = &self.reader.db;
+        let mut batch = WriteBatch::default();
+        let mut watermark = self.watermark.load(Ordering::Relaxed);
+        for (k, v) in records {
+            let corrupt = |detail: &str| StateError::Corrupt { what: "changelog", detail: detail.to_string() };
+            let name = match k.first() {
+                Some(&keys::ACCOUNT) => cf::ACCOUNTS,
+                Some(&keys::MEMBER) => cf::MEMBERS,
+                Some(&keys::USER) => cf::USERS,
+                Some(&keys::DEDUPE) => cf::DEDUPE,
+                Some(&keys::OFFSET) => {
+                    let next = v.get(..8).ok_or_else(|| corrupt("offset marker shorter than 8 bytes"))?;
+                    if let Some(w) = v.get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                        watermark = watermark.max(i64::from_be_bytes(w));
+                    }
+                    batch.put_cf(db.cf_handle(cf::META).expect("cf"), k, next);
+                    continue;
+                }
+                other => return Err(corrupt(&format!("unknown record kind {other:?}"))),
+            };
+            batch.put_cf(db.cf_handle(name).expect("cf"), k, v);
+        }
+        let meta = db.cf_handle(cf::META).expect("cf");
+        batch.put_cf(meta, keys::changelog_position(partition), changelog_next.to_be_bytes());
+        batch.put_cf(meta, keys::meta("watermark"), watermark.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync_writes);
+        db.write_opt(batch, &wo)?;
+        self.watermark.fetch_max(watermark, Ordering::Relaxed);
+        self.discard_cache();
+        Ok(())
+    }
+
     /// Drops the whole cache without writing (after a failed batch: the
     /// next batch starts again from what RocksDB holds).
     pub fn discard_cache(&mut self) {
         self.pending_ids.clear();
+        self.touched_accounts.clear();
+        self.touched_users.clear();
         self.accounts.clear();
         self.users.clear();
         if let Ok(w) = self.reader.watermark_ms() {

@@ -19,14 +19,16 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pqa-engine");
 
-/// An in-process Kafka with the topics the tests use: `events` (with
-/// `partitions` partitions), `out` and `dlq`. Returns it (keep it alive) and
-/// its bootstrap address.
+/// An in-process Kafka with the topics the tests use: `events` and the state
+/// changelog `pqa-it-changelog` (with `partitions` partitions), `out` and
+/// `dlq`. Returns it (keep it alive) and its bootstrap address.
 pub fn mock_kafka(partitions: i32) -> (MockCluster<'static, DefaultProducerContext>, String) {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("events", partitions, 1).unwrap();
     cluster.create_topic("out", 1, 1).unwrap();
     cluster.create_topic("dlq", 1, 1).unwrap();
+    // The mock cluster has no CreateTopics; the engine checks the count.
+    cluster.create_topic("pqa-it-changelog", partitions, 1).unwrap();
     let bootstrap = cluster.bootstrap_servers();
     (cluster, bootstrap)
 }

@@ -1,0 +1,449 @@
+//! The state changelog: how a partition's state follows it to another
+//! instance of the consumer group (the Kafka Streams way).
+//!
+//! Every commit writes the records it changes to a compacted topic, on the
+//! changelog partition equal to the input partition they belong to, and ends
+//! each partition's records with an offset *marker* (`keys::offset` ->
+//! `next input offset | watermark`). Only after the changelog has
+//! acknowledged them is the same batch written to RocksDB, together with
+//! the changelog offset reached. So the changelog is never behind the local
+//! state, and a marker always follows the complete records of its commit.
+//!
+//! When a partition is assigned, [`Changelog::restore`] reads its changelog
+//! partition from the offset the local state has already seen (or from the
+//! start) to the end, applies every complete commit (records up to a
+//! marker) to RocksDB, and drops an incomplete tail (records of a commit
+//! whose writer died before its marker: that writer had not committed
+//! them, and whoever processes the partition next writes them again). The
+//! partition's input offset then comes from the last marker, so processing
+//! resumes exactly where the state ends.
+//!
+//! Limits: the input must be keyed by account (all events of an account in
+//! one partition); a zombie owner (one that lost its group membership but
+//! still writes) is not fenced, as there are no transactions.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+
+use crate::config::KafkaConfig;
+use crate::http::Health;
+use crate::shutdown::Shutdown;
+use crate::state::keys;
+use crate::state::store::ChangeRecord;
+use crate::state::{StateError, Store};
+use crate::telemetry::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChangelogError {
+    #[error("cannot create a Kafka client for the changelog: {0}")]
+    Client(KafkaError),
+    #[error(
+        "the changelog topic {topic} has {has} partitions but the input topic has {needs}: \
+         give it at least {needs} (or name another with kafka.changelog_topic)"
+    )]
+    TooFewPartitions { topic: String, has: usize, needs: usize },
+    #[error(
+        "cannot create the changelog topic {topic}: {cause}; create it yourself \
+         ({partitions} partitions, cleanup.policy=compact) or set kafka.changelog = false"
+    )]
+    Create { topic: String, partitions: usize, cause: String },
+    #[error("Kafka refuses a changelog record for {topic}: {cause} (raise the topic's max.message.bytes)")]
+    Refused { topic: String, cause: KafkaError },
+    #[error("interrupted by shutdown before the changelog was written or read")]
+    Interrupted,
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Delivery bookkeeping of the changelog producer.
+#[derive(Default)]
+pub struct ChangelogContext {
+    /// Next offset after the highest acknowledged record, per partition.
+    acked: Mutex<HashMap<i32, i64>>,
+    /// Partitions with a failed delivery since the last check.
+    failed: Mutex<HashSet<i32>>,
+}
+
+impl ClientContext for ChangelogContext {}
+
+impl ProducerContext for ChangelogContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(m) => {
+                let mut acked = self.acked.lock().expect("lock");
+                let next = acked.entry(m.partition()).or_insert(0);
+                *next = (*next).max(m.offset() + 1);
+            }
+            Err((e, m)) => {
+                tracing::warn!(cause = %e, partition = m.partition(), "changelog delivery failed; will resend");
+                self.failed.lock().expect("lock").insert(m.partition());
+            }
+        }
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// Changelog records read.
+    pub records: u64,
+    /// Records of an incomplete commit at the end, dropped.
+    pub dropped_tail: u64,
+    /// The input offset the state now resumes at, if the changelog had one.
+    pub next_input_offset: Option<i64>,
+}
+
+/// Writer and reader of the changelog topic.
+pub struct Changelog {
+    topic: String,
+    replication: i32,
+    producer: BaseProducer<ChangelogContext>,
+    restorer: BaseConsumer,
+    admin_config: ClientConfig,
+    metrics: Metrics,
+}
+
+const REQUIRED_PRODUCER: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
+
+/// Records applied to RocksDB per write while restoring.
+const RESTORE_WRITE_RECORDS: usize = 20_000;
+
+impl Changelog {
+    pub fn new(cfg: &KafkaConfig, metrics: Metrics) -> Result<Changelog, ChangelogError> {
+        let mut common = ClientConfig::new();
+        common.set("bootstrap.servers", &cfg.bootstrap_servers);
+        for (k, v) in &cfg.properties {
+            common.set(k, v);
+        }
+        let mut pc = common.clone();
+        pc.set("client.id", "pqa-engine-changelog")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .set("message.max.bytes", "16777216");
+        for (k, v) in &cfg.producer_properties {
+            pc.set(k, v);
+        }
+        for (k, v) in REQUIRED_PRODUCER {
+            pc.set(*k, *v);
+        }
+        let producer = pc.create_with_context(ChangelogContext::default()).map_err(ChangelogError::Client)?;
+        let mut rc = common.clone();
+        rc.set("client.id", "pqa-engine-restore")
+            .set("group.id", format!("{}-restore", cfg.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("allow.auto.create.topics", "false")
+            .set("auto.offset.reset", "earliest");
+        let restorer = rc.create().map_err(ChangelogError::Client)?;
+        Ok(Changelog {
+            topic: cfg.changelog_topic_name(),
+            replication: cfg.changelog_replication_factor,
+            producer,
+            restorer,
+            admin_config: common,
+            metrics,
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Makes sure the changelog topic exists with at least as many
+    /// partitions as `input_topic`, creating it (compacted) if missing.
+    /// Waits (not ready) while the input topic does not exist yet.
+    pub fn ensure_topic(&self, input_topic: &str, shutdown: &Shutdown, health: &Health) -> Result<(), ChangelogError> {
+        let waiting = "waiting for the input topic to exist";
+        let needs = loop {
+            match self.partition_count(input_topic) {
+                Some(n) if n > 0 => break n,
+                _ => {
+                    health.set_problem(Some(waiting));
+                    if shutdown.is_triggered() {
+                        return Err(ChangelogError::Interrupted);
+                    }
+                    shutdown.sleep(Duration::from_secs(1));
+                }
+            }
+        };
+        health.clear_problem(waiting);
+        if let Some(has) = self.partition_count(&self.topic) {
+            if has < needs {
+                return Err(ChangelogError::TooFewPartitions { topic: self.topic.clone(), has, needs });
+            }
+            return Ok(());
+        }
+        let admin: AdminClient<DefaultClientContext> = self.admin_config.create().map_err(ChangelogError::Client)?;
+        let topic = NewTopic::new(&self.topic, needs as i32, TopicReplication::Fixed(self.replication))
+            .set("cleanup.policy", "compact");
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+        let created = rt.block_on(admin.create_topics([&topic], &opts));
+        let err = |cause: String| ChangelogError::Create { topic: self.topic.clone(), partitions: needs, cause };
+        match created {
+            Ok(results) => {
+                for r in results {
+                    match r {
+                        Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((_, code)) => return Err(err(code.to_string())),
+                    }
+                }
+            }
+            Err(e) => return Err(err(e.to_string())),
+        }
+        tracing::info!(topic = %self.topic, partitions = needs, "changelog topic created");
+        // Metadata takes a moment to show a new topic everywhere.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.partition_count(&self.topic).is_none_or(|n| n < needs) {
+            if Instant::now() > deadline || shutdown.is_triggered() {
+                return Err(err("the topic does not appear in the cluster's metadata".into()));
+            }
+            shutdown.sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    /// Partitions of `topic`, `None` when it does not exist (or the cluster
+    /// cannot be asked right now).
+    fn partition_count(&self, topic: &str) -> Option<usize> {
+        let md = self.restorer.fetch_metadata(Some(topic), Duration::from_secs(10)).ok()?;
+        let t = md.topics().iter().find(|t| t.name() == topic)?;
+        if t.error().is_some() || t.partitions().is_empty() {
+            return None;
+        }
+        Some(t.partitions().len())
+    }
+
+    /// Writes a commit's changelog records and waits until every one is
+    /// acknowledged. Returns the next changelog offset per partition
+    /// written. A partition with a failed delivery is written again whole
+    /// (records then marker), so a marker never stands for missing records.
+    pub fn write(
+        &self,
+        records: &[ChangeRecord],
+        shutdown: &Shutdown,
+        not_ready: &dyn Fn(Option<&str>),
+    ) -> Result<Vec<(i32, i64)>, ChangelogError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.producer.context().acked.lock().expect("lock").clear();
+        let mut resend: Option<HashSet<i32>> = None;
+        let mut backoff = Duration::from_millis(100);
+        let mut degraded = false;
+        loop {
+            for r in records.iter().filter(|r| resend.as_ref().is_none_or(|s| s.contains(&r.partition))) {
+                self.send(r, shutdown)?;
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while self.producer.in_flight_count() > 0 {
+                let _ = self.producer.flush(Duration::from_millis(500));
+                if self.producer.in_flight_count() > 0 {
+                    if !degraded {
+                        not_ready(Some("changelog not acknowledged by Kafka"));
+                        degraded = true;
+                    }
+                    if shutdown.is_triggered() && Instant::now() > deadline {
+                        return Err(ChangelogError::Interrupted);
+                    }
+                }
+            }
+            let failed = std::mem::take(&mut *self.producer.context().failed.lock().expect("lock"));
+            if failed.is_empty() {
+                break;
+            }
+            if !degraded {
+                not_ready(Some("changelog delivery failing"));
+                degraded = true;
+            }
+            if shutdown.is_triggered() {
+                return Err(ChangelogError::Interrupted);
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            resend = Some(failed);
+        }
+        if degraded {
+            not_ready(None);
+        }
+        self.metrics.changelog_records.inc_by(records.len() as u64);
+        let acked = std::mem::take(&mut *self.producer.context().acked.lock().expect("lock"));
+        Ok(acked.into_iter().collect())
+    }
+
+    fn send(&self, r: &ChangeRecord, shutdown: &Shutdown) -> Result<(), ChangelogError> {
+        let mut record: BaseRecord<'_, [u8], [u8], ()> =
+            BaseRecord::to(&self.topic).partition(r.partition).key(&r.key[..]).payload(&r.value[..]);
+        let mut logged = false;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // Backpressure: let librdkafka drain, then try again.
+                    self.producer.poll(Duration::from_millis(50));
+                    record = back;
+                }
+                Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
+                | Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::InvalidArgument), _)) => {
+                    return Err(ChangelogError::Refused { topic: self.topic.clone(), cause: e });
+                }
+                Err((e, back)) => {
+                    if !logged {
+                        tracing::warn!(cause = %e, topic = %self.topic, "changelog produce failed; retrying");
+                        logged = true;
+                    }
+                    self.producer.poll(Duration::from_millis(200));
+                    record = back;
+                }
+            }
+            if shutdown.is_triggered() {
+                return Err(ChangelogError::Interrupted);
+            }
+        }
+    }
+
+    /// Brings the state of input `partition` up to date from its changelog
+    /// partition (see the module docs). Call with a clean cache (after a
+    /// commit); the cache is dropped if anything is applied.
+    pub fn restore(
+        &self,
+        store: &mut Store,
+        partition: i32,
+        shutdown: &Shutdown,
+        health: &Health,
+    ) -> Result<Restored, ChangelogError> {
+        let started = Instant::now();
+        let mut done = Restored::default();
+        let (low, high) = loop {
+            match self.restorer.fetch_watermarks(&self.topic, partition, Duration::from_secs(10)) {
+                Ok(w) => break w,
+                Err(e) => {
+                    tracing::warn!(cause = %e, partition, "cannot read the changelog's offsets; retrying");
+                    if shutdown.is_triggered() {
+                        return Err(ChangelogError::Interrupted);
+                    }
+                    shutdown.sleep(Duration::from_secs(1));
+                }
+            }
+        };
+        let seen = store.reader().changelog_position(partition)?;
+        let start = match seen {
+            Some(s) if s >= low && s <= high => s,
+            Some(s) if s > high => {
+                tracing::warn!(
+                    partition,
+                    seen = s,
+                    high,
+                    "the changelog is shorter than this state has seen (recreated?); reading it whole"
+                );
+                low
+            }
+            Some(s) => {
+                tracing::warn!(
+                    partition,
+                    seen = s,
+                    low,
+                    "the changelog no longer holds everything after this state's position; reading what it has"
+                );
+                low
+            }
+            None => low,
+        };
+        if start >= high {
+            return Ok(done);
+        }
+        let problem = format!("restoring state from the changelog ({} records)", high - start);
+        health.set_problem(Some(&problem));
+        self.metrics.restoring_partitions.inc();
+        self.metrics.restore_remaining.add(high - start);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(start)).map_err(ChangelogError::Client)?;
+        self.restorer.assign(&tpl).map_err(ChangelogError::Client)?;
+        drop(tpl);
+        // Records since the last marker (an incomplete commit, until its
+        // marker arrives) and complete commits not yet written.
+        let mut pending: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut complete: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut complete_next = None;
+        let mut position = start;
+        let result = loop {
+            if shutdown.is_triggered() {
+                break Err(ChangelogError::Interrupted);
+            }
+            match self.restorer.poll(Duration::from_millis(500)) {
+                None => continue,
+                Some(Err(KafkaError::PartitionEOF(_))) => break Ok(()),
+                Some(Err(e)) => {
+                    tracing::warn!(cause = %e, partition, "changelog read failed; retrying");
+                    shutdown.sleep(Duration::from_millis(200));
+                    continue;
+                }
+                Some(Ok(m)) => {
+                    let key = m.key().unwrap_or_default().to_vec();
+                    let value = m.payload().unwrap_or_default().to_vec();
+                    done.records += 1;
+                    self.metrics.restored_records.inc();
+                    self.metrics.restore_remaining.sub((m.offset() + 1 - position).max(0));
+                    position = m.offset() + 1;
+                    let marker = key.first() == Some(&keys::OFFSET);
+                    if marker {
+                        if let Some(next) = value.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                            done.next_input_offset = Some(i64::from_be_bytes(next));
+                        }
+                    }
+                    pending.push((key, value));
+                    if marker {
+                        complete.append(&mut pending);
+                        complete_next = Some(position);
+                        if complete.len() >= RESTORE_WRITE_RECORDS {
+                            store.apply_changelog(partition, &complete, position)?;
+                            complete.clear();
+                            complete_next = None;
+                        }
+                    }
+                    if position >= high {
+                        break Ok(());
+                    }
+                }
+            }
+        };
+        self.metrics.restore_remaining.sub((high - position).max(0));
+        self.metrics.restoring_partitions.dec();
+        let _ = self.restorer.unassign();
+        health.clear_problem(&problem);
+        result?;
+        if let Some(next) = complete_next {
+            store.apply_changelog(partition, &complete, next)?;
+        }
+        done.dropped_tail = pending.len() as u64;
+        self.metrics.restore_seconds.observe(started.elapsed().as_secs_f64());
+        tracing::info!(
+            partition,
+            records = done.records,
+            dropped_tail = done.dropped_tail,
+            resumes_at = ?done.next_input_offset,
+            seconds = started.elapsed().as_secs_f64(),
+            "state restored from the changelog"
+        );
+        Ok(done)
+    }
+
+    /// Waits for outstanding changelog records (shutdown).
+    pub fn close(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}

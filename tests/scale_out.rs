@@ -1,0 +1,259 @@
+//! Scale-out: state follows its partitions through the changelog topic.
+//!
+//! Three instances share one consumer group, each with its own state dir.
+//! The history arrives in three phases; in the second, while events flow,
+//! one instance is killed with SIGKILL for good and its partitions move to
+//! the other two, which restore their state from the changelog before
+//! processing them. At the end the output equals a clean `replay` of the same
+//! history (the same ids, so nothing lost and nothing counted twice), and for
+//! every partition the state of its final owner equals the clean run's for
+//! a sample of accounts.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pqa_engine::config::Config;
+use pqa_engine::sim::{SimConfig, SimEvent, Simulator};
+use pqa_engine::state::Store;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+const EVENTS: usize = 30_000;
+const PARTITIONS: i32 = 6;
+
+fn partition_of(account: &str) -> i32 {
+    (xxhash_rust::xxh3::xxh3_64(account.as_bytes()) % PARTITIONS as u64) as i32
+}
+
+fn produce_all(p: &BaseProducer, events: &[SimEvent], ends: &mut BTreeMap<i32, i64>) {
+    for e in events {
+        let part = partition_of(&e.account);
+        *ends.entry(part).or_insert(0) += 1;
+        let mut rec = BaseRecord::<str, str>::to("events").key(&e.account).payload(&e.json).partition(part);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    p.poll(Duration::from_millis(10));
+                    rec = r;
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// The group's committed offsets reached `ends` on every partition.
+fn caught_up(bootstrap: &str, ends: &BTreeMap<i32, i64>) -> bool {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "pqa-it")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition("events", p);
+    }
+    let done = match c.committed_offsets(tpl, Duration::from_secs(5)) {
+        Ok(committed) => committed.elements().iter().all(|e| match e.offset() {
+            Offset::Offset(o) => o >= ends.get(&e.partition()).copied().unwrap_or(0),
+            _ => ends.get(&e.partition()).copied().unwrap_or(0) == 0,
+        }),
+        Err(_) => false,
+    };
+    drop(c);
+    done
+}
+
+fn metric(engine: &EngineProcess, name: &str) -> f64 {
+    engine
+        .http_get("/metrics")
+        .map(|(_, m)| {
+            m.lines()
+                .filter(|l| l.starts_with(name) && (l.len() == name.len() || l[name.len()..].starts_with([' ', '{'])))
+                .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+                .sum()
+        })
+        .unwrap_or(0.0)
+}
+
+fn wait_caught_up(bootstrap: &str, ends: &BTreeMap<i32, i64>, engines: &[&EngineProcess], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !caught_up(bootstrap, ends) {
+        if Instant::now() > deadline {
+            let logs: Vec<String> = engines.iter().map(|e| e.log()).collect();
+            panic!("the group did not catch up with {ends:?}:\n{}", logs.join("\n-----\n"));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+struct Instance {
+    dir: PathBuf,
+    state: PathBuf,
+    config: PathBuf,
+    port: u16,
+}
+
+fn instance(root: &Path, name: &str, bootstrap: &str) -> Instance {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state");
+    let port = free_port();
+    let config = write_config(&dir, bootstrap, &state, port, "");
+    Instance { dir, state, config, port }
+}
+
+#[test]
+fn three_instances_one_killed_for_good_state_follows_partitions() {
+    let root = tempfile::tempdir().unwrap();
+    let events: Vec<SimEvent> =
+        Simulator::new(SimConfig { seed: 5, accounts: 300, start_unix: 1_767_225_600, days: 60 })
+            .take(EVENTS)
+            .collect();
+
+    // The reference: a clean replay.
+    let input = root.path().join("history.ndjson");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        for e in &events {
+            writeln!(f, "{}", e.json).unwrap();
+        }
+    }
+    let clean_out = root.path().join("clean.ndjson");
+    let clean_state = root.path().join("clean-state");
+    let st = Command::new(BIN)
+        .args(["replay", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&clean_out)
+        .arg("--state-dir")
+        .arg(&clean_state)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let clean: Vec<serde_json::Value> =
+        std::fs::read_to_string(&clean_out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(clean.len() > 50, "the history must produce announcements ({})", clean.len());
+
+    let (cluster, bootstrap) = mock_kafka(PARTITIONS);
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", &bootstrap).set("linger.ms", "5").create().unwrap();
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    let third = EVENTS / 3;
+
+    // Phase 1: three instances share the first third.
+    let (a, b, c) = (
+        instance(root.path(), "a", &bootstrap),
+        instance(root.path(), "b", &bootstrap),
+        instance(root.path(), "c", &bootstrap),
+    );
+    let mut ea = EngineProcess::start(&a.config, a.port, &a.dir, 0);
+    let mut eb = EngineProcess::start(&b.config, b.port, &b.dir, 0);
+    let mut ec = EngineProcess::start(&c.config, c.port, &c.dir, 0);
+    produce_all(&producer, &events[..third], &mut ends);
+    for e in [&mut ea, &mut eb, &mut ec] {
+        e.wait_ready(Duration::from_secs(90));
+    }
+    wait_caught_up(&bootstrap, &ends, &[&ea, &eb, &ec], Duration::from_secs(180));
+    // Every instance ends up with partitions (the group has settled).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while [&ea, &eb, &ec].iter().any(|e| metric(e, "pqa_assigned_partitions") < 1.0) {
+        assert!(Instant::now() < deadline, "some instance never got a partition");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Phase 2: the next third flows; C is killed for good mid-stream.
+    produce_all(&producer, &events[third..2 * third], &mut ends);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(ec.child.try_wait().unwrap().is_none(), "C died on its own: {}", ec.log());
+    ec.child.kill().unwrap();
+    ec.child.wait().unwrap();
+    wait_caught_up(&bootstrap, &ends, &[&ea, &eb], Duration::from_secs(180));
+
+    // Phase 3: the rest, to the two survivors.
+    produce_all(&producer, &events[2 * third..], &mut ends);
+    wait_caught_up(&bootstrap, &ends, &[&ea, &eb], Duration::from_secs(180));
+    let restored =
+        metric(&ea, "pqa_changelog_restored_records_total") + metric(&eb, "pqa_changelog_restored_records_total");
+    assert!(restored > 0.0, "the survivors restored nothing from the changelog:\n{}\n-----\n{}", ea.log(), eb.log());
+    for e in [&mut ea, &mut eb] {
+        let st = e.terminate(Duration::from_secs(30));
+        assert!(st.success(), "{st}: {}", e.log());
+    }
+    let logs = format!("{}\n-----\n{}", ea.log(), eb.log());
+    drop((ea, eb, ec));
+
+    // The changelog kept everything (the mock cluster keeps at most 5 MiB a
+    // partition; a truncated changelog would void this test).
+    let probe: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    for p in 0..PARTITIONS {
+        let (low, high) = probe.fetch_watermarks("pqa-it-changelog", p, Duration::from_secs(5)).unwrap();
+        assert_eq!(low, 0, "changelog partition {p} was truncated by the mock cluster (high {high})");
+    }
+    drop(probe);
+
+    // Output: exactly the clean run's announcements, repeats identical.
+    let out = read_until(&bootstrap, "out", 1, Duration::from_secs(60), |r| {
+        r.iter().map(|x| x.json()["id"].as_str().unwrap().to_string()).collect::<BTreeSet<_>>().len() >= clean.len()
+    });
+    let mut first: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for r in &out {
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        let payload = r.payload.clone().unwrap();
+        let prev = first.entry(id.clone()).or_insert_with(|| payload.clone());
+        assert_eq!(*prev, payload, "a repeat of {id} differs from its first copy");
+    }
+    let got: BTreeSet<&String> = first.keys().collect();
+    let want_ids: Vec<String> = clean.iter().map(|v| v["id"].as_str().unwrap().to_string()).collect();
+    let want: BTreeSet<&String> = want_ids.iter().collect();
+    let missing: Vec<_> = want.difference(&got).take(5).collect();
+    let extra: Vec<_> = got.difference(&want).take(5).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, unexpected {extra:?}\n{logs}");
+    eprintln!(
+        "{} output records, {} distinct, {} repeats; {} in the clean run; {restored} changelog records restored",
+        out.len(),
+        first.len(),
+        out.len() - first.len(),
+        clean.len()
+    );
+
+    // State: per partition, the final owner's state equals the clean run's.
+    let open = |d: &Path| {
+        let mut c = Config::default_config().state;
+        c.dir = d.to_path_buf();
+        Store::open(&c).unwrap()
+    };
+    let stores = [open(&a.state), open(&b.state)];
+    let reference = open(&clean_state);
+    let owner: BTreeMap<i32, usize> = (0..PARTITIONS)
+        .map(|p| {
+            let offs: Vec<i64> = stores.iter().map(|s| s.reader().offset("events", p).unwrap().unwrap_or(0)).collect();
+            let i = if offs[0] >= offs[1] { 0 } else { 1 };
+            assert_eq!(offs[i], ends[&p], "partition {p} not processed to its end by its owner ({offs:?})");
+            (p, i)
+        })
+        .collect();
+    let accounts: BTreeSet<&str> = events.iter().map(|e| e.account.as_str()).collect();
+    let mut compared = 0;
+    for acct in accounts.iter().step_by(7) {
+        let s = &stores[owner[&partition_of(acct)]];
+        let x = s.reader().account(acct).unwrap();
+        let y = reference.reader().account(acct).unwrap();
+        assert!(x.is_some(), "{acct} missing");
+        assert_eq!(x, y, "state of {acct} differs from the clean run");
+        assert_eq!(s.reader().members(acct).unwrap(), reference.reader().members(acct).unwrap(), "members of {acct}");
+        compared += 1;
+    }
+    assert!(compared > 20);
+    drop(cluster);
+}
