@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -114,7 +114,15 @@ fn run_end_to_end_with_dlq_http_sigterm_and_restart() {
     assert!(metrics.contains(r#"pqa_events_total{type="track"} 15"#), "{metrics}");
     assert!(metrics.contains(r#"pqa_qualified_total{rule="team_adoption",tier="#), "{metrics}");
     assert_eq!(engine.http_get("/healthz").unwrap().0, 200);
-    let (code, body) = engine.http_get("/accounts/acct-six").unwrap();
+    // Output is acknowledged before state commits: wait for the commit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (code, body) = loop {
+        let (code, body) = engine.http_get("/accounts/acct-six").unwrap();
+        if code == 200 || Instant::now() > deadline {
+            break (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["metrics"]["active_users_28d"], 6.0);
@@ -153,9 +161,18 @@ fn run_end_to_end_with_dlq_http_sigterm_and_restart() {
     assert_eq!(pairs, want, "log:\n{}", engine.log());
     let ids: BTreeSet<String> = out.iter().map(|r| r.json()["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(ids.len(), out.len(), "no event repeated");
-    let (_, body) = engine.http_get("/accounts/acct-six").unwrap();
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["metrics"]["active_users_28d"], 7.0, "state resumed from RocksDB, not replayed: {body}");
+    // The state is committed right after the output is acknowledged (and
+    // the changelog written): wait for it rather than race it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = engine.http_get("/accounts/acct-six").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["metrics"]["active_users_28d"] == 7.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "state resumed from RocksDB, not replayed: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (_, metrics) = engine.http_get("/metrics").unwrap();
     assert!(
         metrics.contains(r#"pqa_events_total{type="track"} 2"#),
