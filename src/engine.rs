@@ -8,7 +8,6 @@
 //! input was cut into batches: a crash and a restart with other batch
 //! boundaries give the same announcements with the same ids.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +21,17 @@ use crate::state::account::{bucket_of, SignalHit};
 use crate::state::store::{CommitStats, Prepared};
 use crate::state::{StateError, StateReader, Store};
 use crate::telemetry::Metrics;
+
+/// Where a partition stands.
+#[derive(Debug)]
+struct Position {
+    topic: String,
+    partition: i32,
+    /// Next offset to apply.
+    next: i64,
+    /// Advanced since the last commit.
+    pending: bool,
+}
 
 /// One input record, wherever it came from.
 #[derive(Debug, Clone, Copy)]
@@ -85,11 +95,10 @@ pub struct Engine {
     store: Store,
     metrics: Metrics,
     clock: Box<dyn Fn() -> i64 + Send>,
-    /// Next offset to apply, per (topic, partition), as far as applied in
-    /// memory (committed or pending).
-    positions: HashMap<(String, i32), i64>,
-    /// Partitions advanced since the last commit.
-    pending: HashMap<(String, i32), i64>,
+    /// Next offset to apply per partition, as far as applied in memory
+    /// (committed or pending). A short list (the assigned partitions),
+    /// searched without allocating.
+    positions: Vec<Position>,
     retention_ms: i64,
     retention_buckets: u32,
     /// Records applied since the last commit (for latency metrics).
@@ -107,8 +116,7 @@ impl Engine {
             store,
             metrics,
             clock: Box::new(|| chrono::Utc::now().timestamp_millis()),
-            positions: HashMap::new(),
-            pending: HashMap::new(),
+            positions: Vec::new(),
             retention_ms,
             retention_buckets,
             batch_oldest_ts: None,
@@ -136,21 +144,30 @@ impl Engine {
     /// The next offset to apply for a partition: what this engine applied,
     /// else what RocksDB says was committed.
     pub fn position(&mut self, topic: &str, partition: i32) -> Result<Option<i64>, EngineError> {
-        if let Some(p) = self.positions.get(&(topic.to_string(), partition)) {
-            return Ok(Some(*p));
+        Ok(self.slot(topic, partition)?.map(|i| self.positions[i].next))
+    }
+
+    /// Index of the partition's position, loaded from RocksDB on first use
+    /// (`None`: nothing applied or committed yet).
+    fn slot(&mut self, topic: &str, partition: i32) -> Result<Option<usize>, EngineError> {
+        if let Some(i) = self.positions.iter().position(|p| p.partition == partition && p.topic == topic) {
+            return Ok(Some(i));
         }
-        let p = self.store.reader().offset(topic, partition)?;
-        if let Some(p) = p {
-            self.positions.insert((topic.to_string(), partition), p);
-        }
-        Ok(p)
+        Ok(match self.store.reader().offset(topic, partition)? {
+            Some(next) => {
+                self.positions.push(Position { topic: topic.to_string(), partition, next, pending: false });
+                Some(self.positions.len() - 1)
+            }
+            None => None,
+        })
     }
 
     /// Applies one record. Records at offsets already applied are skipped,
     /// so Kafka redelivering after a restart or rebalance changes nothing.
     pub fn process(&mut self, rec: &InputRecord<'_>, out: &mut Output) -> Result<(), EngineError> {
-        if let Some(next) = self.position(rec.topic, rec.partition)? {
-            if rec.offset < next {
+        let slot = self.slot(rec.topic, rec.partition)?;
+        if let Some(i) = slot {
+            if rec.offset < self.positions[i].next {
                 self.metrics.duplicates_skipped.inc();
                 return Ok(());
             }
@@ -177,9 +194,20 @@ impl Engine {
                 offset: rec.offset,
             });
         }
-        let key = (rec.topic.to_string(), rec.partition);
-        self.positions.insert(key.clone(), rec.offset + 1);
-        self.pending.insert(key, rec.offset + 1);
+        let i = match slot {
+            Some(i) => i,
+            None => {
+                self.positions.push(Position {
+                    topic: rec.topic.to_string(),
+                    partition: rec.partition,
+                    next: 0,
+                    pending: false,
+                });
+                self.positions.len() - 1
+            }
+        };
+        self.positions[i].next = rec.offset + 1;
+        self.positions[i].pending = true;
         Ok(())
     }
 
@@ -196,7 +224,15 @@ impl Engine {
     /// without writing it. Follow with [`Engine::finish_commit`] (after the
     /// changelog records are acknowledged) or [`Engine::abort`].
     pub fn prepare_commit(&mut self) -> Prepared {
-        let offsets: Vec<(String, i32, i64)> = self.pending.drain().map(|((t, p), o)| (t, p, o)).collect();
+        let offsets: Vec<(String, i32, i64)> = self
+            .positions
+            .iter_mut()
+            .filter(|p| p.pending)
+            .map(|p| {
+                p.pending = false;
+                (p.topic.clone(), p.partition, p.next)
+            })
+            .collect();
         self.store.prepare(&offsets)
     }
 
@@ -224,7 +260,6 @@ impl Engine {
     /// could not be delivered): the next records are applied again on top
     /// of the committed state.
     pub fn abort(&mut self) {
-        self.pending.clear();
         self.positions.clear();
         self.batch_oldest_ts = None;
         self.store.discard_cache();
@@ -234,9 +269,7 @@ impl Engine {
     /// owns (after a rebalance), so that their state is read again from
     /// RocksDB if they come back.
     pub fn release_partitions(&mut self, parts: &[(String, i32)]) {
-        for p in parts {
-            self.positions.remove(p);
-        }
+        self.positions.retain(|p| !parts.iter().any(|(t, n)| *n == p.partition && *t == p.topic));
     }
 
     /// The state, for restoring it from a changelog.
