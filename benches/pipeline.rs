@@ -14,6 +14,12 @@
 //! - `decode/segment_json`: [`Decoder::decode`] of 20k pre-generated Segment
 //!   JSON lines (bytes -> `Event`): UTF-8 check, JSON parse, field lookup by
 //!   JSON pointer, timestamp parsing. One iteration = all 20k lines.
+//! - `decode/segment_json_sorted_keys`: the same events with the keys of
+//!   every object in alphabetical order (`traits` comes before `type`).
+//! - `decode/parse_ignored_any`: the parsing limit, the same 20k lines
+//!   through `serde_json::from_slice::<IgnoredAny>` (JSON syntax and UTF-8
+//!   checked, nothing kept); `decode/parse_value`: the same into a
+//!   `serde_json::Value` tree. Neither extracts or checks any field.
 //! - `detect/busiest_account`: [`evaluate`] (metrics over the hourly
 //!   buckets, derived numbers, CEL rules, score, tier) for the account with
 //!   the most events, after a whole 60-day simulation of 200 accounts (~53k
@@ -100,6 +106,36 @@ fn bench_decode(c: &mut Criterion) {
         b.iter(|| {
             for l in &lines {
                 let _ = black_box(decoder.decode(Some(black_box(l.as_slice())), now_ms));
+            }
+        })
+    });
+    // The same events with every object's keys in alphabetical order, as
+    // some pipelines deliver them (`traits` before `type`: identify and group
+    // calls then take the decoder's second pass for their traits).
+    let sorted: Vec<Vec<u8>> = lines
+        .iter()
+        .map(|l| serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(l).unwrap()).unwrap())
+        .collect();
+    g.bench_function("segment_json_sorted_keys", |b| {
+        b.iter(|| {
+            for l in &sorted {
+                let _ = black_box(decoder.decode(Some(black_box(l.as_slice())), now_ms));
+            }
+        })
+    });
+    // The parsing limit: the same lines through serde_json into `IgnoredAny`
+    // (syntax and UTF-8 checked, nothing kept), and into a `Value` tree.
+    g.bench_function("parse_ignored_any", |b| {
+        b.iter(|| {
+            for l in &lines {
+                let _ = black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(l.as_slice())));
+            }
+        })
+    });
+    g.bench_function("parse_value", |b| {
+        b.iter(|| {
+            for l in &lines {
+                let _ = black_box(serde_json::from_slice::<serde_json::Value>(black_box(l.as_slice())));
             }
         })
     });
