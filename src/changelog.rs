@@ -447,3 +447,96 @@ impl Changelog {
         let _ = self.producer.flush(timeout);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use rdkafka::mocking::MockCluster;
+
+    fn record(partition: i32, key: Vec<u8>, value: &[u8]) -> ChangeRecord {
+        ChangeRecord { partition, key, value: value.to_vec() }
+    }
+
+    fn marker(partition: i32, next: i64, watermark: i64) -> ChangeRecord {
+        let mut v = next.to_be_bytes().to_vec();
+        v.extend_from_slice(&watermark.to_be_bytes());
+        record(partition, keys::offset("events", partition), &v)
+    }
+
+    fn account_value(seq: u64) -> Vec<u8> {
+        let st = crate::state::AccountState { seq, last_seen_ms: 1_000, ..Default::default() };
+        let mut v = 1_000i64.to_be_bytes().to_vec();
+        v.extend_from_slice(&postcard::to_allocvec(&st).unwrap());
+        v
+    }
+
+    #[test]
+    fn restore_applies_complete_commits_drops_an_incomplete_tail_and_resumes_from_its_position() {
+        let cluster = MockCluster::new(1).unwrap();
+        let mut cfg = Config::default_config();
+        cfg.kafka.bootstrap_servers = cluster.bootstrap_servers();
+        cfg.kafka.group_id = "unit".into();
+        cfg.kafka.input_topics = vec!["events".into()];
+        cluster.create_topic("events", 2, 1).unwrap();
+        cluster.create_topic("unit-changelog", 2, 1).unwrap();
+        let (shutdown, health) = (Shutdown::new(), Health::new());
+        health.set_live(true);
+        health.set_assigned(true);
+        let c = Changelog::new(&cfg.kafka, Metrics::new()).unwrap();
+        c.ensure_topic("events", &shutdown, &health).unwrap();
+
+        // Partition 1: a complete commit (a1, marker 10), another (a1 again,
+        // a2, marker 25), then a writer died after a3 but before its marker.
+        let first = [record(1, keys::account("a1"), &account_value(1)), marker(1, 10, 5_000)];
+        let next = c.write(&first, &shutdown, &|_| {}).unwrap();
+        assert_eq!(next, vec![(1, 2)]);
+        let second = [
+            record(1, keys::account("a1"), &account_value(2)),
+            record(1, keys::account("a2"), &account_value(7)),
+            marker(1, 25, 9_000),
+        ];
+        c.write(&second, &shutdown, &|_| {}).unwrap();
+        c.write(&[record(1, keys::account("a3"), &account_value(1))], &shutdown, &|_| {}).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut scfg = cfg.state.clone();
+        scfg.dir = dir.path().to_path_buf();
+        let mut store = Store::open(&scfg).unwrap();
+        let done = c.restore(&mut store, 1, &shutdown, &health).unwrap();
+        assert_eq!(done, Restored { records: 6, dropped_tail: 1, next_input_offset: Some(25) });
+        let r = store.reader();
+        assert_eq!(r.account("a1").unwrap().unwrap().seq, 2, "the latest complete version");
+        assert_eq!(r.account("a2").unwrap().unwrap().seq, 7);
+        assert!(r.account("a3").unwrap().is_none(), "an incomplete commit is not applied");
+        assert_eq!(r.offset("events", 1).unwrap(), Some(25));
+        assert_eq!(r.offset("events", 0).unwrap(), None, "other partitions untouched");
+        assert_eq!(r.changelog_position(1).unwrap(), Some(5), "resumes after the last marker");
+        assert_eq!(store.watermark_ms(), 9_000);
+        assert_eq!(health.readiness(), Ok(()), "no restore problem left behind once done");
+
+        // The dead writer's successor completes the commit; a second restore
+        // reads only what came after this state's position.
+        c.write(&[record(1, keys::account("a3"), &account_value(3)), marker(1, 31, 9_500)], &shutdown, &|_| {})
+            .unwrap();
+        let again = c.restore(&mut store, 1, &shutdown, &health).unwrap();
+        assert_eq!(again.records, 3, "the old tail, the new record and its marker");
+        assert_eq!(store.reader().account("a3").unwrap().unwrap().seq, 3);
+        assert_eq!(store.reader().offset("events", 1).unwrap(), Some(31));
+        let nothing = c.restore(&mut store, 1, &shutdown, &health).unwrap();
+        assert_eq!(nothing, Restored::default(), "up to date: nothing read");
+    }
+
+    #[test]
+    fn a_changelog_with_fewer_partitions_than_the_input_is_refused() {
+        let cluster = MockCluster::new(1).unwrap();
+        let mut cfg = Config::default_config();
+        cfg.kafka.bootstrap_servers = cluster.bootstrap_servers();
+        cfg.kafka.group_id = "few".into();
+        cluster.create_topic("events", 4, 1).unwrap();
+        cluster.create_topic("few-changelog", 2, 1).unwrap();
+        let c = Changelog::new(&cfg.kafka, Metrics::new()).unwrap();
+        let err = c.ensure_topic("events", &Shutdown::new(), &Health::new()).unwrap_err();
+        assert!(matches!(err, ChangelogError::TooFewPartitions { has: 2, needs: 4, .. }), "{err}");
+    }
+}
