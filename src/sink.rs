@@ -202,8 +202,12 @@ impl KafkaSink {
                     break Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    // Backpressure: let librdkafka drain, then try again.
-                    self.producer.poll(Duration::from_millis(50));
+                    // Backpressure: send now (not after `linger.ms`), serve
+                    // delivery reports, then try again. Short polls: `poll`
+                    // always waits out its timeout, and a long one per
+                    // full queue would cap throughput at queue size per poll.
+                    let _ = self.producer.flush(Duration::ZERO);
+                    self.producer.poll(Duration::from_millis(1));
                     record = r;
                 }
                 Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))

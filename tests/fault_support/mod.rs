@@ -160,9 +160,6 @@ dlq_topic = "dlq"
 "statistics.interval.ms" = "500"
 
 [kafka.consumer_properties]
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "500"
-"auto.commit.interval.ms" = "500"
 {}
 [kafka.producer_properties]
 {}
@@ -178,7 +175,17 @@ addr = "127.0.0.1:{http_port}"
         } else {
             format!("max_batch_wait_ms = 20\n{}", s.kafka)
         },
-        props(s.consumer),
+        {
+            // Defaults for the tests, unless the test sets them.
+            let mut c: Vec<(&str, &str)> = vec![
+                ("session.timeout.ms", "6000"),
+                ("heartbeat.interval.ms", "500"),
+                ("auto.commit.interval.ms", "500"),
+            ];
+            c.retain(|(k, _)| !s.consumer.iter().any(|(k2, _)| k2 == k));
+            c.extend_from_slice(s.consumer);
+            props(&c)
+        },
         props(s.producer)
             + &std::env::var("PQA_TEST_PRODUCER_DEBUG").map(|d| format!("\"debug\" = \"{d}\"\n")).unwrap_or_default(),
         state_dir.display(),
