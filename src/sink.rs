@@ -7,6 +7,7 @@
 //! are, or until shutdown (then the batch is not committed and will be
 //! processed again after the restart, with the same ids).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -56,18 +57,32 @@ struct Owned {
     headers: Vec<(String, Vec<u8>)>,
 }
 
-/// Collects failed deliveries for resending.
+/// Counts records awaiting their delivery report and collects failed
+/// deliveries for resending.
 pub struct SinkContext {
     failed: Mutex<Vec<Owned>>,
+    /// Records enqueued whose delivery report has not been served yet.
+    /// (Not `in_flight_count()`: librdkafka's `outq_len` also counts events
+    /// such as statistics, logs and errors waiting in the reply queue, which
+    /// `flush` does not serve once no message is left, so waiting for it to
+    /// reach 0 could spin for ever.)
+    unacked: AtomicUsize,
     metrics: Metrics,
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    /// The consumer reports statistics (lag, broker states); the
+    /// producer's are dropped here rather than logged whole at `info`, as
+    /// rdkafka's default does, when `statistics.interval.ms` is set in
+    /// `kafka.properties`.
+    fn stats_raw(&self, _statistics: &[u8]) {}
+}
 
 impl ProducerContext for SinkContext {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        self.unacked.fetch_sub(1, Ordering::SeqCst);
         if let Err((err, msg)) = result {
             self.metrics.delivery_failures.inc();
             tracing::warn!(cause = %err, topic = msg.topic(), "output delivery failed; will resend");
@@ -120,7 +135,7 @@ impl KafkaSink {
             cc.set(*k, *v);
         }
         let producer = cc
-            .create_with_context(SinkContext { failed: Mutex::new(Vec::new()), metrics })
+            .create_with_context(SinkContext { failed: Mutex::new(Vec::new()), unacked: AtomicUsize::new(0), metrics })
             .map_err(SinkError::Create)?;
         Ok(KafkaSink {
             producer,
@@ -182,10 +197,17 @@ impl KafkaSink {
         let mut degraded = false;
         let result = loop {
             match self.producer.send(record) {
-                Ok(()) => break Ok(()),
+                Ok(()) => {
+                    self.producer.context().unacked.fetch_add(1, Ordering::SeqCst);
+                    break Ok(());
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    // Backpressure: let librdkafka drain, then try again.
-                    self.producer.poll(Duration::from_millis(50));
+                    // Backpressure: send now (not after `linger.ms`), serve
+                    // delivery reports, then try again. Short polls: `poll`
+                    // always waits out its timeout, and a long one per
+                    // full queue would cap throughput at queue size per poll.
+                    let _ = self.producer.flush(Duration::ZERO);
+                    self.producer.poll(Duration::from_millis(1));
                     record = r;
                 }
                 Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
@@ -220,17 +242,24 @@ impl KafkaSink {
             // Flush until the queue is empty; on shutdown give up after a
             // grace period rather than hang.
             let deadline = Instant::now() + Duration::from_secs(30);
-            while self.producer.in_flight_count() > 0 {
-                let _ = self.producer.flush(Duration::from_millis(500));
-                if self.producer.in_flight_count() > 0 {
+            let mut waited = Instant::now();
+            while self.unacked() > 0 {
+                // Serves delivery reports and whatever else waits in the
+                // reply queue (errors, statistics, logs). Short polls: the
+                // batch is done as soon as its last report is in (rdkafka's
+                // `flush` polls 100 ms at a time, and `poll` always waits
+                // out its timeout). A zero-timeout flush first wakes the
+                // brokers to send without waiting out `linger.ms`.
+                let _ = self.producer.flush(Duration::ZERO);
+                self.producer.poll(Duration::from_millis(2));
+                if self.unacked() > 0 && waited.elapsed() >= Duration::from_millis(500) {
+                    waited = Instant::now();
                     if !degraded {
                         not_ready(Some("output not acknowledged by Kafka"));
                         degraded = true;
                     }
                     if shutdown.is_triggered() && Instant::now() > deadline {
-                        return Err(SinkError::NotDelivered {
-                            pending: self.producer.in_flight_count().max(0) as usize,
-                        });
+                        return Err(SinkError::NotDelivered { pending: self.unacked() });
                     }
                 }
             }
@@ -258,6 +287,10 @@ impl KafkaSink {
                 self.send(&r.topic, r.key.as_deref(), &r.payload, h, shutdown, not_ready)?;
             }
         }
+    }
+
+    fn unacked(&self) -> usize {
+        self.producer.context().unacked.load(Ordering::SeqCst)
     }
 
     /// Final flush on shutdown.
