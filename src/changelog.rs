@@ -23,13 +23,14 @@
 //! still writes) is not fenced, as there are no transactions.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -73,14 +74,31 @@ pub struct ChangelogContext {
     acked: Mutex<HashMap<i32, i64>>,
     /// Partitions with a failed delivery since the last check.
     failed: Mutex<HashSet<i32>>,
+    /// Records enqueued whose delivery report has not been served yet (not
+    /// `in_flight_count()`, which also counts statistics and log events
+    /// that `flush` stops serving once no message is left).
+    unacked: AtomicUsize,
 }
 
-impl ClientContext for ChangelogContext {}
+impl ClientContext for ChangelogContext {
+    /// Statistics come from the consumer; don't log the producer's whole.
+    fn stats_raw(&self, _statistics: &[u8]) {}
+}
+
+/// The restore consumer's context: statistics dropped, like the producer's.
+pub struct QuietContext;
+
+impl ClientContext for QuietContext {
+    fn stats_raw(&self, _statistics: &[u8]) {}
+}
+
+impl ConsumerContext for QuietContext {}
 
 impl ProducerContext for ChangelogContext {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        self.unacked.fetch_sub(1, Ordering::SeqCst);
         match result {
             Ok(m) => {
                 let mut acked = self.acked.lock().expect("lock");
@@ -111,7 +129,7 @@ pub struct Changelog {
     topic: String,
     replication: i32,
     producer: BaseProducer<ChangelogContext>,
-    restorer: BaseConsumer,
+    restorer: BaseConsumer<QuietContext>,
     admin_config: ClientConfig,
     metrics: Metrics,
 }
@@ -146,9 +164,11 @@ impl Changelog {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "20")
+            .set("fetch.error.backoff.ms", "20")
             .set("allow.auto.create.topics", "false")
             .set("auto.offset.reset", "earliest");
-        let restorer = rc.create().map_err(ChangelogError::Client)?;
+        let restorer = rc.create_with_context(QuietContext).map_err(ChangelogError::Client)?;
         Ok(Changelog {
             topic: cfg.changelog_topic_name(),
             replication: cfg.changelog_replication_factor,
@@ -250,9 +270,15 @@ impl Changelog {
                 self.send(r, shutdown)?;
             }
             let deadline = Instant::now() + Duration::from_secs(30);
-            while self.producer.in_flight_count() > 0 {
-                let _ = self.producer.flush(Duration::from_millis(500));
-                if self.producer.in_flight_count() > 0 {
+            let mut waited = Instant::now();
+            while self.producer.context().unacked.load(Ordering::SeqCst) > 0 {
+                // Wake the brokers (don't wait out `linger.ms`), then serve
+                // delivery reports in short polls: `poll` waits out its
+                // timeout, and the batch is done at its last report.
+                let _ = self.producer.flush(Duration::ZERO);
+                self.producer.poll(Duration::from_millis(2));
+                if waited.elapsed() >= Duration::from_millis(500) {
+                    waited = Instant::now();
                     if !degraded {
                         not_ready(Some("changelog not acknowledged by Kafka"));
                         degraded = true;
@@ -291,10 +317,14 @@ impl Changelog {
         let mut logged = false;
         loop {
             match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.producer.context().unacked.fetch_add(1, Ordering::SeqCst);
+                    return Ok(());
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // Backpressure: let librdkafka drain, then try again.
-                    self.producer.poll(Duration::from_millis(50));
+                    // Backpressure: send now, serve delivery reports, retry.
+                    let _ = self.producer.flush(Duration::ZERO);
+                    self.producer.poll(Duration::from_millis(1));
                     record = back;
                 }
                 Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))

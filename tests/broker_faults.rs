@@ -369,6 +369,11 @@ fn deliveries_that_time_out_are_sent_again_not_dropped() {
         for p in 0..DLQ_PARTITIONS {
             c.partition_leader("dlq", p, Some(2)).unwrap();
         }
+        // Only the output goes away here, not the state changelog (which
+        // would block the batch after delivery, before any output fails).
+        for p in 0..PARTITIONS {
+            c.partition_leader("pqa-it-changelog", p, Some(1)).unwrap();
+        }
         c.coordinator(MockCoordinator::Group(GROUP.into()), 1).unwrap();
     }
     let port = free_port();

@@ -268,17 +268,13 @@ fn instances_joining_and_leaving_keep_consuming_and_lose_nothing() {
 /// never applies a record A applied: no source offset is dead-lettered
 /// twice.
 ///
-/// It fails today (about 60 of 650 dead-lettered offsets twice, all in the
-/// partitions A gave up): `source::run` calls `consumer.poll` again and
-/// again within one batch and applies each record as it comes, while the
-/// state and offsets are committed only after the batch. A rebalance
-/// callback fired by one of those polls finds applied but uncommitted
-/// records; it commits the older stored offsets and gives the partition
-/// away; B starts there and applies the same records again, while A goes
-/// on to deliver and commit them too.
+/// This failed before the revoke callback finished the batch in hand: the
+/// loop polls again and again within one batch, and a revoke fired by one
+/// of those polls found applied but uncommitted records, committed the
+/// older offsets and gave the partition away (about 60 of 650 dead-lettered
+/// offsets came out twice). Now the callback delivers and commits the
+/// batch before it releases the partitions.
 #[test]
-#[ignore = "fails: src/source.rs applies records between polls of one batch, so a revoke lands mid-batch \
-            with applied records neither durable nor committed (see the note on this test)"]
 fn a_partition_revoked_mid_batch_is_not_processed_twice() {
     let dir = tempfile::tempdir().unwrap();
     // One record in three is bad, so dead letters mark offsets densely.
