@@ -1,7 +1,6 @@
 //! The `pqa-engine` command: parses the command line and wires the library
 //! together. No logic lives here.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,7 +14,7 @@ use pqa_engine::demo::{run_demo, DemoOptions};
 use pqa_engine::http::{self, AppState, Health};
 use pqa_engine::replay::{replay, ReplayOptions};
 use pqa_engine::shutdown::Shutdown;
-use pqa_engine::sim::{SimConfig, Simulator};
+use pqa_engine::sim::{produce_to_topic, write_ndjson, Progress, SimConfig, Simulator, TopicTarget};
 use pqa_engine::telemetry::Metrics;
 
 /// Real-time Product Qualified Accounts: reads product-usage events
@@ -52,7 +51,8 @@ enum Command {
     /// they appear.
     Demo(DemoArgs),
     /// Write a simulated product-usage history (Segment Spec NDJSON) for
-    /// replay, tests and benchmarks.
+    /// replay, tests and benchmarks: to a file (`.gz` compressed) or straight
+    /// into a Kafka topic.
     Simulate(SimulateArgs),
 }
 
@@ -130,9 +130,21 @@ struct DemoArgs {
 
 #[derive(Args)]
 struct SimulateArgs {
-    /// Output file; `.gz` is compressed; `-` writes standard output.
+    /// Output file; `.gz` (e.g. `history.ndjson.gz`) is gzip-compressed; `-`
+    /// writes standard output. Not used with --topic.
     #[arg(long, short, default_value = "-")]
     output: PathBuf,
+    /// Write into this Kafka topic instead of a file (key = account id,
+    /// idempotent producer). The topic must exist.
+    #[arg(long, requires = "bootstrap_servers", conflicts_with = "output")]
+    topic: Option<String>,
+    /// Kafka bootstrap servers (host:port,...) for --topic.
+    #[arg(long, requires = "topic")]
+    bootstrap_servers: Option<String>,
+    /// librdkafka producer property for --topic, `KEY=VALUE`; repeat for
+    /// several (e.g. `-X compression.type=none`).
+    #[arg(long = "producer-property", short = 'X', value_name = "KEY=VALUE", requires = "topic")]
+    producer_properties: Vec<String>,
     /// Number of accounts.
     #[arg(long, default_value_t = 1000)]
     accounts: usize,
@@ -147,6 +159,10 @@ struct SimulateArgs {
     start: String,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Report progress on stderr even when it is not a terminal (a line
+    /// every 5 s); on a terminal a progress bar is always shown.
+    #[arg(long)]
+    progress: bool,
 }
 
 fn main() -> ExitCode {
@@ -295,43 +311,37 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 .expect("midnight")
                 .and_utc()
                 .timestamp();
-            let sim = Simulator::new(SimConfig { seed: a.seed, accounts: a.accounts, start_unix: start, days: a.days });
-            let raw: Box<dyn Write> = if a.output.as_os_str() == "-" {
-                Box::new(std::io::stdout().lock())
-            } else {
-                Box::new(std::fs::File::create(&a.output).with_context(|| format!("creating {}", a.output.display()))?)
-            };
-            let gz = a.output.extension().is_some_and(|e| e == "gz");
-            let mut w: Box<dyn Write> = if gz {
-                Box::new(flate2::write::GzEncoder::new(
-                    std::io::BufWriter::with_capacity(1 << 20, raw),
-                    flate2::Compression::fast(),
-                ))
-            } else {
-                Box::new(std::io::BufWriter::with_capacity(1 << 20, raw))
-            };
-            let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                indicatif::ProgressBar::new_spinner()
-            } else {
-                indicatif::ProgressBar::hidden()
-            };
-            let mut n = 0u64;
-            for ev in sim {
-                if a.max_events.is_some_and(|m| n >= m) {
-                    break;
+            let mut sim =
+                Simulator::new(SimConfig { seed: a.seed, accounts: a.accounts, start_unix: start, days: a.days });
+            let mut progress = Progress::new(a.max_events, a.progress);
+            if let Some(topic) = a.topic {
+                let mut properties = Vec::new();
+                for p in &a.producer_properties {
+                    let (k, v) = p.split_once('=').with_context(|| format!("-X {p}: expected KEY=VALUE"))?;
+                    properties.push((k.to_string(), v.to_string()));
                 }
-                w.write_all(ev.json.as_bytes())?;
-                w.write_all(b"\n")?;
-                n += 1;
-                if n % 100_000 == 0 {
-                    bar.set_message(format!("{n} events"));
-                    bar.tick();
-                }
+                let target = TopicTarget {
+                    bootstrap_servers: a.bootstrap_servers.expect("clap: --topic requires --bootstrap-servers"),
+                    topic,
+                    properties,
+                };
+                let stats = produce_to_topic(&mut sim, &target, a.max_events, &mut progress);
+                progress.finish();
+                let stats = stats?;
+                let secs = stats.elapsed.as_secs_f64();
+                eprintln!(
+                    "produced {} events ({:.1} MB of JSON) to topic {} in {:.2} s ({:.0} events/s)",
+                    stats.events,
+                    stats.bytes as f64 / 1e6,
+                    target.topic,
+                    secs,
+                    stats.events as f64 / secs.max(1e-9)
+                );
+            } else {
+                let n = write_ndjson(&mut sim, &a.output, a.max_events, &mut progress);
+                progress.finish();
+                eprintln!("wrote {} events", n?);
             }
-            w.flush()?;
-            drop(w);
-            bar.finish_and_clear();
-            eprintln!("wrote {n} events");
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -894,6 +894,313 @@ fn write_rfc3339(s: &mut String, unix: i64) {
     s.push('Z');
 }
 
+// ---------------------------------------------------------------------------
+// Output: an NDJSON file (plain or gzip) or a Kafka topic
+// ---------------------------------------------------------------------------
+
+impl Simulator {
+    /// Simulated days fully generated so far (for progress reports).
+    pub fn days_generated(&self) -> u32 {
+        self.day
+    }
+
+    /// Simulated days in total.
+    pub fn days_total(&self) -> u32 {
+        self.cfg.days
+    }
+}
+
+/// Progress of a `simulate` run on stderr: an indicatif bar when stderr is
+/// a terminal, a plain line every few seconds when asked for progress while
+/// stderr is not a terminal (a log file), nothing otherwise.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    lines: bool,
+    started: std::time::Instant,
+    last_line: std::time::Instant,
+}
+
+impl Progress {
+    /// `total`: the number of events when known (`--max-events`); `force`:
+    /// report even when stderr is not a terminal.
+    pub fn new(total: Option<u64>, force: bool) -> Progress {
+        let now = std::time::Instant::now();
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        if !tty {
+            return Progress { bar: None, lines: force, started: now, last_line: now };
+        }
+        let bar = match total {
+            Some(n) => {
+                let b = indicatif::ProgressBar::new(n);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{wide_bar} {human_pos}/{human_len} events  {per_sec}  {elapsed} (eta {eta})  {msg}",
+                    )
+                    .expect("valid template"),
+                );
+                b
+            }
+            None => {
+                let b = indicatif::ProgressBar::new_spinner();
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{spinner} {human_pos} events  {per_sec}  {elapsed}  {msg}",
+                    )
+                    .expect("valid template"),
+                );
+                b
+            }
+        };
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(5));
+        Progress { bar: Some(bar), lines: false, started: now, last_line: now }
+    }
+
+    /// A progress report that shows nothing.
+    pub fn hidden() -> Progress {
+        let now = std::time::Instant::now();
+        Progress { bar: None, lines: false, started: now, last_line: now }
+    }
+
+    /// `n` events written so far, `day` of `days` simulated days generated.
+    pub fn update(&mut self, n: u64, day: u32, days: u32) {
+        if let Some(b) = &self.bar {
+            b.set_position(n);
+            b.set_message(format!("day {day}/{days}"));
+        } else if self.lines && self.last_line.elapsed() >= std::time::Duration::from_secs(5) {
+            self.last_line = std::time::Instant::now();
+            let secs = self.started.elapsed().as_secs_f64();
+            eprintln!("simulate: {n} events, day {day}/{days}, {:.0} events/s", n as f64 / secs.max(1e-9));
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// How often (in events) the progress report is updated.
+const PROGRESS_EVERY: u64 = 4096;
+
+/// Writes the simulation as NDJSON (one event a line) to `path`; a path
+/// ending in `.gz` (e.g. `history.ndjson.gz`) is gzip-compressed, `-` is
+/// standard output. Stops after `max_events` when given. Returns the number
+/// of events written.
+pub fn write_ndjson(
+    sim: &mut Simulator,
+    path: &std::path::Path,
+    max_events: Option<u64>,
+    progress: &mut Progress,
+) -> anyhow::Result<u64> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let raw: Box<dyn std::io::Write> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?)
+    };
+    let buffered = std::io::BufWriter::with_capacity(1 << 20, raw);
+    let gz = path.extension().is_some_and(|e| e == "gz");
+    let mut w = if gz {
+        NdjsonOut::Gzip(flate2::write::GzEncoder::new(buffered, flate2::Compression::fast()))
+    } else {
+        NdjsonOut::Plain(buffered)
+    };
+    let mut n = 0u64;
+    while max_events.is_none_or(|m| n < m) {
+        let Some(ev) = sim.next() else { break };
+        w.write_all(ev.json.as_bytes()).and_then(|_| w.write_all(b"\n")).context("writing events")?;
+        n += 1;
+        if n % PROGRESS_EVERY == 0 {
+            progress.update(n, sim.days_generated(), sim.days_total());
+        }
+    }
+    // Finish explicitly: a gzip trailer that fails to write is an error, not
+    // something a `Drop` swallows.
+    let mut inner = match w {
+        NdjsonOut::Plain(b) => b,
+        NdjsonOut::Gzip(g) => g.finish().context("finishing gzip stream")?,
+    };
+    inner.flush().context("flushing output")?;
+    progress.update(n, sim.days_generated(), sim.days_total());
+    Ok(n)
+}
+
+enum NdjsonOut<W: std::io::Write> {
+    Plain(W),
+    Gzip(flate2::write::GzEncoder<W>),
+}
+
+impl<W: std::io::Write> std::io::Write for NdjsonOut<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            NdjsonOut::Plain(w) => w.write(buf),
+            NdjsonOut::Gzip(w) => w.write(buf),
+        }
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            NdjsonOut::Plain(w) => w.write_all(buf),
+            NdjsonOut::Gzip(w) => w.write_all(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            NdjsonOut::Plain(w) => w.flush(),
+            NdjsonOut::Gzip(w) => w.flush(),
+        }
+    }
+}
+
+/// A Kafka topic to write the simulation into.
+#[derive(Clone, Debug)]
+pub struct TopicTarget {
+    pub bootstrap_servers: String,
+    pub topic: String,
+    /// librdkafka producer properties, applied over the defaults of
+    /// [`produce_to_topic`].
+    pub properties: Vec<(String, String)>,
+}
+
+/// The outcome of [`produce_to_topic`].
+#[derive(Clone, Debug)]
+pub struct ProduceStats {
+    /// Events sent and acknowledged by the broker.
+    pub events: u64,
+    pub bytes: u64,
+    pub elapsed: std::time::Duration,
+}
+
+/// Counts delivery reports; keeps the first error.
+#[derive(Default)]
+struct DeliveryCounter {
+    delivered: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl rdkafka::ClientContext for DeliveryCounter {}
+
+impl rdkafka::producer::ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Relaxed);
+            }
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Relaxed);
+                let mut first = self.first_error.lock().expect("lock");
+                if first.is_none() {
+                    *first = Some(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// Writes the simulation into a Kafka topic: key = account id (so all of an
+/// account's events land in one partition, in time order), value = the
+/// Segment JSON, record timestamp = the time it is produced. The producer is
+/// idempotent (no duplicates or reordering on retries); a full local queue is
+/// backpressure (wait for deliveries, then send again), not an error. The
+/// topic must exist. Returns once every event is acknowledged; any failed
+/// delivery is an error.
+///
+/// Defaults (overridable by `target.properties`): `enable.idempotence=true`,
+/// `acks=all`, `linger.ms=20`, `compression.type=lz4`.
+pub fn produce_to_topic(
+    sim: &mut Simulator,
+    target: &TopicTarget,
+    max_events: Option<u64>,
+    progress: &mut Progress,
+) -> anyhow::Result<ProduceStats> {
+    use anyhow::{bail, Context as _};
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::{Duration, Instant};
+
+    let mut cc = rdkafka::ClientConfig::new();
+    cc.set("bootstrap.servers", &target.bootstrap_servers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        // The topic must exist: its partition count is the benchmark's choice.
+        .set("allow.auto.create.topics", "false");
+    for (k, v) in &target.properties {
+        cc.set(k, v);
+    }
+    let producer: BaseProducer<DeliveryCounter> =
+        cc.create_with_context(DeliveryCounter::default()).context("creating the Kafka producer")?;
+
+    // Fail fast on a missing topic instead of waiting out message.timeout.ms.
+    let md = producer
+        .client()
+        .fetch_metadata(Some(&target.topic), Duration::from_secs(30))
+        .with_context(|| format!("fetching metadata of topic {} from {}", target.topic, target.bootstrap_servers))?;
+    let partitions = md.topics().iter().find(|t| t.name() == target.topic).map_or(0, |t| t.partitions().len());
+    if partitions == 0 {
+        bail!("topic {} does not exist on {}: create it first", target.topic, target.bootstrap_servers);
+    }
+
+    let started = Instant::now();
+    let ctx = producer.context();
+    let check_failures = |ctx: &DeliveryCounter| -> anyhow::Result<()> {
+        if ctx.failed.load(Relaxed) > 0 {
+            let e = ctx.first_error.lock().expect("lock").clone().unwrap_or_default();
+            bail!("{} event(s) could not be delivered to {}: {e}", ctx.failed.load(Relaxed), target.topic);
+        }
+        Ok(())
+    };
+    let mut n = 0u64;
+    let mut bytes = 0u64;
+    while max_events.is_none_or(|m| n < m) {
+        let Some(ev) = sim.next() else { break };
+        let mut record = BaseRecord::to(&target.topic).key(ev.account.as_bytes()).payload(ev.json.as_bytes());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // Backpressure: serve delivery reports until there is room.
+                    record = r;
+                    producer.poll(Duration::from_millis(20));
+                    check_failures(ctx)?;
+                }
+                Err((e, _)) => return Err(e).with_context(|| format!("producing to {}", target.topic)),
+            }
+        }
+        n += 1;
+        bytes += ev.json.len() as u64;
+        if n % PROGRESS_EVERY == 0 {
+            producer.poll(Duration::ZERO);
+            check_failures(ctx)?;
+            progress.update(ctx.delivered.load(Relaxed), sim.days_generated(), sim.days_total());
+        }
+    }
+    // Wait for every acknowledgement, reporting progress meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while producer.in_flight_count() > 0 {
+        if Instant::now() > deadline {
+            bail!("{} event(s) still unacknowledged after 300 s", producer.in_flight_count());
+        }
+        producer.poll(Duration::from_millis(100));
+        check_failures(ctx)?;
+        progress.update(ctx.delivered.load(Relaxed), sim.days_generated(), sim.days_total());
+    }
+    producer.flush(Duration::from_secs(30)).context("flushing the producer")?;
+    check_failures(ctx)?;
+    let delivered = ctx.delivered.load(Relaxed);
+    if delivered != n {
+        bail!("sent {n} events but {delivered} were acknowledged");
+    }
+    Ok(ProduceStats { events: n, bytes, elapsed: started.elapsed() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
