@@ -410,19 +410,33 @@ impl Changelog {
         let mut complete: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut complete_next = None;
         let mut position = start;
+        let mut eof_since: Option<Instant> = None;
         let result = loop {
             if shutdown.is_triggered() {
                 break Err(ChangelogError::Interrupted);
             }
             match self.restorer.poll(Duration::from_millis(500)) {
                 None => continue,
-                Some(Err(KafkaError::PartitionEOF(_))) => break Ok(()),
+                Some(Err(KafkaError::PartitionEOF(_))) if position >= high => break Ok(()),
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    // Some brokers report the end early (tansu does, between
+                    // record batches): the records up to `high` were
+                    // acknowledged, so keep reading. Only a gap at the very
+                    // end (a compacted or aborted tail) stops it, after a
+                    // while without progress.
+                    if eof_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(5) {
+                        tracing::warn!(partition, position, high, "changelog ends before its high watermark; done");
+                        break Ok(());
+                    }
+                    continue;
+                }
                 Some(Err(e)) => {
                     tracing::warn!(cause = %e, partition, "changelog read failed; retrying");
                     shutdown.sleep(Duration::from_millis(200));
                     continue;
                 }
                 Some(Ok(m)) => {
+                    eof_since = None;
                     let key = m.key().unwrap_or_default().to_vec();
                     let value = m.payload().unwrap_or_default().to_vec();
                     done.records += 1;
