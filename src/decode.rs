@@ -1763,7 +1763,10 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(3000))]
+            // `PQA_DECODE_CASES=5000000` for a long differential fuzz run.
+            #![proptest_config(ProptestConfig::with_cases(
+                std::env::var("PQA_DECODE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000)
+            ))]
             #[test]
             fn agrees_with_the_reference_decoder(msg in message()) {
                 let d = decoder();
