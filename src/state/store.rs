@@ -473,7 +473,12 @@ impl Store {
         }
         if !self.pending_ids.is_empty() {
             let dcf = db.cf_handle(cf::DEDUPE).expect("cf");
-            for (k, (t, p)) in self.pending_ids.drain() {
+            // In key order: the memtable's skiplist then inserts each id
+            // next to the previous one (it reuses the last insert's
+            // position), instead of searching from the top for random keys.
+            let mut ids: Vec<([u8; 17], (i64, i32))> = self.pending_ids.drain().collect();
+            ids.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (k, (t, p)) in ids {
                 put(&mut batch, dcf, k.to_vec(), &t.to_be_bytes(), p);
             }
         }
