@@ -14,8 +14,9 @@ use cel::parser::Expression;
 use cel::{Context, Program, Value};
 use serde_json::Value as Json;
 
+use crate::config::definition::MetricKind;
 use crate::config::CompiledDefinition;
-use crate::state::account::{bucket_of, AccountState};
+use crate::state::account::{bucket_of, AccountState, WindowSums};
 
 /// The outcome of one rule.
 #[derive(Debug, Clone, PartialEq)]
@@ -285,12 +286,27 @@ fn run(program: &Program, vars: &Vars, native: bool) -> Result<Value, cel::Execu
 /// Evaluates the definition for `acct` at event time `now_ms`. `traits` is
 /// the account's traits as a CEL map ([`traits_to_cel`]).
 pub fn evaluate(def: &CompiledDefinition, acct: &AccountState, traits: &Value, now_ms: i64) -> Evaluation {
+    evaluate_with(def, acct, None, traits, now_ms)
+}
+
+/// [`evaluate`], with the account's running window sums (see
+/// [`WindowSums`]) for its `events` metrics: the same evaluation, cheaper.
+pub fn evaluate_with(
+    def: &CompiledDefinition,
+    acct: &AccountState,
+    mut sums: Option<&mut WindowSums>,
+    traits: &Value,
+    now_ms: i64,
+) -> Evaluation {
     let now = bucket_of(now_ms, def.bucket_seconds);
     let n = def.metrics.len() + def.derived.len();
     let mut values: Vec<(String, f64)> = Vec::with_capacity(n);
     let mut nums: Vec<Double> = Vec::with_capacity(n);
-    for m in &def.metrics {
-        let v = acct.metric(m, now, def.bucket_seconds);
+    for (i, m) in def.metrics.iter().enumerate() {
+        let v = match sums.as_deref_mut() {
+            Some(sums) if m.kind == MetricKind::Events => sums.events(acct, i, m, now),
+            _ => acct.metric(m, now, def.bucket_seconds),
+        };
         values.push((m.name.clone(), v));
         nums.push(Double::from(v));
     }

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{CompiledDefinition, InputConfig};
 use crate::decode::{Decoder, Event, Kind, Reason, Rejection};
-use crate::detect::{evaluate, traits_to_cel, Outcome};
+use crate::detect::{evaluate_with, traits_to_cel, Outcome};
 use crate::emit::{self, Announcement, EventInput, Lead, OutputEvent};
 use crate::state::account::{bucket_of, SignalHit};
 use crate::state::store::{CommitStats, Prepared};
@@ -414,7 +414,11 @@ impl Engine {
                     }
                 }
             }
-            entry.state.add_event(idx, &slots[..n], def.counters.len());
+            if entry.state.add_event_exact(idx, &slots[..n], def.counters.len()) {
+                entry.sums.added(&def.metrics, idx, &slots[..n]);
+            } else {
+                entry.sums.clear();
+            }
             if ev.kind == Kind::Track {
                 entry.state.touch_feature(ev.name.as_deref().unwrap_or_default(), idx);
             }
@@ -429,11 +433,13 @@ impl Engine {
             entry.state.add_signal(s, &ev.user_id, ev.time_ms);
         }
         let now_ms = entry.state.last_seen_ms;
-        entry.state.prune(bucket_of(now_ms, def.bucket_seconds), self.retention_buckets, def.bucket_seconds);
+        let now_bucket = bucket_of(now_ms, def.bucket_seconds);
+        entry.state.prune(now_bucket, self.retention_buckets, def.bucket_seconds);
+        entry.sums.pruned(now_bucket.saturating_sub(self.retention_buckets));
 
         // Detect.
         let traits = entry.traits_cel.get_or_insert_with(|| traits_to_cel(&entry.state.traits_json));
-        let eval = evaluate(&def, &entry.state, traits, now_ms);
+        let eval = evaluate_with(&def, &entry.state, Some(&mut entry.sums), traits, now_ms);
         for (i, o) in eval.outcomes.iter().enumerate() {
             if let Outcome::Error(e) = o {
                 self.metrics.rule_errors.with_label_values(&[&def.rules[i].name]).inc();
@@ -448,7 +454,6 @@ impl Engine {
         };
 
         // Emit: gather what the event explains itself with.
-        let now_bucket = bucket_of(now_ms, def.bucket_seconds);
         let signals: Vec<SignalHit> = entry.state.live_signals(&def, now_bucket).cloned().collect();
         let account_traits: Map<String, Value> = serde_json::from_str(&entry.state.traits_json).unwrap_or_default();
         let (seq, first_seen_ms) = (entry.state.seq, entry.state.first_seen_ms);
