@@ -294,6 +294,34 @@ pub fn evaluate(def: &CompiledDefinition, acct: &AccountState, traits: &Value, n
 pub fn evaluate_with(
     def: &CompiledDefinition,
     acct: &AccountState,
+    sums: Option<&mut WindowSums>,
+    traits: &Value,
+    now_ms: i64,
+) -> Evaluation {
+    let mut e = evaluate_unnamed(def, acct, sums, traits, now_ms);
+    e.name_values(def);
+    e
+}
+
+impl Evaluation {
+    /// Fills in the names of `values` left empty by [`evaluate_unnamed`].
+    pub fn name_values(&mut self, def: &CompiledDefinition) {
+        let names = def.metrics.iter().map(|m| &m.name).chain(def.derived.iter().map(|d| &d.0));
+        for (v, name) in self.values.iter_mut().zip(names) {
+            if v.0.is_empty() {
+                v.0.clone_from(name);
+            }
+        }
+    }
+}
+
+/// [`evaluate_with`], except that the names in `values` are left empty (no
+/// allocation per metric per evaluation) until
+/// [`Evaluation::name_values`]: for the engine, which needs them only when
+/// it announces.
+pub fn evaluate_unnamed(
+    def: &CompiledDefinition,
+    acct: &AccountState,
     mut sums: Option<&mut WindowSums>,
     traits: &Value,
     now_ms: i64,
@@ -307,7 +335,7 @@ pub fn evaluate_with(
             Some(sums) if m.kind == MetricKind::Events => sums.events(acct, i, m, now),
             _ => acct.metric(m, now, def.bucket_seconds),
         };
-        values.push((m.name.clone(), v));
+        values.push((String::new(), v));
         nums.push(Double::from(v));
     }
     let age = acct.age_days(now_ms);
@@ -316,7 +344,7 @@ pub fn evaluate_with(
     // type might answer); the fast path only knows plain names.
     let native = def.env.container_name().is_empty();
     // Each derived number sees the metrics and the derived numbers before it.
-    for (name, program) in &def.derived {
+    for (_, program) in &def.derived {
         let v = {
             let vars = Vars { def, nums: &nums, age: Double::from(age), traits, account: &account };
             match run(program, &vars, native) {
@@ -325,7 +353,7 @@ pub fn evaluate_with(
             }
         };
         nums.push(Double::from(v));
-        values.push((name.clone(), v));
+        values.push((String::new(), v));
     }
     let vars = Vars { def, nums: &nums, age: Double::from(age), traits, account: &account };
     let mut outcomes = Vec::with_capacity(def.rules.len());
