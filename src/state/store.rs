@@ -495,8 +495,8 @@ impl Store {
             // In key order: the memtable's skiplist then inserts each id
             // next to the previous one (it reuses the last insert's
             // position), instead of searching from the top for random keys.
-            let mut ids: Vec<([u8; 17], (i64, i32))> = self.pending_ids.drain().collect();
-            ids.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let mut ids: Vec<([u8; keys::DEDUPE_KEY_LEN], (i64, i32))> = self.pending_ids.drain().collect();
+            ids.sort_unstable_by_key(|e| e.0);
             for (k, (t, p)) in ids {
                 put(&mut batch, dcf, k.to_vec(), &t.to_be_bytes(), p);
             }
