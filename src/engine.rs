@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{CompiledDefinition, InputConfig};
 use crate::decode::{Decoder, Event, Kind, Reason, Rejection};
-use crate::detect::{evaluate, traits_to_cel, Outcome};
+use crate::detect::{evaluate_unnamed, traits_to_cel, Outcome};
 use crate::emit::{self, Announcement, EventInput, Lead, OutputEvent};
 use crate::state::account::{bucket_of, SignalHit};
 use crate::state::store::{CommitStats, Prepared};
@@ -103,6 +103,11 @@ pub struct Engine {
     retention_buckets: u32,
     /// Records applied since the last commit (for latency metrics).
     batch_oldest_ts: Option<i64>,
+    /// `metrics.events` per event kind and `metrics.batch_seconds` of
+    /// "apply", looked up on first use and kept (a labelled lookup hashes
+    /// the labels under a lock, per event).
+    kind_counters: [Option<prometheus::IntCounter>; 4],
+    apply_seconds: Option<prometheus::Histogram>,
 }
 
 impl Engine {
@@ -120,6 +125,8 @@ impl Engine {
             retention_ms,
             retention_buckets,
             batch_oldest_ts: None,
+            kind_counters: Default::default(),
+            apply_seconds: None,
         }
     }
 
@@ -414,7 +421,11 @@ impl Engine {
                     }
                 }
             }
-            entry.state.add_event(idx, &slots[..n], def.counters.len());
+            if entry.state.add_event_exact(idx, &slots[..n], def.counters.len()) {
+                entry.sums.added(&def.metrics, idx, &slots[..n]);
+            } else {
+                entry.sums.clear();
+            }
             if ev.kind == Kind::Track {
                 entry.state.touch_feature(ev.name.as_deref().unwrap_or_default(), idx);
             }
@@ -429,26 +440,31 @@ impl Engine {
             entry.state.add_signal(s, &ev.user_id, ev.time_ms);
         }
         let now_ms = entry.state.last_seen_ms;
-        entry.state.prune(bucket_of(now_ms, def.bucket_seconds), self.retention_buckets, def.bucket_seconds);
+        let now_bucket = bucket_of(now_ms, def.bucket_seconds);
+        entry.state.prune(now_bucket, self.retention_buckets, def.bucket_seconds);
+        entry.sums.pruned(now_bucket.saturating_sub(self.retention_buckets));
 
         // Detect.
         let traits = entry.traits_cel.get_or_insert_with(|| traits_to_cel(&entry.state.traits_json));
-        let eval = evaluate(&def, &entry.state, traits, now_ms);
+        let mut eval = evaluate_unnamed(&def, &entry.state, Some(&mut entry.sums), traits, now_ms);
         for (i, o) in eval.outcomes.iter().enumerate() {
             if let Outcome::Error(e) = o {
                 self.metrics.rule_errors.with_label_values(&[&def.rules[i].name]).inc();
                 tracing::debug!(rule = %def.rules[i].name, account = %account, cause = %e, "rule could not be evaluated");
             }
         }
-        self.metrics.events.with_label_values(&[ev.kind.as_str()]).inc();
+        let kind_counter = &mut self.kind_counters[kind_index(ev.kind)];
+        kind_counter.get_or_insert_with(|| self.metrics.events.with_label_values(&[ev.kind.as_str()])).inc();
         let decision = emit::decide(&def, &mut entry.state.announced, &eval, now_ms);
         let Some((kind, previous_tier)) = decision else {
-            self.metrics.batch_seconds.with_label_values(&["apply"]).observe(started.elapsed().as_secs_f64());
+            self.apply_seconds
+                .get_or_insert_with(|| self.metrics.batch_seconds.with_label_values(&["apply"]))
+                .observe(started.elapsed().as_secs_f64());
             return Ok(Ok(()));
         };
+        eval.name_values(&def);
 
         // Emit: gather what the event explains itself with.
-        let now_bucket = bucket_of(now_ms, def.bucket_seconds);
         let signals: Vec<SignalHit> = entry.state.live_signals(&def, now_bucket).cloned().collect();
         let account_traits: Map<String, Value> = serde_json::from_str(&entry.state.traits_json).unwrap_or_default();
         let (seq, first_seen_ms) = (entry.state.seq, entry.state.first_seen_ms);
@@ -518,6 +534,16 @@ impl Engine {
             leads.push(Lead { user_id: user, why: reasons, events_28d, traits });
         }
         Ok(leads)
+    }
+}
+
+/// Index of a kind in `Engine::kind_counters`.
+fn kind_index(kind: Kind) -> usize {
+    match kind {
+        Kind::Track => 0,
+        Kind::Page => 1,
+        Kind::Identify => 2,
+        Kind::Group => 3,
     }
 }
 

@@ -102,9 +102,85 @@ pub fn window_range(now: u32, window_buckets: u32, offset_buckets: u32) -> (u32,
     (lo, hi)
 }
 
+/// Running sums of an account's `events` metrics, kept next to its cached
+/// state (never stored) so that evaluating after every event does not sum
+/// hundreds of buckets per metric: per metric of the definition, the window
+/// `lo..=hi` last computed and its sum. A window that slid forward is
+/// brought up to date by the few buckets that left and entered it; events
+/// added inside it are counted in as they are applied. Every answer is the
+/// exact integer [`AccountState::metric`] gives (debug builds check it).
+#[derive(Debug, Default, Clone)]
+pub struct WindowSums {
+    sums: Vec<Option<(u32, u32, u64)>>,
+}
+
+impl WindowSums {
+    /// Forgets every sum.
+    pub fn clear(&mut self) {
+        self.sums.clear();
+    }
+
+    /// One usage event was counted in bucket `idx` under `slots` (each
+    /// increment took effect: none saturated).
+    pub fn added(&mut self, metrics: &[Metric], idx: u32, slots: &[usize]) {
+        for (i, s) in self.sums.iter_mut().enumerate() {
+            if let Some((lo, hi, sum)) = s {
+                if *lo <= idx && idx <= *hi {
+                    *sum += slots.iter().filter(|&&c| c == metrics[i].counter).count() as u64;
+                }
+            }
+        }
+    }
+
+    /// Buckets before `cutoff` were dropped.
+    pub fn pruned(&mut self, cutoff: u32) {
+        for s in &mut self.sums {
+            if s.is_some_and(|(lo, _, _)| lo < cutoff) {
+                *s = None;
+            }
+        }
+    }
+
+    /// The value of metric `i` (of kind `events`) at bucket `now`.
+    pub fn events(&mut self, acct: &AccountState, i: usize, m: &Metric, now: u32) -> f64 {
+        let (lo, hi) = window_range(now, m.window_buckets, m.offset_buckets);
+        if self.sums.len() <= i {
+            self.sums.resize(i + 1, None);
+        }
+        let sum = match self.sums[i] {
+            Some((l0, h0, s0)) if lo >= l0 && hi >= h0 && lo <= h0.saturating_add(1) => {
+                // Slid forward (or not at all): drop l0..lo, add h0+1..=hi.
+                let left = if lo > l0 { acct.events_between(m.counter, l0, lo - 1) } else { 0 };
+                let entered = if hi > h0 { acct.events_between(m.counter, h0 + 1, hi) } else { 0 };
+                s0 - left + entered
+            }
+            _ => acct.events_between(m.counter, lo, hi),
+        };
+        self.sums[i] = Some((lo, hi, sum));
+        debug_assert_eq!(sum as f64, acct.metric(m, now, 3600), "window sum of {}", m.name);
+        sum as f64
+    }
+}
+
 impl AccountState {
+    /// Events of counter slot `counter` in buckets `lo..=hi`.
+    pub fn events_between(&self, counter: usize, lo: u32, hi: u32) -> u64 {
+        let start = self.buckets.partition_point(|b| b.idx < lo);
+        self.buckets[start..]
+            .iter()
+            .take_while(|b| b.idx <= hi)
+            .map(|b| u64::from(b.counts.get(counter).copied().unwrap_or(0)))
+            .sum()
+    }
+
     /// Adds one usage event to bucket `idx`, counting it in `slots`.
     pub fn add_event(&mut self, idx: u32, slots: &[usize], n_counters: usize) {
+        self.add_event_exact(idx, slots, n_counters);
+    }
+
+    /// [`AccountState::add_event`]; `false` if some count was already at
+    /// its maximum (and so did not change).
+    pub fn add_event_exact(&mut self, idx: u32, slots: &[usize], n_counters: usize) -> bool {
         let pos = match self.buckets.binary_search_by_key(&idx, |b| b.idx) {
             Ok(p) => p,
             Err(p) => {
@@ -116,9 +192,12 @@ impl AccountState {
         if b.counts.len() < n_counters {
             b.counts.resize(n_counters, 0);
         }
+        let mut exact = true;
         for &s in slots {
+            exact &= b.counts[s] != u32::MAX;
             b.counts[s] = b.counts[s].saturating_add(1);
         }
+        exact
     }
 
     /// A user's last-seen bucket moves from `old` (if they had one) to `new`.
@@ -169,25 +248,22 @@ impl AccountState {
     /// Drops everything older than `retention_buckets` before bucket `now`.
     pub fn prune(&mut self, now: u32, retention_buckets: u32, bucket_seconds: i64) {
         let cutoff = now.saturating_sub(retention_buckets);
-        self.buckets.retain(|b| b.idx >= cutoff);
-        self.user_hist.retain(|e| e.0 >= cutoff);
+        // `buckets`, `user_hist` and `signals` are sorted (by bucket, by
+        // bucket, by time): what goes is a prefix.
+        let n = self.buckets.partition_point(|b| b.idx < cutoff);
+        self.buckets.drain(..n);
+        let n = self.user_hist.partition_point(|e| e.0 < cutoff);
+        self.user_hist.drain(..n);
         self.features.retain(|f| f.1 >= cutoff);
-        self.signals.retain(|h| bucket_of(h.at_ms, bucket_seconds) >= cutoff);
+        let n = self.signals.partition_point(|h| bucket_of(h.at_ms, bucket_seconds) < cutoff);
+        self.signals.drain(..n);
     }
 
     /// The value of a metric at bucket `now`.
     pub fn metric(&self, m: &Metric, now: u32, bucket_seconds: i64) -> f64 {
         let (lo, hi) = window_range(now, m.window_buckets, m.offset_buckets);
         match m.kind {
-            MetricKind::Events => {
-                let start = self.buckets.partition_point(|b| b.idx < lo);
-                let n: u64 = self.buckets[start..]
-                    .iter()
-                    .take_while(|b| b.idx <= hi)
-                    .map(|b| u64::from(b.counts.get(m.counter).copied().unwrap_or(0)))
-                    .sum();
-                n as f64
-            }
+            MetricKind::Events => self.events_between(m.counter, lo, hi) as f64,
             MetricKind::ActiveUsers => {
                 let start = self.user_hist.partition_point(|e| e.0 < lo);
                 let n: u64 = self.user_hist[start..].iter().take_while(|e| e.0 <= hi).map(|e| u64::from(e.1)).sum();

@@ -80,8 +80,11 @@ pub fn parse_offset(key: &[u8]) -> Option<(String, i32)> {
 
 /// Fixed-width key of a message id (a 128-bit hash: ids can be long, and a
 /// collision within a dedupe window is vanishingly unlikely).
-pub fn dedupe(message_id: &str) -> [u8; 17] {
-    let mut k = [0u8; 17];
+/// Length of every dedupe key.
+pub const DEDUPE_KEY_LEN: usize = 17;
+
+pub fn dedupe(message_id: &str) -> [u8; DEDUPE_KEY_LEN] {
+    let mut k = [0u8; DEDUPE_KEY_LEN];
     k[0] = DEDUPE;
     k[1..].copy_from_slice(&xxhash_rust::xxh3::xxh3_128(message_id.as_bytes()).to_be_bytes());
     k

@@ -20,7 +20,7 @@ use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Op
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::account::{AccountState, MemberState, UserState};
+use super::account::{AccountState, MemberState, UserState, WindowSums};
 use super::{cf, keys};
 use crate::config::StateConfig;
 
@@ -52,6 +52,9 @@ pub struct AccountEntry {
     /// The account traits as a CEL value, derived from `state.traits_json`
     /// on first use (reset when the traits change).
     pub traits_cel: Option<cel::Value>,
+    /// Running sums of the account's `events` metrics (derived from
+    /// `state`, never stored).
+    pub sums: WindowSums,
     /// Input partition of the event that last touched the account (its
     /// changelog partition).
     pub partition: i32,
@@ -239,6 +242,9 @@ impl Store {
         db_opts.set_max_background_jobs(2);
         db_opts.set_bytes_per_sync(1 << 20);
         db_opts.set_keep_log_file_num(3);
+        // The hash memtable of the dedupe ids cannot take concurrent
+        // writers (there is only one writer anyway).
+        db_opts.set_allow_concurrent_memtable_write(false);
         let ttl_ms = i64::from(cfg.idle_ttl_days) * 86_400_000;
         let cfs = cf::ALL.iter().map(|name| {
             let mut o = Options::default();
@@ -251,10 +257,15 @@ impl Store {
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
             o.set_write_buffer_size(32 << 20);
             if *name == cf::DEDUPE {
-                // Nearly every lookup is a miss: a memtable bloom filter
-                // answers those without walking the skiplist.
-                o.set_memtable_whole_key_filtering(true);
-                o.set_memtable_prefix_bloom_ratio(0.05);
+                // One random 17-byte key per event, written and looked up
+                // (nearly always a miss) but never iterated: a hash table
+                // memtable (the "prefix" is the whole key, so a bucket holds
+                // about one id) does both in constant time, where a skiplist
+                // spent a search of its height in cache misses on each. The
+                // sorted order a flush needs is built by the flush, in the
+                // background.
+                o.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(keys::DEDUPE_KEY_LEN));
+                o.set_memtable_factory(rocksdb::MemtableFactory::HashLinkList { bucket_count: 1 << 19 });
                 // Ids expire once older (in event time) than the window.
                 let wm = watermark.clone();
                 let win = dedupe_window.clone();
@@ -443,6 +454,13 @@ impl Store {
                 changelog.push(ChangeRecord { partition, key, value: value.to_vec() });
             }
         };
+        // Records go into the batch in key order, per column family: the
+        // memtable skiplist then inserts each next to the previous one
+        // (it starts from the last insert's position). Account keys are
+        // length-prefixed ids; member keys the account's key then the user
+        // id; user keys the plain id.
+        self.touched_accounts.sort_unstable_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+        self.touched_users.sort_unstable();
         for id in self.touched_accounts.drain(..) {
             let Some(e) = self.accounts.peek_mut(&id) else { continue };
             e.touched = false;
@@ -452,13 +470,14 @@ impl Store {
                 e.dirty = false;
                 stats.accounts += 1;
             }
-            for (user, m) in e.members.iter_mut() {
-                if m.dirty {
-                    encode_value(&mut buf, m.state.last_seen_ms.max(m.state.first_seen_ms), &m.state);
-                    put(&mut batch, mcf, keys::member(&id, user), &buf, e.partition);
-                    m.dirty = false;
-                    stats.members += 1;
-                }
+            let mut dirty_members: Vec<(&String, &mut MemberEntry)> =
+                e.members.iter_mut().filter(|(_, m)| m.dirty).collect();
+            dirty_members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (user, m) in dirty_members {
+                encode_value(&mut buf, m.state.last_seen_ms.max(m.state.first_seen_ms), &m.state);
+                put(&mut batch, mcf, keys::member(&id, user), &buf, e.partition);
+                m.dirty = false;
+                stats.members += 1;
             }
         }
         for id in self.touched_users.drain(..) {
@@ -473,7 +492,12 @@ impl Store {
         }
         if !self.pending_ids.is_empty() {
             let dcf = db.cf_handle(cf::DEDUPE).expect("cf");
-            for (k, (t, p)) in self.pending_ids.drain() {
+            // In key order: the memtable's skiplist then inserts each id
+            // next to the previous one (it reuses the last insert's
+            // position), instead of searching from the top for random keys.
+            let mut ids: Vec<([u8; keys::DEDUPE_KEY_LEN], (i64, i32))> = self.pending_ids.drain().collect();
+            ids.sort_unstable_by_key(|e| e.0);
+            for (k, (t, p)) in ids {
                 put(&mut batch, dcf, k.to_vec(), &t.to_be_bytes(), p);
             }
         }
@@ -600,9 +624,10 @@ pub struct CommitStats {
 fn encode_value<T: Serialize>(buf: &mut Vec<u8>, last_seen_ms: i64, record: &T) {
     buf.clear();
     buf.extend_from_slice(&last_seen_ms.to_be_bytes());
-    // postcard into a Vec cannot fail for these plain records.
-    let body = postcard::to_allocvec(record).expect("state records serialise");
-    buf.extend_from_slice(&body);
+    // postcard into a Vec cannot fail for these plain records. Straight
+    // into `buf`, not through a Vec of its own.
+    let out = postcard::to_extend(record, std::mem::take(buf)).expect("state records serialise");
+    *buf = out;
 }
 
 fn decode_value<T: DeserializeOwned>(v: &[u8], what: &'static str) -> Result<T, StateError> {
