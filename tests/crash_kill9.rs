@@ -10,8 +10,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -64,27 +62,7 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_nothing_new() {
     let events = history();
 
     // The reference: a clean replay of the same history.
-    let input = dir.path().join("history.ndjson");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
-        for e in &events {
-            writeln!(f, "{}", e.json).unwrap();
-        }
-    }
-    let clean_out = dir.path().join("clean.ndjson");
-    let clean_state = dir.path().join("clean-state");
-    let st = Command::new(BIN)
-        .args(["replay", "--input"])
-        .arg(&input)
-        .arg("--output")
-        .arg(&clean_out)
-        .arg("--state-dir")
-        .arg(&clean_state)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let clean: Vec<serde_json::Value> =
-        std::fs::read_to_string(&clean_out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (clean, clean_state) = clean_replay(dir.path(), events.iter().map(|e| e.json.as_str()));
     assert!(clean.len() > 100, "the history must produce announcements ({})", clean.len());
 
     // Kafka with the history preloaded, keyed by account.
@@ -160,39 +138,13 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_nothing_new() {
     let out = read_until(&bootstrap, "out", 1, Duration::from_secs(60), |r| {
         r.iter().map(|x| x.json()["id"].as_str().unwrap().to_string()).collect::<BTreeSet<_>>().len() >= clean.len()
     });
-    let mut first: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for r in &out {
-        let id = r.json()["id"].as_str().unwrap().to_string();
-        let payload = r.payload.clone().unwrap();
-        let prev = first.entry(id.clone()).or_insert_with(|| payload.clone());
-        assert_eq!(*prev, payload, "a repeat of {id} differs from its first copy");
-    }
-    let got: BTreeSet<&String> = first.keys().collect();
-    let want_ids: Vec<String> = clean.iter().map(|v| v["id"].as_str().unwrap().to_string()).collect();
-    let want: BTreeSet<&String> = want_ids.iter().collect();
-    let missing: Vec<_> = want.difference(&got).take(5).collect();
-    let extra: Vec<_> = got.difference(&want).take(5).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, unexpected {extra:?}");
-    let pairs = |vs: &mut dyn Iterator<Item = serde_json::Value>| -> BTreeSet<(String, String)> {
-        vs.filter(|v| v["type"] == "pqa.account.qualified")
-            .flat_map(|v| {
-                let a = v["subject"].as_str().unwrap().to_string();
-                v["data"]["rules"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(move |r| (a.clone(), r.as_str().unwrap().to_string()))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
-    assert_eq!(pairs(&mut out.iter().map(Record::json)), pairs(&mut clean.iter().cloned()));
+    let (records, distinct) = assert_same_output(&out, &clean, "");
     eprintln!(
         "{} kills, {terms} SIGTERMs; {} output records, {} distinct, {} repeats; {} announcements in the clean run",
         kills,
-        out.len(),
-        first.len(),
-        out.len() - first.len(),
+        records,
+        distinct,
+        records - distinct,
         clean.len()
     );
 

@@ -12,9 +12,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -122,27 +120,7 @@ fn three_instances_one_killed_for_good_state_follows_partitions() {
             .collect();
 
     // The reference: a clean replay.
-    let input = root.path().join("history.ndjson");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
-        for e in &events {
-            writeln!(f, "{}", e.json).unwrap();
-        }
-    }
-    let clean_out = root.path().join("clean.ndjson");
-    let clean_state = root.path().join("clean-state");
-    let st = Command::new(BIN)
-        .args(["replay", "--input"])
-        .arg(&input)
-        .arg("--output")
-        .arg(&clean_out)
-        .arg("--state-dir")
-        .arg(&clean_state)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let clean: Vec<serde_json::Value> =
-        std::fs::read_to_string(&clean_out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (clean, clean_state) = clean_replay(root.path(), events.iter().map(|e| e.json.as_str()));
     assert!(clean.len() > 50, "the history must produce announcements ({})", clean.len());
 
     let (cluster, bootstrap) = mock_kafka(PARTITIONS);
@@ -206,24 +184,12 @@ fn three_instances_one_killed_for_good_state_follows_partitions() {
     let out = read_until(&bootstrap, "out", 1, Duration::from_secs(60), |r| {
         r.iter().map(|x| x.json()["id"].as_str().unwrap().to_string()).collect::<BTreeSet<_>>().len() >= clean.len()
     });
-    let mut first: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for r in &out {
-        let id = r.json()["id"].as_str().unwrap().to_string();
-        let payload = r.payload.clone().unwrap();
-        let prev = first.entry(id.clone()).or_insert_with(|| payload.clone());
-        assert_eq!(*prev, payload, "a repeat of {id} differs from its first copy");
-    }
-    let got: BTreeSet<&String> = first.keys().collect();
-    let want_ids: Vec<String> = clean.iter().map(|v| v["id"].as_str().unwrap().to_string()).collect();
-    let want: BTreeSet<&String> = want_ids.iter().collect();
-    let missing: Vec<_> = want.difference(&got).take(5).collect();
-    let extra: Vec<_> = got.difference(&want).take(5).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, unexpected {extra:?}\n{logs}");
+    let (records, distinct) = assert_same_output(&out, &clean, &logs);
     eprintln!(
         "{} output records, {} distinct, {} repeats; {} in the clean run; {restored} changelog records restored",
-        out.len(),
-        first.len(),
-        out.len() - first.len(),
+        records,
+        distinct,
+        records - distinct,
         clean.len()
     );
 

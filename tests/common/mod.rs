@@ -229,3 +229,64 @@ pub fn track(user: &str, account: Option<&str>, event: &str, ts: &str) -> Vec<u8
     let ctx = account.map(|a| format!(r#","context":{{"groupId":"{a}"}}"#)).unwrap_or_default();
     format!(r#"{{"type":"track","event":"{event}","userId":"{user}","timestamp":"{ts}"{ctx}}}"#).into_bytes()
 }
+
+/// A clean `pqa-engine replay` of `lines` (the reference for end-to-end
+/// comparisons): returns its output events and its state dir.
+pub fn clean_replay<'a>(dir: &Path, lines: impl Iterator<Item = &'a str>) -> (Vec<Value>, PathBuf) {
+    let input = dir.join("history.ndjson");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        for l in lines {
+            writeln!(f, "{l}").unwrap();
+        }
+    }
+    let out = dir.join("clean.ndjson");
+    let state = dir.join("clean-state");
+    let st = Command::new(BIN)
+        .args(["replay", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&out)
+        .arg("--state-dir")
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let clean = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    (clean, state)
+}
+
+/// Output records compared with a clean run: every repeat byte-identical
+/// to its first copy, the same set of ids, the same (account, rule) pairs.
+/// Returns (records, distinct ids).
+pub fn assert_same_output(out: &[Record], clean: &[Value], context: &str) -> (usize, usize) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut first: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for r in out {
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        let payload = r.payload.clone().unwrap();
+        let prev = first.entry(id.clone()).or_insert_with(|| payload.clone());
+        assert_eq!(*prev, payload, "a repeat of {id} differs from its first copy");
+    }
+    let got: BTreeSet<&String> = first.keys().collect();
+    let want_ids: Vec<String> = clean.iter().map(|v| v["id"].as_str().unwrap().to_string()).collect();
+    let want: BTreeSet<&String> = want_ids.iter().collect();
+    let missing: Vec<_> = want.difference(&got).take(5).collect();
+    let extra: Vec<_> = got.difference(&want).take(5).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, unexpected {extra:?}\n{context}");
+    let pairs = |vs: &mut dyn Iterator<Item = Value>| -> BTreeSet<(String, String)> {
+        vs.filter(|v| v["type"] == "pqa.account.qualified")
+            .flat_map(|v| {
+                let a = v["subject"].as_str().unwrap().to_string();
+                v["data"]["rules"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(move |r| (a.clone(), r.as_str().unwrap().to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    assert_eq!(pairs(&mut out.iter().map(Record::json)), pairs(&mut clean.iter().cloned()));
+    (out.len(), first.len())
+}
