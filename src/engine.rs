@@ -293,13 +293,6 @@ impl Engine {
     fn apply(&mut self, ev: Event, out: &mut Output) -> Result<Result<(), Rejection>, EngineError> {
         let started = Instant::now();
         let def = self.def.clone();
-        if let Some(id) = &ev.message_id {
-            if self.store.seen_before(id, ev.time_ms)? {
-                self.metrics.duplicate_events.inc();
-                return Ok(Ok(()));
-            }
-        }
-
         // Which account, and is the event acceptable at all? Decided before
         // anything is changed, so a rejected event leaves no trace in state.
         let known = self.store.user(&ev.user_id)?.state.account.clone();
@@ -329,6 +322,16 @@ impl Engine {
                         ),
                     )));
                 }
+            }
+        }
+
+        // Counted once per messageId, and only once accepted: a retried
+        // copy of a rejected event is judged again, not taken for a
+        // duplicate of something that never counted.
+        if let Some(id) = &ev.message_id {
+            if self.store.seen_before(id, ev.time_ms)? {
+                self.metrics.duplicate_events.inc();
+                return Ok(Ok(()));
             }
         }
 
@@ -627,6 +630,25 @@ mod tests {
         // A new message from a 7th user qualifies the account.
         t.send(&msg("m6", "u6"));
         assert_eq!(t.out.events.len(), 1);
+    }
+
+    #[test]
+    fn a_retried_copy_of_a_rejected_message_is_judged_again() {
+        let mut t = T::new();
+        let orphan = r#"{"type":"track","event":"Card Moved","userId":"lone","messageId":"r1","timestamp":"2026-01-05T10:00:00Z"}"#;
+        t.send(orphan);
+        assert_eq!(t.out.dead_letters.len(), 1, "no account yet");
+        t.send(orphan);
+        assert_eq!(t.out.dead_letters.len(), 2, "the retry is dead-lettered again, not taken for a duplicate");
+        assert_eq!(t.engine.metrics().duplicate_events.get(), 0);
+        // Once the user belongs to an account, the retry counts (once).
+        t.send(r#"{"type":"group","userId":"lone","groupId":"g","timestamp":"2026-01-05T09:00:00Z"}"#);
+        t.send(orphan);
+        t.send(orphan);
+        assert_eq!(t.out.dead_letters.len(), 2);
+        assert_eq!(t.engine.metrics().duplicate_events.get(), 1);
+        t.engine.commit().unwrap();
+        assert_eq!(t.engine.reader().account("g").unwrap().unwrap().seq, 2, "the group call and one track");
     }
 
     #[test]
