@@ -396,14 +396,15 @@ impl Changelog {
         if start >= high {
             return Ok(done);
         }
-        let problem = format!("restoring state from the changelog ({} records)", high - start);
-        health.set_problem(Some(&problem));
-        self.metrics.restoring_partitions.inc();
-        self.metrics.restore_remaining.add(high - start);
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, partition, Offset::Offset(start)).map_err(ChangelogError::Client)?;
         self.restorer.assign(&tpl).map_err(ChangelogError::Client)?;
         drop(tpl);
+        // From here on every exit goes through the clean-up after the loop.
+        let problem = format!("restoring state from the changelog ({} records)", high - start);
+        health.set_problem(Some(&problem));
+        self.metrics.restoring_partitions.inc();
+        self.metrics.restore_remaining.add(high - start);
         // Records since the last marker (an incomplete commit, until its
         // marker arrives) and complete commits not yet written.
         let mut pending: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -454,7 +455,9 @@ impl Changelog {
                         complete.append(&mut pending);
                         complete_next = Some(position);
                         if complete.len() >= RESTORE_WRITE_RECORDS {
-                            store.apply_changelog(partition, &complete, position)?;
+                            if let Err(e) = store.apply_changelog(partition, &complete, position) {
+                                break Err(e.into());
+                            }
                             complete.clear();
                             complete_next = None;
                         }

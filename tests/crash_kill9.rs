@@ -18,9 +18,7 @@ use pqa_engine::sim::{SimConfig, Simulator};
 use pqa_engine::state::Store;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 const EVENTS: usize = 200_000;
 const PARTITIONS: i32 = 24;
@@ -30,30 +28,6 @@ const TERMS: usize = 3;
 
 fn history() -> Vec<pqa_engine::sim::SimEvent> {
     Simulator::new(SimConfig { seed: 11, accounts: 2500, start_unix: 1_767_225_600, days: 90 }).take(EVENTS).collect()
-}
-
-/// Kafka's committed offsets of the engine's group reached the end of every
-/// partition.
-fn caught_up(bootstrap: &str, ends: &BTreeMap<i32, i64>) -> bool {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "pqa-it")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition("events", p);
-    }
-    let done = match c.committed_offsets(tpl, Duration::from_secs(5)) {
-        Ok(committed) => committed.elements().iter().all(|e| match e.offset() {
-            Offset::Offset(o) => o >= ends[&e.partition()],
-            _ => ends[&e.partition()] == 0,
-        }),
-        Err(_) => false,
-    };
-    drop(c);
-    done
 }
 
 #[test]

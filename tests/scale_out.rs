@@ -22,7 +22,6 @@ use pqa_engine::state::Store;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 const EVENTS: usize = 30_000;
 const PARTITIONS: i32 = 6;
@@ -47,29 +46,6 @@ fn produce_all(p: &BaseProducer, events: &[SimEvent], ends: &mut BTreeMap<i32, i
         }
     }
     p.flush(Duration::from_secs(60)).unwrap();
-}
-
-/// The group's committed offsets reached `ends` on every partition.
-fn caught_up(bootstrap: &str, ends: &BTreeMap<i32, i64>) -> bool {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "pqa-it")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition("events", p);
-    }
-    let done = match c.committed_offsets(tpl, Duration::from_secs(5)) {
-        Ok(committed) => committed.elements().iter().all(|e| match e.offset() {
-            Offset::Offset(o) => o >= ends.get(&e.partition()).copied().unwrap_or(0),
-            _ => ends.get(&e.partition()).copied().unwrap_or(0) == 0,
-        }),
-        Err(_) => false,
-    };
-    drop(c);
-    done
 }
 
 fn metric(engine: &EngineProcess, name: &str) -> f64 {

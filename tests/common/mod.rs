@@ -290,3 +290,27 @@ pub fn assert_same_output(out: &[Record], clean: &[Value], context: &str) -> (us
     assert_eq!(pairs(&mut out.iter().map(Record::json)), pairs(&mut clean.iter().cloned()));
     (out.len(), first.len())
 }
+
+/// The `pqa-it` group's committed offsets on `events` reached `ends` (next
+/// offset per partition) on every partition listed.
+pub fn caught_up(bootstrap: &str, ends: &std::collections::BTreeMap<i32, i64>) -> bool {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "pqa-it")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in ends.keys() {
+        tpl.add_partition("events", *p);
+    }
+    let done = match c.committed_offsets(tpl, Duration::from_secs(5)) {
+        Ok(committed) => committed.elements().iter().all(|e| match e.offset() {
+            Offset::Offset(o) => o >= ends[&e.partition()],
+            _ => ends[&e.partition()] == 0,
+        }),
+        Err(_) => false,
+    };
+    drop(c);
+    done
+}

@@ -264,23 +264,7 @@ pub fn reader(bootstrap: &str, group: &str) -> BaseConsumer {
         .unwrap()
 }
 
-/// The group's committed offsets reached `ends` on every partition.
-pub fn caught_up(bootstrap: &str, ends: &BTreeMap<i32, i64>) -> bool {
-    let c = reader(bootstrap, GROUP);
-    let mut tpl = TopicPartitionList::new();
-    for p in ends.keys() {
-        tpl.add_partition("events", *p);
-    }
-    let done = match c.committed_offsets(tpl, Duration::from_secs(5)) {
-        Ok(committed) => committed.elements().iter().all(|e| match e.offset() {
-            Offset::Offset(o) => o >= ends[&e.partition()],
-            _ => ends[&e.partition()] == 0,
-        }),
-        Err(_) => false,
-    };
-    drop(c);
-    done
-}
+pub use crate::common::caught_up;
 
 /// Waits until the group committed every partition's end.
 pub fn wait_caught_up(bootstrap: &str, ends: &BTreeMap<i32, i64>, timeout: Duration, log: &dyn Fn() -> String) {
