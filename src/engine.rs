@@ -19,7 +19,7 @@ use crate::detect::{evaluate_unnamed, traits_to_cel, Outcome};
 use crate::emit::{self, Announcement, EventInput, Lead, OutputEvent};
 use crate::state::account::{bucket_of, SignalHit};
 use crate::state::store::{CommitStats, Prepared};
-use crate::state::{StateError, StateReader, Store};
+use crate::state::{StateError, StateReader, StateWriter, Store};
 use crate::telemetry::Metrics;
 
 /// Where a partition stands.
@@ -240,7 +240,9 @@ impl Engine {
                 (p.topic.clone(), p.partition, p.next)
             })
             .collect();
-        self.store.prepare(&offsets)
+        let mut prepared = self.store.prepare(&offsets);
+        prepared.oldest_ts = self.batch_oldest_ts.take();
+        prepared
     }
 
     /// Writes a prepared commit, with the changelog offsets its records
@@ -251,16 +253,31 @@ impl Engine {
         changelog_next: &[(i32, i64)],
     ) -> Result<CommitStats, EngineError> {
         let started = Instant::now();
-        let stats = self.store.write(prepared, changelog_next)?;
-        self.metrics.commits.with_label_values(&["state"]).inc();
+        let oldest_ts = prepared.oldest_ts;
+        let stats = self.store.writer().write(prepared, changelog_next)?;
         self.metrics.batch_seconds.with_label_values(&["state_commit"]).observe(started.elapsed().as_secs_f64());
+        Ok(self.committed(stats, oldest_ts, chrono::Utc::now().timestamp_millis()))
+    }
+
+    /// The writer of prepared commits, for a thread that makes one batch
+    /// durable while the engine applies the next. Once it has written a
+    /// batch, call [`Engine::committed`] before preparing the next one.
+    pub fn writer(&self) -> StateWriter {
+        self.store.writer()
+    }
+
+    /// Bookkeeping after a prepared commit is written (by
+    /// [`Engine::finish_commit`] or through [`Engine::writer`]): trims the
+    /// cache, updates the metrics (`written_ms`: wall-clock time of the write).
+    pub fn committed(&mut self, mut stats: CommitStats, oldest_ts: Option<i64>, written_ms: i64) -> CommitStats {
+        stats.cached_accounts = self.store.written();
+        self.metrics.commits.with_label_values(&["state"]).inc();
         self.metrics.cache_accounts.set(stats.cached_accounts as i64);
         self.metrics.watermark_seconds.set(self.store.watermark_ms() / 1000);
-        if let Some(ts) = self.batch_oldest_ts.take() {
-            let now = chrono::Utc::now().timestamp_millis();
-            self.metrics.end_to_end_seconds.observe(((now - ts).max(0) as f64) / 1000.0);
+        if let Some(ts) = oldest_ts {
+            self.metrics.end_to_end_seconds.observe(((written_ms - ts).max(0) as f64) / 1000.0);
         }
-        Ok(stats)
+        stats
     }
 
     /// Forgets everything applied since the last commit (the batch's output

@@ -1,16 +1,20 @@
 //! Source: the Kafka consumer loop behind `pqa-engine run`.
 //!
-//! One thread owns the consumer, the engine and the producer, and works in
-//! batches: poll up to `max_batch_messages` (or `max_batch_wait_ms`), apply
-//! them, deliver the batch's output, then commit state and offsets to
-//! RocksDB in one write, then store the offsets for librdkafka's auto-commit
-//! to Kafka (so lag tools see progress). Because the loop only polls between
-//! batches, a rebalance callback always finds every processed record durable:
-//! revoking needs no draining, and assigning seeks to the offsets RocksDB
-//! holds (the truth on restart), not Kafka's.
+//! One thread owns the consumer and the engine and works in batches: poll up
+//! to `max_batch_messages` (or `max_batch_wait_ms`), apply them, then hand
+//! the batch to a commit thread that delivers its output, writes its
+//! changelog records, and commits state and offsets to RocksDB in one write,
+//! while the next batch is applied. One batch is in flight at most: before
+//! handing over the next, the loop waits for it and only then stores its
+//! offsets for librdkafka's auto-commit to Kafka (so lag tools see
+//! progress). The rebalance callbacks (inside `poll`) wait for the batch in
+//! flight and make the batch in hand durable too, so a revoke leaves
+//! nothing behind and an assignment seeks to the offsets RocksDB holds (the
+//! truth on restart), not Kafka's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::bindings as rdsys;
@@ -29,6 +33,7 @@ use crate::engine::{Engine, EngineError, InputRecord, Output};
 use crate::http::Health;
 use crate::shutdown::Shutdown;
 use crate::sink::{KafkaSink, SinkError};
+use crate::state::store::CommitStats;
 use crate::state::{StateError, Store};
 use crate::telemetry::Metrics;
 
@@ -46,6 +51,10 @@ pub enum RunError {
     State(#[from] StateError),
     #[error(transparent)]
     Changelog(#[from] ChangelogError),
+    #[error("cannot start the commit thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the commit thread panicked")]
+    CommitPanicked,
 }
 
 const BROKERS_DOWN: &str = "no Kafka broker is reachable";
@@ -57,8 +66,8 @@ const BROKERS_DOWN: &str = "no Kafka broker is reachable";
 /// poll (the callbacks run inside `poll`).
 struct Worker {
     engine: Engine,
-    sink: KafkaSink,
-    changelog: Option<Changelog>,
+    sink: Arc<KafkaSink>,
+    changelog: Option<Arc<Changelog>>,
     out: Output,
     /// Next offset per partition for the batch in hand.
     batch_offsets: HashMap<(String, i32), i64>,
@@ -66,6 +75,18 @@ struct Worker {
     batch_started: Option<Instant>,
     /// An error raised inside a callback, for the loop to return.
     failed: Option<RunError>,
+    /// The previous batch, being made durable on its own thread while this
+    /// one is applied.
+    inflight: Option<JoinHandle<Result<Durable, RunError>>>,
+}
+
+/// A batch made durable by [`Worker::flush`]'s thread: what the consumer
+/// and the engine still have to do with it.
+struct Durable {
+    offsets: HashMap<(String, i32), i64>,
+    stats: CommitStats,
+    oldest_ts: Option<i64>,
+    written_ms: i64,
 }
 
 /// Consumer callbacks: flush on revoke, restore and seek to RocksDB offsets
@@ -101,61 +122,96 @@ impl Worker {
         Ok(())
     }
 
-    /// Finishes the batch in hand: output delivered, then the changelog,
-    /// then state + offsets in RocksDB, then offsets stored for Kafka. A
-    /// crash anywhere in between repeats the batch (same ids), never loses
-    /// it.
-    fn flush(&mut self, consumer: &BaseConsumer<EngineContext>, ctx: &EngineContext) -> Result<(), RunError> {
+    /// Hands the batch in hand to a thread that makes it durable (output
+    /// delivered, then the changelog, then state + offsets in RocksDB),
+    /// after waiting for the previous batch's thread, and then stores that
+    /// batch's offsets for Kafka. So one batch is applied while the one
+    /// before it is delivered and written; `wait` also waits for this
+    /// batch (before a rebalance, and at shutdown). A crash anywhere in
+    /// between repeats the batches not written (same ids), never loses one.
+    fn flush(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        ctx: &EngineContext,
+        wait: bool,
+    ) -> Result<(), RunError> {
+        self.settle(consumer, ctx)?;
         if self.batch_len == 0 {
             return Ok(());
         }
-        let metrics = &ctx.metrics;
-        let not_ready = |p: Option<&str>| ctx.health.set_problem(p);
+        let metrics = ctx.metrics.clone();
         if let Some(started) = self.batch_started.take() {
             metrics.batch_messages.observe(self.batch_len as f64);
             metrics.batch_seconds.with_label_values(&["process"]).observe(started.elapsed().as_secs_f64());
         }
         self.batch_len = 0;
-        let delivering = Instant::now();
-        if let Err(e) = self.sink.deliver(&self.out, &ctx.shutdown, &not_ready) {
-            self.discard();
-            return Err(e.into());
-        }
-        metrics.batch_seconds.with_label_values(&["deliver"]).observe(delivering.elapsed().as_secs_f64());
-        self.out.clear();
         let prepared = self.engine.prepare_commit();
-        let changelog_next = match &self.changelog {
-            Some(c) => {
-                let writing = Instant::now();
-                match c.write(&prepared.changelog, &ctx.shutdown, &not_ready) {
-                    Ok(next) => {
-                        metrics
-                            .batch_seconds
-                            .with_label_values(&["changelog"])
-                            .observe(writing.elapsed().as_secs_f64());
-                        next
-                    }
-                    Err(e) => {
-                        self.discard();
-                        return Err(e.into());
-                    }
+        let oldest_ts = prepared.oldest_ts;
+        let out = std::mem::take(&mut self.out);
+        let offsets = std::mem::take(&mut self.batch_offsets);
+        let (sink, changelog, writer) = (self.sink.clone(), self.changelog.clone(), self.engine.writer());
+        let (shutdown, health) = (ctx.shutdown.clone(), ctx.health.clone());
+        let commit = move || -> Result<Durable, RunError> {
+            let not_ready = |p: Option<&str>| health.set_problem(p);
+            let delivering = Instant::now();
+            sink.deliver(&out, &shutdown, &not_ready)?;
+            metrics.batch_seconds.with_label_values(&["deliver"]).observe(delivering.elapsed().as_secs_f64());
+            drop(out);
+            let changelog_next = match &changelog {
+                Some(c) => {
+                    let writing = Instant::now();
+                    let next = c.write(&prepared.changelog, &shutdown, &not_ready)?;
+                    metrics.batch_seconds.with_label_values(&["changelog"]).observe(writing.elapsed().as_secs_f64());
+                    next
                 }
-            }
-            None => Vec::new(),
+                None => Vec::new(),
+            };
+            let writing = Instant::now();
+            let stats = writer.write(prepared, &changelog_next)?;
+            metrics.batch_seconds.with_label_values(&["state_commit"]).observe(writing.elapsed().as_secs_f64());
+            Ok(Durable { offsets, stats, oldest_ts, written_ms: chrono::Utc::now().timestamp_millis() })
         };
-        self.engine.finish_commit(prepared, &changelog_next)?;
+        match std::thread::Builder::new().name("pqa-commit".into()).spawn(commit) {
+            Ok(handle) => self.inflight = Some(handle),
+            Err(e) => {
+                self.discard();
+                return Err(RunError::Thread(e));
+            }
+        }
+        if wait {
+            self.settle(consumer, ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the batch in flight, if any; once it is durable, lets the
+    /// engine trim its cache and stores the batch's offsets for Kafka. If it
+    /// failed, drops everything not durable (that batch and the one in hand).
+    fn settle(&mut self, consumer: &BaseConsumer<EngineContext>, ctx: &EngineContext) -> Result<(), RunError> {
+        let Some(handle) = self.inflight.take() else { return Ok(()) };
+        let waiting = Instant::now();
+        let done = handle.join().unwrap_or_else(|_| Err(RunError::CommitPanicked));
+        ctx.metrics.batch_seconds.with_label_values(&["commit_wait"]).observe(waiting.elapsed().as_secs_f64());
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                self.discard();
+                return Err(e);
+            }
+        };
+        self.engine.committed(done.stats, done.oldest_ts, done.written_ms);
         let mut tpl = TopicPartitionList::new();
-        for ((t, p), o) in self.batch_offsets.drain() {
+        for ((t, p), o) in done.offsets {
             let _ = tpl.add_partition_offset(&t, p, Offset::Offset(o));
         }
         if let Err(e) = consumer.store_offsets(&tpl) {
             // A partition revoked meanwhile cannot be stored; RocksDB has it.
             tracing::debug!(cause = %e, "offset store");
         } else {
-            metrics.commits.with_label_values(&["kafka_offsets"]).inc();
+            ctx.metrics.commits.with_label_values(&["kafka_offsets"]).inc();
         }
         drop(tpl);
-        metrics.batches.inc();
+        ctx.metrics.batches.inc();
         Ok(())
     }
 
@@ -243,7 +299,7 @@ impl ConsumerContext for EngineContext {
                 // partitions), then bring the new partitions' state up to
                 // date from the changelog, then start each exactly at the
                 // offset stored with its state in RocksDB.
-                let ready = worker.flush(consumer, self).and_then(|()| worker.restore(&elems, self));
+                let ready = worker.flush(consumer, self, true).and_then(|()| worker.restore(&elems, self));
                 if let Err(e) = ready {
                     tracing::error!(cause = %e, "cannot take over the assigned partitions");
                     worker.failed.get_or_insert(e);
@@ -289,7 +345,7 @@ impl ConsumerContext for EngineContext {
                 // Make the batch in hand durable (output, changelog, state,
                 // offsets) before the partitions move, and let Kafka's
                 // committed offsets catch up.
-                if let Err(e) = worker.flush(consumer, self) {
+                if let Err(e) = worker.flush(consumer, self, true) {
                     tracing::error!(cause = %e, "cannot finish the batch before giving up partitions");
                     worker.failed.get_or_insert(e);
                 }
@@ -314,7 +370,7 @@ impl ConsumerContext for EngineContext {
             }
             other => {
                 tracing::error!(error = ?other, "rebalance error");
-                if let Err(e) = worker.flush(consumer, self) {
+                if let Err(e) = worker.flush(consumer, self, true) {
                     worker.failed.get_or_insert(e);
                 }
                 // SAFETY: as above.
@@ -368,13 +424,13 @@ pub fn run(
     store.set_changelog(cfg.kafka.changelog);
     health.set_reader(store.reader());
     let engine = Engine::new(def, cfg.input.clone(), store, metrics.clone());
-    let sink = KafkaSink::new(&cfg.kafka, cfg.input.max_message_bytes, metrics.clone())?;
+    let sink = Arc::new(KafkaSink::new(&cfg.kafka, cfg.input.max_message_bytes, metrics.clone())?);
     let changelog = if cfg.kafka.changelog {
         let c = Changelog::new(&cfg.kafka, metrics.clone())?;
         health.set_live(true);
         c.ensure_topic(&cfg.kafka.input_topics[0], shutdown, &health)?;
         tracing::info!(topic = c.topic(), "state changelog on");
-        Some(c)
+        Some(Arc::new(c))
     } else {
         None
     };
@@ -391,6 +447,7 @@ pub fn run(
                 batch_len: 0,
                 batch_started: None,
                 failed: None,
+                inflight: None,
             })),
             metrics: metrics.clone(),
             health: health.clone(),
@@ -454,7 +511,7 @@ pub fn run(
             result = Err(e);
             break;
         }
-        if let Err(e) = w.flush(&consumer, ctx) {
+        if let Err(e) = w.flush(&consumer, ctx, false) {
             result = Err(e);
             break;
         }
@@ -468,6 +525,17 @@ pub fn run(
 
     tracing::info!("shutting down: committing offsets");
     health.set_live(false);
+    {
+        // The last batch handed over: wait until it is durable (or failed).
+        let mut guard = ctx.worker.lock().expect("lock");
+        let w = guard.as_mut().expect("worker");
+        if let Err(e) = w.settle(&consumer, ctx) {
+            tracing::error!(cause = %e, "the last batch could not be made durable");
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(cause = %e, "final offset commit");
     }

@@ -11,4 +11,4 @@ pub mod keys;
 pub mod store;
 
 pub use account::{AccountState, MemberState, UserState};
-pub use store::{StateError, StateReader, Store};
+pub use store::{StateError, StateReader, StateWriter, Store};

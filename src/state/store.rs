@@ -10,7 +10,7 @@
 //! Values are `last_seen_ms (i64 BE) | postcard(record)`: the fixed-width
 //! prefix lets the compaction filter expire idle records without decoding.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -96,6 +96,34 @@ pub struct Prepared {
     batch: WriteBatch,
     pub changelog: Vec<ChangeRecord>,
     stats: CommitStats,
+    /// Oldest Kafka timestamp among the batch's records (set by the engine,
+    /// for the end-to-end latency metric).
+    pub oldest_ts: Option<i64>,
+}
+
+/// Writes prepared commits; cheap to clone and usable from another thread,
+/// so that a batch can be made durable while the next one is applied (see
+/// [`Store::written`] for what the cache must do in between).
+#[derive(Clone)]
+pub struct StateWriter {
+    db: Arc<DB>,
+    sync: bool,
+}
+
+impl StateWriter {
+    /// Writes a prepared batch, with the changelog positions (next offset
+    /// per changelog partition) its records reached, in one atomic write.
+    pub fn write(&self, prepared: Prepared, changelog_next: &[(i32, i64)]) -> Result<CommitStats, StateError> {
+        let Prepared { mut batch, stats, .. } = prepared;
+        let meta = self.db.cf_handle(cf::META).expect("cf");
+        for (p, next) in changelog_next {
+            batch.put_cf(meta, keys::changelog_position(*p), next.to_be_bytes());
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync);
+        self.db.write_opt(batch, &wo)?;
+        Ok(stats)
+    }
 }
 
 /// Read-only access to the database, shared with the HTTP server.
@@ -216,6 +244,9 @@ pub struct Store {
     watermark: Arc<AtomicI64>,
     /// Message ids applied since the last commit (key -> event time, partition).
     pending_ids: HashMap<[u8; 17], (i64, i32)>,
+    /// Ids of the prepared batch not yet known to be written (while a batch
+    /// is written on another thread, the next one must still see them).
+    inflight_ids: HashSet<[u8; 17]>,
     /// Ids of the cache entries handed out since the last commit (the
     /// only ones that can be dirty).
     touched_accounts: Vec<String>,
@@ -315,6 +346,7 @@ impl Store {
             sync_writes: cfg.sync_writes,
             watermark,
             pending_ids: HashMap::new(),
+            inflight_ids: HashSet::new(),
             dedupe_window,
             touched_accounts: Vec::new(),
             touched_users: Vec::new(),
@@ -391,7 +423,7 @@ impl Store {
             return Ok(false);
         }
         let key = keys::dedupe(message_id);
-        if self.pending_ids.contains_key(&key) {
+        if self.pending_ids.contains_key(&key) || self.inflight_ids.contains(&key) {
             return Ok(true);
         }
         let cf = self.reader.db.cf_handle(cf::DEDUPE).expect("dedupe column family");
@@ -499,6 +531,7 @@ impl Store {
             ids.sort_unstable_by_key(|e| e.0);
             for (k, (t, p)) in ids {
                 put(&mut batch, dcf, k.to_vec(), &t.to_be_bytes(), p);
+                self.inflight_ids.insert(k);
             }
         }
         let watermark = self.watermark.load(Ordering::Relaxed);
@@ -513,36 +546,54 @@ impl Store {
             }
         }
         batch.put_cf(meta, keys::meta("watermark"), watermark.to_be_bytes());
-        Prepared { batch, changelog, stats }
+        Prepared { batch, changelog, stats, oldest_ts: None }
     }
 
-    /// Writes a prepared batch, with the changelog positions (next offset
-    /// per changelog partition) its records reached, then trims the cache.
+    /// The writer of prepared batches, for another thread.
+    pub fn writer(&self) -> StateWriter {
+        StateWriter { db: self.reader.db.clone(), sync: self.sync_writes }
+    }
+
+    /// Writes a prepared batch (see [`StateWriter::write`]), then trims the
+    /// cache.
     pub fn write(&mut self, prepared: Prepared, changelog_next: &[(i32, i64)]) -> Result<CommitStats, StateError> {
-        let Prepared { mut batch, mut stats, .. } = prepared;
-        let db = &self.reader.db;
-        let meta = db.cf_handle(cf::META).expect("cf");
-        for (p, next) in changelog_next {
-            batch.put_cf(meta, keys::changelog_position(*p), next.to_be_bytes());
-        }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(self.sync_writes);
-        db.write_opt(batch, &wo)?;
-        // Everything is clean now: trim to capacity. Members of a cached
-        // account are bounded with it.
+        let mut stats = self.writer().write(prepared, changelog_next)?;
+        stats.cached_accounts = self.written();
+        Ok(stats)
+    }
+
+    /// Call once the last prepared batch is written (by [`StateWriter`]).
+    /// Trims the cache to its capacity and returns the number of cached
+    /// accounts. Batches may be prepared while the previous one is still
+    /// being written, so only entries untouched since the last prepare are
+    /// evicted: their latest version is in RocksDB, whereas an entry
+    /// touched since may hold changes no write carries yet. (Untouched
+    /// entries are the least recently used ones: every touch promotes.)
+    pub fn written(&mut self) -> usize {
+        self.inflight_ids.clear();
         while self.accounts.len() > self.capacity {
-            self.accounts.pop_lru();
+            match self.accounts.peek_lru() {
+                Some((_, e)) if !e.touched => {
+                    self.accounts.pop_lru();
+                }
+                _ => break,
+            }
         }
         while self.users.len() > self.capacity {
-            self.users.pop_lru();
+            match self.users.peek_lru() {
+                Some((_, u)) if !u.touched => {
+                    self.users.pop_lru();
+                }
+                _ => break,
+            }
         }
+        // Members of a cached account are bounded with it.
         for (_, e) in self.accounts.iter_mut() {
-            if e.members.len() > 256 {
+            if e.members.len() > 256 && !e.touched {
                 e.members.clear();
             }
         }
-        stats.cached_accounts = self.accounts.len();
-        Ok(stats)
+        self.accounts.len()
     }
 
     /// Applies changelog records of one input partition (one or more
@@ -592,6 +643,7 @@ impl Store {
     /// next batch starts again from what RocksDB holds).
     pub fn discard_cache(&mut self) {
         self.pending_ids.clear();
+        self.inflight_ids.clear();
         self.touched_accounts.clear();
         self.touched_users.clear();
         self.accounts.clear();
@@ -696,5 +748,55 @@ mod tests {
         assert_eq!(members.len(), 1);
         assert_eq!(members[0].1.days, vec![(1, 2)]);
         assert!(r.members("a").unwrap().is_empty(), "prefix of another account does not leak");
+    }
+
+    /// One batch written on another thread while the next is applied: the
+    /// next batch must see the previous one's changes and message ids
+    /// although they are not in RocksDB yet, and the cache must keep what
+    /// the next batch touched until a write carries it.
+    #[test]
+    fn a_batch_in_flight_is_seen_by_the_next_and_trimming_spares_what_it_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.cache_accounts = 1;
+        let mut s = Store::open(&c).unwrap();
+        s.set_dedupe_window_ms(86_400_000);
+        s.set_watermark_ms(1_000);
+        s.account("a").unwrap().state.seq = 1;
+        s.account("a").unwrap().dirty = true;
+        assert!(!s.seen_before("m1", 1_000).unwrap());
+        let first = s.prepare(&[("t".into(), 0, 1)]);
+        let writer = s.writer();
+
+        // The next batch, while the first is not written: its id is known,
+        // and "a" (in the cache) is the changed one.
+        assert!(s.seen_before("m1", 1_000).unwrap(), "an id of the batch in flight is a duplicate");
+        assert_eq!(s.account("a").unwrap().state.seq, 1);
+        s.account("b").unwrap().state.seq = 7;
+        s.account("b").unwrap().dirty = true;
+        assert_eq!(s.reader().account("a").unwrap(), None, "not written yet");
+
+        let stats = writer.write(first, &[]).unwrap();
+        assert_eq!(stats.accounts, 1);
+        // Both were touched by the batch in hand ("a" read again, "b" new):
+        // neither is evicted, though the capacity is one; "b" only exists
+        // in the cache until the next write.
+        assert_eq!(s.written(), 2, "both were touched by the batch in hand");
+        let second = s.prepare(&[("t".into(), 0, 2)]);
+        s.writer().write(second, &[]).unwrap();
+        assert_eq!(s.written(), 1, "trimmed once nothing is in flight");
+        assert!(s.seen_before("m1", 1_000).unwrap(), "the id is in RocksDB now");
+        assert_eq!(s.account("a").unwrap().state.seq, 1);
+        assert_eq!(s.account("b").unwrap().state.seq, 7);
+        assert_eq!(s.reader().offset("t", 0).unwrap(), Some(2));
+
+        // An entry untouched since the last prepare is evicted while a later
+        // one is in hand, and read back from RocksDB intact.
+        let third = s.prepare(&[]);
+        s.writer().write(third, &[]).unwrap();
+        s.account("c").unwrap().dirty = true;
+        assert_eq!(s.written(), 1, "a and b evicted, c (touched, unwritten) kept");
+        assert_eq!(s.account("b").unwrap().state.seq, 7);
+        assert_eq!(s.account("c").unwrap().state.seq, 0);
     }
 }
