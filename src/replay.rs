@@ -252,7 +252,6 @@ fn write_output(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
 
     /// State is written on another thread while the next batch is applied;
     /// with tiny batches and a tiny cache (most reads go to RocksDB, many
