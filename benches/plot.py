@@ -56,7 +56,7 @@ def plot_latency(paths, labels, out, title):
         lag = read_rows(lag_path) if os.path.exists(lag_path) else None
         runs.append((label, rows, lat, lag))
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 6.5))
     ax_hist, ax_cdf, ax_time = axes
 
     # Histogram of the first run, with its percentiles.
@@ -81,7 +81,7 @@ def plot_latency(paths, labels, out, title):
     ax_cdf.axvline(50, color="red", linewidth=0.8, linestyle="--", label="50 ms")
     ax_cdf.grid(True, which="both", linewidth=0.3)
     ax_cdf.set_title("CDF")
-    ax_cdf.legend(fontsize=8, loc="lower right")
+    ax_cdf.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15))
 
     # Latency over the run, and the engine's input lag.
     for label, rows, _, _ in runs:
@@ -89,7 +89,7 @@ def plot_latency(paths, labels, out, title):
     ax_time.set_yscale("log")
     ax_time.set_xlabel("time the triggering event was produced (s into the measured window)")
     ax_time.set_ylabel("latency (ms, log scale)")
-    ax_time.set_title("over the run")
+    ax_time.set_title("over the run (dots: latency; lines: input lag; colours as in the CDF)")
     lags = [(label, lag) for label, _, _, lag in runs if lag]
     if lags:
         ax_lag = ax_time.twinx()
@@ -98,8 +98,6 @@ def plot_latency(paths, labels, out, title):
             ax_lag.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1, label=f"{label}: input lag")
         ax_lag.set_ylabel("input lag (events sent - processed)")
         ax_lag.set_ylim(bottom=0)
-        ax_lag.legend(fontsize=8, loc="upper left")
-    ax_time.legend(fontsize=8, loc="lower right", markerscale=3)
 
     if title:
         fig.suptitle(title)
