@@ -392,7 +392,11 @@ pub fn consumer_config(cfg: &Config) -> ClientConfig {
         .set("client.id", "pqa-engine")
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000")
-        .set("partition.assignment.strategy", "cooperative-sticky");
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // A broker may hold a fetch for this long even with data waiting
+        // (tansu does); librdkafka's 500 ms default then dominates the
+        // latency of every event. 50 ms matches `max_batch_wait_ms`.
+        .set("fetch.wait.max.ms", "50");
     for (key, v) in k.properties.iter().chain(k.consumer_properties.iter()) {
         cc.set(key, v);
     }
