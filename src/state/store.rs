@@ -16,7 +16,10 @@ use std::sync::Arc;
 
 use lru::LruCache;
 use rocksdb::compaction_filter::Decision;
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, LruCacheOptions, Options,
+    WriteBatch, WriteOptions, DB,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -266,13 +269,28 @@ impl Store {
             .map_err(|e| StateError::Dir { path: cfg.dir.display().to_string(), detail: e.to_string() })?;
         let watermark = Arc::new(AtomicI64::new(0));
         let dedupe_window = Arc::new(AtomicI64::new(0));
-        let cache = Cache::new_lru_cache(cfg.block_cache_bytes.max(8 << 20));
+        // Few shards: a block larger than its shard is never cached, and
+        // with the default 64 shards of a 128 MiB cache (2 MiB each) the
+        // filter of every large SST was read from disk and checksummed on
+        // nearly every lookup once the state outgrew the memtables (a
+        // 10x slowdown at 500k accounts). There is one writer thread, so
+        // little contention to spread.
+        let mut lru = LruCacheOptions::default();
+        lru.set_capacity(cfg.block_cache_bytes.max(8 << 20));
+        lru.set_num_shard_bits(2);
+        let cache = Cache::new_lru_cache_opts(&lru);
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
         db_opts.set_bytes_per_sync(1 << 20);
         db_opts.set_keep_log_file_num(3);
+        // A column family that rarely fills its memtable (the offsets in
+        // `meta`) would otherwise keep every write-ahead log alive: the log
+        // grew to 800 MiB in a long run, and recovery after a crash replays
+        // it (about 5 ms per MiB). Past this size the oldest column
+        // families are flushed and the log files freed.
+        db_opts.set_max_total_wal_size(128 << 20);
         // The hash memtable of the dedupe ids cannot take concurrent
         // writers (there is only one writer anyway).
         db_opts.set_allow_concurrent_memtable_write(false);
@@ -282,7 +300,14 @@ impl Store {
             let mut t = BlockBasedOptions::default();
             t.set_block_cache(&cache);
             t.set_bloom_filter(10.0, false);
+            // Partitioned filters and index (small blocks, loaded on
+            // demand, under a pinned top level): whole-file filters of
+            // several MiB are not cached well, and not needed whole.
+            t.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+            t.set_partition_filters(true);
+            t.set_metadata_block_size(4096);
             t.set_cache_index_and_filter_blocks(true);
+            t.set_pin_top_level_index_and_filter(true);
             t.set_pin_l0_filter_and_index_blocks_in_cache(true);
             o.set_block_based_table_factory(&t);
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
