@@ -374,13 +374,20 @@ impl Changelog {
         let start = match seen {
             Some(s) if s >= low && s <= high => s,
             Some(s) if s > high => {
-                tracing::warn!(
+                // The local state is newer than all the changelog holds
+                // (it was recreated, or the broker lost acknowledged
+                // records): applying the changelog would move this state
+                // back to an older, possibly incomplete, version and repeat
+                // input. Keep the local state; the next commits write the
+                // changelog on from its real end.
+                tracing::error!(
                     partition,
                     seen = s,
                     high,
-                    "the changelog is shorter than this state has seen (recreated?); reading it whole"
+                    "the changelog ends before the position this state has already seen (topic recreated, or \
+                     acknowledged records lost by the broker); keeping the local state, which is newer"
                 );
-                low
+                return Ok(done);
             }
             Some(s) => {
                 tracing::warn!(
@@ -572,6 +579,20 @@ mod tests {
         assert_eq!(store.reader().offset("events", 1).unwrap(), Some(31));
         let nothing = c.restore(&mut store, 1, &shutdown, &health).unwrap();
         assert_eq!(nothing, Restored::default(), "up to date: nothing read");
+
+        // A local state that has seen more of the changelog than it holds
+        // (recreated, or records lost by the broker) is newer: kept as is.
+        let dir = tempfile::tempdir().unwrap();
+        scfg.dir = dir.path().to_path_buf();
+        let mut ahead = Store::open(&scfg).unwrap();
+        ahead.account("a1").unwrap().state.seq = 99;
+        ahead.account("a1").unwrap().dirty = true;
+        let prepared = ahead.prepare(&[("events".into(), 1, 40)]);
+        ahead.write(prepared, &[(1, 100)]).unwrap();
+        let kept = c.restore(&mut ahead, 1, &shutdown, &health).unwrap();
+        assert_eq!(kept, Restored::default(), "nothing read");
+        assert_eq!(ahead.reader().account("a1").unwrap().unwrap().seq, 99, "the newer local version stays");
+        assert_eq!(ahead.reader().offset("events", 1).unwrap(), Some(40));
     }
 
     #[test]
