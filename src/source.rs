@@ -12,7 +12,6 @@
 //! nothing behind and an assignment seeks to the offsets RocksDB holds (the
 //! truth on restart), not Kafka's.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -69,8 +68,6 @@ struct Worker {
     sink: Arc<KafkaSink>,
     changelog: Option<Arc<Changelog>>,
     out: Output,
-    /// Next offset per partition for the batch in hand.
-    batch_offsets: HashMap<(String, i32), i64>,
     batch_len: usize,
     batch_started: Option<Instant>,
     /// An error raised inside a callback, for the loop to return.
@@ -83,7 +80,8 @@ struct Worker {
 /// A batch made durable by [`Worker::flush`]'s thread: what the consumer
 /// and the engine still have to do with it.
 struct Durable {
-    offsets: HashMap<(String, i32), i64>,
+    /// (topic, partition, next offset).
+    offsets: Vec<(String, i32, i64)>,
     stats: CommitStats,
     oldest_ts: Option<i64>,
     written_ms: i64,
@@ -112,12 +110,6 @@ impl Worker {
             },
             &mut self.out,
         )?;
-        match self.batch_offsets.get_mut(&(m.topic().to_string(), m.partition())) {
-            Some(o) => *o = m.offset() + 1,
-            None => {
-                self.batch_offsets.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
-            }
-        }
         self.batch_len += 1;
         Ok(())
     }
@@ -145,10 +137,9 @@ impl Worker {
             metrics.batch_seconds.with_label_values(&["process"]).observe(started.elapsed().as_secs_f64());
         }
         self.batch_len = 0;
-        let prepared = self.engine.prepare_commit();
-        let oldest_ts = prepared.oldest_ts;
+        let mut prepared = self.engine.prepare_commit();
+        let (oldest_ts, offsets) = (prepared.oldest_ts, std::mem::take(&mut prepared.offsets));
         let out = std::mem::take(&mut self.out);
-        let offsets = std::mem::take(&mut self.batch_offsets);
         let (sink, changelog, writer) = (self.sink.clone(), self.changelog.clone(), self.engine.writer());
         let (shutdown, health) = (ctx.shutdown.clone(), ctx.health.clone());
         let commit = move || -> Result<Durable, RunError> {
@@ -201,8 +192,8 @@ impl Worker {
         };
         self.engine.committed(done.stats, done.oldest_ts, done.written_ms);
         let mut tpl = TopicPartitionList::new();
-        for ((t, p), o) in done.offsets {
-            let _ = tpl.add_partition_offset(&t, p, Offset::Offset(o));
+        for (t, p, o) in &done.offsets {
+            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
         }
         if let Err(e) = consumer.store_offsets(&tpl) {
             // A partition revoked meanwhile cannot be stored; RocksDB has it.
@@ -219,7 +210,6 @@ impl Worker {
     fn discard(&mut self) {
         self.engine.abort();
         self.out.clear();
-        self.batch_offsets.clear();
         self.batch_len = 0;
     }
 
@@ -447,7 +437,6 @@ pub fn run(
                 sink,
                 changelog,
                 out: Output::default(),
-                batch_offsets: HashMap::new(),
                 batch_len: 0,
                 batch_started: None,
                 failed: None,

@@ -99,6 +99,8 @@ pub struct Prepared {
     batch: WriteBatch,
     pub changelog: Vec<ChangeRecord>,
     stats: CommitStats,
+    /// The consumed offsets it commits: (topic, partition, next offset).
+    pub offsets: Vec<(String, i32, i64)>,
     /// Oldest Kafka timestamp among the batch's records (set by the engine,
     /// for the end-to-end latency metric).
     pub oldest_ts: Option<i64>,
@@ -549,12 +551,9 @@ impl Store {
         }
         if !self.pending_ids.is_empty() {
             let dcf = db.cf_handle(cf::DEDUPE).expect("cf");
-            // In key order: the memtable's skiplist then inserts each id
-            // next to the previous one (it reuses the last insert's
-            // position), instead of searching from the top for random keys.
-            let mut ids: Vec<([u8; keys::DEDUPE_KEY_LEN], (i64, i32))> = self.pending_ids.drain().collect();
-            ids.sort_unstable_by_key(|e| e.0);
-            for (k, (t, p)) in ids {
+            // No need to sort: the dedupe column family's memtable is a hash
+            // table (see `open`).
+            for (k, (t, p)) in self.pending_ids.drain() {
                 put(&mut batch, dcf, k.to_vec(), &t.to_be_bytes(), p);
                 self.inflight_ids.insert(k);
             }
@@ -571,7 +570,7 @@ impl Store {
             }
         }
         batch.put_cf(meta, keys::meta("watermark"), watermark.to_be_bytes());
-        Prepared { batch, changelog, stats, oldest_ts: None }
+        Prepared { batch, changelog, stats, offsets: offsets.to_vec(), oldest_ts: None }
     }
 
     /// The writer of prepared batches, for another thread.
