@@ -177,6 +177,22 @@ pub struct Record {
 }
 
 impl Record {
+    /// A copy of a consumed message.
+    pub fn of(m: &impl Message) -> Record {
+        let mut headers = HashMap::new();
+        if let Some(h) = m.headers() {
+            for x in h.iter() {
+                headers.insert(x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).to_string());
+            }
+        }
+        Record {
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers,
+            offset: m.offset(),
+        }
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(self.payload.as_deref().unwrap_or(b"null")).unwrap()
     }
@@ -207,18 +223,7 @@ pub fn read_until(
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline && !done(&out) {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            let mut headers = HashMap::new();
-            if let Some(h) = m.headers() {
-                for x in h.iter() {
-                    headers.insert(x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).to_string());
-                }
-            }
-            out.push(Record {
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().map(<[u8]>::to_vec),
-                headers,
-                offset: m.offset(),
-            });
+            out.push(Record::of(&m));
         }
     }
     out
@@ -256,18 +261,25 @@ pub fn clean_replay<'a>(dir: &Path, lines: impl Iterator<Item = &'a str>) -> (Ve
     (clean, state)
 }
 
-/// Output records compared with a clean run: every repeat byte-identical
-/// to its first copy, the same set of ids, the same (account, rule) pairs.
-/// Returns (records, distinct ids).
-pub fn assert_same_output(out: &[Record], clean: &[Value], context: &str) -> (usize, usize) {
-    use std::collections::{BTreeMap, BTreeSet};
-    let mut first: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+/// The first copy of each output event by id, checking that every repeat
+/// is byte-identical to it.
+pub fn first_copies(out: &[Record]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut first = std::collections::BTreeMap::new();
     for r in out {
         let id = r.json()["id"].as_str().unwrap().to_string();
         let payload = r.payload.clone().unwrap();
         let prev = first.entry(id.clone()).or_insert_with(|| payload.clone());
         assert_eq!(*prev, payload, "a repeat of {id} differs from its first copy");
     }
+    first
+}
+
+/// Output records compared with a clean run: every repeat byte-identical
+/// to its first copy, the same set of ids, the same (account, rule) pairs.
+/// Returns (records, distinct ids).
+pub fn assert_same_output(out: &[Record], clean: &[Value], context: &str) -> (usize, usize) {
+    use std::collections::BTreeSet;
+    let first = first_copies(out);
     let got: BTreeSet<&String> = first.keys().collect();
     let want_ids: Vec<String> = clean.iter().map(|v| v["id"].as_str().unwrap().to_string()).collect();
     let want: BTreeSet<&String> = want_ids.iter().collect();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rdkafka::bindings as rdsys;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -415,19 +415,8 @@ pub fn read_all(bootstrap: &str, topic: &str, partitions: i32, timeout: Duration
     while next.iter().any(|(p, o)| *o < ends[p]) {
         assert!(Instant::now() < deadline, "could not read {topic} to its end {ends:?}: at {next:?}");
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            let mut headers = std::collections::HashMap::new();
-            if let Some(h) = m.headers() {
-                for x in h.iter() {
-                    headers.insert(x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).to_string());
-                }
-            }
             next.insert(m.partition(), m.offset() + 1);
-            out.push(Record {
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().map(<[u8]>::to_vec),
-                headers,
-                offset: m.offset(),
-            });
+            out.push(Record::of(&m));
         }
     }
     out
@@ -459,13 +448,7 @@ pub struct Compared {
 /// exactly its dead letters (reason and original bytes; a repeat of a
 /// source offset identical).
 pub fn compare(out: &[Record], dlq: &[Record], reference: &Reference) -> Compared {
-    let mut first: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for r in out {
-        let id = r.json()["id"].as_str().unwrap().to_string();
-        let payload = r.payload.clone().unwrap();
-        let prev = first.entry(id.clone()).or_insert_with(|| payload.clone());
-        assert_eq!(*prev, payload, "a repeat of {id} differs from its first copy");
-    }
+    let first = crate::common::first_copies(out);
     let got: BTreeSet<&String> = first.keys().collect();
     let want: BTreeSet<&String> = reference.events.keys().collect();
     let missing: Vec<_> = want.difference(&got).take(5).collect();
