@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
-# A real Kafka-compatible broker for the benchmarks: tansu (Apache Kafka
-# protocol, written in Rust, from crates.io) with in-memory storage on a
-# loopback port. librdkafka's mock cluster keeps only 5 MiB per partition, too
-# little to preload millions of events.
+# A real Kafka-compatible broker for the benchmarks and cross-process tests:
+# tansu (Apache Kafka protocol, written in Rust, from crates.io) on a loopback
+# port. librdkafka's mock cluster keeps only 5 MiB per partition, too little
+# to preload millions of events.
+#
+# Storage (TANSU_STORAGE):
+#   sqlite   (default) tansu's per-record SQLite engine, in a file under the run
+#            dir, wiped at each `start`. It keeps what it acknowledges and
+#            returns a fetch at any offset correctly.
+#   memory   tansu's in-memory engine: faster, but tansu 0.6.0 answers a fetch
+#            at an offset inside a record batch with the batches that start
+#            after it (the rest of that batch is silently skipped) and states
+#            the end of a partition as the start of its last batch plus one.
+#            The engine detects and recovers both (README, "Brokers"); use it
+#            to reproduce them, or for raw throughput.
 #
 #   benches/broker.sh start                      install tansu if missing, start it, wait until it accepts
 #   benches/broker.sh create-topic NAME [PARTITIONS] [KEY=VALUE ...]
@@ -15,27 +26,33 @@
 #   TANSU_PORT      loopback port (default 19092)
 #   PQA_BENCH_HOME  where tansu is installed and the pid/log live
 #                   (default ${XDG_CACHE_HOME:-$HOME/.cache}/pqa-bench)
+#   TANSU_STORAGE   sqlite (default) or memory
 #   TANSU_VERSION   version installed when missing (default 0.6.0)
-#   TANSU           a tansu binary to use instead of looking for one
+#   TANSU           a tansu binary to use instead of looking for one (it needs
+#                   the libsql feature for sqlite, dynostore for memory)
 #
 # The first `start` on a machine runs `cargo install tansu --locked --features
-# dynostore`, which compiles for about 15 minutes on 2 cores.
+# dynostore,libsql`, which compiles for about 20 minutes on 2 cores.
 set -euo pipefail
 
 PORT="${TANSU_PORT:-19092}"
 HOME_DIR="${PQA_BENCH_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/pqa-bench}"
 VERSION="${TANSU_VERSION:-0.6.0}"
+STORAGE="${TANSU_STORAGE:-sqlite}"
+FEATURES="dynostore,libsql"
+# The features are in the path: an older install without libsql is not used.
+INSTALL_DIR="$HOME_DIR/tansu-$VERSION-${FEATURES/,/-}"
 RUN_DIR="$HOME_DIR/run"
 PID_FILE="$RUN_DIR/tansu-$PORT.pid"
 LOG_FILE="$RUN_DIR/tansu-$PORT.log"
+DATA_DIR="$RUN_DIR/tansu-$PORT-data"
 URL="tcp://127.0.0.1:$PORT"
 
 die() { echo "broker.sh: $*" >&2; exit 1; }
 
 tansu_bin() {
     if [[ -n "${TANSU:-}" ]]; then echo "$TANSU"; return; fi
-    if [[ -x "$HOME_DIR/tansu/bin/tansu" ]]; then echo "$HOME_DIR/tansu/bin/tansu"; return; fi
-    command -v tansu 2>/dev/null || true
+    if [[ -x "$INSTALL_DIR/bin/tansu" ]]; then echo "$INSTALL_DIR/bin/tansu"; return; fi
 }
 
 install_tansu() {
@@ -43,11 +60,20 @@ install_tansu() {
     bin="$(tansu_bin)"
     if [[ -n "$bin" ]]; then echo "$bin"; return; fi
     command -v cargo >/dev/null || die "cargo is needed to install tansu"
-    echo "broker.sh: installing tansu $VERSION into $HOME_DIR/tansu (cargo install, ~15 min the first time)" >&2
+    echo "broker.sh: installing tansu $VERSION ($FEATURES) into $INSTALL_DIR (cargo install, ~20 min the first time)" >&2
     mkdir -p "$HOME_DIR"
-    cargo install tansu --version "$VERSION" --locked --features dynostore --root "$HOME_DIR/tansu" >&2 \
+    cargo install tansu --version "$VERSION" --locked --features "$FEATURES" --root "$INSTALL_DIR" >&2 \
         || die "cargo install tansu failed"
-    echo "$HOME_DIR/tansu/bin/tansu"
+    echo "$INSTALL_DIR/bin/tansu"
+}
+
+storage_url() {
+    case "$STORAGE" in
+    memory) echo "memory://tansu/" ;;
+    # tansu opens sqlite://NAME relative to its working directory.
+    sqlite) echo "sqlite://tansu.db" ;;
+    *) die "TANSU_STORAGE must be sqlite or memory, not $STORAGE" ;;
+    esac
 }
 
 running() { [[ -f "$PID_FILE" ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; }
@@ -63,16 +89,21 @@ start() {
         return 0
     fi
     accepts && die "port $PORT is taken by another process (set TANSU_PORT)"
+    local url
+    url="$(storage_url)"
+    # A fresh broker each start: the old data goes.
+    rm -rf "$DATA_DIR"
+    mkdir -p "$DATA_DIR"
     # Its own session (setsid), so it outlives this script and a Ctrl-C in the
     # caller's terminal; `stop` ends it by its pid.
-    setsid "$bin" broker --listener-url "$URL" --advertised-listener-url "$URL" \
-        --storage-engine memory://tansu/ >"$LOG_FILE" 2>&1 </dev/null &
+    (cd "$DATA_DIR" && exec setsid "$bin" broker --listener-url "$URL" --advertised-listener-url "$URL" \
+        --storage-engine "$url" >"$LOG_FILE" 2>&1 </dev/null) &
     echo $! >"$PID_FILE"
     for _ in $(seq 1 300); do
         if accepts; then
             # A protocol round trip, not only an open port.
             if "$bin" topic list --broker "$URL" >/dev/null 2>&1; then
-                echo "broker.sh: tansu $("$bin" --version | awk '{print $2}') on 127.0.0.1:$PORT (pid $(cat "$PID_FILE"), log $LOG_FILE)" >&2
+                echo "broker.sh: tansu $("$bin" --version | awk '{print $2}') ($STORAGE storage) on 127.0.0.1:$PORT (pid $(cat "$PID_FILE"), log $LOG_FILE)" >&2
                 return 0
             fi
         fi
@@ -124,7 +155,7 @@ case "${1:-}" in
 start) start ;;
 stop) stop ;;
 create-topic) shift; create_topic "$@" ;;
-status) if running; then echo "running, pid $(cat "$PID_FILE"), 127.0.0.1:$PORT"; else echo "stopped"; exit 1; fi ;;
+status) if running; then echo "running, pid $(cat "$PID_FILE"), 127.0.0.1:$PORT, $(tr '\0' ' ' <"/proc/$(cat "$PID_FILE")/cmdline" | grep -o 'storage-engine [^ ]*')"; else echo "stopped"; exit 1; fi ;;
 address) echo "127.0.0.1:$PORT" ;;
-*) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+*) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

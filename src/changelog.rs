@@ -38,6 +38,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
 use crate::config::KafkaConfig;
+use crate::gaps::{self, GapGuard, TopicPartition, Verdict};
 use crate::http::Health;
 use crate::shutdown::Shutdown;
 use crate::state::keys;
@@ -139,6 +140,16 @@ const REQUIRED_PRODUCER: &[(&str, &str)] = &[("enable.idempotence", "true"), ("a
 /// Records applied to RocksDB per write while restoring.
 const RESTORE_WRITE_RECORDS: usize = 20_000;
 
+/// A restore that has read past the broker's stated end ends after this
+/// long without a new record (a broker may understate its end).
+const END_QUIET: Duration = Duration::from_secs(1);
+/// A restore that has read nothing since its last seek seeks back after
+/// this long (see [`GapGuard::silent`]).
+const PROBE_QUIET: Duration = Duration::from_millis(200);
+/// A restore short of the broker's stated end ends after this long
+/// without a new record (a gap at the end: a compacted or aborted tail).
+const STUCK_QUIET: Duration = Duration::from_secs(5);
+
 impl Changelog {
     pub fn new(cfg: &KafkaConfig, metrics: Metrics) -> Result<Changelog, ChangelogError> {
         let mut common = ClientConfig::new();
@@ -167,7 +178,9 @@ impl Changelog {
             .set("fetch.wait.max.ms", "20")
             .set("fetch.error.backoff.ms", "20")
             .set("allow.auto.create.topics", "false")
-            .set("auto.offset.reset", "earliest");
+            // A position past the log's end is an error to see, not a reason
+            // to read the whole changelog again from the start.
+            .set("auto.offset.reset", "error");
         let restorer = rc.create_with_context(QuietContext).map_err(ChangelogError::Client)?;
         Ok(Changelog {
             topic: cfg.changelog_topic_name(),
@@ -358,37 +371,13 @@ impl Changelog {
     ) -> Result<Restored, ChangelogError> {
         let started = Instant::now();
         let mut done = Restored::default();
-        let (low, high) = loop {
-            match self.restorer.fetch_watermarks(&self.topic, partition, Duration::from_secs(10)) {
-                Ok(w) => break w,
-                Err(e) => {
-                    tracing::warn!(cause = %e, partition, "cannot read the changelog's offsets; retrying");
-                    if shutdown.is_triggered() {
-                        return Err(ChangelogError::Interrupted);
-                    }
-                    shutdown.sleep(Duration::from_secs(1));
-                }
-            }
-        };
+        let (low, mut high) = self.watermarks(partition, shutdown)?;
         let seen = store.reader().changelog_position(partition)?;
         let start = match seen {
-            Some(s) if s >= low && s <= high => s,
-            Some(s) if s > high => {
-                // The local state is newer than all the changelog holds
-                // (it was recreated, or the broker lost acknowledged
-                // records): applying the changelog would move this state
-                // back to an older, possibly incomplete, version and repeat
-                // input. Keep the local state; the next commits write the
-                // changelog on from its real end.
-                tracing::error!(
-                    partition,
-                    seen = s,
-                    high,
-                    "the changelog ends before the position this state has already seen (topic recreated, or \
-                     acknowledged records lost by the broker); keeping the local state, which is newer"
-                );
-                return Ok(done);
-            }
+            // Even past the broker's "latest offset": a broker may understate
+            // it (tansu 0.6.0 answers with the start of its last record
+            // batch plus one), so the read below decides where the log ends.
+            Some(s) if s >= low => s,
             Some(s) => {
                 tracing::warn!(
                     partition,
@@ -400,56 +389,141 @@ impl Changelog {
             }
             None => low,
         };
-        if start >= high {
-            return Ok(done);
-        }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, partition, Offset::Offset(start)).map_err(ChangelogError::Client)?;
         self.restorer.assign(&tpl).map_err(ChangelogError::Client)?;
         drop(tpl);
         // From here on every exit goes through the clean-up after the loop.
-        let problem = format!("restoring state from the changelog ({} records)", high - start);
-        health.set_problem(Some(&problem));
+        let expected = (high - start).max(0);
+        let problem = format!("restoring state from the changelog ({expected} records)");
+        if expected > 0 {
+            health.set_problem(Some(&problem));
+        }
         self.metrics.restoring_partitions.inc();
-        self.metrics.restore_remaining.add(high - start);
+        self.metrics.restore_remaining.add(expected);
+        let mut remaining = expected;
+        let key = TopicPartition::new(&self.topic, partition);
+        let mut gaps = GapGuard::new();
+        gaps.expect(key.clone(), start, Instant::now());
         // Records since the last marker (an incomplete commit, until its
         // marker arrives) and complete commits not yet written.
         let mut pending: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut complete: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut complete_next = None;
         let mut position = start;
-        let mut eof_since: Option<Instant> = None;
+        let mut last_record = Instant::now();
+        let mut out_of_range = false;
         let result = loop {
             if shutdown.is_triggered() {
                 break Err(ChangelogError::Interrupted);
             }
-            match self.restorer.poll(Duration::from_millis(500)) {
-                None => continue,
-                Some(Err(KafkaError::PartitionEOF(_))) if position >= high => break Ok(()),
-                Some(Err(KafkaError::PartitionEOF(_))) => {
-                    // Some brokers report the end early (tansu does, between
-                    // record batches): the records up to `high` were
-                    // acknowledged, so keep reading. Only a gap at the very
-                    // end (a compacted or aborted tail) stops it, after a
-                    // while without progress.
-                    if eof_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(5) {
-                        tracing::warn!(partition, position, high, "changelog ends before its high watermark; done");
-                        break Ok(());
+            let polled = self.restorer.poll(Duration::from_millis(100));
+            let eof = matches!(polled, Some(Err(KafkaError::PartitionEOF(_))));
+            match polled {
+                None | Some(Err(KafkaError::PartitionEOF(_))) => {
+                    // The end is where the log has nothing more, not only
+                    // where the broker says it is. At the broker's end and
+                    // quiet for a moment: ask again, and stop if nothing
+                    // was added (Kafka and the mock cluster get here at
+                    // their first end-of-partition). Short of it and quiet
+                    // for long: the log has a gap at its end (a compacted
+                    // or aborted tail).
+                    let quiet = last_record.elapsed();
+                    if !gaps.settled(&key) {
+                        // Nothing returned since the seek: a broker that
+                        // skips the rest of the last record batch returns
+                        // nothing at all. Seek back until it returns
+                        // something at or below the start, or the log start
+                        // is reached (at once on an end-of-partition: one
+                        // round trip on a broker that keeps its batches).
+                        let now = Instant::now();
+                        if !eof && gaps.silent(now, PROBE_QUIET).is_empty() {
+                            continue;
+                        }
+                        let log_start = || self.watermarks(partition, shutdown).ok().map(|w| w.0);
+                        if let Some(to) = gaps.probe(&key, now, log_start) {
+                            tracing::debug!(partition, seek = to, "changelog silent after a seek; seeking back");
+                            if let Err(e) =
+                                self.restorer.seek(&self.topic, partition, Offset::Offset(to), Duration::from_secs(10))
+                            {
+                                tracing::warn!(cause = %e, partition, "changelog seek back failed");
+                            }
+                        }
+                        continue;
                     }
-                    continue;
+                    if position >= high || quiet >= STUCK_QUIET {
+                        let now_high = match self.watermarks(partition, shutdown) {
+                            Ok((_, h)) => h,
+                            Err(e) => break Err(e),
+                        };
+                        if position == now_high || (position > now_high && quiet >= END_QUIET) {
+                            break Ok(());
+                        }
+                        if position < now_high && quiet >= STUCK_QUIET {
+                            tracing::warn!(
+                                partition,
+                                position,
+                                high = now_high,
+                                "changelog ends before its high watermark; done"
+                            );
+                            break Ok(());
+                        }
+                        high = high.max(now_high);
+                    }
+                }
+                Some(Err(KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+                ))) => {
+                    // Nothing at this position: the local state has seen
+                    // more of the changelog than it holds.
+                    out_of_range = true;
+                    break Ok(());
                 }
                 Some(Err(e)) => {
                     tracing::warn!(cause = %e, partition, "changelog read failed; retrying");
                     shutdown.sleep(Duration::from_millis(200));
-                    continue;
                 }
                 Some(Ok(m)) => {
-                    eof_since = None;
+                    last_record = Instant::now();
+                    let log_start = || self.watermarks(partition, shutdown).ok().map(|w| w.0);
+                    match gaps.check(&key, m.offset(), Instant::now(), log_start) {
+                        Verdict::SeekBack(to) => {
+                            tracing::warn!(
+                                partition,
+                                got = m.offset(),
+                                seek = to,
+                                "the broker returned a changelog record past the expected offset; seeking back"
+                            );
+                            if let Err(e) =
+                                self.restorer.seek(&self.topic, partition, Offset::Offset(to), Duration::from_secs(10))
+                            {
+                                tracing::warn!(cause = %e, partition, "changelog seek back failed");
+                            }
+                            continue;
+                        }
+                        Verdict::Take(gap) => {
+                            if let Some(gap) = gap {
+                                gaps::report(
+                                    &gap,
+                                    &self.metrics.changelog_gaps,
+                                    &self.metrics.changelog_gap_records,
+                                    health,
+                                );
+                            }
+                        }
+                    }
+                    if m.offset() < position {
+                        // Below where this state is (a seek back re-reads
+                        // it): applied already.
+                        continue;
+                    }
                     let key = m.key().unwrap_or_default().to_vec();
                     let value = m.payload().unwrap_or_default().to_vec();
                     done.records += 1;
                     self.metrics.restored_records.inc();
-                    self.metrics.restore_remaining.sub((m.offset() + 1 - position).max(0));
+                    let read = (m.offset() + 1 - position).clamp(0, remaining);
+                    self.metrics.restore_remaining.sub(read);
+                    remaining -= read;
                     position = m.offset() + 1;
                     let marker = key.first() == Some(&keys::OFFSET);
                     if marker {
@@ -469,13 +543,10 @@ impl Changelog {
                             complete_next = None;
                         }
                     }
-                    if position >= high {
-                        break Ok(());
-                    }
                 }
             }
         };
-        self.metrics.restore_remaining.sub((high - position).max(0));
+        self.metrics.restore_remaining.sub(remaining);
         self.metrics.restoring_partitions.dec();
         let _ = self.restorer.unassign();
         health.clear_problem(&problem);
@@ -484,6 +555,30 @@ impl Changelog {
             store.apply_changelog(partition, &complete, next)?;
         }
         done.dropped_tail = pending.len() as u64;
+        if seen.is_some_and(|s| s > high) && done.records == 0 {
+            // Kept as is: applying an older changelog would move this state
+            // back and repeat input.
+            if out_of_range {
+                tracing::warn!(
+                    partition,
+                    seen = ?seen,
+                    high,
+                    "the changelog ends before the position this state has already seen (topic recreated, or \
+                     acknowledged records lost by the broker); keeping the local state, which is newer"
+                );
+            } else {
+                tracing::info!(
+                    partition,
+                    seen = ?seen,
+                    high,
+                    "the broker states a changelog end before this state's position and holds nothing after it; \
+                     keeping the local state"
+                );
+            }
+        }
+        if done.records == 0 {
+            return Ok(done);
+        }
         self.metrics.restore_seconds.observe(started.elapsed().as_secs_f64());
         tracing::info!(
             partition,
@@ -494,6 +589,23 @@ impl Changelog {
             "state restored from the changelog"
         );
         Ok(done)
+    }
+
+    /// The partition's (log start, "latest offset") as the broker states
+    /// them, retried until it answers.
+    fn watermarks(&self, partition: i32, shutdown: &Shutdown) -> Result<(i64, i64), ChangelogError> {
+        loop {
+            match self.restorer.fetch_watermarks(&self.topic, partition, Duration::from_secs(10)) {
+                Ok(w) => return Ok(w),
+                Err(e) => {
+                    tracing::warn!(cause = %e, partition, "cannot read the changelog's offsets; retrying");
+                    if shutdown.is_triggered() {
+                        return Err(ChangelogError::Interrupted);
+                    }
+                    shutdown.sleep(Duration::from_secs(1));
+                }
+            }
+        }
     }
 
     /// Waits for outstanding changelog records (shutdown).

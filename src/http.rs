@@ -31,6 +31,9 @@ pub struct Health {
     live: AtomicBool,
     assigned: AtomicBool,
     problem: Mutex<Option<String>>,
+    /// Things an operator must know that do not stop progress (input a
+    /// broker would not return): shown by `/readyz`, newest last.
+    warnings: Mutex<Vec<String>>,
     reader: Mutex<Option<StateReader>>,
 }
 
@@ -63,6 +66,17 @@ impl Health {
         if is_it {
             self.set_problem(None);
         }
+    }
+    /// Records a warning for `/readyz` (the 20 newest are kept).
+    pub fn add_warning(&self, w: String) {
+        let mut g = self.warnings.lock().expect("lock");
+        if g.len() >= 20 {
+            g.remove(0);
+        }
+        g.push(w);
+    }
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.lock().expect("lock").clone()
     }
     pub fn set_reader(&self, r: StateReader) {
         *self.reader.lock().expect("lock") = Some(r);
@@ -146,9 +160,10 @@ async fn healthz(State(s): State<AppState>) -> Response {
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
+    let warnings: String = s.health.warnings().iter().map(|w| format!("warning: {w}\n")).collect();
     match s.health.readiness() {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+        Ok(()) => (StatusCode::OK, format!("ready\n{warnings}")).into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n{warnings}")).into_response(),
     }
 }
 
@@ -167,6 +182,26 @@ async fn account(State(s): State<AppState>, Path(id): Path<String>) -> Response 
 
 /// The explanation of an account, as of the engine's event-time watermark
 /// (state as of the last committed batch).
+/// [`account_view`] with the account's sequence number and its members
+/// (user id, events in the last 90 days, last seen), for `pqa-engine
+/// inspect`.
+pub fn account_with_members(def: &CompiledDefinition, reader: &StateReader, id: &str) -> Result<Option<Value>, String> {
+    let Some(mut view) = account_view(def, reader, id)? else { return Ok(None) };
+    let acct = reader.account(id).map_err(|e| e.to_string())?.unwrap_or_default();
+    let now = acct.last_seen_ms.max(reader.watermark_ms().map_err(|e| e.to_string())?);
+    let mut members = reader.members(id).map_err(|e| e.to_string())?;
+    members.sort_by(|a, b| a.0.cmp(&b.0));
+    let members: Vec<Value> = members
+        .iter()
+        .map(|(u, m)| {
+            json!({"user_id": u, "events_90d": m.events_in_days(now, 90), "last_seen": format_time_ms(m.last_seen_ms)})
+        })
+        .collect();
+    view["seq"] = json!(acct.seq);
+    view["members"] = json!(members);
+    Ok(Some(view))
+}
+
 pub fn account_view(def: &CompiledDefinition, reader: &StateReader, id: &str) -> Result<Option<Value>, String> {
     let Some(acct) = reader.account(id).map_err(|e| e.to_string())? else {
         return Ok(None);

@@ -27,6 +27,8 @@
 //! - [`sink`]: the Kafka producer for PQA events and dead letters.
 //! - [`changelog`]: the compacted state changelog topic: written with every
 //!   commit, read back when a partition arrives from another instance.
+//! - [`gaps`]: finds and recovers ranges a broker skipped after a seek
+//!   (input and changelog).
 //! - [`engine`]: the core that ties decode, state, detect and emit together
 //!   for one record at a time; shared by Kafka, replay, tests and benches.
 //! - [`config`]: configuration structs, layered loading, validation and the
@@ -49,6 +51,7 @@ pub mod demo;
 pub mod detect;
 pub mod emit;
 pub mod engine;
+pub mod gaps;
 pub mod http;
 pub mod replay;
 pub mod shutdown;

@@ -60,6 +60,24 @@ enum Command {
     /// replay, tests and benchmarks: to a file (`.gz` compressed) or straight
     /// into a Kafka topic.
     Simulate(SimulateArgs),
+    /// Print accounts as a state directory holds them: one JSON line per
+    /// account, the view of /accounts/{id} plus its members. For a state
+    /// the engine is not running on (RocksDB allows one process at a time):
+    /// compare runs, look into a backup.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// Configuration file (TOML) whose definition evaluates the accounts.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// RocksDB state directory.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Account ids.
+    #[arg(required = true)]
+    accounts: Vec<String>,
 }
 
 #[derive(Args)]
@@ -272,6 +290,22 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             tracing::info!("stopped cleanly");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Inspect(a) => {
+            let mut cfg = load(a.config.as_ref())?;
+            let def = cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            if !a.state_dir.join("CURRENT").exists() {
+                anyhow::bail!("no state at {}", a.state_dir.display());
+            }
+            cfg.state.dir = a.state_dir;
+            let store = pqa_engine::state::Store::open(&cfg.state)
+                .with_context(|| format!("opening {} (is an engine running on it?)", cfg.state.dir.display()))?;
+            let reader = store.reader();
+            for id in &a.accounts {
+                let v = http::account_with_members(&def, &reader, id).map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
+                println!("{}", serde_json::json!({ "account_id": id, "state": v }));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Replay(a) => {
             let cfg = load(a.config.as_ref())?;
             let def = Arc::new(cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?);
@@ -343,6 +377,10 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     secs,
                     stats.events as f64 / secs.max(1e-9)
                 );
+                // Where each partition ends, as the broker acknowledged it:
+                // what a consumer must reach (scripts read this line).
+                let ends: Vec<String> = stats.partition_ends.iter().map(|(p, o)| format!("{p}:{o}")).collect();
+                eprintln!("partition ends: {}", ends.join(" "));
             } else {
                 let n = write_ndjson(&mut sim, &a.output, a.max_events, &mut progress);
                 progress.finish();

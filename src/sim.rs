@@ -1070,6 +1070,9 @@ pub struct ProduceStats {
     pub events: u64,
     pub bytes: u64,
     pub elapsed: std::time::Duration,
+    /// Next offset after the last acknowledged record, per partition (the
+    /// end a consumer of this topic must reach, if it was empty before).
+    pub partition_ends: std::collections::BTreeMap<i32, i64>,
 }
 
 /// Counts delivery reports; keeps the first error.
@@ -1078,6 +1081,7 @@ struct DeliveryCounter {
     delivered: std::sync::atomic::AtomicU64,
     failed: std::sync::atomic::AtomicU64,
     first_error: std::sync::Mutex<Option<String>>,
+    ends: std::sync::Mutex<std::collections::BTreeMap<i32, i64>>,
 }
 
 impl rdkafka::ClientContext for DeliveryCounter {}
@@ -1088,8 +1092,12 @@ impl rdkafka::producer::ProducerContext for DeliveryCounter {
     fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
         use std::sync::atomic::Ordering::Relaxed;
         match result {
-            Ok(_) => {
+            Ok(m) => {
+                use rdkafka::message::Message;
                 self.delivered.fetch_add(1, Relaxed);
+                let mut ends = self.ends.lock().expect("lock");
+                let end = ends.entry(m.partition()).or_insert(0);
+                *end = (*end).max(m.offset() + 1);
             }
             Err((e, _)) => {
                 self.failed.fetch_add(1, Relaxed);
@@ -1198,7 +1206,8 @@ pub fn produce_to_topic(
     if delivered != n {
         bail!("sent {n} events but {delivered} were acknowledged");
     }
-    Ok(ProduceStats { events: n, bytes, elapsed: started.elapsed() })
+    let partition_ends = ctx.ends.lock().expect("lock").clone();
+    Ok(ProduceStats { events: n, bytes, elapsed: started.elapsed(), partition_ends })
 }
 
 #[cfg(test)]

@@ -11,6 +11,11 @@
 //! flight and make the batch in hand durable too, so a revoke leaves
 //! nothing behind and an assignment seeks to the offsets RocksDB holds (the
 //! truth on restart), not Kafka's.
+//!
+//! The first record of a partition after an assignment (or a seek) must be
+//! at the offset the state expects: a broker that skips records after a
+//! seek inside a record batch is caught by a [`GapGuard`], which seeks back
+//! until the skipped range is returned (see [`crate::gaps`]).
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -29,6 +34,7 @@ use rdkafka::ClientContext;
 use crate::changelog::{Changelog, ChangelogError};
 use crate::config::{is_secret_property, CompiledDefinition, Config};
 use crate::engine::{Engine, EngineError, InputRecord, Output};
+use crate::gaps::{self, GapGuard, TopicPartition, Verdict};
 use crate::http::Health;
 use crate::shutdown::Shutdown;
 use crate::sink::{KafkaSink, SinkError};
@@ -58,6 +64,34 @@ pub enum RunError {
 
 const BROKERS_DOWN: &str = "no Kafka broker is reachable";
 
+/// A partition that returns nothing this long after it was positioned is
+/// sought back, in case the broker skipped the end of its log.
+const SILENCE: Duration = Duration::from_secs(1);
+
+/// The first offset the broker holds for a partition (`None`: it did not say).
+fn log_start<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> Option<i64> {
+    match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+        Ok((low, _)) => Some(low),
+        Err(e) => {
+            tracing::warn!(cause = %e, topic, partition, "cannot read the partition's log start");
+            None
+        }
+    }
+}
+
+/// A seam for tests: sees every input record the consumer returns before
+/// the engine does, and every position the loop sets, so a test can stand
+/// in for a broker that skips records after a seek (no such broker is
+/// needed to test the recovery).
+pub trait InputTap: Send {
+    /// The partition was positioned at `offset` (an assignment at the
+    /// offset kept in RocksDB, or a seek back).
+    fn positioned(&mut self, topic: &str, partition: i32, offset: i64);
+    /// Whether the record reaches the loop (`false`: as if the broker had
+    /// not returned it).
+    fn passes(&mut self, topic: &str, partition: i32, offset: i64) -> bool;
+}
+
 /// Everything a batch touches: the engine, the producers and the batch in
 /// hand. It lives in the consumer's context so that the rebalance callback
 /// can finish the batch before partitions leave (and restore state before
@@ -75,6 +109,9 @@ struct Worker {
     /// The previous batch, being made durable on its own thread while this
     /// one is applied.
     inflight: Option<JoinHandle<Result<Durable, RunError>>>,
+    /// Partitions positioned and not yet seen at their expected offset.
+    gaps: GapGuard<TopicPartition>,
+    tap: Option<Box<dyn InputTap>>,
 }
 
 /// A batch made durable by [`Worker::flush`]'s thread: what the consumer
@@ -97,6 +134,79 @@ pub struct EngineContext {
 }
 
 impl Worker {
+    /// Whether a record the consumer returned goes to the engine: not when
+    /// it shows that the broker skipped records after a seek (the partition
+    /// is sought back instead, see [`crate::gaps`]).
+    fn admit(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        ctx: &EngineContext,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+    ) -> bool {
+        let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+        if let Some(tap) = &mut self.tap {
+            if !tap.passes(topic, partition, offset) {
+                return false;
+            }
+        }
+        if self.gaps.is_idle() {
+            return true;
+        }
+        let log_start = || log_start(consumer, topic, partition);
+        match self.gaps.check(&(topic, partition), offset, Instant::now(), log_start) {
+            Verdict::Take(gap) => {
+                if let Some(gap) = gap {
+                    gaps::report(&gap, &ctx.metrics.input_gaps, &ctx.metrics.input_gap_records, &ctx.health);
+                }
+                true
+            }
+            Verdict::SeekBack(to) => {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    got = offset,
+                    seek = to,
+                    "the broker returned a record past the expected offset after a seek; seeking back"
+                );
+                if let Err(e) = consumer.seek(topic, partition, Offset::Offset(to), Duration::from_secs(10)) {
+                    tracing::warn!(cause = %e, topic, partition, "seek back failed");
+                }
+                if let Some(tap) = &mut self.tap {
+                    tap.positioned(topic, partition, to);
+                }
+                false
+            }
+        }
+    }
+
+    /// Seeks back partitions that have returned nothing since they were
+    /// positioned: a broker that skips the rest of a record batch returns
+    /// nothing at all when the batch is the last one (see
+    /// [`GapGuard::silent`]).
+    fn probe_silent(&mut self, consumer: &BaseConsumer<EngineContext>) {
+        if self.gaps.is_idle() {
+            return;
+        }
+        let now = Instant::now();
+        for key in self.gaps.silent(now, SILENCE) {
+            let (topic, partition) = (key.topic.as_str(), key.partition);
+            let Some(to) = self.gaps.probe(&key, now, || log_start(consumer, topic, partition)) else { continue };
+            tracing::info!(
+                topic,
+                partition,
+                seek = to,
+                "nothing returned since the partition was positioned; seeking back to check that the broker did \
+                 not skip the end of the log"
+            );
+            if let Err(e) = consumer.seek(topic, partition, Offset::Offset(to), Duration::from_secs(10)) {
+                tracing::warn!(cause = %e, topic, partition, "seek back failed");
+            }
+            if let Some(tap) = &mut self.tap {
+                tap.positioned(topic, partition, to);
+            }
+        }
+    }
+
     fn process(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) -> Result<(), RunError> {
         self.batch_started.get_or_insert_with(Instant::now);
         self.engine.process(
@@ -296,14 +406,42 @@ impl ConsumerContext for EngineContext {
                 }
                 let reader = worker.engine.reader();
                 let mut known = TopicPartitionList::new();
+                let mut unknown = TopicPartitionList::new();
                 for (topic, partition) in &elems {
                     match reader.offset(topic, *partition) {
                         Ok(Some(next)) => {
                             let _ = tpl.set_partition_offset(topic, *partition, Offset::Offset(next));
                             let _ = known.add_partition_offset(topic, *partition, Offset::Offset(next));
+                            worker.gaps.expect(TopicPartition::new(topic, *partition), next, Instant::now());
+                            if let Some(tap) = &mut worker.tap {
+                                tap.positioned(topic, *partition, next);
+                            }
                         }
-                        Ok(None) => {}
+                        Ok(None) => {
+                            unknown.add_partition(topic, *partition);
+                        }
                         Err(e) => tracing::error!(cause = %e, topic, partition, "cannot read stored offset"),
+                    }
+                }
+                // Partitions this state has never seen start at the group's
+                // committed offset, if any: that is a seek as well.
+                if unknown.count() > 0 {
+                    match consumer.committed_offsets(unknown, Duration::from_secs(10)) {
+                        Ok(committed) => {
+                            for e in committed.elements() {
+                                if let Offset::Offset(o) = e.offset() {
+                                    worker.gaps.expect(
+                                        TopicPartition::new(e.topic(), e.partition()),
+                                        o,
+                                        Instant::now(),
+                                    );
+                                    if let Some(tap) = &mut worker.tap {
+                                        tap.positioned(e.topic(), e.partition(), o);
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => tracing::debug!(cause = %e, "committed offsets of new partitions"),
                     }
                 }
                 tracing::info!(partitions = ?elems, "partitions assigned");
@@ -349,6 +487,9 @@ impl ConsumerContext for EngineContext {
                     self.metrics.assigned_partitions.with_label_values(&[topic]).dec();
                 }
                 worker.engine.release_partitions(&elems);
+                for (topic, partition) in &elems {
+                    worker.gaps.forget(&(topic.as_str(), *partition));
+                }
                 // SAFETY: as above.
                 unsafe {
                     if cooperative {
@@ -414,6 +555,18 @@ pub fn run(
     health: Arc<Health>,
     shutdown: &Shutdown,
 ) -> Result<(), RunError> {
+    run_with(cfg, def, metrics, health, shutdown, None)
+}
+
+/// [`run`], with a tap on the input (tests).
+pub fn run_with(
+    cfg: &Config,
+    def: Arc<CompiledDefinition>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: &Shutdown,
+    tap: Option<Box<dyn InputTap>>,
+) -> Result<(), RunError> {
     let mut store = Store::open(&cfg.state)?;
     store.set_changelog(cfg.kafka.changelog);
     health.set_reader(store.reader());
@@ -441,6 +594,8 @@ pub fn run(
                 batch_started: None,
                 failed: None,
                 inflight: None,
+                gaps: GapGuard::new(),
+                tap,
             })),
             metrics: metrics.clone(),
             health: health.clone(),
@@ -474,11 +629,13 @@ pub fn run(
                     health.set_problem(None);
                     let mut guard = ctx.worker.lock().expect("lock");
                     let w = guard.as_mut().expect("worker");
-                    if let Err(e) = w.process(&m) {
-                        result = Err(e);
-                        break 'run;
+                    if w.admit(&consumer, ctx, &m) {
+                        if let Err(e) = w.process(&m) {
+                            result = Err(e);
+                            break 'run;
+                        }
+                        n += 1;
                     }
-                    n += 1;
                 }
                 Err(KafkaError::PartitionEOF(_)) => {}
                 Err(e) => {
@@ -500,6 +657,7 @@ pub fn run(
         }
         let mut guard = ctx.worker.lock().expect("lock");
         let w = guard.as_mut().expect("worker");
+        w.probe_silent(&consumer);
         if let Some(e) = w.failed.take() {
             result = Err(e);
             break;

@@ -61,6 +61,13 @@ pub struct Metrics {
     pub restoring_partitions: IntGauge,
     /// Time to restore one partition's state.
     pub restore_seconds: Histogram,
+    /// Input ranges a broker skipped after a seek, by what became of them.
+    pub input_gaps: IntCounterVec,
+    /// Offsets in those ranges, by what became of them.
+    pub input_gap_records: IntCounterVec,
+    /// The same for the changelog restore.
+    pub changelog_gaps: IntCounterVec,
+    pub changelog_gap_records: IntCounterVec,
 }
 
 impl Metrics {
@@ -232,8 +239,51 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            input_gaps: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pqa_input_gaps_total",
+                        "Input ranges the broker skipped after a seek, by outcome (recovered, empty, truncated, unreadable)",
+                    ),
+                    &["outcome"],
+                )
+                .unwrap(),
+            ),
+            input_gap_records: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("pqa_input_gap_records_total", "Offsets in input ranges the broker skipped, by outcome"),
+                    &["outcome"],
+                )
+                .unwrap(),
+            ),
+            changelog_gaps: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("pqa_changelog_gaps_total", "Changelog ranges the broker skipped during a restore, by outcome"),
+                    &["outcome"],
+                )
+                .unwrap(),
+            ),
+            changelog_gap_records: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pqa_changelog_gap_records_total",
+                        "Offsets in changelog ranges the broker skipped during a restore, by outcome",
+                    ),
+                    &["outcome"],
+                )
+                .unwrap(),
+            ),
             registry,
         };
+        for o in crate::gaps::GapOutcome::ALL {
+            for c in [&m.input_gaps, &m.input_gap_records, &m.changelog_gaps, &m.changelog_gap_records] {
+                c.with_label_values(&[o.as_str()]);
+            }
+        }
         m.commits.with_label_values(&["state"]);
         m.commits.with_label_values(&["kafka_offsets"]);
         m

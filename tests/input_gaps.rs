@@ -1,0 +1,204 @@
+//! A broker that skips records after a seek, and the engine that notices.
+//!
+//! tansu 0.6.0 (memory storage) answers a fetch at an offset inside a record
+//! batch with the batches that start after it: the rest of the batch is
+//! silently skipped. librdkafka's mock cluster returns whole batches, so the
+//! engine's real consumer loop is run in-process here with an input tap that
+//! does what such a broker does: after each seek to an offset that is not a
+//! multiple of `B` (a "batch start"), records up to the next multiple are
+//! never returned. Three runs on one state dir over a generated history:
+//!
+//! 1. the first part, with a correct broker;
+//! 2. a restart at the offsets kept in RocksDB with B = 1,000: the first
+//!    record of each partition comes past the expected offset; the engine
+//!    must seek back until the skipped range is returned;
+//! 3. a restart with B = 1,000,000: nothing at all comes back (the rest of
+//!    the log is "one batch"), and only silence gives the skip away; the
+//!    engine must probe back until the broker returns the log.
+//!
+//! At the end the output equals a clean replay's and the state of every
+//! account equals the clean run's: nothing lost, nothing counted twice.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pqa_engine::config::Config;
+use pqa_engine::http::Health;
+use pqa_engine::shutdown::Shutdown;
+use pqa_engine::sim::{SimConfig, SimEvent, Simulator};
+use pqa_engine::source::{run_with, InputTap};
+use pqa_engine::state::Store;
+use pqa_engine::telemetry::Metrics;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+const PARTITIONS: i32 = 4;
+
+/// The tap: a broker that skips to the next multiple of `batch` after a seek.
+struct SkipsToBatchStart {
+    batch: i64,
+    skip_until: HashMap<i32, i64>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl InputTap for SkipsToBatchStart {
+    fn positioned(&mut self, _topic: &str, partition: i32, offset: i64) {
+        if offset % self.batch == 0 {
+            self.skip_until.remove(&partition);
+        } else {
+            self.skip_until.insert(partition, (offset / self.batch + 1) * self.batch);
+        }
+    }
+
+    fn passes(&mut self, _topic: &str, partition: i32, offset: i64) -> bool {
+        match self.skip_until.get(&partition) {
+            Some(until) if offset < *until => {
+                self.dropped.fetch_add(1, Ordering::SeqCst);
+                false
+            }
+            _ => {
+                self.skip_until.remove(&partition);
+                true
+            }
+        }
+    }
+}
+
+fn partition_of(account: &str) -> i32 {
+    (xxhash_rust::xxh3::xxh3_64(account.as_bytes()) % PARTITIONS as u64) as i32
+}
+
+fn produce_all(bootstrap: &str, events: &[SimEvent], ends: &mut BTreeMap<i32, i64>) {
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("linger.ms", "5").create().unwrap();
+    for e in events {
+        let p = partition_of(&e.account);
+        *ends.entry(p).or_insert(0) += 1;
+        let mut rec = BaseRecord::<str, str>::to("events").key(&e.account).payload(&e.json).partition(p);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    producer.poll(Duration::from_millis(10));
+                    rec = r;
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// Runs the engine in this process until Kafka's committed offsets reach
+/// `ends`; returns its metrics and its `/readyz` warnings.
+fn run_until_caught_up(
+    cfg: &Config,
+    bootstrap: &str,
+    ends: &BTreeMap<i32, i64>,
+    tap: Option<Box<dyn InputTap>>,
+) -> (Metrics, Vec<String>) {
+    let def = Arc::new(cfg.validate().unwrap());
+    let (metrics, health, shutdown) = (Metrics::new(), Health::new(), Shutdown::new());
+    let engine = {
+        let (cfg, metrics, health, shutdown) = (cfg.clone(), metrics.clone(), health.clone(), shutdown.clone());
+        std::thread::spawn(move || run_with(&cfg, def, metrics, health, &shutdown, tap))
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !caught_up(bootstrap, ends) {
+        assert!(!engine.is_finished(), "the engine stopped: {:?}", engine.join());
+        let progress: Vec<String> = metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("pqa_input_gap") || l.starts_with("pqa_events"))
+            .map(str::to_string)
+            .collect();
+        assert!(Instant::now() < deadline, "the engine did not catch up with {ends:?}:\n{}", progress.join("\n"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    shutdown.trigger();
+    engine.join().unwrap().unwrap();
+    // (The health keeps a reader of the state: drop it with the run.)
+    (metrics, health.warnings())
+}
+
+fn gaps(m: &Metrics, outcome: &str) -> (u64, u64) {
+    (m.input_gaps.with_label_values(&[outcome]).get(), m.input_gap_records.with_label_values(&[outcome]).get())
+}
+
+#[test]
+fn records_a_broker_skips_after_a_seek_are_found_and_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let events: Vec<SimEvent> =
+        Simulator::new(SimConfig { seed: 5, accounts: 400, start_unix: 1_767_225_600, days: 60 })
+            .take(24_000)
+            .collect();
+    let (clean, clean_state) = clean_replay(dir.path(), events.iter().map(|e| e.json.as_str()));
+    assert!(clean.len() > 20, "the history must produce announcements ({})", clean.len());
+
+    let (_cluster, bootstrap) = mock_kafka(PARTITIONS);
+    let state = dir.path().join("state");
+    let config = write_config(dir.path(), &bootstrap, &state, free_port(), "");
+    let cfg = Config::load(Some(&config)).unwrap();
+
+    // 1. The first part, read as any broker returns it.
+    let mut ends = BTreeMap::new();
+    produce_all(&bootstrap, &events[..10_001], &mut ends);
+    let first_ends = ends.clone();
+    let (m, _) = run_until_caught_up(&cfg, &bootstrap, &ends, None);
+    assert_eq!(gaps(&m, "recovered"), (0, 0), "no gap on a broker that returns whole batches");
+
+    // 2. A restart on a broker that skips to the next multiple of 1,000.
+    produce_all(&bootstrap, &events[10_001..20_000], &mut ends);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let tap = SkipsToBatchStart { batch: 1_000, skip_until: HashMap::new(), dropped: dropped.clone() };
+    let (m, warnings) = run_until_caught_up(&cfg, &bootstrap, &ends, Some(Box::new(tap)));
+    let mid_batch: Vec<i64> = first_ends.values().copied().filter(|x| x % 1_000 != 0).collect();
+    assert!(!mid_batch.is_empty(), "the restart must land inside a batch somewhere ({first_ends:?})");
+    let skipped: u64 = mid_batch.iter().map(|x| (x / 1_000 + 1) * 1_000 - x).sum::<i64>() as u64;
+    assert_eq!(
+        gaps(&m, "recovered"),
+        (mid_batch.len() as u64, skipped),
+        "one recovered gap per partition restarted inside a batch, as long as the range skipped"
+    );
+    assert!(dropped.load(Ordering::SeqCst) >= skipped, "the tap dropped what the broker would have skipped");
+    for lost in ["truncated", "unreadable"] {
+        assert_eq!(gaps(&m, lost), (0, 0), "{lost}");
+    }
+    assert!(warnings.is_empty(), "nothing lost, nothing to warn of: {warnings:?}");
+    assert!(m.duplicates_skipped.get() > 0, "the seek back re-reads records already applied, which are skipped");
+
+    // 3. A restart where the rest of the log is one batch: the broker
+    // returns nothing at all until the engine probes back to offset 0.
+    produce_all(&bootstrap, &events[20_000..], &mut ends);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let tap = SkipsToBatchStart { batch: 1_000_000, skip_until: HashMap::new(), dropped: dropped.clone() };
+    let (m, warnings) = run_until_caught_up(&cfg, &bootstrap, &ends, Some(Box::new(tap)));
+    assert!(dropped.load(Ordering::SeqCst) > 0, "the tap hid the tail");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    for lost in ["truncated", "unreadable"] {
+        assert_eq!(gaps(&m, lost), (0, 0), "{lost}");
+    }
+    assert!(m.duplicates_skipped.get() > 0, "the probe re-read records already applied");
+    // The output topic holds exactly the clean run's announcements.
+    let out = read_until(&bootstrap, "out", 1, Duration::from_secs(60), |r| {
+        r.iter().map(|x| x.json()["id"].as_str().unwrap().to_string()).collect::<BTreeSet<_>>().len() >= clean.len()
+    });
+    assert_same_output(&out, &clean, "");
+
+    // And every account's state equals the clean run's.
+    let open = |d: &std::path::Path| {
+        let mut c = Config::default_config().state;
+        c.dir = d.to_path_buf();
+        Store::open(&c).unwrap()
+    };
+    let (a, b) = (open(&state), open(&clean_state));
+    let accounts: BTreeSet<&str> = events.iter().map(|e| e.account.as_str()).collect();
+    for acct in &accounts {
+        assert_eq!(a.reader().account(acct).unwrap(), b.reader().account(acct).unwrap(), "state of {acct}");
+        assert_eq!(a.reader().members(acct).unwrap(), b.reader().members(acct).unwrap(), "members of {acct}");
+    }
+}
