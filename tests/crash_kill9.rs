@@ -18,7 +18,7 @@ use pqa_engine::sim::{SimConfig, Simulator};
 use pqa_engine::state::Store;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::BaseProducer;
 
 const EVENTS: usize = 200_000;
 const PARTITIONS: i32 = 24;
@@ -44,22 +44,7 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_nothing_new() {
     let producer: BaseProducer =
         ClientConfig::new().set("bootstrap.servers", &bootstrap).set("linger.ms", "5").create().unwrap();
     let mut ends: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
-    for e in &events {
-        // Partition by account, as the engine's scale-out will expect.
-        let p = (xxhash(&e.account) % PARTITIONS as u64) as i32;
-        *ends.get_mut(&p).unwrap() += 1;
-        let mut rec = BaseRecord::<str, str>::to("events").key(&e.account).payload(&e.json).partition(p);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    producer.poll(Duration::from_millis(10));
-                    rec = r;
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
+    produce_by_account(&producer, &events, PARTITIONS, &mut ends);
 
     let state = dir.path().join("state");
     let port = free_port();
@@ -137,8 +122,4 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_nothing_new() {
         assert_eq!(x, y, "state of {acct} differs from the clean run");
         assert_eq!(a.reader().members(acct).unwrap(), b.reader().members(acct).unwrap(), "members of {acct}");
     }
-}
-
-fn xxhash(s: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(s.as_bytes())
 }

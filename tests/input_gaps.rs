@@ -35,7 +35,7 @@ use pqa_engine::source::{run_with, InputTap};
 use pqa_engine::state::Store;
 use pqa_engine::telemetry::Metrics;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::BaseProducer;
 
 const PARTITIONS: i32 = 4;
 
@@ -69,28 +69,10 @@ impl InputTap for SkipsToBatchStart {
     }
 }
 
-fn partition_of(account: &str) -> i32 {
-    (xxhash_rust::xxh3::xxh3_64(account.as_bytes()) % PARTITIONS as u64) as i32
-}
-
 fn produce_all(bootstrap: &str, events: &[SimEvent], ends: &mut BTreeMap<i32, i64>) {
     let producer: BaseProducer =
         ClientConfig::new().set("bootstrap.servers", bootstrap).set("linger.ms", "5").create().unwrap();
-    for e in events {
-        let p = partition_of(&e.account);
-        *ends.entry(p).or_insert(0) += 1;
-        let mut rec = BaseRecord::<str, str>::to("events").key(&e.account).payload(&e.json).partition(p);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    producer.poll(Duration::from_millis(10));
-                    rec = r;
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
+    produce_by_account(&producer, events, PARTITIONS, ends);
 }
 
 /// Runs the engine in this process until Kafka's committed offsets reach

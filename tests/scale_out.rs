@@ -21,32 +21,10 @@ use pqa_engine::sim::{SimConfig, SimEvent, Simulator};
 use pqa_engine::state::Store;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::BaseProducer;
 
 const EVENTS: usize = 30_000;
 const PARTITIONS: i32 = 6;
-
-fn partition_of(account: &str) -> i32 {
-    (xxhash_rust::xxh3::xxh3_64(account.as_bytes()) % PARTITIONS as u64) as i32
-}
-
-fn produce_all(p: &BaseProducer, events: &[SimEvent], ends: &mut BTreeMap<i32, i64>) {
-    for e in events {
-        let part = partition_of(&e.account);
-        *ends.entry(part).or_insert(0) += 1;
-        let mut rec = BaseRecord::<str, str>::to("events").key(&e.account).payload(&e.json).partition(part);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    p.poll(Duration::from_millis(10));
-                    rec = r;
-                }
-            }
-        }
-    }
-    p.flush(Duration::from_secs(60)).unwrap();
-}
 
 fn metric(engine: &EngineProcess, name: &str) -> f64 {
     engine
@@ -114,7 +92,7 @@ fn three_instances_one_killed_for_good_state_follows_partitions() {
     let mut ea = EngineProcess::start(&a.config, a.port, &a.dir, 0);
     let mut eb = EngineProcess::start(&b.config, b.port, &b.dir, 0);
     let mut ec = EngineProcess::start(&c.config, c.port, &c.dir, 0);
-    produce_all(&producer, &events[..third], &mut ends);
+    produce_by_account(&producer, &events[..third], PARTITIONS, &mut ends);
     for e in [&mut ea, &mut eb, &mut ec] {
         e.wait_ready(Duration::from_secs(90));
     }
@@ -127,7 +105,7 @@ fn three_instances_one_killed_for_good_state_follows_partitions() {
     }
 
     // Phase 2: the next third flows; C is killed for good mid-stream.
-    produce_all(&producer, &events[third..2 * third], &mut ends);
+    produce_by_account(&producer, &events[third..2 * third], PARTITIONS, &mut ends);
     std::thread::sleep(Duration::from_millis(300));
     assert!(ec.child.try_wait().unwrap().is_none(), "C died on its own: {}", ec.log());
     ec.child.kill().unwrap();
@@ -135,7 +113,7 @@ fn three_instances_one_killed_for_good_state_follows_partitions() {
     wait_caught_up(&bootstrap, &ends, &[&ea, &eb], Duration::from_secs(180));
 
     // Phase 3: the rest, to the two survivors.
-    produce_all(&producer, &events[2 * third..], &mut ends);
+    produce_by_account(&producer, &events[2 * third..], PARTITIONS, &mut ends);
     wait_caught_up(&bootstrap, &ends, &[&ea, &eb], Duration::from_secs(180));
     let restored =
         metric(&ea, "pqa_changelog_restored_records_total") + metric(&eb, "pqa_changelog_restored_records_total");
@@ -188,7 +166,7 @@ fn three_instances_one_killed_for_good_state_follows_partitions() {
     let accounts: BTreeSet<&str> = events.iter().map(|e| e.account.as_str()).collect();
     let mut compared = 0;
     for acct in accounts.iter().step_by(7) {
-        let s = &stores[owner[&partition_of(acct)]];
+        let s = &stores[owner[&partition_of(acct, PARTITIONS)]];
         let x = s.reader().account(acct).unwrap();
         let y = reference.reader().account(acct).unwrap();
         assert!(x.is_some(), "{acct} missing");

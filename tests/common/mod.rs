@@ -326,3 +326,35 @@ pub fn caught_up(bootstrap: &str, ends: &std::collections::BTreeMap<i32, i64>) -
     drop(c);
     done
 }
+
+/// The partition of an account's events in the tests: `xxh3(account) %
+/// partitions` (the engine's scale-out needs one partition per account).
+pub fn partition_of(account: &str, partitions: i32) -> i32 {
+    (xxhash_rust::xxh3::xxh3_64(account.as_bytes()) % partitions as u64) as i32
+}
+
+/// Produces simulated events to `events`, keyed and partitioned by account,
+/// waits for them, and counts them into `ends` (next offset per partition,
+/// for a topic that was empty).
+pub fn produce_by_account(
+    p: &BaseProducer,
+    events: &[pqa_engine::sim::SimEvent],
+    partitions: i32,
+    ends: &mut std::collections::BTreeMap<i32, i64>,
+) {
+    for e in events {
+        let part = partition_of(&e.account, partitions);
+        *ends.entry(part).or_insert(0) += 1;
+        let mut rec = BaseRecord::<str, str>::to("events").key(&e.account).payload(&e.json).partition(part);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    p.poll(Duration::from_millis(10));
+                    rec = r;
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+}
