@@ -13,9 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::*;
-use pqa_engine::config::Config;
 use pqa_engine::sim::{SimConfig, Simulator};
-use pqa_engine::state::Store;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::BaseProducer;
@@ -108,18 +106,6 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_nothing_new() {
     );
 
     // The state of sampled accounts equals the clean run's.
-    let open = |d: &std::path::Path| {
-        let mut c = Config::default_config().state;
-        c.dir = d.to_path_buf();
-        Store::open(&c).unwrap()
-    };
-    let (a, b) = (open(&state), open(&clean_state));
     let accounts: BTreeSet<&str> = events.iter().map(|e| e.account.as_str()).collect();
-    for acct in accounts.iter().step_by(25) {
-        let x = a.reader().account(acct).unwrap();
-        let y = b.reader().account(acct).unwrap();
-        assert!(x.is_some(), "{acct} missing");
-        assert_eq!(x, y, "state of {acct} differs from the clean run");
-        assert_eq!(a.reader().members(acct).unwrap(), b.reader().members(acct).unwrap(), "members of {acct}");
-    }
+    assert_same_state(&state, &clean_state, accounts.iter().step_by(25).copied());
 }

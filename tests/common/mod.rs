@@ -358,3 +358,22 @@ pub fn produce_by_account(
     }
     p.flush(Duration::from_secs(60)).unwrap();
 }
+
+/// Each of `accounts` is in the state at `state` (an engine's, stopped)
+/// exactly as in `clean` (a clean replay's): the account record and its
+/// members.
+pub fn assert_same_state<'a>(state: &Path, clean: &Path, accounts: impl Iterator<Item = &'a str>) {
+    use pqa_engine::state::Store;
+    let open = |d: &Path| {
+        let mut c = pqa_engine::config::Config::default_config().state;
+        c.dir = d.to_path_buf();
+        Store::open(&c).unwrap()
+    };
+    let (a, b) = (open(state), open(clean));
+    for acct in accounts {
+        let x = a.reader().account(acct).unwrap();
+        assert!(x.is_some(), "{acct} missing");
+        assert_eq!(x, b.reader().account(acct).unwrap(), "state of {acct} differs from the clean run");
+        assert_eq!(a.reader().members(acct).unwrap(), b.reader().members(acct).unwrap(), "members of {acct}");
+    }
+}
