@@ -91,6 +91,15 @@ pub struct QuietContext;
 
 impl ClientContext for QuietContext {
     fn stats_raw(&self, _statistics: &[u8]) {}
+
+    /// The end of a partition is what a restore waits for, not an error
+    /// (librdkafka also reports it as a client error).
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
+            e => tracing::warn!(cause = %e, reason, "changelog reader error"),
+        }
+    }
 }
 
 impl ConsumerContext for QuietContext {}
