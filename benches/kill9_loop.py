@@ -19,8 +19,9 @@ TANSU_STORAGE):
     sampled accounts (`pqa-engine inspect`) with the clean run's.
 
 The engine logs of every process are kept; the lines where it found a range
-the broker skipped ("skipped records after a seek", "seeking back") are
-counted per run. One JSON line per run goes to OUT/runs.jsonl, and a table
+the broker skipped ("skipped records after a seek") and the seeks back after
+a record past the expected offset ("seeking back"; the probes after silence
+log at debug level) are counted per run. One JSON line per run goes to OUT/runs.jsonl, and a table
 to stdout. Exit status 0 only if every run passed.
 
     bash benches/kill9_loop.sh --runs 10            # the wrapper sets up a venv and the broker

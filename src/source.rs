@@ -191,7 +191,7 @@ impl Worker {
         for key in self.gaps.silent(now, SILENCE) {
             let (topic, partition) = (key.topic.as_str(), key.partition);
             let Some(to) = self.gaps.probe(&key, now, || log_start(consumer, topic, partition)) else { continue };
-            tracing::info!(
+            tracing::debug!(
                 topic,
                 partition,
                 seek = to,
