@@ -449,14 +449,9 @@ impl Changelog {
                         if !eof && gaps.silent(now, PROBE_QUIET).is_empty() {
                             continue;
                         }
-                        let log_start = || self.watermarks(partition, shutdown).ok().map(|w| w.0);
-                        if let Some(to) = gaps.probe(&key, now, log_start) {
+                        if let Some(to) = gaps.probe(&key, now, || self.log_start(partition, shutdown)) {
                             tracing::debug!(partition, seek = to, "changelog silent after a seek; seeking back");
-                            if let Err(e) =
-                                self.restorer.seek(&self.topic, partition, Offset::Offset(to), Duration::from_secs(10))
-                            {
-                                tracing::warn!(cause = %e, partition, "changelog seek back failed");
-                            }
+                            self.seek_back(partition, to);
                         }
                         continue;
                     }
@@ -494,8 +489,7 @@ impl Changelog {
                 }
                 Some(Ok(m)) => {
                     last_record = Instant::now();
-                    let log_start = || self.watermarks(partition, shutdown).ok().map(|w| w.0);
-                    match gaps.check(&key, m.offset(), Instant::now(), log_start) {
+                    match gaps.check(&key, m.offset(), Instant::now(), || self.log_start(partition, shutdown)) {
                         Verdict::SeekBack(to) => {
                             tracing::warn!(
                                 partition,
@@ -503,11 +497,7 @@ impl Changelog {
                                 seek = to,
                                 "the broker returned a changelog record past the expected offset; seeking back"
                             );
-                            if let Err(e) =
-                                self.restorer.seek(&self.topic, partition, Offset::Offset(to), Duration::from_secs(10))
-                            {
-                                tracing::warn!(cause = %e, partition, "changelog seek back failed");
-                            }
+                            self.seek_back(partition, to);
                             continue;
                         }
                         Verdict::Take(gap) => {
@@ -614,6 +604,17 @@ impl Changelog {
                     shutdown.sleep(Duration::from_secs(1));
                 }
             }
+        }
+    }
+
+    fn log_start(&self, partition: i32, shutdown: &Shutdown) -> Option<i64> {
+        self.watermarks(partition, shutdown).ok().map(|w| w.0)
+    }
+
+    /// Seeks the restore reader back to `to` for the gap guard.
+    fn seek_back(&self, partition: i32, to: i64) {
+        if let Err(e) = self.restorer.seek(&self.topic, partition, Offset::Offset(to), Duration::from_secs(10)) {
+            tracing::warn!(cause = %e, partition, "changelog seek back failed");
         }
     }
 

@@ -168,14 +168,27 @@ impl Worker {
                     seek = to,
                     "the broker returned a record past the expected offset after a seek; seeking back"
                 );
-                if let Err(e) = consumer.seek(topic, partition, Offset::Offset(to), Duration::from_secs(10)) {
-                    tracing::warn!(cause = %e, topic, partition, "seek back failed");
-                }
-                if let Some(tap) = &mut self.tap {
-                    tap.positioned(topic, partition, to);
-                }
+                self.seek_back(consumer, topic, partition, to);
                 false
             }
+        }
+    }
+
+    /// The partition is positioned at `next`: its first record must be there.
+    fn expect(&mut self, topic: &str, partition: i32, next: i64) {
+        self.gaps.expect(TopicPartition::new(topic, partition), next, Instant::now());
+        if let Some(tap) = &mut self.tap {
+            tap.positioned(topic, partition, next);
+        }
+    }
+
+    /// Seeks a partition back to `to` for the gap guard.
+    fn seek_back(&mut self, consumer: &BaseConsumer<EngineContext>, topic: &str, partition: i32, to: i64) {
+        if let Err(e) = consumer.seek(topic, partition, Offset::Offset(to), Duration::from_secs(10)) {
+            tracing::warn!(cause = %e, topic, partition, "seek back failed");
+        }
+        if let Some(tap) = &mut self.tap {
+            tap.positioned(topic, partition, to);
         }
     }
 
@@ -188,9 +201,12 @@ impl Worker {
             return;
         }
         let now = Instant::now();
-        for key in self.gaps.silent(now, SILENCE) {
-            let (topic, partition) = (key.topic.as_str(), key.partition);
-            let Some(to) = self.gaps.probe(&key, now, || log_start(consumer, topic, partition)) else { continue };
+        for TopicPartition { topic, partition } in self.gaps.silent(now, SILENCE) {
+            let Some(to) =
+                self.gaps.probe(&(topic.as_str(), partition), now, || log_start(consumer, &topic, partition))
+            else {
+                continue;
+            };
             tracing::debug!(
                 topic,
                 partition,
@@ -198,12 +214,7 @@ impl Worker {
                 "nothing returned since the partition was positioned; seeking back to check that the broker did \
                  not skip the end of the log"
             );
-            if let Err(e) = consumer.seek(topic, partition, Offset::Offset(to), Duration::from_secs(10)) {
-                tracing::warn!(cause = %e, topic, partition, "seek back failed");
-            }
-            if let Some(tap) = &mut self.tap {
-                tap.positioned(topic, partition, to);
-            }
+            self.seek_back(consumer, &topic, partition, to);
         }
     }
 
@@ -412,10 +423,7 @@ impl ConsumerContext for EngineContext {
                         Ok(Some(next)) => {
                             let _ = tpl.set_partition_offset(topic, *partition, Offset::Offset(next));
                             let _ = known.add_partition_offset(topic, *partition, Offset::Offset(next));
-                            worker.gaps.expect(TopicPartition::new(topic, *partition), next, Instant::now());
-                            if let Some(tap) = &mut worker.tap {
-                                tap.positioned(topic, *partition, next);
-                            }
+                            worker.expect(topic, *partition, next);
                         }
                         Ok(None) => {
                             unknown.add_partition(topic, *partition);
@@ -430,14 +438,7 @@ impl ConsumerContext for EngineContext {
                         Ok(committed) => {
                             for e in committed.elements() {
                                 if let Offset::Offset(o) = e.offset() {
-                                    worker.gaps.expect(
-                                        TopicPartition::new(e.topic(), e.partition()),
-                                        o,
-                                        Instant::now(),
-                                    );
-                                    if let Some(tap) = &mut worker.tap {
-                                        tap.positioned(e.topic(), e.partition(), o);
-                                    }
+                                    worker.expect(e.topic(), e.partition(), o);
                                 }
                             }
                         }
