@@ -84,7 +84,7 @@ fn engine_in(dir: &std::path::Path) -> Engine {
     let def = Arc::new(cfg.validate().expect("default configuration validates"));
     let store = Store::open(&cfg.state).expect("open RocksDB state");
     // 2100-01-01: the endless simulated stream of `engine_process` runs years ahead.
-    Engine::new(def, cfg.input.clone(), store, Metrics::new()).with_clock(|| 4_102_444_800_000)
+    Engine::new(def, cfg.input.clone(), store, Metrics::new()).expect("engine").with_clock(|| 4_102_444_800_000)
 }
 
 fn bench_decode(c: &mut Criterion) {

@@ -64,7 +64,7 @@ fn main() {
     scfg.dir = src.path().to_path_buf();
     let mut store = Store::open(&scfg).unwrap();
     store.set_changelog(true);
-    let mut engine = Engine::new(def.clone(), cfg.input.clone(), store, Metrics::new());
+    let mut engine = Engine::new(def.clone(), cfg.input.clone(), store, Metrics::new()).unwrap();
     let mut out = Output::default();
     let (mut offset, mut records, mut bytes) = (0i64, 0usize, 0usize);
     let started = Instant::now();

@@ -85,7 +85,8 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
     let stop = Shutdown::new();
     let metrics = Metrics::new();
     let health = Health::new();
-    let app = AppState { def: def.clone(), metrics: metrics.clone(), health: health.clone() };
+    let app = AppState::new(def.clone(), metrics.clone(), health.clone());
+    let published = app.published.clone();
     let (http_addr, http_thread) = match http::spawn(&opts.http_addr, app.clone(), stop.clone()) {
         Ok(x) => x,
         Err(_) => http::spawn("127.0.0.1:0", app, stop.clone()).context("starting the HTTP server")?,
@@ -110,7 +111,11 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
     let (engine_stop, engine_health, engine_metrics) = (stop.clone(), health.clone(), metrics.clone());
     let engine = std::thread::Builder::new()
         .name("pqa-engine".into())
-        .spawn(move || crate::source::run(&engine_cfg, def, engine_metrics, engine_health, &engine_stop))?;
+        .spawn(move || {
+            let hooks = crate::source::RunHooks { published: Some(published), ..Default::default() };
+            let defs = Arc::new(crate::definitions::Definitions::single(def));
+            crate::source::run_definitions(&engine_cfg, defs, engine_metrics, engine_health, &engine_stop, hooks)
+        })?;
 
     // The simulated product, paced by its fast clock.
     let produced = Arc::new(Mutex::new(0u64));

@@ -330,9 +330,9 @@ pub fn evaluate_unnamed(
     let n = def.metrics.len() + def.derived.len();
     let mut values: Vec<(String, f64)> = Vec::with_capacity(n);
     let mut nums: Vec<Double> = Vec::with_capacity(n);
-    for (i, m) in def.metrics.iter().enumerate() {
+    for m in &def.metrics {
         let v = match sums.as_deref_mut() {
-            Some(sums) if m.kind == MetricKind::Events => sums.events(acct, i, m, now),
+            Some(sums) if m.kind == MetricKind::Events => sums.events(acct, m, now),
             _ => acct.metric(m, now, def.bucket_seconds),
         };
         values.push((String::new(), v));
@@ -439,7 +439,8 @@ mod tests {
             }
         }
         fn signal(&mut self, s: &str, t: i64) {
-            self.state.add_signal(s, "u0", t);
+            let id = self.def.signals.iter().find(|x| x.name == s).expect("a signal of the definition").id;
+            self.state.add_signal(id, "u0", t);
             self.state.last_seen_ms = self.state.last_seen_ms.max(t);
         }
         fn fired_at(&self, now: i64) -> Vec<String> {

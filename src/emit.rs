@@ -34,6 +34,15 @@ pub enum Announcement {
 }
 
 impl Announcement {
+    /// `qualified`, `tier_changed` or `disqualified` (metric labels).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Announcement::Qualified => "qualified",
+            Announcement::TierChanged => "tier_changed",
+            Announcement::Disqualified => "disqualified",
+        }
+    }
+
     pub fn event_type(self) -> &'static str {
         match self {
             Announcement::Qualified => TYPE_QUALIFIED,
@@ -112,6 +121,9 @@ pub struct EventInput<'a> {
     pub leads: Vec<Lead>,
     pub account_traits: Map<String, Value>,
     pub first_seen_ms: i64,
+    /// Metrics of the definition whose window reaches back before what the
+    /// state holds (new to the state, or longer than the history kept).
+    pub warming_up: Vec<String>,
 }
 
 /// One output record: key = account id, value = the CloudEvent JSON.
@@ -124,6 +136,9 @@ pub struct OutputEvent {
     /// Rule names listed in the event (for metrics).
     pub rules: Vec<String>,
     pub tier: String,
+    /// Which definition made it: 0 is the live one, then the shadows in
+    /// order (see [`crate::definitions::Definitions::get`]).
+    pub definition: usize,
 }
 
 #[derive(Serialize)]
@@ -149,6 +164,7 @@ struct Data<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_tier: Option<&'a str>,
     metrics: Map<String, Value>,
+    warming_up: &'a [String],
     signals: Vec<SignalOut<'a>>,
     leads: &'a [Lead],
     account: Map<String, Value>,
@@ -204,10 +220,11 @@ pub fn build(input: EventInput<'_>) -> OutputEvent {
             tier,
             previous_tier: input.previous_tier.as_deref(),
             metrics,
+            warming_up: &input.warming_up,
             signals: input
                 .signals
                 .iter()
-                .map(|h| SignalOut { name: &h.signal, user_id: &h.user, at: format_time_ms(h.at_ms) })
+                .map(|h| SignalOut { name: def.signal_name(h.signal), user_id: &h.user, at: format_time_ms(h.at_ms) })
                 .collect(),
             leads: &input.leads,
             account,
@@ -221,6 +238,7 @@ pub fn build(input: EventInput<'_>) -> OutputEvent {
         payload,
         rules,
         tier: tier.to_string(),
+        definition: 0,
     }
 }
 

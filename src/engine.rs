@@ -8,12 +8,15 @@
 //! input was cut into batches: a crash and a restart with other batch
 //! boundaries give the same announcements with the same ids.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Map, Value};
 
 use crate::config::{CompiledDefinition, InputConfig};
+use crate::definitions::{Agreement, Definitions, VersionStats};
+use crate::state::manifest::Manifest;
 use crate::decode::{Decoder, Event, Kind, Reason, Rejection};
 use crate::detect::{evaluate_unnamed, traits_to_cel, Outcome};
 use crate::emit::{self, Announcement, EventInput, Lead, OutputEvent};
@@ -66,17 +69,22 @@ pub struct DeadLetter {
 /// What processing produced: announcements and dead letters, in order.
 #[derive(Debug, Default)]
 pub struct Output {
+    /// The live definition's announcements.
     pub events: Vec<OutputEvent>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Shadow definitions' announcements (`OutputEvent::definition` says
+    /// whose), for the shadow topic.
+    pub shadow_events: Vec<OutputEvent>,
 }
 
 impl Output {
     pub fn clear(&mut self) {
         self.events.clear();
         self.dead_letters.clear();
+        self.shadow_events.clear();
     }
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.dead_letters.is_empty()
+        self.events.is_empty() && self.dead_letters.is_empty() && self.shadow_events.is_empty()
     }
 }
 
@@ -88,9 +96,20 @@ pub enum EngineError {
     State(#[from] StateError),
 }
 
+/// An announcement decided for one definition, built once the account's
+/// cache entry is released.
+struct Pending {
+    definition: usize,
+    kind: Announcement,
+    previous_tier: Option<String>,
+    eval: crate::detect::Evaluation,
+    signals: Vec<SignalHit>,
+    warming_up: Vec<String>,
+}
+
 /// The engine. Owns the state; one per process (or per partition worker).
 pub struct Engine {
-    def: Arc<CompiledDefinition>,
+    defs: Arc<Definitions>,
     decoder: Decoder,
     store: Store,
     metrics: Metrics,
@@ -108,26 +127,202 @@ pub struct Engine {
     /// the labels under a lock, per event).
     kind_counters: [Option<prometheus::IntCounter>; 4],
     apply_seconds: Option<prometheus::Histogram>,
+    /// Per definition version: what it announced since it was loaded.
+    stats: BTreeMap<String, VersionStats>,
+    /// Per definition version: the accounts it qualified since it was
+    /// loaded (for the agreement of shadows with the live definition).
+    qualified: HashMap<String, HashSet<String>>,
+    /// Per definition (index as in `defs`): events accepted that its own
+    /// longest window would have judged too late (the state keeps the
+    /// longest window of all definitions).
+    late_for: Vec<u64>,
+    /// What the state holds, as of the last definition change.
+    manifest: Manifest,
+    /// Earliest and latest event time applied by this engine.
+    time_range: Option<(i64, i64)>,
 }
 
 impl Engine {
-    pub fn new(def: Arc<CompiledDefinition>, input: InputConfig, mut store: Store, metrics: Metrics) -> Engine {
+    /// An engine running one definition (or a set: live and shadows). Makes
+    /// the state serve it first (see [`Store::prepare_layout`]): fails if
+    /// the state cannot.
+    pub fn new(
+        defs: impl Into<Definitions>,
+        input: InputConfig,
+        store: Store,
+        metrics: Metrics,
+    ) -> Result<Engine, EngineError> {
+        Engine::with_definitions(Arc::new(defs.into()), input, store, metrics)
+    }
+
+    /// [`Engine::new`] with a shared set of definitions.
+    pub fn with_definitions(
+        defs: Arc<Definitions>,
+        input: InputConfig,
+        mut store: Store,
+        metrics: Metrics,
+    ) -> Result<Engine, EngineError> {
         store.set_dedupe_window_ms(input.dedupe_window_seconds.saturating_mul(1000));
-        let retention_ms = def.retention_seconds * 1000;
-        let retention_buckets = u32::try_from(def.retention_seconds / def.bucket_seconds + 1).unwrap_or(u32::MAX);
-        Engine {
-            def,
+        let manifest = store.prepare_layout(defs.layout.clone(), &defs.live)?;
+        let mut engine = Engine {
+            defs: defs.clone(),
             decoder: Decoder::new(input),
             store,
             metrics,
             clock: Box::new(|| chrono::Utc::now().timestamp_millis()),
             positions: Vec::new(),
-            retention_ms,
-            retention_buckets,
+            retention_ms: 0,
+            retention_buckets: 0,
             batch_oldest_ts: None,
             kind_counters: Default::default(),
             apply_seconds: None,
+            stats: BTreeMap::new(),
+            qualified: HashMap::new(),
+            late_for: Vec::new(),
+            manifest,
+            time_range: None,
+        };
+        engine.adopt(defs);
+        Ok(engine)
+    }
+
+    /// Switches to other definitions (a reload, a shadow added or
+    /// promoted). Call it between batches (after a commit): every event
+    /// after it is judged by the new definitions only. Cooldowns carry over
+    /// by rule name; shadows keep theirs by version. Fails, changing
+    /// nothing, if the state cannot serve them.
+    pub fn set_definitions(&mut self, defs: Arc<Definitions>) -> Result<&Manifest, EngineError> {
+        self.manifest = self.store.prepare_layout(defs.layout.clone(), &defs.live)?;
+        self.adopt(defs);
+        Ok(&self.manifest)
+    }
+
+    fn adopt(&mut self, defs: Arc<Definitions>) {
+        self.retention_ms = defs.layout.retention_seconds * 1000;
+        self.retention_buckets = defs.layout.retention_buckets();
+        let versions: Vec<String> = defs.all().map(|d| d.version.clone()).collect();
+        self.stats.retain(|v, _| versions.contains(v));
+        self.qualified.retain(|v, _| versions.contains(v));
+        for v in &versions {
+            self.stats.entry(v.clone()).or_default();
+            self.qualified.entry(v.clone()).or_default();
         }
+        self.late_for = vec![0; defs.len()];
+        self.metrics.definition_info.reset();
+        for (i, d) in defs.all().enumerate() {
+            self.metrics.definition_info.with_label_values(&[&d.version, &d.fingerprint, Definitions::role(i)]).set(1);
+        }
+        self.defs = defs;
+        self.recompute_agreement();
+        self.update_warming_gauge();
+    }
+
+    /// The agreement of each shadow with the live definition, from the sets
+    /// of accounts each qualified.
+    fn recompute_agreement(&mut self) {
+        let live = self.defs.live.version.clone();
+        let empty = HashSet::new();
+        let l = self.qualified.get(&live).unwrap_or(&empty);
+        for s in &self.defs.shadows {
+            let sh = self.qualified.get(&s.version).unwrap_or(&empty);
+            let both = l.intersection(sh).count() as u64;
+            let a = Agreement { both, live_only: l.len() as u64 - both, shadow_only: sh.len() as u64 - both };
+            if let Some(st) = self.stats.get_mut(&s.version) {
+                st.agreement = Some(a);
+            }
+            self.set_agreement_gauges(&s.version, a);
+        }
+        if let Some(st) = self.stats.get_mut(&live) {
+            st.agreement = None;
+        }
+    }
+
+    fn set_agreement_gauges(&self, version: &str, a: Agreement) {
+        let g = &self.metrics.shadow_agreement;
+        g.with_label_values(&[version, "both"]).set(a.both as i64);
+        g.with_label_values(&[version, "live_only"]).set(a.live_only as i64);
+        g.with_label_values(&[version, "shadow_only"]).set(a.shadow_only as i64);
+    }
+
+    /// An account was qualified by definition `d`: the agreement counts.
+    fn note_qualified(&mut self, d: usize, account: &str) {
+        let version = self.defs.get(d).version.clone();
+        let newly = self.qualified.entry(version.clone()).or_default().insert(account.to_string());
+        if !newly {
+            return;
+        }
+        let live = self.defs.live.version.clone();
+        let in_live = self.qualified.get(&live).is_some_and(|s| s.contains(account));
+        let mut changed = Vec::new();
+        for (i, s) in self.defs.shadows.iter().enumerate() {
+            let st = self.stats.entry(s.version.clone()).or_default();
+            let a = st.agreement.get_or_insert_with(Agreement::default);
+            if d == 0 {
+                if self.qualified.get(&s.version).is_some_and(|x| x.contains(account)) {
+                    a.both += 1;
+                    a.shadow_only -= 1;
+                } else {
+                    a.live_only += 1;
+                }
+            } else if d == i + 1 {
+                if in_live {
+                    a.both += 1;
+                    a.live_only -= 1;
+                } else {
+                    a.shadow_only += 1;
+                }
+            } else {
+                continue;
+            }
+            changed.push((s.version.clone(), *a));
+        }
+        for (v, a) in changed {
+            self.set_agreement_gauges(&v, a);
+        }
+    }
+
+    /// Sets `pqa_metric_warming_up` from the manifest.
+    fn update_warming_gauge(&self) {
+        let g = &self.metrics.metric_warming_up;
+        g.reset();
+        let mut m = self.manifest.clone();
+        m.updated_at_ms = self.store.watermark_ms();
+        for d in self.defs.all() {
+            for st in m.status(d, None) {
+                g.with_label_values(&[&d.version, &st.name]).set(i64::from(st.warming));
+            }
+        }
+    }
+
+    /// The definitions it runs.
+    pub fn definitions(&self) -> &Arc<Definitions> {
+        &self.defs
+    }
+
+    /// What the state holds and since when, as of the last definition change.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Announcements per definition version since each was loaded.
+    pub fn stats(&self) -> &BTreeMap<String, VersionStats> {
+        &self.stats
+    }
+
+    /// Events accepted that definition `i` alone would have dead-lettered
+    /// as too late (its longest window is shorter than another's).
+    pub fn late_for(&self, i: usize) -> u64 {
+        self.late_for.get(i).copied().unwrap_or(0)
+    }
+
+    /// Earliest and latest event time of the events it applied.
+    pub fn time_range(&self) -> Option<(i64, i64)> {
+        self.time_range
+    }
+
+    /// The next offset to apply for every partition it has seen.
+    pub fn positions(&self) -> Vec<(String, i32, i64)> {
+        self.positions.iter().map(|p| (p.topic.clone(), p.partition, p.next)).collect()
     }
 
     /// Replaces the wall clock (used only to reject events from the future).
@@ -136,8 +331,9 @@ impl Engine {
         self
     }
 
+    /// The live definition.
     pub fn definition(&self) -> &Arc<CompiledDefinition> {
-        &self.def
+        &self.defs.live
     }
 
     pub fn reader(&self) -> StateReader {
@@ -274,6 +470,7 @@ impl Engine {
         self.metrics.commits.with_label_values(&["state"]).inc();
         self.metrics.cache_accounts.set(stats.cached_accounts as i64);
         self.metrics.watermark_seconds.set(self.store.watermark_ms() / 1000);
+        self.update_warming_gauge();
         if let Some(ts) = oldest_ts {
             self.metrics.end_to_end_seconds.observe(((written_ms - ts).max(0) as f64) / 1000.0);
         }
@@ -309,7 +506,8 @@ impl Engine {
 
     fn apply(&mut self, ev: Event, out: &mut Output) -> Result<Result<(), Rejection>, EngineError> {
         let started = Instant::now();
-        let def = self.def.clone();
+        let defs = self.defs.clone();
+        let layout = &defs.layout;
         // Which account, and is the event acceptable at all? Decided before
         // anything is changed, so a rejected event leaves no trace in state.
         let known = self.store.user(&ev.user_id)?.state.account.clone();
@@ -339,6 +537,13 @@ impl Engine {
                         ),
                     )));
                 }
+                if last > 0 && defs.len() > 1 {
+                    for (i, d) in defs.all().enumerate() {
+                        if ev.time_ms < last - d.retention_seconds * 1000 {
+                            self.late_for[i] += 1;
+                        }
+                    }
+                }
             }
         }
 
@@ -352,8 +557,9 @@ impl Engine {
             }
         }
 
-        // The user: account link, traits, trait-change signals.
-        let mut hits: Vec<&str> = Vec::new();
+        // The user: account link, traits, trait-change signals (of every
+        // definition: signals are matched once, for the layout).
+        let mut hits: Vec<u64> = Vec::new();
         let user = self.store.user(&ev.user_id)?;
         if let Some(a) = &ev.account_id {
             if user.state.account.as_deref() != Some(a.as_str()) {
@@ -364,13 +570,13 @@ impl Engine {
         if ev.kind == Kind::Identify {
             if let Some(new) = &ev.traits {
                 let mut traits: Map<String, Value> = serde_json::from_str(&user.state.traits_json).unwrap_or_default();
-                for s in &def.signals {
+                for s in &layout.signals {
                     if let Some((name, becomes)) = &s.trait_change {
                         let matches = |v: Option<&Value>| {
                             v.and_then(Value::as_str).is_some_and(|x| becomes.iter().any(|b| b.eq_ignore_ascii_case(x)))
                         };
                         if new.contains_key(name) && matches(new.get(name)) && !matches(traits.get(name)) {
-                            hits.push(&s.name);
+                            hits.push(s.id);
                         }
                     }
                 }
@@ -392,15 +598,16 @@ impl Engine {
         match ev.kind {
             Kind::Track => {
                 let name = ev.name.as_deref().unwrap_or_default();
-                hits.extend(def.signals.iter().filter(|s| s.track_events.contains(name)).map(|s| s.name.as_str()));
+                hits.extend(layout.signals.iter().filter(|s| s.track_events.contains(name)).map(|s| s.id));
             }
             Kind::Page => {
                 if let Some(path) = ev.path.as_deref() {
                     hits.extend(
-                        def.signals
+                        layout
+                            .signals
                             .iter()
                             .filter(|s| s.page_path.as_ref().is_some_and(|r| r.is_match(path)))
-                            .map(|s| s.name.as_str()),
+                            .map(|s| s.id),
                     );
                 }
             }
@@ -409,6 +616,10 @@ impl Engine {
 
         // The account.
         self.store.set_watermark_ms(ev.time_ms);
+        self.time_range = Some(match self.time_range {
+            Some((lo, hi)) => (lo.min(ev.time_ms), hi.max(ev.time_ms)),
+            None => (ev.time_ms, ev.time_ms),
+        });
         let reader = self.store.reader();
         let entry = self.store.account(&account)?;
         let st = &mut entry.state;
@@ -418,7 +629,7 @@ impl Engine {
         st.last_seen_ms = st.last_seen_ms.max(ev.time_ms);
         st.seq += 1;
         entry.dirty = true;
-        let idx = bucket_of(ev.time_ms, def.bucket_seconds);
+        let idx = bucket_of(ev.time_ms, layout.bucket_seconds);
         if ev.kind == Kind::Group {
             if let Some(new) = &ev.traits {
                 let mut traits: Map<String, Value> = serde_json::from_str(&entry.state.traits_json).unwrap_or_default();
@@ -434,15 +645,15 @@ impl Engine {
             let mut n = 1;
             if ev.kind == Kind::Track {
                 let name = ev.name.as_deref().unwrap_or_default();
-                for (i, c) in def.counters.iter().enumerate().skip(1) {
+                for (i, c) in layout.counters.iter().enumerate().skip(1) {
                     if c.as_ref().is_some_and(|set| set.contains(name)) && n < slots.len() {
                         slots[n] = i;
                         n += 1;
                     }
                 }
             }
-            if entry.state.add_event_exact(idx, &slots[..n], def.counters.len()) {
-                entry.sums.added(&def.metrics, idx, &slots[..n]);
+            if entry.state.add_event_exact(idx, &slots[..n], layout.counters.len()) {
+                entry.sums.added(&layout.windows, idx, &slots[..n]);
             } else {
                 entry.sums.clear();
             }
@@ -450,91 +661,159 @@ impl Engine {
                 entry.state.touch_feature(ev.name.as_deref().unwrap_or_default(), idx);
             }
             let member = reader.member_into(entry, &account, &ev.user_id)?;
-            let old = (member.state.last_seen_ms > 0).then(|| bucket_of(member.state.last_seen_ms, def.bucket_seconds));
+            let old = (member.state.last_seen_ms > 0).then(|| bucket_of(member.state.last_seen_ms, layout.bucket_seconds));
             member.state.add_event(ev.time_ms);
-            member.state.prune(ev.time_ms, (self.retention_ms / 86_400_000) as u32 + 1);
+            // Leads count a user's events of the last 28 days, whatever the
+            // definitions' windows.
+            member.state.prune(ev.time_ms, ((self.retention_ms / 86_400_000) as u32 + 1).max(29));
             member.dirty = true;
             entry.state.move_user(old, idx);
         }
-        for s in &hits {
+        for &s in &hits {
             entry.state.add_signal(s, &ev.user_id, ev.time_ms);
         }
         let now_ms = entry.state.last_seen_ms;
-        let now_bucket = bucket_of(now_ms, def.bucket_seconds);
-        entry.state.prune(now_bucket, self.retention_buckets, def.bucket_seconds);
+        let now_bucket = bucket_of(now_ms, layout.bucket_seconds);
+        entry.state.prune(now_bucket, self.retention_buckets, layout.bucket_seconds);
         entry.sums.pruned(now_bucket.saturating_sub(self.retention_buckets));
 
-        // Detect.
-        let traits = entry.traits_cel.get_or_insert_with(|| traits_to_cel(&entry.state.traits_json));
-        let mut eval = evaluate_unnamed(&def, &entry.state, Some(&mut entry.sums), traits, now_ms);
-        for (i, o) in eval.outcomes.iter().enumerate() {
-            if let Outcome::Error(e) = o {
-                self.metrics.rule_errors.with_label_values(&[&def.rules[i].name]).inc();
-                tracing::debug!(rule = %def.rules[i].name, account = %account, cause = %e, "rule could not be evaluated");
+        // Detect, for the live definition then each shadow, on the same
+        // state; each with its own cooldown bookkeeping.
+        let mut pending: Vec<Pending> = Vec::new();
+        for (d, def) in defs.all().enumerate() {
+            let traits = entry.traits_cel.get_or_insert_with(|| traits_to_cel(&entry.state.traits_json));
+            let eval = evaluate_unnamed(def, &entry.state, Some(&mut entry.sums), traits, now_ms);
+            if d == 0 {
+                for (i, o) in eval.outcomes.iter().enumerate() {
+                    if let Outcome::Error(e) = o {
+                        self.metrics.rule_errors.with_label_values(&[&def.rules[i].name]).inc();
+                        tracing::debug!(rule = %def.rules[i].name, account = %account, cause = %e, "rule could not be evaluated");
+                    }
+                }
             }
+            let announced = if d == 0 {
+                &mut entry.state.announced
+            } else {
+                let list = &mut entry.state.shadow_announced;
+                let p = match list.iter().position(|(v, _)| *v == def.version) {
+                    Some(p) => p,
+                    None => {
+                        list.push((def.version.clone(), Default::default()));
+                        list.len() - 1
+                    }
+                };
+                &mut list[p].1
+            };
+            let Some((kind, previous_tier)) = emit::decide(def, announced, &eval, now_ms) else {
+                continue;
+            };
+            let mut eval = eval;
+            eval.name_values(def);
+            let warming_up = def
+                .metrics
+                .iter()
+                .filter(|m| entry.state.warming_up(m, now_bucket, layout.bucket_seconds))
+                .map(|m| m.name.clone())
+                .collect();
+            pending.push(Pending {
+                definition: d,
+                kind,
+                previous_tier,
+                eval,
+                signals: entry.state.live_signals(def, now_bucket).cloned().collect(),
+                warming_up,
+            });
         }
         let kind_counter = &mut self.kind_counters[kind_index(ev.kind)];
         kind_counter.get_or_insert_with(|| self.metrics.events.with_label_values(&[ev.kind.as_str()])).inc();
-        let decision = emit::decide(&def, &mut entry.state.announced, &eval, now_ms);
-        let Some((kind, previous_tier)) = decision else {
+        if pending.is_empty() {
             self.apply_seconds
                 .get_or_insert_with(|| self.metrics.batch_seconds.with_label_values(&["apply"]))
                 .observe(started.elapsed().as_secs_f64());
             return Ok(Ok(()));
-        };
-        eval.name_values(&def);
+        }
 
-        // Emit: gather what the event explains itself with.
-        let signals: Vec<SignalHit> = entry.state.live_signals(&def, now_bucket).cloned().collect();
+        // Emit: gather what each event explains itself with.
         let account_traits: Map<String, Value> = serde_json::from_str(&entry.state.traits_json).unwrap_or_default();
         let (seq, first_seen_ms) = (entry.state.seq, entry.state.first_seen_ms);
-        let leads =
-            if kind == Announcement::Disqualified { Vec::new() } else { self.leads(&account, &signals, now_ms)? };
-        let event = emit::build(EventInput {
-            def: &def,
-            kind,
-            previous_tier,
-            account_id: &account,
-            seq,
-            time_ms: ev.time_ms,
-            eval: &eval,
-            signals: signals.iter().collect(),
-            leads,
-            account_traits,
-            first_seen_ms,
-        });
-        self.metrics.announcements.with_label_values(&[event.event_type]).inc();
-        if kind == Announcement::Qualified {
-            for r in &event.rules {
-                self.metrics.pqas.with_label_values(&[r, &event.tier]).inc();
+        for p in pending {
+            let def = defs.get(p.definition);
+            let leads = if p.kind == Announcement::Disqualified {
+                Vec::new()
+            } else {
+                self.leads(def, &account, &p.signals, now_ms)?
+            };
+            let mut event = emit::build(EventInput {
+                def,
+                kind: p.kind,
+                previous_tier: p.previous_tier,
+                account_id: &account,
+                seq,
+                time_ms: ev.time_ms,
+                eval: &p.eval,
+                signals: p.signals.iter().collect(),
+                leads,
+                account_traits: account_traits.clone(),
+                first_seen_ms,
+                warming_up: p.warming_up,
+            });
+            event.definition = p.definition;
+            let role = Definitions::role(p.definition);
+            let short = p.kind.short_name();
+            self.metrics.definition_announcements.with_label_values(&[&def.version, role, short]).inc();
+            let stats = self.stats.entry(def.version.clone()).or_default();
+            *stats.announcements.entry(short.to_string()).or_default() += 1;
+            if p.kind == Announcement::Qualified {
+                for r in &event.rules {
+                    *stats.by_rule.entry(r.clone()).or_default().entry(event.tier.clone()).or_default() += 1;
+                    self.metrics.definition_qualified.with_label_values(&[&def.version, role, r, &event.tier]).inc();
+                }
+                self.note_qualified(p.definition, &account);
+            }
+            if p.definition == 0 {
+                self.metrics.announcements.with_label_values(&[event.event_type]).inc();
+                if p.kind == Announcement::Qualified {
+                    for r in &event.rules {
+                        self.metrics.pqas.with_label_values(&[r, &event.tier]).inc();
+                    }
+                }
+                out.events.push(event);
+            } else {
+                out.shadow_events.push(event);
             }
         }
-        out.events.push(event);
         Ok(Ok(()))
     }
 
     /// The people behind an announcement: users behind its signals first,
     /// then the most active users of the last 28 days.
-    fn leads(&self, account: &str, signals: &[SignalHit], now_ms: i64) -> Result<Vec<Lead>, EngineError> {
+    fn leads(
+        &self,
+        def: &CompiledDefinition,
+        account: &str,
+        signals: &[SignalHit],
+        now_ms: i64,
+    ) -> Result<Vec<Lead>, EngineError> {
         let mut members = self.store.members(account)?;
         members.sort_by(|a, b| a.0.cmp(&b.0));
         let mut why: Vec<(String, Vec<String>)> = Vec::new();
         for h in signals.iter().rev() {
+            let name = def.signal_name(h.signal).to_string();
             match why.iter_mut().find(|w| w.0 == h.user) {
-                Some(w) if !w.1.contains(&h.signal) => w.1.push(h.signal.clone()),
+                Some(w) if !w.1.contains(&name) => w.1.push(name),
                 Some(_) => {}
-                None => why.push((h.user.clone(), vec![h.signal.clone()])),
+                None => why.push((h.user.clone(), vec![name])),
             }
         }
         let mut active: Vec<(String, u64)> =
             members.iter().map(|(u, m)| (u.clone(), m.events_in_days(now_ms, 28))).filter(|(_, n)| *n > 0).collect();
         active.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        for (u, _) in active.iter().take(self.def.max_leads) {
+        for (u, _) in active.iter().take(def.max_leads) {
             if !why.iter().any(|w| &w.0 == u) {
                 why.push((u.clone(), vec!["most_active".into()]));
             }
         }
-        why.truncate(self.def.max_leads);
+        why.truncate(def.max_leads);
         let mut leads = Vec::with_capacity(why.len());
         for (user, mut reasons) in why {
             let traits_all: Map<String, Value> = self
@@ -549,7 +828,7 @@ impl Engine {
             {
                 reasons.insert(0, "admin".into());
             }
-            let traits = traits_all.into_iter().filter(|(k, _)| self.def.lead_traits.iter().any(|t| t == k)).collect();
+            let traits = traits_all.into_iter().filter(|(k, _)| def.lead_traits.iter().any(|t| t == k)).collect();
             let events_28d = members.iter().find(|m| m.0 == user).map_or(0, |m| m.1.events_in_days(now_ms, 28));
             leads.push(Lead { user_id: user, why: reasons, events_28d, traits });
         }
@@ -587,7 +866,7 @@ mod tests {
             let def = Arc::new(cfg.validate().unwrap());
             let store = Store::open(&cfg.state).unwrap();
             T {
-                engine: Engine::new(def, cfg.input, store, Metrics::new()),
+                engine: Engine::new(def, cfg.input, store, Metrics::new()).unwrap(),
                 out: Output::default(),
                 offset: 0,
                 _dir: dir,
@@ -617,7 +896,16 @@ mod tests {
         }
         fn signals(&mut self, acct: &str) -> Vec<String> {
             self.engine.commit().unwrap();
-            self.engine.reader().account(acct).unwrap().unwrap().signals.iter().map(|h| h.signal.clone()).collect()
+            let def = self.engine.definition().clone();
+            self.engine
+                .reader()
+                .account(acct)
+                .unwrap()
+                .unwrap()
+                .signals
+                .iter()
+                .map(|h| def.signal_name(h.signal).to_string())
+                .collect()
         }
     }
 

@@ -1,8 +1,10 @@
 //! HTTP: `/metrics` (Prometheus text), `/healthz` (the process is alive),
 //! `/readyz` (consuming and able to make progress), and `/accounts/{id}`
 //! (the account's counters, signals, score, and for each rule whether it
-//! fires and the numbers it looked at). Binds to localhost unless
-//! configured otherwise.
+//! fires and the numbers it looked at), `/definitions` (the live and shadow
+//! definitions, their announcements and agreement), and `POST
+//! /admin/reload` (only with an admin token configured). Binds to localhost
+//! unless configured otherwise.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,13 +13,15 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
 use crate::config::CompiledDefinition;
+use crate::definitions::{Definitions, Published};
+use crate::reload::{ReloadError, Reloader};
 use crate::detect::{evaluate, traits_to_cel, Outcome};
 use crate::emit::format_time_ms;
 use crate::shutdown::Shutdown;
@@ -105,9 +109,23 @@ impl Health {
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub def: Arc<CompiledDefinition>,
+    /// The running definitions (published by the consumer loop).
+    pub published: Arc<Published>,
     pub metrics: Metrics,
     pub health: Arc<Health>,
+    /// `POST /admin/reload` needs `Authorization: Bearer <token>`; without
+    /// a token configured the admin endpoints answer 404.
+    pub admin_token: Option<String>,
+    pub reloader: Option<Arc<Reloader>>,
+}
+
+impl AppState {
+    /// Handlers for a process running `def` alone (no reload).
+    pub fn new(def: Arc<CompiledDefinition>, metrics: Metrics, health: Arc<Health>) -> AppState {
+        let published = Published::new();
+        *published.definitions.write().expect("lock") = Some(Arc::new(Definitions::single(def)));
+        AppState { published, metrics, health, admin_token: None, reloader: None }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -116,6 +134,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/accounts/{id}", get(account))
+        .route("/definitions", get(definitions))
+        .route("/admin/reload", post(admin_reload))
         .with_state(state)
 }
 
@@ -171,7 +191,10 @@ async fn account(State(s): State<AppState>, Path(id): Path<String>) -> Response 
     let Some(reader) = s.health.reader() else {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "state not open yet"}))).into_response();
     };
-    let result = tokio::task::spawn_blocking(move || account_view(&s.def, &reader, &id)).await;
+    let Some(defs) = s.published.current() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "definitions not loaded yet"}))).into_response();
+    };
+    let result = tokio::task::spawn_blocking(move || account_view(&defs, &reader, &id)).await;
     match result {
         Ok(Ok(Some(v))) => Json(v).into_response(),
         Ok(Ok(None)) => (StatusCode::NOT_FOUND, Json(json!({"error": "unknown account"}))).into_response(),
@@ -185,8 +208,8 @@ async fn account(State(s): State<AppState>, Path(id): Path<String>) -> Response 
 /// [`account_view`] with the account's sequence number and its members
 /// (user id, events in the last 90 days, last seen), for `pqa-engine
 /// inspect`.
-pub fn account_with_members(def: &CompiledDefinition, reader: &StateReader, id: &str) -> Result<Option<Value>, String> {
-    let Some(mut view) = account_view(def, reader, id)? else { return Ok(None) };
+pub fn account_with_members(defs: &Definitions, reader: &StateReader, id: &str) -> Result<Option<Value>, String> {
+    let Some(mut view) = account_view(defs, reader, id)? else { return Ok(None) };
     let acct = reader.account(id).map_err(|e| e.to_string())?.unwrap_or_default();
     let now = acct.last_seen_ms.max(reader.watermark_ms().map_err(|e| e.to_string())?);
     let mut members = reader.members(id).map_err(|e| e.to_string())?;
@@ -202,14 +225,44 @@ pub fn account_with_members(def: &CompiledDefinition, reader: &StateReader, id: 
     Ok(Some(view))
 }
 
-pub fn account_view(def: &CompiledDefinition, reader: &StateReader, id: &str) -> Result<Option<Value>, String> {
-    let Some(acct) = reader.account(id).map_err(|e| e.to_string())? else {
+pub fn account_view(defs: &Definitions, reader: &StateReader, id: &str) -> Result<Option<Value>, String> {
+    let Some(mut acct) = reader.account(id).map_err(|e| e.to_string())? else {
         return Ok(None);
     };
+    // Read as the running definitions read it (columns by meaning).
+    acct.conform(&defs.layout);
+    let def = &defs.live;
     let watermark = reader.watermark_ms().map_err(|e| e.to_string())?;
     let now = acct.last_seen_ms.max(watermark);
+    let now_bucket = bucket_of(now, def.bucket_seconds);
     let traits_cel = traits_to_cel(&acct.traits_json);
     let eval = evaluate(def, &acct, &traits_cel, now);
+    let warming_up: Vec<&str> = def
+        .metrics
+        .iter()
+        .filter(|m| acct.warming_up(m, now_bucket, def.bucket_seconds))
+        .map(|m| m.name.as_str())
+        .collect();
+    let shadows: Vec<Value> = defs
+        .shadows
+        .iter()
+        .map(|d| {
+            let e = evaluate(d, &acct, &traits_cel, now);
+            let announced = acct.shadow_announced.iter().find(|(v, _)| *v == d.version).map(|x| &x.1);
+            json!({
+                "definition_version": d.version,
+                "qualified": !e.fired.is_empty(),
+                "score": e.score,
+                "tier": if e.fired.is_empty() { None } else { Some(d.tiers[e.tier].0.clone()) },
+                "rules": e.fired.iter().map(|&i| d.rules[i].name.clone()).collect::<Vec<_>>(),
+                "warming_up": d.metrics.iter().filter(|m| acct.warming_up(m, now_bucket, d.bucket_seconds)).map(|m| m.name.clone()).collect::<Vec<_>>(),
+                "announced": announced.map(|a| json!({
+                    "active": a.active,
+                    "rules": a.rules.iter().map(|(r, t)| json!({"rule": r, "at": format_time_ms(*t)})).collect::<Vec<_>>(),
+                })),
+            })
+        })
+        .collect();
     let mut metrics = Map::new();
     for (k, v) in &eval.values {
         metrics.insert(k.clone(), json!(v));
@@ -240,8 +293,8 @@ pub fn account_view(def: &CompiledDefinition, reader: &StateReader, id: &str) ->
         })
         .collect();
     let signals: Vec<Value> = acct
-        .live_signals(def, bucket_of(now, def.bucket_seconds))
-        .map(|h| json!({"name": h.signal, "user_id": h.user, "at": format_time_ms(h.at_ms)}))
+        .live_signals(def, now_bucket)
+        .map(|h| json!({"name": def.signal_name(h.signal), "user_id": h.user, "at": format_time_ms(h.at_ms)}))
         .collect();
     let traits: Value = serde_json::from_str(&acct.traits_json).unwrap_or(json!({}));
     let qualified = !eval.fired.is_empty();
@@ -255,6 +308,7 @@ pub fn account_view(def: &CompiledDefinition, reader: &StateReader, id: &str) ->
         "score": eval.score,
         "tier": if qualified { Some(def.tiers[eval.tier].0.clone()) } else { None },
         "metrics": metrics,
+        "warming_up": warming_up,
         "signals": signals,
         "rules": rules,
         "account": traits,
@@ -263,5 +317,104 @@ pub fn account_view(def: &CompiledDefinition, reader: &StateReader, id: &str) ->
             "rules": acct.announced.rules.iter().map(|(r, t)| json!({"rule": r, "at": format_time_ms(*t)})).collect::<Vec<_>>(),
             "tier": acct.announced.tier.as_ref().map(|(t, at)| json!({"tier": t, "at": format_time_ms(*at)})),
         },
+        "shadows": shadows,
     })))
+}
+
+/// `GET /definitions`: each running definition (live first), its
+/// announcements since it was loaded, a shadow's agreement with the live
+/// one, and where each metric stands on the state.
+async fn definitions(State(s): State<AppState>) -> Response {
+    let Some(defs) = s.published.current() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "definitions not loaded yet"}))).into_response();
+    };
+    Json(definitions_view(&defs, &s.published)).into_response()
+}
+
+/// The body of `GET /definitions`.
+pub fn definitions_view(defs: &Definitions, published: &Published) -> Value {
+    let stats = published.stats.lock().expect("lock").clone();
+    let manifest = published.manifest.read().expect("lock").clone();
+    let live_since = published.live_since.lock().expect("lock").clone();
+    let list: Vec<Value> = defs
+        .all()
+        .enumerate()
+        .map(|(i, d)| {
+            let st = stats.get(&d.version).cloned().unwrap_or_default();
+            let metrics: Vec<Value> = manifest
+                .as_ref()
+                .map(|m| {
+                    m.status(d, None)
+                        .into_iter()
+                        .map(|x| json!({"name": x.name, "warming_up": x.warming, "warm_at": (x.warm_at_ms > 0).then(|| format_time_ms(x.warm_at_ms)), "counting_since": (x.since_ms > 0).then(|| format_time_ms(x.since_ms))}))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "version": d.version,
+                "fingerprint": d.fingerprint,
+                "role": Definitions::role(i),
+                "source": defs.sources.get(i),
+                "rules": d.rules.iter().map(|r| json!({"name": r.name, "description": r.description, "points": r.points})).collect::<Vec<_>>(),
+                "announcements": st.announcements,
+                "qualified_by_rule_and_tier": st.by_rule,
+                "agreement_with_live": st.agreement,
+                "metrics": metrics,
+            })
+        })
+        .collect();
+    json!({
+        "live": defs.live.version,
+        "live_from_offsets": live_since.iter().map(|(t, p, o)| json!({"topic": t, "partition": p, "offset": o})).collect::<Vec<_>>(),
+        "definitions": list,
+    })
+}
+
+/// `POST /admin/reload`: reloads the config file (and shadows) now. 401
+/// without the right bearer token, 422 with the problems when the new
+/// files are invalid or the state cannot serve them.
+async fn admin_reload(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let (Some(token), Some(reloader)) = (s.admin_token.clone(), s.reloader.clone()) else {
+        return (StatusCode::NOT_FOUND, Json(json!({"error": "admin endpoints are off (set http.admin_token)"})))
+            .into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": "a valid `Authorization: Bearer <admin token>` header is required"})),
+        )
+            .into_response();
+    }
+    match tokio::task::spawn_blocking(move || reloader.reload("HTTP")).await {
+        Ok(Ok(outcome)) => Json(json!(outcome)).into_response(),
+        Ok(Err(ReloadError::Invalid(problems))) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "error": "the new configuration is invalid; the running definition stays",
+                "problems": problems.iter().map(|p| json!({"at": p.path, "problem": p.message})).collect::<Vec<_>>(),
+            })),
+        )
+            .into_response(),
+        Ok(Err(ReloadError::Refused(why))) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error": "the state cannot serve the new definition; the running definition stays", "problems": [{"at": "definition", "problem": why}]})),
+        )
+            .into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e.to_string()}))).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e.to_string()}))).into_response(),
+    }
+}
+
+/// Compares two secrets without stopping at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

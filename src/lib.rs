@@ -44,16 +44,20 @@
 //!
 //! `main.rs` only parses the command line and wires these together.
 
+pub mod backtest;
 pub mod changelog;
 pub mod config;
 pub mod decode;
+pub mod definitions;
 pub mod demo;
 pub mod detect;
 pub mod emit;
 pub mod engine;
 pub mod gaps;
 pub mod http;
+pub mod reload;
 pub mod replay;
+pub mod report;
 pub mod shutdown;
 pub mod sim;
 pub mod sink;

@@ -17,7 +17,11 @@ use clap::{Args, Parser, Subcommand};
 
 use pqa_engine::config::Config;
 use pqa_engine::demo::{run_demo, DemoOptions};
+use pqa_engine::definitions::{self, Definitions, Published};
 use pqa_engine::http::{self, AppState, Health};
+use pqa_engine::reload::Reloader;
+use pqa_engine::source::RunHooks;
+use pqa_engine::state::manifest::Manifest;
 use pqa_engine::replay::{replay, ReplayOptions};
 use pqa_engine::shutdown::Shutdown;
 use pqa_engine::sim::{produce_to_topic, write_ndjson, Progress, SimConfig, Simulator, TopicTarget};
@@ -47,11 +51,26 @@ enum Command {
     /// output.
     Replay(ReplayArgs),
     /// Check a configuration file and list every problem with where it is.
+    /// With --state-dir, also check it against a state directory: which
+    /// metrics continue exactly, which are new or warming up and until when,
+    /// and what the state cannot serve.
     Validate {
         /// Configuration file (TOML), layered over the shipped defaults.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// A state directory to check the definition against (read-only;
+        /// the engine may be running on it).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// A shadow definition file to check as well (repeat for several).
+        #[arg(long = "shadow")]
+        shadows: Vec<PathBuf>,
     },
+    /// Run several definitions side by side over a history file (one
+    /// decode, one pass, deterministic) and compare them: DIR/pqas.csv (one
+    /// row per announcement), DIR/summary.md (per definition and rule,
+    /// overlap, earlier/later) and PNG plots.
+    Backtest(BacktestArgs),
     /// One command, nothing to install: an embedded Kafka, a simulated
     /// product whose clock runs fast, the engine, and a live view of PQAs as
     /// they appear.
@@ -65,6 +84,24 @@ enum Command {
     /// the engine is not running on (RocksDB allows one process at a time):
     /// compare runs, look into a backup.
     Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+struct BacktestArgs {
+    /// History: Segment-Spec NDJSON (plain or .gz); `-` reads standard input.
+    #[arg(long, short)]
+    input: PathBuf,
+    /// A definition file, read like --config (layered over the shipped
+    /// defaults; its [definition] counts). Repeat: the first is the
+    /// baseline the others are compared with. Each needs its own version.
+    #[arg(long = "definition", short = 'd', required = true)]
+    definitions: Vec<PathBuf>,
+    /// Directory for pqas.csv, summary.md and the plots (created).
+    #[arg(long)]
+    out: PathBuf,
+    /// Lines per state commit.
+    #[arg(long, default_value_t = 10_000)]
+    batch_lines: usize,
 }
 
 #[derive(Args)]
@@ -106,6 +143,47 @@ struct RunArgs {
     /// HTTP listen address for /metrics, /healthz, /readyz, /accounts/{id}.
     #[arg(long)]
     http_addr: Option<String>,
+    /// A shadow definition file (repeat for several): judged beside the
+    /// live definition, announcing to the shadow topic only. Reloadable.
+    #[arg(long = "shadow")]
+    shadows: Vec<PathBuf>,
+}
+
+impl RunArgs {
+    /// The flags as a change applied to every load of the configuration
+    /// (at start and on each reload).
+    fn overrides(&self) -> Box<dyn Fn(&mut Config) + Send + Sync> {
+        let bootstrap = self.bootstrap_servers.clone();
+        let group = self.group_id.clone();
+        let inputs = self.input_topics.clone();
+        let output = self.output_topic.clone();
+        let dlq = self.dlq_topic.clone();
+        let state = self.state_dir.clone();
+        let http = self.http_addr.clone();
+        Box::new(move |cfg: &mut Config| {
+            if let Some(v) = &bootstrap {
+                cfg.kafka.bootstrap_servers = v.clone();
+            }
+            if let Some(v) = &group {
+                cfg.kafka.group_id = v.clone();
+            }
+            if !inputs.is_empty() {
+                cfg.kafka.input_topics = inputs.clone();
+            }
+            if let Some(v) = &output {
+                cfg.kafka.output_topic = v.clone();
+            }
+            if let Some(v) = &dlq {
+                cfg.kafka.dlq_topic = v.clone();
+            }
+            if let Some(v) = &state {
+                cfg.state.dir = v.clone();
+            }
+            if let Some(v) = &http {
+                cfg.http.addr = v.clone();
+            }
+        })
+    }
 }
 
 #[derive(Args)]
@@ -211,13 +289,70 @@ fn main() -> ExitCode {
     }
 }
 
+/// `validate --state-dir`: where each metric of each definition stands on
+/// the state, or why the state cannot serve it.
+fn validate_against_state(defs: &Definitions, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    if !dir.join("CURRENT").exists() {
+        println!("state {}: empty; every metric counts from the first event", dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let reader = pqa_engine::state::StateReader::open_read_only(dir)
+        .with_context(|| format!("opening {} read-only", dir.display()))?;
+    let watermark = reader.watermark_ms()?;
+    let old = reader.manifest()?;
+    println!(
+        "state {}: schema {}, event time {}",
+        dir.display(),
+        reader.schema()?,
+        if watermark > 0 { pqa_engine::emit::format_time_ms(watermark) } else { "none yet".into() }
+    );
+    if reader.needs_migration()? {
+        println!(
+            "  schema 1: the engine migrates it in place on start, reading its filtered counters by their position \
+             in the live definition (as the documentation of schema 1 required)"
+        );
+    }
+    if let Some(m) = &old {
+        if m.bucket_seconds != defs.layout.bucket_seconds {
+            eprintln!(
+                "definition.bucket_seconds: is {} but the state was built with {}: windows cannot be re-cut. Keep \
+                 bucket_seconds = {}, or rebuild the state under the new definition with `pqa-engine replay --config \
+                 NEW.toml --input HISTORY --state-dir NEW_DIR` (or `run` with a new state.dir and kafka.group_id)",
+                defs.layout.bucket_seconds, m.bucket_seconds, m.bucket_seconds
+            );
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let next = Manifest::next(old.as_ref(), &defs.layout, watermark);
+    for (i, d) in defs.all().enumerate() {
+        println!("  {} definition {}:", Definitions::role(i), d.version);
+        let width = d.metrics.iter().map(|m| m.name.len()).max().unwrap_or(0);
+        for st in next.status(d, old.as_ref()) {
+            println!("    {:width$}  {}", st.name, st.describe());
+        }
+    }
+    if let Some(m) = &old {
+        let dropped: Vec<&str> = m
+            .counters
+            .iter()
+            .chain(&m.signals)
+            .filter(|h| !next.counters.iter().chain(&next.signals).any(|n| n.id == h.id))
+            .map(|h| h.what.as_str())
+            .collect();
+        if !dropped.is_empty() {
+            println!("  no longer used (dropped from each account on its next write): {}", dropped.join("; "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
     Config::load(config.map(PathBuf::as_path)).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
-        Command::Validate { config } => {
+        Command::Validate { config, state_dir, shadows } => {
             let cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -225,63 +360,97 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            match cfg.validate() {
-                Ok(def) => {
-                    println!(
-                        "ok: definition {} with {} rules ({}), {} metrics, {} signals",
-                        def.version,
-                        def.rules.len(),
-                        def.rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "),
-                        def.metrics.len(),
-                        def.signals.len()
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
+            let def = match cfg.validate() {
+                Ok(def) => def,
                 Err(e) => {
                     eprint!("{e}");
-                    Ok(ExitCode::from(2))
+                    return Ok(ExitCode::from(2));
                 }
+            };
+            println!(
+                "ok: definition {} with {} rules ({}), {} metrics, {} signals",
+                def.version,
+                def.rules.len(),
+                def.rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "),
+                def.metrics.len(),
+                def.signals.len()
+            );
+            let dir = config.as_deref().and_then(|p| p.parent());
+            let defs = match definitions::load(&cfg, def, dir, &shadows) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprint!("{e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            for s in &defs.shadows {
+                println!("ok: shadow definition {} with {} rules", s.version, s.rules.len());
+            }
+            match state_dir {
+                Some(dir) => validate_against_state(&defs, &dir),
+                None => Ok(ExitCode::SUCCESS),
             }
         }
+        Command::Backtest(a) => {
+            let opts = pqa_engine::backtest::BacktestOptions {
+                input: a.input,
+                definitions: a.definitions,
+                out: a.out,
+                batch_lines: a.batch_lines.max(1),
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let report = pqa_engine::backtest::backtest(&opts)?;
+            eprintln!("{}", report.describe());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(a) => {
+            let overrides = a.overrides();
             let mut cfg = load(a.config.as_ref())?;
-            if let Some(v) = a.bootstrap_servers {
-                cfg.kafka.bootstrap_servers = v;
-            }
-            if let Some(v) = a.group_id {
-                cfg.kafka.group_id = v;
-            }
-            if !a.input_topics.is_empty() {
-                cfg.kafka.input_topics = a.input_topics;
-            }
-            if let Some(v) = a.output_topic {
-                cfg.kafka.output_topic = v;
-            }
-            if let Some(v) = a.dlq_topic {
-                cfg.kafka.dlq_topic = v;
-            }
-            if let Some(v) = a.state_dir {
-                cfg.state.dir = v;
-            }
-            if let Some(v) = a.http_addr {
-                cfg.http.addr = v;
-            }
-            let def = Arc::new(cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?);
+            overrides(&mut cfg);
+            let live = cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let config_dir = a.config.as_deref().and_then(|p| p.parent()).map(PathBuf::from);
+            let defs = Arc::new(
+                definitions::load(&cfg, live, config_dir.as_deref(), &a.shadows).map_err(|e| anyhow::anyhow!("{e}"))?,
+            );
             let shutdown = Shutdown::new();
             shutdown.install_signal_handlers().context("installing signal handlers")?;
             let metrics = Metrics::new();
             let health = Health::new();
+            let published = Published::new();
+            let (reload_tx, reload_rx) = std::sync::mpsc::channel();
+            let reloader = Arc::new(Reloader::new(
+                a.config.clone(),
+                overrides,
+                a.shadows.clone(),
+                cfg.clone(),
+                reload_tx,
+                metrics.clone(),
+                published.clone(),
+            ));
             let http_thread = if cfg.http.addr.is_empty() {
                 None
             } else {
-                let app = AppState { def: def.clone(), metrics: metrics.clone(), health: health.clone() };
+                let app = AppState {
+                    published: published.clone(),
+                    metrics: metrics.clone(),
+                    health: health.clone(),
+                    admin_token: (!cfg.http.admin_token.is_empty()).then(|| cfg.http.admin_token.clone()),
+                    reloader: Some(reloader.clone()),
+                };
                 let (addr, t) = http::spawn(&cfg.http.addr, app, shutdown.clone())
                     .with_context(|| format!("binding HTTP to {}", cfg.http.addr))?;
-                tracing::info!(%addr, "http listening");
+                tracing::info!(%addr, admin = !cfg.http.admin_token.is_empty(), "http listening");
                 Some(t)
             };
-            tracing::info!(version = %def.version, state = %cfg.state.dir.display(), "pqa-engine starting");
-            let result = pqa_engine::source::run(&cfg, def, metrics, health, &shutdown);
+            reloader.clone().spawn_watcher(shutdown.clone(), Duration::from_secs(1)).context("watching for reloads")?;
+            tracing::info!(
+                version = %defs.live.version,
+                shadows = defs.shadows.len(),
+                state = %cfg.state.dir.display(),
+                "pqa-engine starting (SIGHUP or a change of the config file reloads the definition)"
+            );
+            let hooks = RunHooks { tap: None, reloads: Some(reload_rx), published: Some(published) };
+            let result = pqa_engine::source::run_definitions(&cfg, defs, metrics, health, &shutdown, hooks);
             shutdown.trigger();
             if let Some(t) = http_thread {
                 let _ = t.join();
@@ -300,8 +469,9 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let store = pqa_engine::state::Store::open(&cfg.state)
                 .with_context(|| format!("opening {} (is an engine running on it?)", cfg.state.dir.display()))?;
             let reader = store.reader();
+            let defs = Definitions::single(Arc::new(def));
             for id in &a.accounts {
-                let v = http::account_with_members(&def, &reader, id).map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
+                let v = http::account_with_members(&defs, &reader, id).map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
                 println!("{}", serde_json::json!({ "account_id": id, "state": v }));
             }
             Ok(ExitCode::SUCCESS)

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::config::{CompiledDefinition, Config};
+use crate::definitions::Definitions;
+use crate::emit::OutputEvent;
 use crate::engine::{Engine, EngineError, InputRecord, Output};
 use crate::state::store::CommitStats;
 use crate::state::{StateError, Store};
@@ -84,7 +86,9 @@ pub fn open_input(path: &Path) -> io::Result<Box<dyn BufRead>> {
 }
 
 fn open_output(path: &Path) -> io::Result<Box<dyn Write>> {
-    Ok(if path == Path::new("-") {
+    Ok(if path.as_os_str().is_empty() {
+        Box::new(io::sink())
+    } else if path == Path::new("-") {
         Box::new(BufWriter::with_capacity(1 << 16, io::stdout().lock()))
     } else {
         Box::new(BufWriter::with_capacity(1 << 20, File::create(path)?))
@@ -98,6 +102,31 @@ pub fn replay(
     opts: &ReplayOptions,
     metrics: Metrics,
 ) -> Result<ReplayStats, ReplayError> {
+    replay_definitions(cfg, Arc::new(Definitions::single(def)), opts, metrics, &mut |_| {}).map(|(s, _)| s)
+}
+
+/// What the engine saw over a replay, besides the output.
+#[derive(Debug, Clone, Default)]
+pub struct ReplaySummary {
+    /// Per definition (live first): events it alone would have judged too
+    /// late (see [`Engine::late_for`]).
+    pub late_for: Vec<u64>,
+    /// Earliest and latest event time applied.
+    pub first_ms: Option<i64>,
+    pub last_ms: Option<i64>,
+}
+
+/// [`replay`] with several definitions side by side on one decode (the
+/// first live, the others as shadows): the live definition's events go to
+/// `opts.output` (none when it is an empty path), and every event of every
+/// definition to `on_event`.
+pub fn replay_definitions(
+    cfg: &Config,
+    defs: Arc<Definitions>,
+    opts: &ReplayOptions,
+    metrics: Metrics,
+    on_event: &mut dyn FnMut(&OutputEvent),
+) -> Result<(ReplayStats, ReplaySummary), ReplayError> {
     let started = Instant::now();
     let temp;
     let mut state_cfg = cfg.state.clone();
@@ -109,7 +138,7 @@ pub fn replay(
         }
     };
     let store = Store::open(&state_cfg)?;
-    let mut engine = Engine::new(def, cfg.input.clone(), store, metrics);
+    let mut engine = Engine::with_definitions(defs, cfg.input.clone(), store, metrics)?;
 
     let in_name = opts.input.display().to_string();
     let mut input = open_input(&opts.input).map_err(|e| ReplayError::Input { path: in_name.clone(), source: e })?;
@@ -170,6 +199,9 @@ pub fn replay(
         )?;
         in_batch += 1;
         if !output.is_empty() {
+            for e in output.events.iter().chain(&output.shadow_events) {
+                on_event(e);
+            }
             write_output(&mut output, &mut out, dlq.as_mut(), &opts.output, opts.dead_letter.as_deref(), &mut stats)?;
         }
         if in_batch >= opts.batch_lines {
@@ -199,7 +231,12 @@ pub fn replay(
     bar.finish_and_clear();
     stats.elapsed = started.elapsed();
     stats.events = stats.lines - stats.dead_letters;
-    Ok(stats)
+    let summary = ReplaySummary {
+        late_for: (0..engine.definitions().len()).map(|i| engine.late_for(i)).collect(),
+        first_ms: engine.time_range().map(|r| r.0),
+        last_ms: engine.time_range().map(|r| r.1),
+    };
+    Ok((stats, summary))
 }
 
 /// A batch's state write on its own thread: what it wrote, the batch's

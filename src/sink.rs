@@ -106,6 +106,7 @@ impl ProducerContext for SinkContext {
 pub struct KafkaSink {
     producer: BaseProducer<SinkContext>,
     output_topic: String,
+    shadow_topic: String,
     dlq_topic: String,
     /// Dead-letter payloads are cut to this many bytes (only `too_large`
     /// messages can exceed it).
@@ -140,6 +141,7 @@ impl KafkaSink {
         Ok(KafkaSink {
             producer,
             output_topic: cfg.output_topic.clone(),
+            shadow_topic: cfg.shadow_topic_name(),
             dlq_topic: cfg.dlq_topic.clone(),
             max_payload_bytes: max_message_bytes,
         })
@@ -157,6 +159,14 @@ impl KafkaSink {
                 .insert(Header { key: "content-type", value: Some("application/cloudevents+json; charset=UTF-8") })
                 .insert(Header { key: "ce_type", value: Some(e.event_type) });
             self.send(&self.output_topic, Some(e.key.as_bytes()), &e.payload, h, shutdown, not_ready)?;
+        }
+        // Shadow definitions' announcements: never on the live topic.
+        for e in &out.shadow_events {
+            let h = OwnedHeaders::new()
+                .insert(Header { key: "content-type", value: Some("application/cloudevents+json; charset=UTF-8") })
+                .insert(Header { key: "ce_type", value: Some(e.event_type) })
+                .insert(Header { key: "pqa_role", value: Some("shadow") });
+            self.send(&self.shadow_topic, Some(e.key.as_bytes()), &e.payload, h, shutdown, not_ready)?;
         }
         for d in &out.dead_letters {
             let mut h = OwnedHeaders::new()

@@ -17,7 +17,7 @@
 //! seek inside a record batch is caught by a [`GapGuard`], which seeks back
 //! until the skipped range is returned (see [`crate::gaps`]).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,9 @@ use rdkafka::ClientContext;
 
 use crate::changelog::{Changelog, ChangelogError};
 use crate::config::{is_secret_property, CompiledDefinition, Config};
+use crate::definitions::{Definitions, Published};
 use crate::engine::{Engine, EngineError, InputRecord, Output};
+use crate::reload::{Applied, OffsetAt, ReloadRequest, VersionedStatus};
 use crate::gaps::{self, GapGuard, TopicPartition, Verdict};
 use crate::http::Health;
 use crate::shutdown::Shutdown;
@@ -538,6 +540,63 @@ pub fn consumer_config(cfg: &Config) -> ClientConfig {
     cc
 }
 
+/// Swaps the engine's definitions (between batches) and says from which
+/// input offsets the new ones judge every event.
+fn swap_definitions(engine: &mut Engine, defs: Arc<Definitions>) -> Result<Applied, String> {
+    let old = engine.definitions().live.version.clone();
+    engine.set_definitions(defs).map_err(|e| e.to_string())?;
+    let from_offsets: Vec<OffsetAt> = engine
+        .positions()
+        .into_iter()
+        .map(|(topic, partition, offset)| OffsetAt { topic, partition, offset })
+        .collect();
+    let shown: Vec<String> = from_offsets.iter().map(|o| format!("{}[{}]@{}", o.topic, o.partition, o.offset)).collect();
+    let defs = engine.definitions().clone();
+    tracing::info!(
+        from = %old,
+        version = %defs.live.version,
+        shadows = ?defs.shadows.iter().map(|s| &s.version).collect::<Vec<_>>(),
+        offsets = %shown.join(" "),
+        "definition reloaded: the new version judges every event from these input offsets on"
+    );
+    log_definitions(engine);
+    let mut metrics = Vec::new();
+    for d in defs.all() {
+        for status in engine.manifest().status(d, None) {
+            metrics.push(VersionedStatus { version: d.version.clone(), status });
+        }
+    }
+    Ok(Applied {
+        live: defs.live.version.clone(),
+        shadows: defs.shadows.iter().map(|s| s.version.clone()).collect(),
+        from_offsets,
+        metrics,
+    })
+}
+
+/// Logs what each running definition's metrics read from the state: what
+/// continues, what is warming up and until when.
+fn log_definitions(engine: &Engine) {
+    let defs = engine.definitions();
+    for (i, d) in defs.all().enumerate() {
+        tracing::info!(version = %d.version, fingerprint = %d.fingerprint, role = Definitions::role(i), "definition running");
+        for st in engine.manifest().status(d, None) {
+            if st.warming || st.new {
+                tracing::warn!(version = %d.version, metric = %st.name, "{}", st.describe());
+            }
+        }
+    }
+}
+
+/// Shows the engine's definitions and numbers to the HTTP server.
+fn publish(p: &Published, engine: &Engine, definitions_changed: bool) {
+    if definitions_changed {
+        *p.definitions.write().expect("lock") = Some(engine.definitions().clone());
+        *p.manifest.write().expect("lock") = Some(engine.manifest().clone());
+    }
+    *p.stats.lock().expect("lock") = engine.stats().clone();
+}
+
 /// Logs the effective Kafka settings without secrets.
 fn log_config(cc: &ClientConfig) {
     let shown: Vec<String> = cc
@@ -568,10 +627,39 @@ pub fn run_with(
     shutdown: &Shutdown,
     tap: Option<Box<dyn InputTap>>,
 ) -> Result<(), RunError> {
+    let hooks = RunHooks { tap, ..Default::default() };
+    run_definitions(cfg, Arc::new(Definitions::single(def)), metrics, health, shutdown, hooks)
+}
+
+/// What `run` can be given besides the configuration.
+#[derive(Default)]
+pub struct RunHooks {
+    /// A tap on the input (tests).
+    pub tap: Option<Box<dyn InputTap>>,
+    /// New definitions to swap in between batches (see [`crate::reload`]).
+    pub reloads: Option<mpsc::Receiver<ReloadRequest>>,
+    /// Where the running definitions and their numbers are shown (HTTP).
+    pub published: Option<Arc<Published>>,
+}
+
+/// [`run`] with the live definition and its shadows, and hooks.
+pub fn run_definitions(
+    cfg: &Config,
+    defs: Arc<Definitions>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: &Shutdown,
+    hooks: RunHooks,
+) -> Result<(), RunError> {
+    let RunHooks { tap, reloads, published } = hooks;
     let mut store = Store::open(&cfg.state)?;
     store.set_changelog(cfg.kafka.changelog);
     health.set_reader(store.reader());
-    let engine = Engine::new(def, cfg.input.clone(), store, metrics.clone());
+    let engine = Engine::with_definitions(defs, cfg.input.clone(), store, metrics.clone())?;
+    log_definitions(&engine);
+    if let Some(p) = &published {
+        publish(p, &engine, true);
+    }
     let sink = Arc::new(KafkaSink::new(&cfg.kafka, cfg.input.max_message_bytes, metrics.clone())?);
     let changelog = if cfg.kafka.changelog {
         let c = Changelog::new(&cfg.kafka, metrics.clone())?;
@@ -614,6 +702,7 @@ pub fn run_with(
     let max_batch = cfg.kafka.max_batch_messages;
     let max_wait = Duration::from_millis(cfg.kafka.max_batch_wait_ms);
     let mut last_size_report = Instant::now();
+    let mut last_publish = Instant::now();
     let mut last_error_log = Instant::now() - Duration::from_secs(60);
     let mut result = Ok(());
 
@@ -666,6 +755,24 @@ pub fn run_with(
         if let Err(e) = w.flush(&consumer, ctx, false) {
             result = Err(e);
             break;
+        }
+        if let Some(rx) = &reloads {
+            // Between two batches: the batch in hand was just handed over,
+            // so every event from here on is judged by what comes in.
+            while let Ok(req) = rx.try_recv() {
+                let answer = swap_definitions(&mut w.engine, req.defs);
+                if let (Ok(_), Some(p)) = (&answer, &published) {
+                    publish(p, &w.engine, true);
+                    *p.live_since.lock().expect("lock") = w.engine.positions();
+                }
+                let _ = req.reply.send(answer);
+            }
+        }
+        if let Some(p) = &published {
+            if last_publish.elapsed() > Duration::from_millis(500) {
+                publish(p, &w.engine, false);
+                last_publish = Instant::now();
+            }
         }
         if last_size_report.elapsed() > Duration::from_secs(10) {
             let (records, bytes) = w.engine.reader().size_estimate();

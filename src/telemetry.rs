@@ -68,6 +68,25 @@ pub struct Metrics {
     /// The same for the changelog restore.
     pub changelog_gaps: IntCounterVec,
     pub changelog_gap_records: IntCounterVec,
+    /// 1 per definition running: `{version, fingerprint, role}` (role
+    /// `live` or `shadow`).
+    pub definition_info: IntGaugeVec,
+    /// Announcements of every definition (live and shadow), by version,
+    /// role and type (`qualified`, `tier_changed`, `disqualified`).
+    pub definition_announcements: IntCounterVec,
+    /// Qualified announcements of every definition by version, role, rule
+    /// listed and tier.
+    pub definition_qualified: IntCounterVec,
+    /// Per shadow version: accounts qualified by both it and the live
+    /// definition, by the live one only, by the shadow only.
+    pub shadow_agreement: IntGaugeVec,
+    /// 1 while a metric of a definition is warming up (its window reaches
+    /// back before what the state holds), else 0.
+    pub metric_warming_up: IntGaugeVec,
+    /// Definition reloads that took effect, and reloads refused (invalid
+    /// file, or a change the state cannot serve).
+    pub definition_reloads: IntCounter,
+    pub definition_reload_failures: IntCounter,
 }
 
 impl Metrics {
@@ -274,6 +293,70 @@ impl Metrics {
                         "Offsets in changelog ranges the broker skipped during a restore, by outcome",
                     ),
                     &["outcome"],
+                )
+                .unwrap(),
+            ),
+            definition_info: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("pqa_definition_info", "Definitions running (1 each), by version, fingerprint and role"),
+                    &["version", "fingerprint", "role"],
+                )
+                .unwrap(),
+            ),
+            definition_announcements: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pqa_definition_announcements_total",
+                        "Announcements of each definition (live and shadow), by version, role and type",
+                    ),
+                    &["version", "role", "type"],
+                )
+                .unwrap(),
+            ),
+            definition_qualified: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pqa_definition_qualified_total",
+                        "Qualified announcements of each definition, by version, role, rule listed and tier",
+                    ),
+                    &["version", "role", "rule", "tier"],
+                )
+                .unwrap(),
+            ),
+            shadow_agreement: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "pqa_shadow_agreement_accounts",
+                        "Accounts qualified since the shadow was loaded: by both it and the live definition, live only, shadow only",
+                    ),
+                    &["version", "agreement"],
+                )
+                .unwrap(),
+            ),
+            metric_warming_up: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "pqa_metric_warming_up",
+                        "1 while a definition's metric reaches back before what the state holds (new, or a longer window)",
+                    ),
+                    &["version", "metric"],
+                )
+                .unwrap(),
+            ),
+            definition_reloads: reg(
+                &registry,
+                IntCounter::new("pqa_definition_reloads_total", "Definition reloads that took effect").unwrap(),
+            ),
+            definition_reload_failures: reg(
+                &registry,
+                IntCounter::new(
+                    "pqa_definition_reload_failures_total",
+                    "Definition reloads refused (invalid file, or a change the state cannot serve)",
                 )
                 .unwrap(),
             ),

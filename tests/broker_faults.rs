@@ -457,6 +457,7 @@ fn delivery_is_not_stalled_by_other_events_in_the_producer_queue() {
                 }
                 let out = Output {
                     events: Vec::new(),
+                    shadow_events: Vec::new(),
                     dead_letters: vec![DeadLetter {
                         payload: format!("bad {i}").into_bytes(),
                         key: None,

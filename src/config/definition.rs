@@ -175,16 +175,25 @@ pub struct Metric {
     pub kind: MetricKind,
     pub window_buckets: u32,
     pub offset_buckets: u32,
-    /// For `events`: which counter slot of a bucket it reads.
-    pub counter: usize,
-    /// For `signal`: the signal index and name.
-    pub signal: usize,
+    /// For `events`: what its counter means ([`counter_id`]), and the
+    /// column of a bucket that holds it in the state layout the definition
+    /// is bound to (see [`crate::state::layout`]).
+    pub counter_id: u64,
+    pub column: usize,
+    /// For `events`: the running window sum it reads (an index into the
+    /// layout's windows).
+    pub window_slot: usize,
+    /// For `signal`: what the signal means ([`Signal::id`]) and its name.
+    pub signal_id: u64,
     pub signal_name: String,
 }
 
 /// A signal ready to match.
 #[derive(Debug, Clone)]
 pub struct Signal {
+    /// What the signal means: a hash of its name and patterns
+    /// ([`signal_id`]). State keeps its occurrences under this id.
+    pub id: u64,
     pub name: String,
     pub track_events: HashSet<String>,
     pub page_path: Option<Regex>,
@@ -212,6 +221,9 @@ impl std::fmt::Debug for Rule {
 /// and the HTTP server.
 pub struct CompiledDefinition {
     pub version: String,
+    /// A hash of the whole definition as written (16 hex digits): two
+    /// definitions with the same version but other content differ here.
+    pub fingerprint: String,
     pub bucket_seconds: i64,
     pub cooldown_seconds: i64,
     /// How far back in event time state must reach (longest window+offset).
@@ -219,9 +231,13 @@ pub struct CompiledDefinition {
     pub max_leads: usize,
     pub lead_traits: Vec<String>,
     pub metrics: Vec<Metric>,
-    /// Counter slots of a bucket: `None` counts every track/page event,
-    /// `Some(names)` only those track events. Slot 0 is always `None`.
+    /// The counters its `events` metrics read: `None` counts every
+    /// track/page event, `Some(names)` only those track events. The first is
+    /// always `None`. In the order the metrics name them.
     pub counters: Vec<Option<HashSet<String>>>,
+    /// The `events` windows its metrics read: (counter index, window
+    /// buckets, offset buckets), each once, in the order the metrics name them.
+    pub windows: Vec<(usize, u32, u32)>,
     pub signals: Vec<Signal>,
     pub derived: Vec<(String, Program)>,
     pub rules: Vec<Rule>,
@@ -329,6 +345,7 @@ impl DefinitionConfig {
                 (t.name.clone(), t.becomes.iter().map(|v| v.to_lowercase()).collect())
             });
             signals.push(Signal {
+                id: signal_id(s),
                 name: s.name.clone(),
                 track_events: s.track_events.iter().cloned().collect(),
                 page_path,
@@ -339,6 +356,7 @@ impl DefinitionConfig {
         // Metrics.
         let mut metrics = Vec::new();
         let mut counters: Vec<Option<HashSet<String>>> = vec![None];
+        let mut windows: Vec<(usize, u32, u32)> = Vec::new();
         let mut retention = 0i64;
         for (i, m) in self.metrics.iter().enumerate() {
             let path = format!("definition.metrics[{i}]");
@@ -384,10 +402,10 @@ impl DefinitionConfig {
                     }
                 };
             }
-            let mut signal = 0;
+            let mut signal_id = 0;
             if m.kind == MetricKind::Signal {
                 match m.signal.as_ref().and_then(|s| signal_index.get(s)) {
-                    Some(&s) => signal = s,
+                    Some(&s) => signal_id = signals[s].id,
                     None => errs.push(ConfigError::new(
                         format!("{path}.signal"),
                         match &m.signal {
@@ -401,13 +419,24 @@ impl DefinitionConfig {
             }
             retention = retention.max(window + offset);
             let buckets = |s: i64| u32::try_from((s + bucket - 1) / bucket).unwrap_or(u32::MAX);
+            let (window_buckets, offset_buckets) = (buckets(window).max(1), buckets(offset));
+            let mut window_slot = 0;
+            if m.kind == MetricKind::Events {
+                let w = (counter, window_buckets, offset_buckets);
+                window_slot = windows.iter().position(|x| *x == w).unwrap_or_else(|| {
+                    windows.push(w);
+                    windows.len() - 1
+                });
+            }
             metrics.push(Metric {
                 name: m.name.clone(),
                 kind: m.kind,
-                window_buckets: buckets(window).max(1),
-                offset_buckets: buckets(offset),
-                counter,
-                signal,
+                window_buckets,
+                offset_buckets,
+                counter_id: counter_id(counters[counter].as_ref()),
+                column: counter,
+                window_slot,
+                signal_id,
                 signal_name: if m.kind == MetricKind::Signal {
                     m.signal.clone().unwrap_or_default()
                 } else {
@@ -491,6 +520,7 @@ impl DefinitionConfig {
         }
         Ok(CompiledDefinition {
             version: self.version.clone(),
+            fingerprint: self.fingerprint(),
             bucket_seconds: bucket,
             cooldown_seconds,
             retention_seconds: retention.max(bucket),
@@ -498,6 +528,7 @@ impl DefinitionConfig {
             lead_traits: self.lead_traits.clone(),
             metrics,
             counters,
+            windows,
             signals,
             derived,
             rules,
@@ -506,6 +537,80 @@ impl DefinitionConfig {
             env,
         })
     }
+}
+
+impl DefinitionConfig {
+    /// A hash of the definition as written (16 hex digits).
+    pub fn fingerprint(&self) -> String {
+        let text = serde_json::to_string(self).expect("a definition serialises");
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+    }
+}
+
+impl CompiledDefinition {
+    /// The signal with this id.
+    pub fn signal(&self, id: u64) -> Option<&Signal> {
+        self.signals.iter().find(|s| s.id == id)
+    }
+
+    /// The name of the signal with this id (empty if it is not part of
+    /// this definition).
+    pub fn signal_name(&self, id: u64) -> &str {
+        self.signal(id).map_or("", |s| s.name.as_str())
+    }
+}
+
+/// What a counter means, as a number: the same event filter gives the same
+/// id whatever its place in the file, the metric's name or the order of the
+/// names in the filter. `None` is the counter of every track/page event.
+pub fn counter_id(events: Option<&HashSet<String>>) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    match events {
+        None => h.update(b"counter:all"),
+        Some(set) => {
+            let mut names: Vec<&String> = set.iter().collect();
+            names.sort_unstable();
+            h.update(b"counter:events");
+            for n in names {
+                h.update(&[0]);
+                h.update(n.as_bytes());
+            }
+        }
+    }
+    h.digest()
+}
+
+/// What a signal means, as a number: its name and patterns (track event
+/// names in any order, the page-path expression, the trait and its values).
+/// Changing any of them makes it a new signal, which starts counting anew.
+pub fn signal_id(s: &SignalConfig) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(b"signal\0");
+    h.update(s.name.as_bytes());
+    let mut events: Vec<&String> = s.track_events.iter().collect();
+    events.sort_unstable();
+    events.dedup();
+    h.update(b"\0track");
+    for e in events {
+        h.update(&[0]);
+        h.update(e.as_bytes());
+    }
+    h.update(b"\0page\0");
+    if let Some(p) = &s.page_path {
+        h.update(p.as_bytes());
+    }
+    h.update(b"\0trait\0");
+    if let Some(t) = &s.trait_change {
+        h.update(t.name.as_bytes());
+        let mut values: Vec<String> = t.becomes.iter().map(|v| v.to_lowercase()).collect();
+        values.sort_unstable();
+        values.dedup();
+        for v in values {
+            h.update(&[0]);
+            h.update(v.as_bytes());
+        }
+    }
+    h.digest()
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -72,6 +72,20 @@ pub struct Config {
     pub http: HttpConfig,
     /// The PQA definition: metrics, signals, rules, score, tiers, cooldown.
     pub definition: DefinitionConfig,
+    /// Candidate definitions judged on the same state beside the live one;
+    /// their announcements go to `kafka.shadow_topic`, never to the live
+    /// topic.
+    #[serde(default)]
+    pub shadow: Vec<ShadowConfig>,
+}
+
+/// A shadow definition: a file read like `--config` (layered over the
+/// shipped defaults); its `[definition]` is what counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// Relative paths are relative to the config file's directory.
+    pub file: PathBuf,
 }
 
 /// Kafka settings. Anything librdkafka understands can be passed through the
@@ -90,6 +104,10 @@ pub struct KafkaConfig {
     pub output_topic: String,
     /// Dead-letter topic: rejected input with the reason in headers.
     pub dlq_topic: String,
+    /// Topic for the announcements of shadow definitions; empty means
+    /// `<output_topic>.shadow`.
+    #[serde(default)]
+    pub shadow_topic: String,
     /// At most this many messages form one processing batch (one RocksDB
     /// write, one producer flush, one offset store).
     #[serde(default = "default_max_batch_messages")]
@@ -131,6 +149,15 @@ const fn default_changelog_replication() -> i32 {
 }
 
 impl KafkaConfig {
+    /// The shadow topic's name.
+    pub fn shadow_topic_name(&self) -> String {
+        if self.shadow_topic.trim().is_empty() {
+            format!("{}.shadow", self.output_topic)
+        } else {
+            self.shadow_topic.clone()
+        }
+    }
+
     /// The changelog topic's name.
     pub fn changelog_topic_name(&self) -> String {
         if self.changelog_topic.trim().is_empty() {
@@ -217,6 +244,11 @@ pub struct StateConfig {
 pub struct HttpConfig {
     /// Listen address; localhost by default. Empty string disables HTTP.
     pub addr: String,
+    /// Bearer token for the admin endpoints (`POST /admin/reload`). Empty
+    /// (the default) turns them off. Set it from the environment
+    /// (`PQA_HTTP__ADMIN_TOKEN`) rather than in a file; it is never logged.
+    #[serde(default)]
+    pub admin_token: String,
 }
 
 impl Config {
@@ -229,6 +261,13 @@ impl Config {
     /// environment variables (`PQA_KAFKA__BOOTSTRAP_SERVERS`, `__` nests).
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigErrors> {
         Config::load_layers(file, true)
+    }
+
+    /// Loads the embedded defaults and `file` on top, without environment
+    /// variables: how definition files (`--shadow`, `backtest
+    /// --definition`) are read.
+    pub fn load_file_only(file: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_layers(Some(file), false)
     }
 
     fn load_layers(file: Option<&Path>, env: bool) -> Result<Config, ConfigErrors> {
@@ -295,6 +334,16 @@ impl Config {
         }
         if self.kafka.dlq_topic.trim().is_empty() {
             errs.push(ConfigError::new("kafka.dlq_topic", "empty topic name"));
+        }
+        let shadow_topic = self.kafka.shadow_topic_name();
+        if self.kafka.input_topics.contains(&shadow_topic)
+            || shadow_topic == self.kafka.output_topic
+            || shadow_topic == self.kafka.dlq_topic
+        {
+            errs.push(ConfigError::new(
+                "kafka.shadow_topic",
+                format!("`{shadow_topic}` is already used as an input, output or dead-letter topic"),
+            ));
         }
         if self.kafka.input_topics.contains(&self.kafka.output_topic) {
             errs.push(ConfigError::new(

@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::layout::Layout;
 use crate::config::definition::{CompiledDefinition, Metric, MetricKind};
 
 /// At most this many distinct feature names are tracked per account (the
@@ -32,7 +33,8 @@ pub struct Bucket {
 /// One occurrence of a signal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SignalHit {
-    pub signal: String,
+    /// What the signal means ([`crate::config::definition::signal_id`]).
+    pub signal: u64,
     pub user: String,
     pub at_ms: i64,
 }
@@ -48,6 +50,16 @@ pub struct Announced {
     pub active: bool,
 }
 
+/// A counter or signal an account keeps: what it means, and from which
+/// bucket on it holds everything (0: since the account began). A column
+/// added to an account that already had events starts after its latest
+/// event: windows reaching further back are *warming up*.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Column {
+    pub id: u64,
+    pub from: u32,
+}
+
 /// Per-account state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AccountState {
@@ -57,18 +69,31 @@ pub struct AccountState {
     pub last_seen_ms: i64,
     /// Events applied to this account: part of deterministic output ids.
     pub seq: u64,
-    /// Sorted by `idx`.
+    /// The counters of `buckets`, column by column.
+    pub columns: Vec<Column>,
+    /// Sorted by `idx`; `counts[i]` is column `i`.
     pub buckets: Vec<Bucket>,
     /// Last-seen bucket -> number of users whose last activity is there.
     /// Sorted by bucket.
     pub user_hist: Vec<(u32, u32)>,
     /// Feature (track event name) -> last-seen bucket.
     pub features: Vec<(String, u32)>,
+    /// The signals kept in `signals`.
+    pub signal_columns: Vec<Column>,
     /// Sorted by time.
     pub signals: Vec<SignalHit>,
+    /// Everything before this bucket has been dropped (history is complete
+    /// from here on). It only grows: a definition with a longer window than
+    /// the one before finds the history it needs missing until it has
+    /// passed.
+    pub kept_from: u32,
     /// Account traits from `group` calls, as a JSON object.
     pub traits_json: String,
+    /// The live definition's announcements (cooldowns, by rule name: they
+    /// carry over when the definition changes).
     pub announced: Announced,
+    /// Each shadow definition's own announcements, by its version.
+    pub shadow_announced: Vec<(String, Announced)>,
 }
 
 /// A user's activity inside one account.
@@ -102,13 +127,14 @@ pub fn window_range(now: u32, window_buckets: u32, offset_buckets: u32) -> (u32,
     (lo, hi)
 }
 
-/// Running sums of an account's `events` metrics, kept next to its cached
+/// Running sums of an account's `events` windows, kept next to its cached
 /// state (never stored) so that evaluating after every event does not sum
-/// hundreds of buckets per metric: per metric of the definition, the window
-/// `lo..=hi` last computed and its sum. A window that slid forward is
-/// brought up to date by the few buckets that left and entered it; events
-/// added inside it are counted in as they are applied. Every answer is the
-/// exact integer [`AccountState::metric`] gives (debug builds check it).
+/// hundreds of buckets per metric: per window of the layout (see
+/// [`crate::state::layout::Layout::windows`]), the range `lo..=hi` last
+/// computed and its sum. A window that slid forward is brought up to date by
+/// the few buckets that left and entered it; events added inside it are
+/// counted in as they are applied. Every answer is the exact integer
+/// [`AccountState::metric`] gives (debug builds check it).
 #[derive(Debug, Default, Clone)]
 pub struct WindowSums {
     sums: Vec<Option<(u32, u32, u64)>>,
@@ -120,13 +146,15 @@ impl WindowSums {
         self.sums.clear();
     }
 
-    /// One usage event was counted in bucket `idx` under `slots` (each
-    /// increment took effect: none saturated).
-    pub fn added(&mut self, metrics: &[Metric], idx: u32, slots: &[usize]) {
+    /// One usage event was counted in bucket `idx` under columns `slots`
+    /// (each increment took effect: none saturated). `windows` are the
+    /// layout's.
+    pub fn added(&mut self, windows: &[(usize, u32, u32)], idx: u32, slots: &[usize]) {
         for (i, s) in self.sums.iter_mut().enumerate() {
             if let Some((lo, hi, sum)) = s {
                 if *lo <= idx && idx <= *hi {
-                    *sum += slots.iter().filter(|&&c| c == metrics[i].counter).count() as u64;
+                    let column = windows.get(i).map_or(usize::MAX, |w| w.0);
+                    *sum += slots.iter().filter(|&&c| c == column).count() as u64;
                 }
             }
         }
@@ -141,20 +169,21 @@ impl WindowSums {
         }
     }
 
-    /// The value of metric `i` (of kind `events`) at bucket `now`.
-    pub fn events(&mut self, acct: &AccountState, i: usize, m: &Metric, now: u32) -> f64 {
+    /// The value of metric `m` (of kind `events`) at bucket `now`.
+    pub fn events(&mut self, acct: &AccountState, m: &Metric, now: u32) -> f64 {
         let (lo, hi) = window_range(now, m.window_buckets, m.offset_buckets);
+        let i = m.window_slot;
         if self.sums.len() <= i {
             self.sums.resize(i + 1, None);
         }
         let sum = match self.sums[i] {
             Some((l0, h0, s0)) if lo >= l0 && hi >= h0 && lo <= h0.saturating_add(1) => {
                 // Slid forward (or not at all): drop l0..lo, add h0+1..=hi.
-                let left = if lo > l0 { acct.events_between(m.counter, l0, lo - 1) } else { 0 };
-                let entered = if hi > h0 { acct.events_between(m.counter, h0 + 1, hi) } else { 0 };
+                let left = if lo > l0 { acct.events_between(m.column, l0, lo - 1) } else { 0 };
+                let entered = if hi > h0 { acct.events_between(m.column, h0 + 1, hi) } else { 0 };
                 s0 - left + entered
             }
-            _ => acct.events_between(m.counter, lo, hi),
+            _ => acct.events_between(m.column, lo, hi),
         };
         self.sums[i] = Some((lo, hi, sum));
         debug_assert_eq!(sum as f64, acct.metric(m, now, 3600), "window sum of {}", m.name);
@@ -234,9 +263,9 @@ impl AccountState {
     }
 
     /// Records a signal occurrence.
-    pub fn add_signal(&mut self, signal: &str, user: &str, at_ms: i64) {
+    pub fn add_signal(&mut self, signal: u64, user: &str, at_ms: i64) {
         let pos = self.signals.partition_point(|h| h.at_ms <= at_ms);
-        self.signals.insert(pos, SignalHit { signal: signal.to_string(), user: user.to_string(), at_ms });
+        self.signals.insert(pos, SignalHit { signal, user: user.to_string(), at_ms });
         let count = self.signals.iter().filter(|h| h.signal == signal).count();
         if count > MAX_SIGNAL_HITS {
             if let Some(p) = self.signals.iter().position(|h| h.signal == signal) {
@@ -248,6 +277,7 @@ impl AccountState {
     /// Drops everything older than `retention_buckets` before bucket `now`.
     pub fn prune(&mut self, now: u32, retention_buckets: u32, bucket_seconds: i64) {
         let cutoff = now.saturating_sub(retention_buckets);
+        self.kept_from = self.kept_from.max(cutoff);
         // `buckets`, `user_hist` and `signals` are sorted (by bucket, by
         // bucket, by time): what goes is a prefix.
         let n = self.buckets.partition_point(|b| b.idx < cutoff);
@@ -263,7 +293,7 @@ impl AccountState {
     pub fn metric(&self, m: &Metric, now: u32, bucket_seconds: i64) -> f64 {
         let (lo, hi) = window_range(now, m.window_buckets, m.offset_buckets);
         match m.kind {
-            MetricKind::Events => self.events_between(m.counter, lo, hi) as f64,
+            MetricKind::Events => self.events_between(m.column, lo, hi) as f64,
             MetricKind::ActiveUsers => {
                 let start = self.user_hist.partition_point(|e| e.0 < lo);
                 let n: u64 = self.user_hist[start..].iter().take_while(|e| e.0 <= hi).map(|e| u64::from(e.1)).sum();
@@ -274,13 +304,86 @@ impl AccountState {
                 .signals
                 .iter()
                 .filter(|h| {
-                    if h.signal != m.signal_name {
+                    if h.signal != m.signal_id {
                         return false;
                     }
                     let b = bucket_of(h.at_ms, bucket_seconds);
                     b >= lo && b <= hi
                 })
                 .count() as f64,
+        }
+    }
+
+    /// Conforms the record to `layout`: columns (counters and signals) the
+    /// layout has and the record holds continue exactly, whatever their
+    /// place; those it lacks start empty, complete only after the
+    /// account's latest event; those the layout no longer has are dropped,
+    /// with the cooldown bookkeeping of shadows that are gone. Returns
+    /// whether anything changed.
+    pub fn conform(&mut self, layout: &Layout) -> bool {
+        let same_counters = self.columns.len() == layout.counter_ids.len()
+            && self.columns.iter().zip(&layout.counter_ids).all(|(c, id)| c.id == *id);
+        let same_signals = self.signal_columns.len() == layout.signals.len()
+            && self.signal_columns.iter().zip(layout.signal_ids()).all(|(c, id)| c.id == id);
+        let same_shadows = self.shadow_announced.iter().all(|(v, _)| layout.shadow_versions.contains(v));
+        if same_counters && same_signals && same_shadows {
+            return false;
+        }
+        // Events already applied have times up to `last_seen_ms`: a new
+        // column holds everything from the bucket after it.
+        let fresh_from = if self.last_seen_ms > 0 { bucket_of(self.last_seen_ms, layout.bucket_seconds) + 1 } else { 0 };
+        if !same_counters {
+            let old: Vec<Option<usize>> =
+                layout.counter_ids.iter().map(|id| self.columns.iter().position(|c| c.id == *id)).collect();
+            self.columns = layout
+                .counter_ids
+                .iter()
+                .zip(&old)
+                .map(|(&id, o)| Column { id, from: o.map_or(fresh_from, |i| self.columns[i].from) })
+                .collect();
+            for b in &mut self.buckets {
+                b.counts = old.iter().map(|o| o.and_then(|i| b.counts.get(i).copied()).unwrap_or(0)).collect();
+            }
+            self.buckets.retain(|b| b.counts.iter().any(|&c| c > 0));
+        }
+        if !same_signals {
+            let kept: Vec<Column> = layout
+                .signal_ids()
+                .map(|id| {
+                    let from = self.signal_columns.iter().find(|c| c.id == id).map_or(fresh_from, |c| c.from);
+                    Column { id, from }
+                })
+                .collect();
+            self.signals.retain(|h| kept.iter().any(|c| c.id == h.signal));
+            self.signal_columns = kept;
+        }
+        self.shadow_announced.retain(|(v, _)| layout.shadow_versions.contains(v));
+        true
+    }
+
+    /// The first bucket from which the record holds all of a column with
+    /// `from` (see [`Column`]) and all history (see `kept_from`).
+    fn complete_from(&self, from: u32, bucket_seconds: i64) -> u32 {
+        // Nothing was dropped before the account began.
+        let first = if self.first_seen_ms > 0 { bucket_of(self.first_seen_ms, bucket_seconds) } else { 0 };
+        let kept = if self.kept_from <= first { 0 } else { self.kept_from };
+        kept.max(if from <= first { 0 } else { from })
+    }
+
+    /// Whether metric `m` at bucket `now` reads a window that reaches back
+    /// before what the record holds completely: a counter or signal added
+    /// after the account began, or a window longer than the history kept.
+    pub fn warming_up(&self, m: &Metric, now: u32, bucket_seconds: i64) -> bool {
+        let (lo, _) = window_range(now, m.window_buckets, m.offset_buckets);
+        let from = match m.kind {
+            MetricKind::Events => self.columns.get(m.column).filter(|c| c.id == m.counter_id).map(|c| c.from),
+            MetricKind::Signal => self.signal_columns.iter().find(|c| c.id == m.signal_id).map(|c| c.from),
+            MetricKind::ActiveUsers | MetricKind::DistinctFeatures => Some(0),
+        };
+        match from {
+            Some(from) => lo < self.complete_from(from, bucket_seconds),
+            // Not conformed to this definition's layout: nothing is known.
+            None => self.last_seen_ms > 0,
         }
     }
 
@@ -301,7 +404,7 @@ impl AccountState {
         self.signals.iter().filter(move |h| {
             let b = bucket_of(h.at_ms, def.bucket_seconds);
             def.metrics.iter().any(|m| {
-                if m.kind != MetricKind::Signal || m.signal_name != h.signal {
+                if m.kind != MetricKind::Signal || m.signal_id != h.signal {
                     return false;
                 }
                 let (lo, hi) = window_range(now, m.window_buckets, m.offset_buckets);
@@ -353,8 +456,10 @@ mod tests {
             kind,
             window_buckets: window_h,
             offset_buckets: offset_h,
-            counter: 0,
-            signal: 0,
+            counter_id: 0,
+            column: 0,
+            window_slot: 0,
+            signal_id: 0,
             signal_name: String::new(),
         }
     }
@@ -412,7 +517,7 @@ mod tests {
         a.add_event(10, &[0], 1);
         a.add_event(900, &[0], 1);
         a.move_user(None, 10);
-        a.add_signal("s", "u", 10 * 3600 * 1000);
+        a.add_signal(7, "u", 10 * 3600 * 1000);
         a.touch_feature("f", 10);
         a.prune(900, 840, H);
         assert_eq!(a.buckets.len(), 1);
@@ -423,7 +528,7 @@ mod tests {
     fn signals_keep_time_order_and_are_bounded() {
         let mut a = AccountState::default();
         for i in (0..100).rev() {
-            a.add_signal("s", "u", i * 1000);
+            a.add_signal(7, "u", i * 1000);
         }
         assert_eq!(a.signals.len(), MAX_SIGNAL_HITS);
         assert!(a.signals.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));

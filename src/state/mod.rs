@@ -8,6 +8,8 @@
 pub mod account;
 pub mod cf;
 pub mod keys;
+pub mod layout;
+pub mod manifest;
 pub mod store;
 
 pub use account::{AccountState, MemberState, UserState};

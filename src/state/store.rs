@@ -24,8 +24,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::account::{AccountState, MemberState, UserState, WindowSums};
+use super::layout::Layout;
+use super::manifest::{migrate_v1, Manifest};
 use super::{cf, keys};
-use crate::config::StateConfig;
+use crate::config::{CompiledDefinition, StateConfig};
 
 /// State errors. All are internal or environmental (disk, corruption):
 /// none is caused by an input event.
@@ -37,11 +39,17 @@ pub enum StateError {
     Corrupt { what: &'static str, detail: String },
     #[error("state directory {path}: {detail}")]
     Dir { path: String, detail: String },
+    /// The definition asks for something the state cannot serve.
+    #[error("{0}")]
+    Incompatible(String),
 }
 
 /// Schema version of the stored records; a mismatch refuses to start
-/// rather than misreading state.
-const SCHEMA_VERSION: &[u8] = b"1";
+/// rather than misreading state. Version 1 (before account records listed
+/// the ids of their columns) is migrated in place on start
+/// ([`Store::prepare_layout`]).
+pub const SCHEMA_VERSION: &[u8] = b"2";
+const SCHEMA_V1: &[u8] = b"1";
 
 /// (topic, partition).
 pub type TopicPartition = (String, i32);
@@ -63,6 +71,8 @@ pub struct AccountEntry {
     pub partition: i32,
     /// Listed in the store's touched list for the next commit.
     touched: bool,
+    /// The layout `state` was last conformed to.
+    generation: u64,
 }
 
 #[derive(Debug, Default)]
@@ -138,6 +148,20 @@ pub struct StateReader {
 }
 
 impl StateReader {
+    /// Opens a state directory read-only, beside a running engine (RocksDB
+    /// takes no lock for this): for `validate --state-dir` and `inspect`.
+    pub fn open_read_only(dir: &std::path::Path) -> Result<StateReader, StateError> {
+        let opts = Options::default();
+        let db = DB::open_cf_for_read_only(&opts, dir, cf::ALL, false)?;
+        Ok(StateReader { db: Arc::new(db) })
+    }
+
+    /// Whether the directory's records still need the migration from
+    /// schema 1 (which the engine does on start).
+    pub fn needs_migration(&self) -> Result<bool, StateError> {
+        Ok(self.schema()?.as_bytes() == SCHEMA_V1)
+    }
+
     pub fn account(&self, id: &str) -> Result<Option<AccountState>, StateError> {
         get(&self.db, cf::ACCOUNTS, &keys::account(id), "account")
     }
@@ -213,6 +237,27 @@ impl StateReader {
         Ok(out)
     }
 
+    /// What the state holds and since when (`None`: nothing recorded yet).
+    pub fn manifest(&self) -> Result<Option<Manifest>, StateError> {
+        let cf = self.db.cf_handle(cf::META).expect("meta column family");
+        match self.db.get_pinned_cf(cf, keys::meta("manifest"))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StateError::Corrupt { what: "manifest", detail: e.to_string() }),
+        }
+    }
+
+    /// The state's schema version as stored.
+    pub fn schema(&self) -> Result<String, StateError> {
+        let cf = self.db.cf_handle(cf::META).expect("meta column family");
+        Ok(self
+            .db
+            .get_pinned_cf(cf, keys::meta("schema"))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default())
+    }
+
     /// The engine's event-time watermark as last committed.
     pub fn watermark_ms(&self) -> Result<i64, StateError> {
         let cf = self.db.cf_handle(cf::META).expect("meta column family");
@@ -262,6 +307,11 @@ pub struct Store {
     changelog: bool,
     /// Shared with the dedupe compaction filter.
     dedupe_window: Arc<AtomicI64>,
+    /// What account records are conformed to when they are handed out.
+    layout: Option<Arc<Layout>>,
+    /// The directory holds schema-1 records, to migrate before use.
+    legacy_v1: bool,
+    dir: String,
 }
 
 impl Store {
@@ -349,9 +399,11 @@ impl Store {
         });
         let db = DB::open_cf_descriptors(&db_opts, &cfg.dir, cfs)?;
         let meta = db.cf_handle(cf::META).expect("meta column family");
+        let mut legacy_v1 = false;
         match db.get_cf(meta, keys::meta("schema"))? {
             None => db.put_cf(meta, keys::meta("schema"), SCHEMA_VERSION)?,
             Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) if v == SCHEMA_V1 => legacy_v1 = true,
             Some(v) => {
                 return Err(StateError::Dir {
                     path: cfg.dir.display().to_string(),
@@ -379,7 +431,46 @@ impl Store {
             touched_users: Vec::new(),
             partition: 0,
             changelog: false,
+            layout: None,
+            legacy_v1,
+            dir: cfg.dir.display().to_string(),
         })
+    }
+
+    /// Makes the state serve `layout` (the definitions the engine runs, the
+    /// live one first): migrates a schema-1 directory in place, refuses a
+    /// layout the state cannot serve (another `bucket_seconds`), and updates
+    /// the manifest of what the state holds and since when. Account records
+    /// handed out from now on are conformed to the layout. Call it before
+    /// the first event and on every change of definitions, between batches.
+    pub fn prepare_layout(&mut self, layout: Arc<Layout>, live: &CompiledDefinition) -> Result<Manifest, StateError> {
+        let old = self.reader.manifest()?;
+        if let Some(m) = &old {
+            if m.bucket_seconds != layout.bucket_seconds {
+                return Err(StateError::Incompatible(format!(
+                    "definition.bucket_seconds is {} but the state in {} was built with {}: windows cannot be \
+                     re-cut. Keep bucket_seconds = {}, or rebuild the state under the new definition: `pqa-engine \
+                     replay --config NEW.toml --input HISTORY --state-dir NEW_DIR` (or `run` with a new state.dir and \
+                     a new kafka.group_id)",
+                    layout.bucket_seconds, self.dir, m.bucket_seconds, m.bucket_seconds
+                )));
+            }
+        }
+        if self.legacy_v1 {
+            migrate_v1(&self.reader.db, live)?;
+            self.legacy_v1 = false;
+        }
+        let mut manifest = Manifest::next(old.as_ref(), &layout, self.watermark_ms());
+        manifest.live = live.version.clone();
+        let meta = self.reader.db.cf_handle(cf::META).expect("cf");
+        self.reader.db.put_cf(meta, keys::meta("manifest"), serde_json::to_vec(&manifest).expect("manifest"))?;
+        self.layout = Some(layout);
+        Ok(manifest)
+    }
+
+    /// The layout account records are conformed to.
+    pub fn layout(&self) -> Option<&Arc<Layout>> {
+        self.layout.as_ref()
     }
 
     /// A read-only handle for other threads (HTTP).
@@ -414,6 +505,14 @@ impl Store {
             self.accounts.put(id.to_string(), AccountEntry { state, ..Default::default() });
         }
         let e = self.accounts.get_mut(id).expect("just inserted");
+        if let Some(layout) = &self.layout {
+            if e.generation != layout.generation {
+                // Written in its new shape with the next change.
+                e.state.conform(layout);
+                e.sums.clear();
+                e.generation = layout.generation;
+            }
+        }
         e.partition = self.partition;
         if !e.touched {
             e.touched = true;
@@ -697,7 +796,7 @@ pub struct CommitStats {
     pub cached_accounts: usize,
 }
 
-fn encode_value<T: Serialize>(buf: &mut Vec<u8>, last_seen_ms: i64, record: &T) {
+pub(crate) fn encode_value<T: Serialize>(buf: &mut Vec<u8>, last_seen_ms: i64, record: &T) {
     buf.clear();
     buf.extend_from_slice(&last_seen_ms.to_be_bytes());
     // postcard into a Vec cannot fail for these plain records. Straight
@@ -706,7 +805,7 @@ fn encode_value<T: Serialize>(buf: &mut Vec<u8>, last_seen_ms: i64, record: &T) 
     *buf = out;
 }
 
-fn decode_value<T: DeserializeOwned>(v: &[u8], what: &'static str) -> Result<T, StateError> {
+pub(crate) fn decode_value<T: DeserializeOwned>(v: &[u8], what: &'static str) -> Result<T, StateError> {
     let body = v.get(8..).ok_or_else(|| StateError::Corrupt { what, detail: "shorter than its header".into() })?;
     postcard::from_bytes(body).map_err(|e| StateError::Corrupt { what, detail: e.to_string() })
 }
