@@ -104,6 +104,7 @@ pub fn backtest(opts: &BacktestOptions) -> Result<BacktestReport, BacktestError>
             version: d.version.clone(),
             label: l.clone(),
             rules: d.rules.iter().map(|r| r.name.clone()).collect(),
+            rule_inputs: d.rules.iter().map(|r| (r.name.clone(), r.references.clone())).collect(),
         })
         .collect();
     let mut iter = compiled.into_iter();
@@ -125,7 +126,7 @@ pub fn backtest(opts: &BacktestOptions) -> Result<BacktestReport, BacktestError>
     let mut rows: Vec<Row> = Vec::new();
     let mut bad: Option<BacktestError> = None;
     let (stats, summary) = replay_definitions(&cfg, Arc::new(defs), &replay_opts, Metrics::new(), &mut |e| {
-        match Row::from_cloudevent(e.definition, &e.payload) {
+        match Row::from_cloudevent_explained(e.definition, &e.payload, &infos[e.definition].rule_inputs) {
             Ok(r) => rows.push(r),
             Err(detail) => {
                 bad.get_or_insert(BacktestError::Row { version: infos[e.definition].version.clone(), detail });

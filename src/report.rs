@@ -28,6 +28,9 @@ pub struct DefinitionInfo {
     pub label: String,
     /// Its rule names in definition order.
     pub rules: Vec<String>,
+    /// Per rule, the metrics and derived numbers its condition reads (for
+    /// `why`); may be empty.
+    pub rule_inputs: Vec<(String, Vec<String>)>,
 }
 
 /// What the pass over the history saw.
@@ -83,6 +86,17 @@ const EXAMPLES: usize = 5;
 impl Row {
     /// Builds a row from one announcement, a CloudEvent in structured JSON mode.
     pub fn from_cloudevent(definition: usize, payload: &[u8]) -> Result<Row, String> {
+        Row::from_cloudevent_explained(definition, payload, &[])
+    }
+
+    /// [`Row::from_cloudevent`], with the names each rule reads (`rule ->
+    /// metric names`), so that `why` shows each rule with the numbers that
+    /// fired it rather than every metric.
+    pub fn from_cloudevent_explained(
+        definition: usize,
+        payload: &[u8],
+        rule_inputs: &[(String, Vec<String>)],
+    ) -> Result<Row, String> {
         let ev: Value = serde_json::from_slice(payload).map_err(|e| format!("announcement is not JSON: {e}"))?;
         let ev = ev.as_object().ok_or("announcement is not a JSON object")?;
         let event_type = str_of(ev.get("type")).ok_or("announcement has no \"type\"")?;
@@ -118,7 +132,7 @@ impl Row {
                 email.or(user).unwrap_or("").to_string()
             })
             .unwrap_or_default();
-        let why = build_why(event_type, &rules, data, &warming_up);
+        let why = build_why(event_type, &rules, data, &warming_up, rule_inputs);
         Ok(Row {
             definition,
             version: str_of(data.get("definition_version")).unwrap_or("").to_string(),
@@ -175,6 +189,7 @@ fn build_why(
     rules: &[String],
     data: &serde_json::Map<String, Value>,
     warming_up: &[String],
+    rule_inputs: &[(String, Vec<String>)],
 ) -> String {
     let mut parts: Vec<String> = Vec::new();
     let tier = str_of(data.get("tier")).unwrap_or("none");
@@ -187,8 +202,32 @@ fn build_why(
         TYPE_TIER_CHANGED => parts.push(format!("tier {} -> {tier}", previous.unwrap_or("?"))),
         _ => {}
     }
-    let mut head = rules.join(", ");
-    if let Some(metrics) = data.get("metrics").and_then(Value::as_object) {
+    let metric = |k: &str| -> Option<String> {
+        let v = data.get("metrics").and_then(Value::as_object)?.get(k)?;
+        let warm = if warming_up.iter().any(|w| w == k) { " (warming up)" } else { "" };
+        Some(format!("{k}={}{warm}", fmt_metric(v)?))
+    };
+    let explained = !rule_inputs.is_empty() && rules.iter().all(|r| rule_inputs.iter().any(|x| &x.0 == r));
+    let mut head = if explained {
+        rules
+            .iter()
+            .map(|r| {
+                let inputs = &rule_inputs.iter().find(|x| &x.0 == r).expect("checked").1;
+                let shown: Vec<String> = inputs.iter().filter_map(|k| metric(k)).collect();
+                if shown.is_empty() {
+                    r.clone()
+                } else {
+                    format!("{r} ({})", shown.join(", "))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    } else {
+        rules.join(", ")
+    };
+    if explained {
+        // Each rule said what it read.
+    } else if let Some(metrics) = data.get("metrics").and_then(Value::as_object) {
         // Sorted by name, whatever order the JSON map keeps.
         let mut metrics: Vec<(&String, &Value)> = metrics.iter().collect();
         metrics.sort_by(|a, b| a.0.cmp(b.0));
@@ -260,7 +299,7 @@ pub fn write_report(
             defs.get(i).cloned().unwrap_or_else(|| DefinitionInfo {
                 version: rows.iter().find(|r| r.definition == i).map(|r| r.version.clone()).unwrap_or_default(),
                 label: format!("definition #{}", i + 1),
-                rules: Vec::new(),
+                ..Default::default()
             })
         })
         .collect();
@@ -1278,11 +1317,13 @@ mod tests {
                 version: "v0".into(),
                 label: "a.toml".into(),
                 rules: vec!["team_adoption".into(), "enterprise_evaluation".into()],
+                ..Default::default()
             },
             DefinitionInfo {
                 version: "v1".into(),
                 label: "b.toml".into(),
                 rules: vec!["team_adoption".into(), "usage_spike".into()],
+                ..Default::default()
             },
         ]
     }
@@ -1616,6 +1657,7 @@ mod tests {
                 version: format!("experiment-2026.11.{i}-with-a-long-suffix"),
                 label: format!("experiments/candidate-{i}.toml"),
                 rules: vec!["team_adoption".into()],
+                ..Default::default()
             });
         }
         let mut rows = Vec::new();
