@@ -199,6 +199,10 @@ impl Reloader {
         signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
         std::thread::Builder::new().name("pqa-reload".into()).spawn(move || {
             let mut seen = fingerprints(&self.watched_files());
+            // A changed file is reloaded once it has stayed the same for one
+            // poll: an editor or a deploy tool writing in steps is not read
+            // half-written.
+            let mut changed: Option<Vec<(PathBuf, Option<u64>)>> = None;
             while !shutdown.is_triggered() {
                 shutdown.sleep(poll);
                 let trigger = if hup.swap(false, Ordering::Relaxed) {
@@ -206,6 +210,11 @@ impl Reloader {
                 } else {
                     let now = fingerprints(&self.watched_files());
                     if now == seen {
+                        changed = None;
+                        continue;
+                    }
+                    if changed.as_ref() != Some(&now) {
+                        changed = Some(now);
                         continue;
                     }
                     "file change"
@@ -214,6 +223,7 @@ impl Reloader {
                 // What was loaded is the new baseline (also when it was
                 // refused: the next change of the file tries again).
                 seen = fingerprints(&self.watched_files());
+                changed = None;
             }
         })
     }

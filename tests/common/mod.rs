@@ -174,6 +174,7 @@ pub struct Record {
     pub payload: Option<Vec<u8>>,
     pub headers: HashMap<String, String>,
     pub offset: i64,
+    pub partition: i32,
 }
 
 impl Record {
@@ -190,6 +191,7 @@ impl Record {
             payload: m.payload().map(<[u8]>::to_vec),
             headers,
             offset: m.offset(),
+            partition: m.partition(),
         }
     }
 
