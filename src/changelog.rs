@@ -32,12 +32,21 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
 use crate::config::KafkaConfig;
+
+/// Header naming the state schema of a changelog record (absent: schema 1).
+pub const SCHEMA_HEADER: &str = "pqa-schema";
+
+/// The schema a changelog record was written in (`None`: before records
+/// carried it, schema 1).
+fn schema_of(m: &impl Message) -> Option<Vec<u8>> {
+    m.headers()?.iter().find(|h| h.key == SCHEMA_HEADER).and_then(|h| h.value.map(<[u8]>::to_vec))
+}
 use crate::gaps::{self, GapGuard, TopicPartition, Verdict};
 use crate::http::Health;
 use crate::shutdown::Shutdown;
@@ -334,8 +343,15 @@ impl Changelog {
     }
 
     fn send(&self, r: &ChangeRecord, shutdown: &Shutdown) -> Result<(), ChangelogError> {
-        let mut record: BaseRecord<'_, [u8], [u8], ()> =
-            BaseRecord::to(&self.topic).partition(r.partition).key(&r.key[..]).payload(&r.value[..]);
+        let schema = OwnedHeaders::new().insert(Header {
+            key: SCHEMA_HEADER,
+            value: Some(crate::state::store::SCHEMA_VERSION),
+        });
+        let mut record: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&self.topic)
+            .partition(r.partition)
+            .key(&r.key[..])
+            .payload(&r.value[..])
+            .headers(schema);
         let mut logged = false;
         loop {
             match self.producer.send(record) {
@@ -517,7 +533,16 @@ impl Changelog {
                         continue;
                     }
                     let key = m.key().unwrap_or_default().to_vec();
-                    let value = m.payload().unwrap_or_default().to_vec();
+                    let mut value = m.payload().unwrap_or_default().to_vec();
+                    if key.first() == Some(&keys::ACCOUNT) && schema_of(&m).is_none() {
+                        // Written by an engine of schema 1 (before records
+                        // named their columns): read it the way a schema-1
+                        // state directory is migrated.
+                        match store.convert_v1_account(&value) {
+                            Ok(v) => value = v,
+                            Err(e) => break Err(e.into()),
+                        }
+                    }
                     done.records += 1;
                     self.metrics.restored_records.inc();
                     let read = (m.offset() + 1 - position).clamp(0, remaining);

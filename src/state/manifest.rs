@@ -17,7 +17,7 @@ use super::account::{AccountState, Announced, Bucket, Column, SignalHit};
 use super::layout::Layout;
 use super::store::{decode_value, encode_value, StateError};
 use super::{cf, keys};
-use crate::config::definition::{counter_id, CompiledDefinition, MetricKind};
+use crate::config::definition::{CompiledDefinition, MetricKind};
 use crate::emit::format_time_ms;
 
 /// One counter or signal the state holds.
@@ -196,21 +196,77 @@ struct HitV1 {
     at_ms: i64,
 }
 
-/// Rewrites every schema-1 account record in the current form. Schema 1
-/// did not record which definition wrote a record; its documentation
-/// required the definition's filtered counters to stay in place, so
-/// positions are read as `def`'s counters and signal names as `def`'s
-/// signals (occurrences of signals `def` does not name are dropped). The
-/// migration resumes where it stopped if interrupted.
-pub(crate) fn migrate_v1(db: &DB, def: &CompiledDefinition) -> Result<(), StateError> {
+/// An account record of schema 1 in the current form. Schema 1 did not
+/// record which definition wrote a record; its documentation required the
+/// definition's filtered counters to stay in place, so positions are read as
+/// the live definition's counters (the layout's first columns, in the live
+/// definition's order) and signal names as the layout's signals (the live
+/// definition's first); occurrences of signals it does not name are dropped.
+pub(crate) fn convert_v1(value: &[u8], layout: &Layout) -> Result<AccountState, StateError> {
+    let old: AccountV1 = decode_value(value, "account (schema 1)")?;
+    let bucket_of = |ms: i64| super::account::bucket_of(ms, layout.bucket_seconds);
+    let first = if old.first_seen_ms > 0 { bucket_of(old.first_seen_ms) } else { 0 };
+    // What a shorter retention may have dropped: everything before the
+    // oldest bucket left, unless that is where the account began.
+    let kept_from = match old.buckets.first() {
+        Some(b) if b.idx <= first => 0,
+        Some(b) => b.idx,
+        None => bucket_of(old.last_seen_ms),
+    };
+    let width = old.buckets.iter().map(|b| b.counts.len()).max().unwrap_or(1).clamp(1, layout.counter_ids.len());
+    let signals: Vec<SignalHit> = old
+        .signals
+        .iter()
+        .filter_map(|h| {
+            let s = layout.signals.iter().find(|s| s.name == h.signal)?;
+            Some(SignalHit { signal: s.id, user: h.user.clone(), at_ms: h.at_ms })
+        })
+        .collect();
+    let mut new = AccountState {
+        first_seen_ms: old.first_seen_ms,
+        last_seen_ms: old.last_seen_ms,
+        seq: old.seq,
+        columns: layout.counter_ids[..width].iter().map(|&id| Column { id, from: 0 }).collect(),
+        buckets: old
+            .buckets
+            .into_iter()
+            .map(|mut b| {
+                b.counts.resize(width, 0);
+                b
+            })
+            .collect(),
+        user_hist: old.user_hist,
+        features: old.features,
+        signal_columns: Vec::new(),
+        signals,
+        kept_from,
+        traits_json: old.traits_json,
+        announced: old.announced,
+        shadow_announced: Vec::new(),
+    };
+    // Signals it held, by name: the first of the layout's signals with
+    // each name (the live definition's). The others start now (`conform`).
+    let mut names: Vec<&str> = Vec::new();
+    for s in &layout.signals {
+        if !names.contains(&s.name.as_str()) {
+            names.push(&s.name);
+            new.signal_columns.push(Column { id: s.id, from: 0 });
+        }
+    }
+    new.conform(layout);
+    Ok(new)
+}
+
+/// Rewrites every schema-1 account record in the current form (see
+/// [`convert_v1`]). Resumes where it stopped if interrupted.
+pub(crate) fn migrate_v1(db: &DB, layout: &Layout, live: &CompiledDefinition) -> Result<(), StateError> {
     let acf = db.cf_handle(cf::ACCOUNTS).expect("cf");
     let meta = db.cf_handle(cf::META).expect("cf");
     let cursor_key = keys::meta("migrate-v2-cursor");
     let mut start: Vec<u8> = db.get_cf(meta, &cursor_key)?.unwrap_or_default();
-    let ids: Vec<u64> = def.counters.iter().map(|c| counter_id(c.as_ref())).collect();
     let mut migrated = 0u64;
     tracing::warn!(
-        definition = %def.version,
+        definition = %live.version,
         "migrating the state from schema 1: filtered counters are read by their position in this definition, signals by name"
     );
     loop {
@@ -223,46 +279,7 @@ pub(crate) fn migrate_v1(db: &DB, def: &CompiledDefinition) -> Result<(), StateE
             if !start.is_empty() && *k == *start {
                 continue;
             }
-            let old: AccountV1 = decode_value(&v, "account (schema 1)")?;
-            let bucket_of = |ms: i64| super::account::bucket_of(ms, def.bucket_seconds);
-            let first = if old.first_seen_ms > 0 { bucket_of(old.first_seen_ms) } else { 0 };
-            // What a shorter retention may have dropped: everything before
-            // the oldest bucket left, unless that is where the account began.
-            let kept_from = match old.buckets.first() {
-                Some(b) if b.idx <= first => 0,
-                Some(b) => b.idx,
-                None => bucket_of(old.last_seen_ms),
-            };
-            let signals: Vec<SignalHit> = old
-                .signals
-                .iter()
-                .filter_map(|h| {
-                    let s = def.signals.iter().find(|s| s.name == h.signal)?;
-                    Some(SignalHit { signal: s.id, user: h.user.clone(), at_ms: h.at_ms })
-                })
-                .collect();
-            let new = AccountState {
-                first_seen_ms: old.first_seen_ms,
-                last_seen_ms: old.last_seen_ms,
-                seq: old.seq,
-                columns: ids.iter().map(|&id| Column { id, from: 0 }).collect(),
-                buckets: old
-                    .buckets
-                    .into_iter()
-                    .map(|mut b| {
-                        b.counts.resize(ids.len(), 0);
-                        b
-                    })
-                    .collect(),
-                user_hist: old.user_hist,
-                features: old.features,
-                signal_columns: def.signals.iter().map(|s| Column { id: s.id, from: 0 }).collect(),
-                signals,
-                kept_from,
-                traits_json: old.traits_json,
-                announced: old.announced,
-                shadow_announced: Vec::new(),
-            };
+            let new = convert_v1(&v, layout)?;
             encode_value(&mut buf, new.last_seen_ms, &new);
             batch.put_cf(acf, &k, &buf);
             last = Some(k.to_vec());

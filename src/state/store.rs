@@ -457,7 +457,7 @@ impl Store {
             }
         }
         if self.legacy_v1 {
-            migrate_v1(&self.reader.db, live)?;
+            migrate_v1(&self.reader.db, &layout, live)?;
             self.legacy_v1 = false;
         }
         let mut manifest = Manifest::next(old.as_ref(), &layout, self.watermark_ms());
@@ -466,6 +466,19 @@ impl Store {
         self.reader.db.put_cf(meta, keys::meta("manifest"), serde_json::to_vec(&manifest).expect("manifest"))?;
         self.layout = Some(layout);
         Ok(manifest)
+    }
+
+    /// A changelog value of an account written by an engine of schema 1
+    /// (a peer not yet upgraded), in the current form for this layout.
+    pub fn convert_v1_account(&self, value: &[u8]) -> Result<Vec<u8>, StateError> {
+        let layout = self.layout.as_ref().ok_or_else(|| StateError::Corrupt {
+            what: "changelog",
+            detail: "a schema-1 record arrived before the definitions were set".into(),
+        })?;
+        let state = super::manifest::convert_v1(value, layout)?;
+        let mut buf = Vec::new();
+        encode_value(&mut buf, state.last_seen_ms, &state);
+        Ok(buf)
     }
 
     /// The layout account records are conformed to.
@@ -828,6 +841,72 @@ mod tests {
         c.dir = dir.to_path_buf();
         c.cache_accounts = 2;
         c
+    }
+
+    /// A schema-1 directory (counters by position, signals by name) is
+    /// migrated in place on start: counts land in the columns of the same
+    /// meaning, signals by name, and the schema is 2 afterwards.
+    #[test]
+    fn a_schema_1_directory_is_migrated_in_place() {
+        use crate::state::account::{Announced, Bucket};
+        #[derive(Serialize)]
+        struct V1 {
+            first_seen_ms: i64,
+            last_seen_ms: i64,
+            seq: u64,
+            buckets: Vec<Bucket>,
+            user_hist: Vec<(u32, u32)>,
+            features: Vec<(String, u32)>,
+            signals: Vec<(String, String, i64)>,
+            traits_json: String,
+            announced: Announced,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default_config();
+        config.definition.metrics.push(crate::config::definition::MetricConfig {
+            name: "uploads_7d".into(),
+            kind: crate::config::definition::MetricKind::Events,
+            window: "7d".into(),
+            offset: None,
+            events: vec!["File Uploaded".into()],
+            signal: None,
+        });
+        let def = config.definition.compile().unwrap();
+        let h = 3_600_000;
+        {
+            let s = Store::open(&cfg(dir.path())).unwrap();
+            let v1 = V1 {
+                first_seen_ms: 1000 * h,
+                last_seen_ms: 1010 * h,
+                seq: 9,
+                buckets: vec![Bucket { idx: 1000, counts: vec![5, 2] }, Bucket { idx: 1010, counts: vec![4, 0] }],
+                user_hist: vec![(1010, 3)],
+                features: vec![("File Uploaded".into(), 1000)],
+                signals: vec![("hand_raise".into(), "u1".into(), 1005 * h), ("gone".into(), "u2".into(), 1006 * h)],
+                traits_json: r#"{"name":"Acme"}"#.into(),
+                announced: Announced { rules: vec![("hand_raiser".into(), 1005 * h)], tier: None, active: true },
+            };
+            let mut buf = Vec::new();
+            encode_value(&mut buf, v1.last_seen_ms, &v1);
+            let db = &s.reader.db;
+            db.put_cf(db.cf_handle(cf::ACCOUNTS).unwrap(), keys::account("acme"), &buf).unwrap();
+            db.put_cf(db.cf_handle(cf::META).unwrap(), keys::meta("schema"), b"1").unwrap();
+        }
+        let mut s = Store::open(&cfg(dir.path())).unwrap();
+        assert!(s.reader().needs_migration().unwrap());
+        s.prepare_layout(Arc::new(Layout::single(&def)), &def).unwrap();
+        assert_eq!(s.reader().schema().unwrap(), "2");
+        let a = s.reader().account("acme").unwrap().unwrap();
+        let uploads = crate::config::definition::counter_id(Some(&["File Uploaded".to_string()].into_iter().collect()));
+        assert_eq!(a.columns.iter().map(|c| c.id).collect::<Vec<_>>(), [crate::config::definition::counter_id(None), uploads]);
+        assert!(a.columns.iter().all(|c| c.from == 0), "held from the start");
+        assert_eq!(a.buckets[0].counts, [5, 2]);
+        let hand_raise = def.signals.iter().find(|x| x.name == "hand_raise").unwrap().id;
+        assert_eq!(a.signals.iter().map(|h| h.signal).collect::<Vec<_>>(), [hand_raise], "by name; unknown names dropped");
+        assert_eq!((a.seq, a.announced.active, a.kept_from), (9, true, 0));
+        let m = def.metrics.iter().find(|m| m.name == "uploads_7d").unwrap();
+        assert_eq!(a.metric(m, 1010, 3600), 2.0);
+        assert!(!a.warming_up(m, 1010, 3600));
     }
 
     #[test]
