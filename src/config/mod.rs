@@ -335,11 +335,14 @@ impl Config {
         if self.kafka.dlq_topic.trim().is_empty() {
             errs.push(ConfigError::new("kafka.dlq_topic", "empty topic name"));
         }
+        // A topic of the engine's own that is already some other topic.
+        let taken = |name: &str| {
+            self.kafka.input_topics.iter().any(|t| t == name)
+                || name == self.kafka.output_topic
+                || name == self.kafka.dlq_topic
+        };
         let shadow_topic = self.kafka.shadow_topic_name();
-        if self.kafka.input_topics.contains(&shadow_topic)
-            || shadow_topic == self.kafka.output_topic
-            || shadow_topic == self.kafka.dlq_topic
-        {
+        if taken(&shadow_topic) {
             errs.push(ConfigError::new(
                 "kafka.shadow_topic",
                 format!("`{shadow_topic}` is already used as an input, output or dead-letter topic"),
@@ -361,10 +364,7 @@ impl Config {
                 ));
             }
             let name = self.kafka.changelog_topic_name();
-            if self.kafka.input_topics.contains(&name)
-                || name == self.kafka.output_topic
-                || name == self.kafka.dlq_topic
-            {
+            if taken(&name) || name == shadow_topic {
                 errs.push(ConfigError::new(
                     "kafka.changelog_topic",
                     format!("`{name}` is already used as an input, output or dead-letter topic"),

@@ -176,24 +176,24 @@ impl MetricStatus {
 
 /// The account record of schema 1: counters by position in the definition
 /// that wrote them, signal occurrences by signal name.
-#[derive(Deserialize)]
-struct AccountV1 {
-    first_seen_ms: i64,
-    last_seen_ms: i64,
-    seq: u64,
-    buckets: Vec<Bucket>,
-    user_hist: Vec<(u32, u32)>,
-    features: Vec<(String, u32)>,
-    signals: Vec<HitV1>,
-    traits_json: String,
-    announced: Announced,
+#[derive(Serialize, Deserialize)]
+pub(crate) struct AccountV1 {
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub seq: u64,
+    pub buckets: Vec<Bucket>,
+    pub user_hist: Vec<(u32, u32)>,
+    pub features: Vec<(String, u32)>,
+    pub signals: Vec<HitV1>,
+    pub traits_json: String,
+    pub announced: Announced,
 }
 
-#[derive(Deserialize)]
-struct HitV1 {
-    signal: String,
-    user: String,
-    at_ms: i64,
+#[derive(Serialize, Deserialize)]
+pub(crate) struct HitV1 {
+    pub signal: String,
+    pub user: String,
+    pub at_ms: i64,
 }
 
 /// An account record of schema 1 in the current form. Schema 1 did not

@@ -849,18 +849,7 @@ mod tests {
     #[test]
     fn a_schema_1_directory_is_migrated_in_place() {
         use crate::state::account::{Announced, Bucket};
-        #[derive(Serialize)]
-        struct V1 {
-            first_seen_ms: i64,
-            last_seen_ms: i64,
-            seq: u64,
-            buckets: Vec<Bucket>,
-            user_hist: Vec<(u32, u32)>,
-            features: Vec<(String, u32)>,
-            signals: Vec<(String, String, i64)>,
-            traits_json: String,
-            announced: Announced,
-        }
+        use crate::state::manifest::{AccountV1 as V1, HitV1};
         let dir = tempfile::tempdir().unwrap();
         let mut config = crate::config::Config::default_config();
         config.definition.metrics.push(crate::config::definition::MetricConfig {
@@ -882,7 +871,10 @@ mod tests {
                 buckets: vec![Bucket { idx: 1000, counts: vec![5, 2] }, Bucket { idx: 1010, counts: vec![4, 0] }],
                 user_hist: vec![(1010, 3)],
                 features: vec![("File Uploaded".into(), 1000)],
-                signals: vec![("hand_raise".into(), "u1".into(), 1005 * h), ("gone".into(), "u2".into(), 1006 * h)],
+                signals: vec![
+                    HitV1 { signal: "hand_raise".into(), user: "u1".into(), at_ms: 1005 * h },
+                    HitV1 { signal: "gone".into(), user: "u2".into(), at_ms: 1006 * h },
+                ],
                 traits_json: r#"{"name":"Acme"}"#.into(),
                 announced: Announced { rules: vec![("hand_raiser".into(), 1005 * h)], tier: None, active: true },
             };
