@@ -22,7 +22,7 @@ use pqa_engine::http::{self, AppState, Health};
 use pqa_engine::reload::Reloader;
 use pqa_engine::source::RunHooks;
 use pqa_engine::state::manifest::Manifest;
-use pqa_engine::replay::{replay, ReplayOptions};
+use pqa_engine::replay::{replay_definitions, ReplayOptions};
 use pqa_engine::shutdown::Shutdown;
 use pqa_engine::sim::{produce_to_topic, write_ndjson, Progress, SimConfig, Simulator, TopicTarget};
 use pqa_engine::telemetry::Metrics;
@@ -206,6 +206,13 @@ struct ReplayArgs {
     /// Lines per state commit.
     #[arg(long, default_value_t = 10_000)]
     batch_lines: usize,
+    /// A shadow definition file, judged beside the live one on the same
+    /// state (repeat for several); see --shadow-output.
+    #[arg(long = "shadow")]
+    shadows: Vec<PathBuf>,
+    /// Write the shadows' announcements here (one CloudEvent per line).
+    #[arg(long, requires = "shadows")]
+    shadow_output: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -478,7 +485,9 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Replay(a) => {
             let cfg = load(a.config.as_ref())?;
-            let def = Arc::new(cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?);
+            let live = cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let config_dir = a.config.as_deref().and_then(|p| p.parent()).map(PathBuf::from);
+            let defs = definitions::load(&cfg, live, config_dir.as_deref(), &a.shadows).map_err(|e| anyhow::anyhow!("{e}"))?;
             let opts = ReplayOptions {
                 input: a.input,
                 output: a.output,
@@ -487,7 +496,27 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 batch_lines: a.batch_lines.max(1),
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };
-            let stats = replay(&cfg, def, &opts, Metrics::new())?;
+            let mut shadow_out = match &a.shadow_output {
+                Some(p) => Some(std::io::BufWriter::new(
+                    std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+                )),
+                None => None,
+            };
+            let mut write_err = None;
+            let (stats, _) = replay_definitions(&cfg, Arc::new(defs), &opts, Metrics::new(), &mut |e| {
+                if let (Some(w), 1..) = (shadow_out.as_mut(), e.definition) {
+                    use std::io::Write;
+                    if let Err(err) = w.write_all(&e.payload).and_then(|_| w.write_all(b"\n")) {
+                        write_err.get_or_insert(err);
+                    }
+                }
+            })?;
+            if let Some(e) = write_err {
+                return Err(anyhow::anyhow!("writing the shadow output: {e}"));
+            }
+            if let Some(mut w) = shadow_out {
+                std::io::Write::flush(&mut w).context("writing the shadow output")?;
+            }
             eprintln!(
                 "replayed {} lines in {:.2} s ({:.0} lines/s): {} events applied, {} dead letters, {} announcements",
                 stats.lines,
