@@ -27,6 +27,8 @@
 #   RUNS [1]                runs of each side (over the same topic)
 #   QUIX_WINDOW [sliding]   sliding | hopping | tumbling | none (see quix_count.py)
 #   SKIP_QUIX, SKIP_PQA     set to 1 to run one side only
+#   PQA_SHADOWS             space-separated shadow definition files for pqa-engine (judged beside
+#                           the live one, announcing to the shadow topic): the cost of shadows
 #   TANSU_PORT [19092]      broker port (a broker already running there is reused and left running)
 #   PQA_BENCH_HOME [~/.cache/pqa-bench]   tansu install, Python venv, results
 #   PQA_BIN                 a pqa-engine binary (default: cargo build --release, then
@@ -108,6 +110,14 @@ TOPIC="bench.events.$STAMP"
 bash benches/broker.sh create-topic "$TOPIC" "$PARTITIONS"
 bash benches/broker.sh create-topic "bench.out.$STAMP" 1
 bash benches/broker.sh create-topic "bench.dlq.$STAMP" 1
+SHADOW_TOML=""
+if [[ -n "${PQA_SHADOWS:-}" ]]; then
+    bash benches/broker.sh create-topic "bench.out.$STAMP.shadow" 1
+    for f in $PQA_SHADOWS; do
+        SHADOW_TOML+=$'\n[[shadow]]\nfile = "'"$(realpath "$f")"$'"\n'
+    done
+    log "shadows: $PQA_SHADOWS"
+fi
 
 # --- preload ------------------------------------------------------------------
 log "simulate: $ACCOUNTS accounts, $DAYS days, seed $SEED, at most $EVENTS events -> $TOPIC"
@@ -142,6 +152,7 @@ dir = "$state"
 
 [http]
 addr = "127.0.0.1:$port"
+$SHADOW_TOML
 TOML
     local t0 t_first="" n_first=0 t_last n=0 m="$WORK/metrics-$r.txt"
     t0="$(now)"
