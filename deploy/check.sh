@@ -210,5 +210,5 @@ for cfg in deploy/systemd/pqa-engine.toml; do
 done
 
 echo
-echo "deploy checks: $pass passed, $fail failed"
+echo "deploy: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

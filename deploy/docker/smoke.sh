@@ -133,5 +133,5 @@ podman stop -t 90 "$TAG-demo" >/dev/null
 exit_code=$(podman inspect "$TAG-demo" --format '{{.State.ExitCode}}')
 [ "$exit_code" = 0 ] && ok "demo: SIGTERM -> exit 0" || bad "demo: exit code $exit_code"
 
-echo "container smoke test: $pass passed, $fail failed"
+echo "smoke: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
