@@ -6,6 +6,7 @@
   check.py compose BIN                docker compose file: services, ports, mounted files, config
   check.py queries PROM_URL           every dashboard query returns data through Prometheus
   check.py rules PROM_URL             every alert evaluates without error in Prometheus
+  check.py render PROM_URL OUT.png    the dashboard drawn from Prometheus's data (matplotlib)
 
 Each check prints `ok: ...` lines, or `FAIL: ...` lines and exits 1.
 `manifests`, `compose` and `prometheusrule` need PyYAML and
@@ -389,6 +390,93 @@ def check_rules(prom):
         ok(f"Prometheus evaluates all {len(rules)} alerts without error (firing now: {firing or 'none'})")
 
 
+def render_png(prom, out, minutes=3):
+    """Draws the dashboard's panels, laid out by their gridPos, from
+    query_range over the last `minutes`: a picture of what Grafana would
+    show, without Grafana."""
+    import time
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(DASHBOARD) as f:
+        dash = json.load(f)
+    end = time.time()
+    start = end - minutes * 60
+    ps = list(panels(dash))
+    rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in ps)
+    unit_h = 0.36  # inches per grid row
+    fig = plt.figure(figsize=(24, rows * unit_h))
+    fig.patch.set_facecolor("#111217")
+
+    def box(g, pad=0.004):
+        # Room above for the title and below for the axis label.
+        x0 = g["x"] / 24 + pad
+        w = g["w"] / 24 - 2 * pad
+        top = 1 - (g["y"] + 0.7) / rows
+        bottom = 1 - (g["y"] + g["h"] - 0.6) / rows
+        return [x0, bottom, w, top - bottom]
+
+    for p in ps:
+        g = p["gridPos"]
+        if p["type"] == "row":
+            fig.text(0.005, 1 - (g["y"] + 0.7) / rows, p["title"], color="white", fontsize=13, weight="bold")
+            continue
+        ax = fig.add_axes(box(g))
+        ax.set_facecolor("#181b1f")
+        for sp in ax.spines.values():
+            sp.set_color("#333")
+        ax.tick_params(colors="#bbb", labelsize=7)
+        ax.set_title(p["title"], color="white", fontsize=9, loc="left")
+        if p["type"] == "text":
+            ax.set_xticks([]); ax.set_yticks([])
+            ax.text(0.02, 0.5, "Reserved: definition version and reloads\n(pqa_definition_info, pqa_definition_reloads_total,\n"
+                    "pqa_definition_reload_failures_total: not exported yet)",
+                    color="#bbb", fontsize=8, va="center", transform=ax.transAxes)
+            continue
+        if p["type"] == "stat":
+            ax.set_xticks([]); ax.set_yticks([])
+            texts = []
+            for t in p["targets"]:
+                r = query(prom, substitute(t["expr"]))["data"]["result"]
+                for sres in r:
+                    v = float(sres["value"][1])
+                    unit = p["fieldConfig"]["defaults"].get("unit")
+                    if p["title"].startswith("Ready"):
+                        texts.append("ready" if v == 1 else "not ready")
+                    elif unit == "percentunit":
+                        texts.append(f"{v * 100:.2f}%")
+                    else:
+                        texts.append(f"{v:,.0f}")
+            ax.text(0.5, 0.45, "  ".join(texts) or "no data", color="#73bf69", fontsize=20, ha="center", va="center",
+                    transform=ax.transAxes, weight="bold")
+            continue
+        n = 0
+        for t in p["targets"]:
+            r = get(f"{prom}/api/v1/query_range?" + urllib.parse.urlencode(
+                {"query": substitute(t["expr"]), "start": start, "end": end, "step": 2}))["data"]["result"]
+            for sres in r:
+                xs = [float(v[0]) - end for v in sres["values"]]
+                ys = [float(v[1]) for v in sres["values"]]
+                if all(not math.isfinite(y) or y == 0 for y in ys) and len(r) > 6:
+                    continue  # like Grafana's "hide zero series" for the long label sets
+                label = t.get("legendFormat", "")
+                for k, v in sres["metric"].items():
+                    label = label.replace("{{" + k + "}}", v)
+                ax.plot(xs, ys, linewidth=1, label=label[:40])
+                n += 1
+        if n == 0:
+            ax.text(0.5, 0.5, "no data", color="#888", ha="center", va="center", transform=ax.transAxes)
+        elif n <= 8:
+            ax.legend(fontsize=6, loc="upper left", facecolor="#181b1f", labelcolor="#ddd", framealpha=0.7)
+        ax.set_xlabel("seconds before now", color="#888", fontsize=6)
+    fig.suptitle(f"pqa-engine dashboard, rendered from Prometheus ({prom}) over the last {minutes} min of `pqa-engine demo`",
+                 color="white", fontsize=11, y=0.999)
+    fig.savefig(out, dpi=60, facecolor=fig.get_facecolor())
+    ok(f"rendered the dashboard to {out}")
+
+
 def main():
     if len(sys.argv) < 2:
         print(__doc__)
@@ -404,6 +492,8 @@ def main():
         check_queries(args[0])
     elif cmd == "rules":
         check_rules(args[0])
+    elif cmd == "render":
+        render_png(args[0], args[1])
     else:
         print(__doc__)
         sys.exit(2)

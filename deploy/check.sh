@@ -161,6 +161,13 @@ else
   ok "Prometheus scraped the demo $scrapes times; $pqas PQAs counted so far"
   py_check rules "$PROM"
   py_check queries "$PROM"
+  # A picture of the dashboard from this Prometheus's data (optional):
+  # PQA_DASHBOARD_PNG=deploy/grafana/pqa-engine.png bash deploy/check.sh
+  if [ -n "${PQA_DASHBOARD_PNG:-}" ]; then
+    "$VENV/bin/pip" install -q --disable-pip-version-check matplotlib==3.11.2
+    sleep 150 # the simulated 90 days take 90 s; draw the whole run
+    py_check render "$PROM" "$PQA_DASHBOARD_PNG"
+  fi
 fi
 
 # ------------------------------------------------------------- 3. Dockerfile
