@@ -4,6 +4,7 @@
   check.py prometheusrule [--write]   deploy/kubernetes/prometheusrule.yaml == alerts.yml
   check.py manifests BIN              Kubernetes: schemas (offline), names, ports, probes, config
   check.py compose BIN                docker compose file: services, ports, mounted files, config
+  check.py dashboard                  the dashboard JSON: ids, layout, targets, variables
   check.py queries PROM_URL           every dashboard query returns data through Prometheus
   check.py rules PROM_URL             every alert evaluates without error in Prometheus
   check.py render PROM_URL OUT.png    the dashboard drawn from Prometheus's data (matplotlib)
@@ -334,6 +335,45 @@ def panels(dash):
         yield from p.get("panels", [])
 
 
+def check_dashboard():
+    with open(DASHBOARD) as f:
+        dash = json.load(f)
+    ps = list(panels(dash))
+    ids = [p["id"] for p in ps]
+    if len(set(ids)) != len(ids):
+        fail("dashboard: panel ids are not unique")
+    cells = {}
+    for p in ps:
+        g = p["gridPos"]
+        if g["x"] < 0 or g["x"] + g["w"] > 24:
+            fail(f"dashboard: panel `{p['title']}` is outside the 24 columns")
+        for x in range(g["x"], g["x"] + g["w"]):
+            for yy in range(g["y"], g["y"] + g["h"]):
+                if (x, yy) in cells:
+                    fail(f"dashboard: panels `{p['title']}` and `{cells[(x, yy)]}` overlap")
+                    break
+                cells[(x, yy)] = p["title"]
+        if p["type"] in ("row", "text"):
+            continue
+        refs = [t["refId"] for t in p.get("targets", [])]
+        if not refs or len(set(refs)) != len(refs):
+            fail(f"dashboard: panel `{p['title']}` has no targets or repeats a refId")
+        for t in p["targets"]:
+            if t.get("datasource", {}).get("uid") != "${datasource}":
+                fail(f"dashboard: panel `{p['title']}` ({t['refId']}) does not use the $datasource variable")
+            if '$job' not in t["expr"] or '$instance' not in t["expr"]:
+                fail(f"dashboard: panel `{p['title']}` ({t['refId']}) does not filter by $job and $instance")
+    names = [v["name"] for v in dash["templating"]["list"]]
+    if names != ["datasource", "job", "instance"]:
+        fail(f"dashboard: variables {names}, expected datasource, job, instance")
+    text = [p for p in ps if p["type"] == "text"]
+    if not any("pqa_definition_info" in p["options"]["content"] for p in text):
+        fail("dashboard: the reserved place for the definition version panel is gone")
+    if not failures:
+        ok(f"dashboard: {len(ps)} panels, unique ids, no overlap, every query filtered by $job and $instance, "
+           "variables datasource/job/instance")
+
+
 def check_queries(prom):
     with open(DASHBOARD) as f:
         dash = json.load(f)
@@ -488,6 +528,8 @@ def main():
         check_manifests(args[0])
     elif cmd == "compose":
         check_compose(args[0])
+    elif cmd == "dashboard":
+        check_dashboard()
     elif cmd == "queries":
         check_queries(args[0])
     elif cmd == "rules":

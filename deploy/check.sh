@@ -4,7 +4,8 @@
 #
 #   1. alerts: `promtool check rules`, and `promtool test rules` (a firing
 #      and a silent case for every alert);
-#   2. a real Prometheus scrapes a running engine (`pqa-engine demo`) with
+#   2. the dashboard's JSON is sound (ids, layout, variables), and a real
+#      Prometheus scrapes a running engine (`pqa-engine demo`) with
 #      the alerts loaded: every alert evaluates without error, and every
 #      dashboard panel's query returns data through the HTTP API (the few
 #      that cannot in a short demo are listed in deploy/check.py, with why);
@@ -108,6 +109,7 @@ done
 
 # ------------------------------------------------------------- 2. Prometheus
 step "a real Prometheus scraping the demo"
+py_check dashboard
 free_port() { "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # The simulated product paced at 1 s a day: events flow for 90 s, longer
 # than this check needs.
