@@ -38,11 +38,40 @@ struct Reference {
 /// brackets, which are skipped.
 fn promql_metrics(expr: &str) -> BTreeMap<String, Reference> {
     const KEYWORDS: &[&str] = &[
-        "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left", "group_right",
-        "atan2", "inf", "nan", "start", "end",
-        // aggregation operators, which may be followed by `by (...)`
-        "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk",
-        "quantile", "limitk", "limit_ratio",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "atan2",
+        "inf",
+        "nan",
+        "start",
+        "end",
+    ];
+    // Aggregation operators, which may be followed by `by (...)` before
+    // their parenthesis.
+    const AGGREGATIONS: &[&str] = &[
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
     ];
     const LABEL_LISTS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
     let b = expr.as_bytes();
@@ -136,7 +165,7 @@ fn promql_metrics(expr: &str) -> BTreeMap<String, Reference> {
                 last_ident = None;
             } else if next < b.len() && b[next] == b'(' {
                 last_ident = None; // a function call
-            } else if KEYWORDS.contains(&lower.as_str()) {
+            } else if KEYWORDS.contains(&lower.as_str()) || AGGREGATIONS.contains(&lower.as_str()) {
                 last_ident = None;
             } else {
                 out.entry(word.to_string()).or_default();
@@ -177,7 +206,9 @@ fn dashboard_queries(dash: &Value) -> Vec<(String, String)> {
             .strip_prefix("label_values(")
             .and_then(|r| r.strip_suffix(')'))
             .and_then(|r| r.rsplit_once(',').map(|x| x.0))
-            .unwrap_or_else(|| panic!("variable `{}`: only label_values(<selector>, <label>) is understood: {q}", v["name"]));
+            .unwrap_or_else(|| {
+                panic!("variable `{}`: only label_values(<selector>, <label>) is understood: {q}", v["name"])
+            });
         out.push((format!("variable `{}`", v["name"].as_str().unwrap_or("?")), inner.to_string()));
     }
     out
@@ -375,7 +406,9 @@ points = 10
     let group = format!(
         r#"{{"type":"group","userId":"u1","groupId":"a1","timestamp":"{ts}","traits":{{"name":"A","employees":"many"}}}}"#
     );
-    let dup = format!(r#"{{"type":"track","event":"Board Created","userId":"u2","messageId":"m-1","timestamp":"{ts}","context":{{"groupId":"a2"}}}}"#);
+    let dup = format!(
+        r#"{{"type":"track","event":"Board Created","userId":"u2","messageId":"m-1","timestamp":"{ts}","context":{{"groupId":"a2"}}}}"#
+    );
     produce(
         &p,
         "events",
