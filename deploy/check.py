@@ -452,8 +452,9 @@ def render_png(prom, out, minutes=3):
 
     def box(g, pad=0.004):
         # Room above for the title and below for the axis label.
-        x0 = g["x"] / 24 + pad
-        w = g["w"] / 24 - 2 * pad
+        left, width = 0.03, 0.965  # room for the y tick labels of the first column
+        x0 = left + g["x"] / 24 * width + pad
+        w = g["w"] / 24 * width - 2 * pad
         top = 1 - (g["y"] + 0.7) / rows
         bottom = 1 - (g["y"] + g["h"] - 0.6) / rows
         return [x0, bottom, w, top - bottom]
