@@ -366,9 +366,8 @@ def check_dashboard():
     names = [v["name"] for v in dash["templating"]["list"]]
     if names != ["datasource", "job", "instance"]:
         fail(f"dashboard: variables {names}, expected datasource, job, instance")
-    text = [p for p in ps if p["type"] == "text"]
-    if not any("pqa_definition_info" in p["options"]["content"] for p in text):
-        fail("dashboard: the reserved place for the definition version panel is gone")
+    if not any("pqa_definition_info" in t["expr"] for p in ps for t in p.get("targets", [])):
+        fail("dashboard: no panel shows the definitions running (pqa_definition_info)")
     if not failures:
         ok(f"dashboard: {len(ps)} panels, unique ids, no overlap, every query filtered by $job and $instance, "
            "variables datasource/job/instance")
