@@ -328,13 +328,18 @@ async fn definitions(State(s): State<AppState>) -> Response {
     let Some(defs) = s.published.current() else {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "definitions not loaded yet"}))).into_response();
     };
-    Json(definitions_view(&defs, &s.published)).into_response()
+    let watermark = s.health.reader().and_then(|r| r.watermark_ms().ok());
+    Json(definitions_view(&defs, &s.published, watermark)).into_response()
 }
 
-/// The body of `GET /definitions`.
-pub fn definitions_view(defs: &Definitions, published: &Published) -> Value {
+/// The body of `GET /definitions`; warm-up is judged at `watermark_ms`
+/// (the state's event time) when given.
+pub fn definitions_view(defs: &Definitions, published: &Published, watermark_ms: Option<i64>) -> Value {
     let stats = published.stats.lock().expect("lock").clone();
-    let manifest = published.manifest.read().expect("lock").clone();
+    let mut manifest = published.manifest.read().expect("lock").clone();
+    if let (Some(m), Some(w)) = (manifest.as_mut(), watermark_ms) {
+        m.updated_at_ms = m.updated_at_ms.max(w);
+    }
     let live_since = published.live_since.lock().expect("lock").clone();
     let list: Vec<Value> = defs
         .all()
