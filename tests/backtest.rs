@@ -2,6 +2,8 @@
 //! rows are exactly what `replay` of it alone announces; the report files
 //! are written and readable.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
@@ -10,7 +12,7 @@ use std::process::Command;
 use pqa_engine::sim::{SimConfig, Simulator};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pqa-engine");
+use common::BIN;
 
 /// (event id, type, account, time, score, tier, rules)
 type Key = (String, String, String, String, u64, String, String);
@@ -24,6 +26,7 @@ fn replay_alone(def: &Path, input: &Path, dir: &Path) -> BTreeSet<Key> {
         .lines()
         .map(|l| {
             let v: Value = serde_json::from_str(l).unwrap();
+            common::assert_valid_event(&v, "replay");
             let short = v["type"].as_str().unwrap().trim_start_matches("pqa.account.").to_string();
             let rules: Vec<&str> = v["data"]["rules"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
             (

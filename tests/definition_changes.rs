@@ -6,6 +6,8 @@
 //! --state-dir`). Before state was keyed by meaning, reordering two filtered
 //! metrics read one's counts as the other's.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -19,7 +21,7 @@ use pqa_engine::sim::{SimConfig, Simulator};
 use pqa_engine::telemetry::Metrics;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pqa-engine");
+use common::BIN;
 
 fn events_metric(name: &str, window: &str, events: &[&str]) -> MetricConfig {
     MetricConfig {
@@ -96,7 +98,12 @@ fn run_replay(cfg: &Config, input: &Path, state: &Path) -> Vec<Value> {
         progress: false,
     };
     replay(cfg, def, &opts, Metrics::new()).unwrap();
-    std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let events: Vec<Value> =
+        std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for e in &events {
+        common::assert_valid_event(e, "replay after a definition change");
+    }
+    events
 }
 
 /// The event with what depends on warming metrics taken out: their values,

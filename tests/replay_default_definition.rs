@@ -11,6 +11,8 @@
 //! several hours (usually days) away from any window edge. All timestamps are
 //! in 2025: the engine rejects events in the wall-clock future.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -431,7 +433,10 @@ fn replay(events: &[Ev]) -> Run {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("output line is not JSON ({e}): {l}")))
-        .collect();
+        .collect::<Vec<Value>>();
+    for e in &events {
+        common::assert_valid_event(e, "replay");
+    }
     let dead_letter = std::fs::read_to_string(&dlq).unwrap_or_default();
     Run { raw, events, dead_letter }
 }

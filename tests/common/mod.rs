@@ -19,6 +19,23 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pqa-engine");
 
+/// The published JSON Schema of the output events.
+pub const EVENT_SCHEMA: &str = include_str!("../../schemas/pqa-event.schema.json");
+
+/// Every event the engine emits must validate against the published schema
+/// (`schemas/pqa-event.schema.json`, draft 2020-12): what downstream teams
+/// code against. Test readers of the output topics and of replay output call
+/// this on every event.
+pub fn assert_valid_event(v: &Value, context: &str) {
+    static VALIDATOR: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let validator = VALIDATOR.get_or_init(|| {
+        let schema: Value = serde_json::from_str(EVENT_SCHEMA).expect("the schema is JSON");
+        jsonschema::draft202012::new(&schema).expect("the schema is a valid draft 2020-12 schema")
+    });
+    let errors: Vec<String> = validator.iter_errors(v).map(|e| format!("{} (at {})", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "{context}: an event does not match schemas/pqa-event.schema.json: {errors:?}\n{v}");
+}
+
 /// An in-process Kafka with the topics the tests use: `events` and the state
 /// changelog `pqa-it-changelog` (with `partitions` partitions), `out` and
 /// `dlq`. Returns it (keep it alive) and its bootstrap address.
@@ -225,7 +242,11 @@ pub fn read_until(
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline && !done(&out) {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            out.push(Record::of(&m));
+            let r = Record::of(&m);
+            if (topic == "out" || topic.ends_with(".shadow")) && r.payload.is_some() {
+                assert_valid_event(&r.json(), topic);
+            }
+            out.push(r);
         }
     }
     out
@@ -259,7 +280,11 @@ pub fn clean_replay<'a>(dir: &Path, lines: impl Iterator<Item = &'a str>) -> (Ve
         .status()
         .unwrap();
     assert!(st.success());
-    let clean = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let clean: Vec<Value> =
+        std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for v in &clean {
+        assert_valid_event(v, "clean replay");
+    }
     (clean, state)
 }
 

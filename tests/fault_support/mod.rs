@@ -416,7 +416,11 @@ pub fn read_all(bootstrap: &str, topic: &str, partitions: i32, timeout: Duration
         assert!(Instant::now() < deadline, "could not read {topic} to its end {ends:?}: at {next:?}");
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
             next.insert(m.partition(), m.offset() + 1);
-            out.push(Record::of(&m));
+            let r = Record::of(&m);
+            if topic == "out" && r.payload.is_some() {
+                crate::common::assert_valid_event(&r.json(), topic);
+            }
+            out.push(r);
         }
     }
     out
