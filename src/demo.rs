@@ -236,7 +236,7 @@ pub fn render_line(v: &Value) -> String {
         .map(|l| {
             let who = l["traits"]["email"].as_str().or(l["user_id"].as_str()).unwrap_or_default();
             let why: Vec<&str> = l["why"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            format!("  lead {who} ({})", why.join(", "))
+            format!("  lead {who} ({})", why.first().copied().unwrap_or_default())
         })
         .unwrap_or_default();
     format!(

@@ -50,6 +50,23 @@ impl Evaluation {
     }
 }
 
+/// The `account` variable of rules: the account's traits from `group`
+/// calls, plus `domain` (when the traits do not give one: the most common
+/// work-email domain of its users) and `personal_account` (every user with
+/// an email is on a free mail provider).
+pub fn account_to_cel(acct: &AccountState, free_mail: &std::collections::HashSet<String>) -> Value {
+    let mut json: serde_json::Map<String, Json> = serde_json::from_str(&acct.traits_json).unwrap_or_default();
+    let (domain, personal) = acct.identity(free_mail);
+    if let Some(d) = domain {
+        json.insert("domain".into(), Json::String(d));
+    }
+    json.insert("personal_account".into(), Json::Bool(personal));
+    match json_to_cel(&Json::Object(json)) {
+        v @ Value::Map(_) => v,
+        _ => Value::from(HashMap::<String, Value>::new()),
+    }
+}
+
 /// Converts account traits (a JSON object) into a CEL map.
 pub fn traits_to_cel(traits_json: &str) -> Value {
     let json: Json = serde_json::from_str(traits_json).unwrap_or(Json::Object(Default::default()));

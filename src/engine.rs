@@ -18,9 +18,9 @@ use crate::config::{CompiledDefinition, InputConfig};
 use crate::definitions::{Agreement, Definitions, VersionStats};
 use crate::state::manifest::Manifest;
 use crate::decode::{Decoder, Event, Kind, Reason, Rejection};
-use crate::detect::{evaluate_unnamed, traits_to_cel, Outcome};
+use crate::detect::{account_to_cel, evaluate_unnamed, Outcome};
 use crate::emit::{self, Announcement, EventInput, Lead, OutputEvent};
-use crate::state::account::{bucket_of, SignalHit};
+use crate::state::account::{bucket_of, email_domain, SignalHit};
 use crate::state::store::{CommitStats, Prepared};
 use crate::state::{StateError, StateReader, StateWriter, Store};
 use crate::telemetry::Metrics;
@@ -560,6 +560,8 @@ impl Engine {
         // The user: account link, traits, trait-change signals (of every
         // definition: signals are matched once, for the layout).
         let mut hits: Vec<u64> = Vec::new();
+        // An email domain that changed with this identify: (old, new).
+        let mut email_change: Option<(Option<String>, Option<String>)> = None;
         let user = self.store.user(&ev.user_id)?;
         if let Some(a) = &ev.account_id {
             if user.state.account.as_deref() != Some(a.as_str()) {
@@ -583,10 +585,20 @@ impl Engine {
                 for (k, v) in new {
                     traits.insert(k.clone(), v.clone());
                 }
+                if new.contains_key("email") {
+                    let domain = traits.get("email").and_then(Value::as_str).and_then(email_domain);
+                    if domain != user.state.email_domain {
+                        email_change = Some((user.state.email_domain.clone(), domain.clone()));
+                        user.state.email_domain = domain;
+                    }
+                }
                 user.state.traits_json = Value::Object(traits).to_string();
                 user.dirty = true;
             }
         }
+        // For a user's first usage event in an account (its email domain
+        // counts for the account then).
+        let user_domain = if ev.kind.is_usage() { user.state.email_domain.clone() } else { None };
         // Refresh the user's idle-TTL clock at most daily (saves writes).
         if ev.time_ms > user.state.updated_ms + 86_400_000 {
             user.state.updated_ms = ev.time_ms;
@@ -661,6 +673,7 @@ impl Engine {
                 entry.state.touch_feature(ev.name.as_deref().unwrap_or_default(), idx);
             }
             let member = reader.member_into(entry, &account, &ev.user_id)?;
+            let new_member = member.state.first_seen_ms == 0;
             let old = (member.state.last_seen_ms > 0).then(|| bucket_of(member.state.last_seen_ms, layout.bucket_seconds));
             member.state.add_event(ev.time_ms);
             // Leads count a user's events of the last 28 days, whatever the
@@ -668,6 +681,22 @@ impl Engine {
             member.state.prune(ev.time_ms, ((self.retention_ms / 86_400_000) as u32 + 1).max(29));
             member.dirty = true;
             entry.state.move_user(old, idx);
+            if let (true, Some(d)) = (new_member, &user_domain) {
+                entry.state.count_email_domain(d, 1);
+                entry.traits_cel = None;
+            }
+        }
+        if let Some((old, new)) = &email_change {
+            // A member's email changed: it counts under its new domain.
+            if reader.member_into(entry, &account, &ev.user_id)?.state.first_seen_ms > 0 {
+                if let Some(d) = old {
+                    entry.state.count_email_domain(d, -1);
+                }
+                if let Some(d) = new {
+                    entry.state.count_email_domain(d, 1);
+                }
+                entry.traits_cel = None;
+            }
         }
         for &s in &hits {
             entry.state.add_signal(s, &ev.user_id, ev.time_ms);
@@ -681,7 +710,8 @@ impl Engine {
         // state; each with its own cooldown bookkeeping.
         let mut pending: Vec<Pending> = Vec::new();
         for (d, def) in defs.all().enumerate() {
-            let traits = entry.traits_cel.get_or_insert_with(|| traits_to_cel(&entry.state.traits_json));
+            let traits =
+                entry.traits_cel.get_or_insert_with(|| account_to_cel(&entry.state, &defs.live.free_mail_domains));
             let eval = evaluate_unnamed(def, &entry.state, Some(&mut entry.sums), traits, now_ms);
             if d == 0 {
                 for (i, o) in eval.outcomes.iter().enumerate() {
@@ -734,7 +764,12 @@ impl Engine {
         }
 
         // Emit: gather what each event explains itself with.
-        let account_traits: Map<String, Value> = serde_json::from_str(&entry.state.traits_json).unwrap_or_default();
+        let mut account_traits: Map<String, Value> = serde_json::from_str(&entry.state.traits_json).unwrap_or_default();
+        let (domain, personal) = entry.state.identity(&defs.live.free_mail_domains);
+        if let Some(d) = domain {
+            account_traits.insert("domain".into(), Value::String(d));
+        }
+        account_traits.insert("personal_account".into(), Value::Bool(personal));
         let (seq, first_seen_ms) = (entry.state.seq, entry.state.first_seen_ms);
         for p in pending {
             let def = defs.get(p.definition);
@@ -785,8 +820,11 @@ impl Engine {
         Ok(Ok(()))
     }
 
-    /// The people behind an announcement: users behind its signals first,
-    /// then the most active users of the last 28 days.
+    /// The people sales should talk to, best first: those with a work
+    /// email before those without; then those behind the definition's
+    /// signals (who raised a hand, visited the legal pages, became admin),
+    /// the admins and owners, senior titles, and finally the most active.
+    /// Each says why in words.
     fn leads(
         &self,
         def: &CompiledDefinition,
@@ -794,45 +832,105 @@ impl Engine {
         signals: &[SignalHit],
         now_ms: i64,
     ) -> Result<Vec<Lead>, EngineError> {
-        let mut members = self.store.members(account)?;
-        members.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut why: Vec<(String, Vec<String>)> = Vec::new();
+        let members = self.store.members(account)?;
+        // Behind signals: each user's signals, most recent first.
+        let mut roles: Vec<(String, Vec<String>)> = Vec::new();
         for h in signals.iter().rev() {
-            let name = def.signal_name(h.signal).to_string();
-            match why.iter_mut().find(|w| w.0 == h.user) {
-                Some(w) if !w.1.contains(&name) => w.1.push(name),
+            let what = def.signal(h.signal).map_or_else(String::new, |s| s.description.clone());
+            match roles.iter_mut().find(|w| w.0 == h.user) {
+                Some(w) if !w.1.contains(&what) => w.1.push(what),
                 Some(_) => {}
-                None => why.push((h.user.clone(), vec![name])),
+                None => roles.push((h.user.clone(), vec![what])),
             }
         }
-        let mut active: Vec<(String, u64)> =
-            members.iter().map(|(u, m)| (u.clone(), m.events_in_days(now_ms, 28))).filter(|(_, n)| *n > 0).collect();
-        active.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        for (u, _) in active.iter().take(def.max_leads) {
-            if !why.iter().any(|w| &w.0 == u) {
-                why.push((u.clone(), vec!["most_active".into()]));
+        // Candidates: the users behind signals and the 500 most active.
+        let mut active: Vec<(&String, u64)> =
+            members.iter().map(|(u, m)| (u, m.events_in_days(now_ms, 28))).filter(|(_, n)| *n > 0).collect();
+        active.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let top_activity = active.first().map_or(0, |a| a.1);
+        let mut candidates: Vec<String> = roles.iter().map(|r| r.0.clone()).collect();
+        for (u, _) in active.iter().take(500) {
+            if !candidates.contains(u) {
+                candidates.push((*u).clone());
             }
         }
-        why.truncate(def.max_leads);
-        let mut leads = Vec::with_capacity(why.len());
-        for (user, mut reasons) in why {
+        struct Candidate {
+            user: String,
+            work_email: bool,
+            signals: Vec<String>,
+            admin: Option<String>,
+            senior: Option<String>,
+            events_28d: u64,
+            free_domain: Option<String>,
+            traits: Map<String, Value>,
+        }
+        let mut ranked = Vec::with_capacity(candidates.len());
+        for user in candidates {
             let traits_all: Map<String, Value> = self
                 .store
                 .peek_user(&user)?
                 .and_then(|u| serde_json::from_str(&u.traits_json).ok())
                 .unwrap_or_default();
-            if traits_all
-                .get("role")
-                .and_then(Value::as_str)
-                .is_some_and(|r| r.eq_ignore_ascii_case("admin") || r.eq_ignore_ascii_case("owner"))
-            {
-                reasons.insert(0, "admin".into());
-            }
-            let traits = traits_all.into_iter().filter(|(k, _)| def.lead_traits.iter().any(|t| t == k)).collect();
+            let text = |k: &str| traits_all.get(k).and_then(Value::as_str).map(str::trim).filter(|v| !v.is_empty());
+            let domain = text("email").and_then(email_domain);
+            let free_domain = domain.clone().filter(|d| def.free_mail_domains.contains(d));
+            let admin = text("role")
+                .filter(|r| r.eq_ignore_ascii_case("admin") || r.eq_ignore_ascii_case("owner"))
+                .map(str::to_lowercase);
+            let senior = ["title", "seniority"].iter().find_map(|k| {
+                let v = text(k)?;
+                let lower = v.to_lowercase();
+                let words: Vec<&str> = lower.split(|c: char| !c.is_alphanumeric() && c != '-').collect();
+                let senior = def.senior_keywords.iter().any(|kw| words.contains(&kw.as_str()));
+                senior.then(|| if *k == "title" { v.to_string() } else { format!("{v} (seniority)") })
+            });
             let events_28d = members.iter().find(|m| m.0 == user).map_or(0, |m| m.1.events_in_days(now_ms, 28));
-            leads.push(Lead { user_id: user, why: reasons, events_28d, traits });
+            let signals = roles.iter().find(|r| r.0 == user).map(|r| r.1.clone()).unwrap_or_default();
+            let traits = traits_all.iter().filter(|(k, _)| def.lead_traits.iter().any(|t| t == *k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            ranked.push(Candidate {
+                work_email: domain.is_some() && free_domain.is_none(),
+                user,
+                signals,
+                admin,
+                senior,
+                events_28d,
+                free_domain,
+                traits,
+            });
         }
-        Ok(leads)
+        ranked.sort_by(|a, b| {
+            b.work_email
+                .cmp(&a.work_email)
+                .then_with(|| b.signals.len().cmp(&a.signals.len()))
+                .then_with(|| b.admin.is_some().cmp(&a.admin.is_some()))
+                .then_with(|| b.senior.is_some().cmp(&a.senior.is_some()))
+                .then_with(|| b.events_28d.cmp(&a.events_28d))
+                .then_with(|| a.user.cmp(&b.user))
+        });
+        ranked.truncate(def.max_leads);
+        Ok(ranked
+            .into_iter()
+            .map(|c| {
+                let mut why = c.signals;
+                if let Some(role) = &c.admin {
+                    why.push(format!("{role} of the workspace"));
+                }
+                if let Some(title) = &c.senior {
+                    why.push(title.clone());
+                }
+                if c.events_28d > 0 {
+                    let most = if c.events_28d == top_activity { "most active: " } else { "" };
+                    let n = c.events_28d;
+                    why.push(format!("{most}{n} event{} in the last 28 days", if n == 1 { "" } else { "s" }));
+                }
+                match &c.free_domain {
+                    Some(d) => why.push(format!("no work email ({d})")),
+                    None if !c.work_email => why.push("no email known".into()),
+                    None => {}
+                }
+                Lead { user_id: c.user, why, events_28d: c.events_28d, traits: c.traits }
+            })
+            .collect())
     }
 }
 
@@ -1045,9 +1143,74 @@ mod tests {
         assert_eq!(v["data"]["rules"], serde_json::json!(["enterprise_evaluation"]));
         let leads = v["data"]["leads"].as_array().unwrap();
         assert_eq!(leads[0]["user_id"], "u3");
-        assert_eq!(leads[0]["why"], serde_json::json!(["admin", "admin_switch"]));
+        assert_eq!(
+            leads[0]["why"],
+            serde_json::json!(["became an admin or owner", "admin of the workspace", "1 event in the last 28 days"])
+        );
         assert_eq!(leads[0]["traits"]["email"], "u3@x.example");
         assert_eq!(leads[1]["user_id"], "u2", "then the most active");
+        assert_eq!(leads[1]["why"], serde_json::json!(["most active: 2 events in the last 28 days", "no email known"]));
         assert_eq!(leads[1]["events_28d"], 2);
+    }
+
+    /// The order sales wants: work email first; then the people behind
+    /// signals, admins and owners, senior titles, and the most active; the
+    /// intern on gmail who clicks the most comes last.
+    #[test]
+    fn leads_come_in_the_order_sales_wants_with_reasons_in_words() {
+        let mut t = T::new();
+        let who = [
+            ("intern", "intern@gmail.com", r#""title":"Intern""#, 30),
+            ("dev", "dev@acme.io", r#""seniority":"mid""#, 12),
+            ("dir", "dir@acme.io", r#""title":"Director of Engineering""#, 2),
+            ("adm", "adm@acme.io", r#""role":"admin""#, 4),
+            ("legal", "legal@acme.io", r#""seniority":"entry""#, 3),
+        ];
+        for (u, email, extra, n) in who {
+            t.send(&format!(
+                r#"{{"type":"identify","userId":"{u}","traits":{{"email":"{email}",{extra}}},"timestamp":"2026-01-02T08:00:00Z"}}"#
+            ));
+            for _ in 0..n {
+                t.track(u, "acme", "Card Moved", 3);
+            }
+        }
+        t.send(r#"{"type":"page","userId":"legal","properties":{"path":"/security"},"context":{"groupId":"acme"},"timestamp":"2026-01-03T12:00:00Z"}"#);
+        let e = t.out.events.last().expect("enterprise_evaluation announced");
+        let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+        let leads = v["data"]["leads"].as_array().unwrap();
+        let order: Vec<&str> = leads.iter().map(|l| l["user_id"].as_str().unwrap()).collect();
+        // `adm` was admin before using the product (no admin switch in
+        // this account): a signal ranks above the role.
+        assert_eq!(order, ["legal", "adm", "dir", "dev", "intern"]);
+        let why = |i: usize| leads[i]["why"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect::<Vec<_>>();
+        assert_eq!(why(0), ["read the terms, privacy, security or DPA pages", "4 events in the last 28 days"]);
+        assert_eq!(why(1), ["admin of the workspace", "4 events in the last 28 days"]);
+        assert_eq!(why(2), ["Director of Engineering", "2 events in the last 28 days"]);
+        assert_eq!(why(4), ["most active: 30 events in the last 28 days", "no work email (gmail.com)"]);
+        assert_eq!(v["data"]["account"]["domain"], "acme.io", "the most common work-email domain");
+        assert_eq!(v["data"]["account"]["personal_account"], false);
+    }
+
+    /// An account whose users are all on free mail is a personal account:
+    /// the shipped score gives it 20 points fewer.
+    #[test]
+    fn a_personal_account_scores_lower() {
+        let mut t = T::new();
+        let score = |t: &mut T, acct: &str, domain: &str| {
+            for u in 0..2 {
+                t.send(&format!(
+                    r#"{{"type":"identify","userId":"{acct}-{u}","traits":{{"email":"p{u}@{domain}"}},"timestamp":"2026-01-02T08:00:00Z"}}"#
+                ));
+                t.track(&format!("{acct}-{u}"), acct, "Card Moved", 3);
+            }
+            t.track(&format!("{acct}-0"), acct, "Demo Requested", 4);
+            let v: serde_json::Value = serde_json::from_slice(&t.out.events.last().unwrap().payload).unwrap();
+            assert_eq!(v["subject"], acct);
+            (v["data"]["score"].as_i64().unwrap(), v["data"]["account"]["personal_account"].clone())
+        };
+        let (company, c) = score(&mut t, "company", "initech.example");
+        let (personal, p) = score(&mut t, "personal", "gmail.com");
+        assert_eq!((c, p), (serde_json::json!(false), serde_json::json!(true)));
+        assert_eq!(personal, company - 20);
     }
 }

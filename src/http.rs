@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 use crate::config::CompiledDefinition;
 use crate::definitions::{Definitions, Published};
 use crate::reload::{ReloadError, Reloader};
-use crate::detect::{evaluate, traits_to_cel, Outcome};
+use crate::detect::{account_to_cel, evaluate, Outcome};
 use crate::emit::format_time_ms;
 use crate::shutdown::Shutdown;
 use crate::state::account::bucket_of;
@@ -235,7 +235,7 @@ pub fn account_view(defs: &Definitions, reader: &StateReader, id: &str) -> Resul
     let watermark = reader.watermark_ms().map_err(|e| e.to_string())?;
     let now = acct.last_seen_ms.max(watermark);
     let now_bucket = bucket_of(now, def.bucket_seconds);
-    let traits_cel = traits_to_cel(&acct.traits_json);
+    let traits_cel = account_to_cel(&acct, &def.free_mail_domains);
     let eval = evaluate(def, &acct, &traits_cel, now);
     let warming_up: Vec<&str> = def
         .metrics
@@ -296,7 +296,14 @@ pub fn account_view(defs: &Definitions, reader: &StateReader, id: &str) -> Resul
         .live_signals(def, now_bucket)
         .map(|h| json!({"name": def.signal_name(h.signal), "user_id": h.user, "at": format_time_ms(h.at_ms)}))
         .collect();
-    let traits: Value = serde_json::from_str(&acct.traits_json).unwrap_or(json!({}));
+    let mut traits: Value = serde_json::from_str(&acct.traits_json).unwrap_or(json!({}));
+    let (domain, personal) = acct.identity(&def.free_mail_domains);
+    if let (Some(d), Some(t)) = (domain, traits.as_object_mut()) {
+        t.insert("domain".into(), json!(d));
+    }
+    if let Some(t) = traits.as_object_mut() {
+        t.insert("personal_account".into(), json!(personal));
+    }
     let qualified = !eval.fired.is_empty();
     Ok(Some(json!({
         "account_id": id,

@@ -76,6 +76,7 @@ fn definition_b() -> Config {
     d.signals.reverse();
     d.signals.push(SignalConfig {
         name: "docs_visit".into(),
+        description: "read the docs".into(),
         track_events: Vec::new(),
         page_path: Some("^/docs/".into()),
         trait_change: None,

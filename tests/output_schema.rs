@@ -51,7 +51,7 @@ fn the_schema_refuses_what_breaks_the_contract() {
             "tier": "warm", "metrics": {"active_users_28d": 7, "account_age_days": 12.5}, "warming_up": [],
             "signals": [{"name": "hand_raise", "user_id": "u1", "at": "2026-03-04T09:00:00.250Z"}],
             "leads": [{"user_id": "u1", "why": ["hand_raise"], "events_28d": 3, "traits": {"email": "a@b.example"}}],
-            "account": {"name": "Acme", "first_seen": "2026-02-20T08:00:00Z"}
+            "account": {"name": "Acme", "first_seen": "2026-02-20T08:00:00Z", "domain": "acme.example", "personal_account": false}
         }
     });
     assert!(validator.is_valid(&good), "{:?}", validator.iter_errors(&good).map(|e| e.to_string()).collect::<Vec<_>>());
@@ -69,6 +69,7 @@ fn the_schema_refuses_what_breaks_the_contract() {
         })),
         ("tier change without the previous tier", Box::new(|v| v["type"] = json!("pqa.account.tier_changed"))),
         ("no warming_up list", Box::new(|v| v["data"].as_object_mut().unwrap().remove("warming_up").map(drop).unwrap())),
+        ("personal_account that is not a boolean", Box::new(|v| v["data"]["account"]["personal_account"] = json!("no"))),
     ];
     for (what, change) in broken {
         let mut v = good.clone();

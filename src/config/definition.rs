@@ -36,6 +36,15 @@ pub struct DefinitionConfig {
     /// Which user traits a lead carries (from `identify` calls).
     #[serde(default)]
     pub lead_traits: Vec<String>,
+    /// Email domains of free mail providers: a lead with only such an
+    /// address is ranked below those with a work email, and an account all
+    /// of whose users are on them is a `personal_account`.
+    #[serde(default = "default_free_mail_domains")]
+    pub free_mail_domains: Vec<String>,
+    /// Words in a user's `seniority` or `title` trait that make them a
+    /// senior lead (case-insensitive, whole words).
+    #[serde(default = "default_senior_keywords")]
+    pub senior_keywords: Vec<String>,
     /// Named numbers over windows; rules refer to them by name.
     #[serde(default)]
     pub metrics: Vec<MetricConfig>,
@@ -61,6 +70,29 @@ const fn default_bucket_seconds() -> u32 {
 }
 const fn default_max_leads() -> usize {
     5
+}
+
+/// Free mail providers (overridable with `definition.free_mail_domains`).
+pub const FREE_MAIL_DOMAINS: &[&str] = &[
+    "gmail.com", "googlemail.com", "yahoo.com", "yahoo.co.uk", "yahoo.fr", "ymail.com", "hotmail.com",
+    "hotmail.co.uk", "hotmail.fr", "outlook.com", "live.com", "msn.com", "icloud.com", "me.com", "mac.com",
+    "aol.com", "proton.me", "protonmail.com", "pm.me", "gmx.de", "gmx.net", "gmx.com", "web.de", "mail.com",
+    "mail.ru", "yandex.ru", "yandex.com", "qq.com", "163.com", "126.com", "zoho.com", "fastmail.com",
+    "hey.com", "tutanota.com", "libero.it", "orange.fr", "free.fr", "t-online.de", "naver.com", "rediffmail.com",
+];
+
+fn default_free_mail_domains() -> Vec<String> {
+    FREE_MAIL_DOMAINS.iter().map(|d| d.to_string()).collect()
+}
+
+/// Senior titles (overridable with `definition.senior_keywords`).
+pub const SENIOR_KEYWORDS: &[&str] = &[
+    "chief", "ceo", "cto", "cfo", "coo", "cio", "ciso", "cmo", "cro", "founder", "cofounder", "co-founder",
+    "owner", "president", "vp", "svp", "evp", "head", "director", "executive", "partner", "principal",
+];
+
+fn default_senior_keywords() -> Vec<String> {
+    SENIOR_KEYWORDS.iter().map(|d| d.to_string()).collect()
 }
 
 /// What a metric counts.
@@ -113,6 +145,10 @@ pub struct DerivedConfig {
 #[serde(deny_unknown_fields)]
 pub struct SignalConfig {
     pub name: String,
+    /// What it means, in words for sales (a lead's `why`); the name when
+    /// empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
     /// `track` event names (exact).
     #[serde(default)]
     pub track_events: Vec<String>,
@@ -195,6 +231,8 @@ pub struct Signal {
     /// ([`signal_id`]). State keeps its occurrences under this id.
     pub id: u64,
     pub name: String,
+    /// In words for sales (the name when none was given).
+    pub description: String,
     pub track_events: HashSet<String>,
     pub page_path: Option<Regex>,
     pub trait_change: Option<(String, Vec<String>)>,
@@ -230,6 +268,10 @@ pub struct CompiledDefinition {
     pub retention_seconds: i64,
     pub max_leads: usize,
     pub lead_traits: Vec<String>,
+    /// Lower-case.
+    pub free_mail_domains: HashSet<String>,
+    /// Lower-case.
+    pub senior_keywords: Vec<String>,
     pub metrics: Vec<Metric>,
     /// The counters its `events` metrics read: `None` counts every
     /// track/page event, `Some(names)` only those track events. The first is
@@ -347,6 +389,7 @@ impl DefinitionConfig {
             signals.push(Signal {
                 id: signal_id(s),
                 name: s.name.clone(),
+                description: if s.description.trim().is_empty() { s.name.clone() } else { s.description.clone() },
                 track_events: s.track_events.iter().cloned().collect(),
                 page_path,
                 trait_change,
@@ -526,6 +569,8 @@ impl DefinitionConfig {
             retention_seconds: retention.max(bucket),
             max_leads: self.max_leads,
             lead_traits: self.lead_traits.clone(),
+            free_mail_domains: self.free_mail_domains.iter().map(|d| d.trim().to_lowercase()).collect(),
+            senior_keywords: self.senior_keywords.iter().map(|k| k.trim().to_lowercase()).collect(),
             metrics,
             counters,
             windows,

@@ -89,6 +89,10 @@ pub struct AccountState {
     pub kept_from: u32,
     /// Account traits from `group` calls, as a JSON object.
     pub traits_json: String,
+    /// Email domains of the account's users (those with an email and a
+    /// usage event in it): domain -> users. Gives the company domain and
+    /// whether it is a personal account.
+    pub email_domains: Vec<(String, u32)>,
     /// The live definition's announcements (cooldowns, by rule name: they
     /// carry over when the definition changes).
     pub announced: Announced,
@@ -113,6 +117,20 @@ pub struct UserState {
     /// Traits from `identify` calls, as a JSON object.
     pub traits_json: String,
     pub updated_ms: i64,
+    /// The domain of the `email` trait, lower-case (kept apart so that
+    /// usage events need not parse the traits).
+    pub email_domain: Option<String>,
+}
+
+/// At most this many email domains are counted per account (the least
+/// common is dropped).
+pub const MAX_EMAIL_DOMAINS: usize = 32;
+
+/// The domain of an email address, lower-case.
+pub fn email_domain(email: &str) -> Option<String> {
+    let (_, d) = email.trim().rsplit_once('@')?;
+    let d = d.trim().trim_end_matches('.').to_lowercase();
+    (!d.is_empty() && d.contains('.')).then_some(d)
 }
 
 /// Bucket index of an event time.
@@ -312,6 +330,46 @@ impl AccountState {
                 })
                 .count() as f64,
         }
+    }
+
+    /// One more (or, with `delta` -1, one less) user on email `domain`.
+    pub fn count_email_domain(&mut self, domain: &str, delta: i32) {
+        match self.email_domains.iter().position(|d| d.0 == domain) {
+            Some(p) => {
+                let n = self.email_domains[p].1.saturating_add_signed(delta);
+                if n == 0 {
+                    self.email_domains.remove(p);
+                } else {
+                    self.email_domains[p].1 = n;
+                }
+            }
+            None if delta > 0 => {
+                if self.email_domains.len() >= MAX_EMAIL_DOMAINS {
+                    if let Some(p) = self.email_domains.iter().enumerate().min_by_key(|(_, d)| d.1).map(|(p, _)| p) {
+                        self.email_domains.swap_remove(p);
+                    }
+                }
+                self.email_domains.push((domain.to_string(), delta as u32));
+            }
+            None => {}
+        }
+    }
+
+    /// The company domain (from the `domain` or `website` trait, else the
+    /// most common work-email domain of its users) and whether every user
+    /// with an email is on a free mail provider.
+    pub fn identity(&self, free_mail: &std::collections::HashSet<String>) -> (Option<String>, bool) {
+        let traits: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&self.traits_json).unwrap_or_default();
+        let from_traits = ["domain", "website"].iter().find_map(|k| traits.get(*k).and_then(|v| v.as_str())).and_then(|w| {
+            let w = w.trim().to_lowercase();
+            let w = w.split("://").last().unwrap_or(&w).trim_start_matches("www.");
+            let host = w.split(['/', '?', '#', ':']).next().unwrap_or("");
+            (host.contains('.')).then(|| host.to_string())
+        });
+        let mut work: Vec<&(String, u32)> = self.email_domains.iter().filter(|d| !free_mail.contains(&d.0)).collect();
+        work.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let personal = !self.email_domains.is_empty() && work.is_empty();
+        (from_traits.or_else(|| work.first().map(|d| d.0.clone())), personal)
     }
 
     /// Conforms the record to `layout`: columns (counters and signals) the

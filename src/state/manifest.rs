@@ -241,6 +241,7 @@ pub(crate) fn convert_v1(value: &[u8], layout: &Layout) -> Result<AccountState, 
         signals,
         kept_from,
         traits_json: old.traits_json,
+        email_domains: Vec::new(),
         announced: old.announced,
         shadow_announced: Vec::new(),
     };
