@@ -5,11 +5,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use pqa_engine::sim::{SimConfig, Simulator};
+use pqa_engine::sim::SimConfig;
 use serde_json::Value;
 
 use common::BIN;
@@ -45,13 +44,10 @@ fn replay_alone(def: &Path, input: &Path, dir: &Path) -> BTreeSet<Key> {
 #[test]
 fn backtest_rows_equal_each_definition_replayed_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("history.ndjson");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
-        for e in Simulator::new(SimConfig { seed: 5, accounts: 120, start_unix: 1_767_225_600, days: 60 }) {
-            writeln!(f, "{}", e.json).unwrap();
-        }
-    }
+    let input = common::write_history(
+        &dir.path().join("history.ndjson"),
+        SimConfig { seed: 5, accounts: 120, start_unix: 1_767_225_600, days: 60 },
+    );
     // The shipped definition; a stricter team rule with a shorter cooldown;
     // a bare [definition] with only a new version (the rest shipped).
     let shipped = pqa_engine::config::DEFAULT_CONFIG_TOML;

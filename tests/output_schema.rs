@@ -6,23 +6,19 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::Command;
 
 use common::{assert_valid_event, BIN, EVENT_SCHEMA};
-use pqa_engine::sim::{SimConfig, Simulator};
+use pqa_engine::sim::SimConfig;
 use serde_json::{json, Value};
 
 #[test]
 fn every_event_of_a_simulated_history_matches_the_schema() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("history.ndjson");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
-        for e in Simulator::new(SimConfig { seed: 9, accounts: 200, start_unix: 1_767_225_600, days: 90 }) {
-            writeln!(f, "{}", e.json).unwrap();
-        }
-    }
+    let input = common::write_history(
+        &dir.path().join("history.ndjson"),
+        SimConfig { seed: 9, accounts: 200, start_unix: 1_767_225_600, days: 90 },
+    );
     let out = dir.path().join("out.ndjson");
     let st = Command::new(BIN).arg("replay").arg("-i").arg(&input).arg("-o").arg(&out).status().unwrap();
     assert!(st.success());

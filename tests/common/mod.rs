@@ -252,6 +252,16 @@ pub fn read_until(
     out
 }
 
+/// Writes a simulated product's history (NDJSON, in time order) to `path`.
+pub fn write_history(path: &Path, cfg: pqa_engine::sim::SimConfig) -> PathBuf {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for e in pqa_engine::sim::Simulator::new(cfg) {
+        writeln!(f, "{}", e.json).unwrap();
+    }
+    f.flush().unwrap();
+    path.to_path_buf()
+}
+
 /// Segment event builders.
 pub fn track(user: &str, account: Option<&str>, event: &str, ts: &str) -> Vec<u8> {
     let ctx = account.map(|a| format!(r#","context":{{"groupId":"{a}"}}"#)).unwrap_or_default();
