@@ -70,7 +70,11 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub kind: Kind,
+    /// The user id; for an anonymous event (no user id, an `anonymousId`),
+    /// the anonymous id.
     pub user_id: String,
+    /// No user id, only an `anonymousId` (a visitor not logged in).
+    pub anonymous: bool,
     /// The account named by the event itself, if any. When `None`, the
     /// engine uses the user's last known account.
     pub account_id: Option<String>,
@@ -258,9 +262,12 @@ impl Decoder {
                 }
             },
         };
-        let user_id = match self.id(&mut caps, Field::UserId, "userId")? {
-            Some(u) => u,
-            None => return Err(Rejection::new(Reason::MissingUserId, "no user id")),
+        let (user_id, anonymous) = match self.id(&mut caps, Field::UserId, "userId")? {
+            Some(u) => (u, false),
+            None => match self.id(&mut caps, Field::AnonymousId, "anonymousId")? {
+                Some(a) => (a, true),
+                None => return Err(Rejection::new(Reason::MissingUserId, "no user id and no anonymousId")),
+            },
         };
         let account_id = self.id(&mut caps, Field::AccountId, "account id")?;
         let time_ms = match caps.take(Field::Timestamp) {
@@ -330,6 +337,7 @@ impl Decoder {
         Ok(Event {
             kind,
             user_id: user_id.into_owned(),
+            anonymous,
             account_id: account_id.map(Cow::into_owned),
             time_ms,
             name: name.map(Cow::into_owned),
@@ -393,6 +401,7 @@ fn pointers(f: &FieldPointers, field: Field) -> &[String] {
         Field::Timestamp => &f.timestamp,
         Field::Traits => &f.traits,
         Field::MessageId => &f.message_id,
+        Field::AnonymousId => &f.anonymous_id,
     }
 }
 
@@ -451,9 +460,10 @@ enum Field {
     Timestamp,
     Traits,
     MessageId,
+    AnonymousId,
 }
 
-const FIELDS: [Field; 10] = [
+const FIELDS: [Field; 11] = [
     Field::Type,
     Field::Event,
     Field::PageName,
@@ -464,6 +474,7 @@ const FIELDS: [Field; 10] = [
     Field::Timestamp,
     Field::Traits,
     Field::MessageId,
+    Field::AnonymousId,
 ];
 
 /// All configured pointers as one tree of keys: node [`ROOT`] is the message,
@@ -1293,9 +1304,12 @@ mod tests {
                     }
                 },
             };
-            let user_id = match id_field(v, &f.user_id, "userId")? {
-                Some(u) => u,
-                None => return Err(Rejection::new(Reason::MissingUserId, "no user id")),
+            let (user_id, anonymous) = match id_field(v, &f.user_id, "userId")? {
+                Some(u) => (u, false),
+                None => match id_field(v, &f.anonymous_id, "anonymousId")? {
+                    Some(a) => (a, true),
+                    None => return Err(Rejection::new(Reason::MissingUserId, "no user id and no anonymousId")),
+                },
             };
             let account_id = id_field(v, &f.account_id, "account id")?;
             let time_ms = match first(v, &f.timestamp) {
@@ -1320,6 +1334,7 @@ mod tests {
             let mut event = Event {
                 kind,
                 user_id,
+                anonymous,
                 account_id,
                 time_ms,
                 name: None,

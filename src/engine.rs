@@ -96,6 +96,10 @@ pub enum EngineError {
     State(#[from] StateError),
 }
 
+/// How a signal occurrence of a visitor not logged in names them (never a
+/// lead).
+pub const ANONYMOUS_PREFIX: &str = "anonymous:";
+
 /// An announcement decided for one definition, built once the account's
 /// cache entry is released.
 struct Pending {
@@ -510,8 +514,15 @@ impl Engine {
         let layout = &defs.layout;
         // Which account, and is the event acceptable at all? Decided before
         // anything is changed, so a rejected event leaves no trace in state.
-        let known = self.store.user(&ev.user_id)?.state.account.clone();
+        let known = if ev.anonymous { None } else { self.store.user(&ev.user_id)?.state.account.clone() };
         let account = ev.account_id.clone().or(known);
+        if ev.anonymous && (account.is_none() || !ev.kind.is_usage()) {
+            // Normal traffic, not an error: a visitor of the marketing site
+            // with no account, or traits of someone not logged in.
+            let reason = if ev.kind.is_usage() { "anonymous_without_account" } else { "anonymous_traits" };
+            self.metrics.events_skipped.with_label_values(&[reason]).inc();
+            return Ok(Ok(()));
+        }
         match &account {
             None if ev.kind != Kind::Identify => {
                 return Ok(Err(Rejection::new(
@@ -562,47 +573,53 @@ impl Engine {
         let mut hits: Vec<u64> = Vec::new();
         // An email domain that changed with this identify: (old, new).
         let mut email_change: Option<(Option<String>, Option<String>)> = None;
-        let user = self.store.user(&ev.user_id)?;
-        if let Some(a) = &ev.account_id {
-            if user.state.account.as_deref() != Some(a.as_str()) {
-                user.state.account = Some(a.clone());
-                user.dirty = true;
-            }
-        }
-        if ev.kind == Kind::Identify {
-            if let Some(new) = &ev.traits {
-                let mut traits: Map<String, Value> = serde_json::from_str(&user.state.traits_json).unwrap_or_default();
-                for s in &layout.signals {
-                    if let Some((name, becomes)) = &s.trait_change {
-                        let matches = |v: Option<&Value>| {
-                            v.and_then(Value::as_str).is_some_and(|x| becomes.iter().any(|b| b.eq_ignore_ascii_case(x)))
-                        };
-                        if new.contains_key(name) && matches(new.get(name)) && !matches(traits.get(name)) {
-                            hits.push(s.id);
-                        }
-                    }
-                }
-                for (k, v) in new {
-                    traits.insert(k.clone(), v.clone());
-                }
-                if new.contains_key("email") {
-                    let domain = traits.get("email").and_then(Value::as_str).and_then(email_domain);
-                    if domain != user.state.email_domain {
-                        email_change = Some((user.state.email_domain.clone(), domain.clone()));
-                        user.state.email_domain = domain;
-                    }
-                }
-                user.state.traits_json = Value::Object(traits).to_string();
-                user.dirty = true;
-            }
-        }
         // For a user's first usage event in an account (its email domain
         // counts for the account then).
-        let user_domain = if ev.kind.is_usage() { user.state.email_domain.clone() } else { None };
-        // Refresh the user's idle-TTL clock at most daily (saves writes).
-        if ev.time_ms > user.state.updated_ms + 86_400_000 {
-            user.state.updated_ms = ev.time_ms;
-            user.dirty = true;
+        let mut user_domain: Option<String> = None;
+        // A visitor not logged in (only an anonymousId) has no user record:
+        // their events count toward the account's volume and signals, not
+        // its users.
+        if !ev.anonymous {
+            let user = self.store.user(&ev.user_id)?;
+            if let Some(a) = &ev.account_id {
+                if user.state.account.as_deref() != Some(a.as_str()) {
+                    user.state.account = Some(a.clone());
+                    user.dirty = true;
+                }
+            }
+            if ev.kind == Kind::Identify {
+                if let Some(new) = &ev.traits {
+                    let mut traits: Map<String, Value> = serde_json::from_str(&user.state.traits_json).unwrap_or_default();
+                    for s in &layout.signals {
+                        if let Some((name, becomes)) = &s.trait_change {
+                            let matches = |v: Option<&Value>| {
+                                v.and_then(Value::as_str).is_some_and(|x| becomes.iter().any(|b| b.eq_ignore_ascii_case(x)))
+                            };
+                            if new.contains_key(name) && matches(new.get(name)) && !matches(traits.get(name)) {
+                                hits.push(s.id);
+                            }
+                        }
+                    }
+                    for (k, v) in new {
+                        traits.insert(k.clone(), v.clone());
+                    }
+                    if new.contains_key("email") {
+                        let domain = traits.get("email").and_then(Value::as_str).and_then(email_domain);
+                        if domain != user.state.email_domain {
+                            email_change = Some((user.state.email_domain.clone(), domain.clone()));
+                            user.state.email_domain = domain;
+                        }
+                    }
+                    user.state.traits_json = Value::Object(traits).to_string();
+                    user.dirty = true;
+                }
+            }
+            user_domain = if ev.kind.is_usage() { user.state.email_domain.clone() } else { None };
+            // Refresh the user's idle-TTL clock at most daily (saves writes).
+            if ev.time_ms > user.state.updated_ms + 86_400_000 {
+                user.state.updated_ms = ev.time_ms;
+                user.dirty = true;
+            }
         }
         let Some(account) = account else {
             return Ok(Ok(())); // an identify of a user with no account yet: traits only
@@ -672,18 +689,20 @@ impl Engine {
             if ev.kind == Kind::Track {
                 entry.state.touch_feature(ev.name.as_deref().unwrap_or_default(), idx);
             }
-            let member = reader.member_into(entry, &account, &ev.user_id)?;
-            let new_member = member.state.first_seen_ms == 0;
-            let old = (member.state.last_seen_ms > 0).then(|| bucket_of(member.state.last_seen_ms, layout.bucket_seconds));
-            member.state.add_event(ev.time_ms);
-            // Leads count a user's events of the last 28 days, whatever the
-            // definitions' windows.
-            member.state.prune(ev.time_ms, ((self.retention_ms / 86_400_000) as u32 + 1).max(29));
-            member.dirty = true;
-            entry.state.move_user(old, idx);
-            if let (true, Some(d)) = (new_member, &user_domain) {
-                entry.state.count_email_domain(d, 1);
-                entry.traits_cel = None;
+            if !ev.anonymous {
+                let member = reader.member_into(entry, &account, &ev.user_id)?;
+                let new_member = member.state.first_seen_ms == 0;
+                let old = (member.state.last_seen_ms > 0).then(|| bucket_of(member.state.last_seen_ms, layout.bucket_seconds));
+                member.state.add_event(ev.time_ms);
+                // Leads count a user's events of the last 28 days, whatever the
+                // definitions' windows.
+                member.state.prune(ev.time_ms, ((self.retention_ms / 86_400_000) as u32 + 1).max(29));
+                member.dirty = true;
+                entry.state.move_user(old, idx);
+                if let (true, Some(d)) = (new_member, &user_domain) {
+                    entry.state.count_email_domain(d, 1);
+                    entry.traits_cel = None;
+                }
             }
         }
         if let Some((old, new)) = &email_change {
@@ -698,8 +717,15 @@ impl Engine {
                 entry.traits_cel = None;
             }
         }
-        for &s in &hits {
-            entry.state.add_signal(s, &ev.user_id, ev.time_ms);
+        if ev.anonymous {
+            let who = format!("{ANONYMOUS_PREFIX}{}", ev.user_id);
+            for &s in &hits {
+                entry.state.add_signal(s, &who, ev.time_ms);
+            }
+        } else {
+            for &s in &hits {
+                entry.state.add_signal(s, &ev.user_id, ev.time_ms);
+            }
         }
         let now_ms = entry.state.last_seen_ms;
         let now_bucket = bucket_of(now_ms, layout.bucket_seconds);
@@ -835,7 +861,7 @@ impl Engine {
         let members = self.store.members(account)?;
         // Behind signals: each user's signals, most recent first.
         let mut roles: Vec<(String, Vec<String>)> = Vec::new();
-        for h in signals.iter().rev() {
+        for h in signals.iter().rev().filter(|h| !h.user.starts_with(ANONYMOUS_PREFIX)) {
             let what = def.signal(h.signal).map_or_else(String::new, |s| s.description.clone());
             match roles.iter_mut().find(|w| w.0 == h.user) {
                 Some(w) if !w.1.contains(&what) => w.1.push(what),
@@ -1189,6 +1215,40 @@ mod tests {
         assert_eq!(why(4), ["most active: 30 events in the last 28 days", "no work email (gmail.com)"]);
         assert_eq!(v["data"]["account"]["domain"], "acme.io", "the most common work-email domain");
         assert_eq!(v["data"]["account"]["personal_account"], false);
+    }
+
+    /// Visitors not logged in (only an `anonymousId`, as Segment's own
+    /// libraries send for them): with an account they count toward its
+    /// volume and signals but not its users, and are never leads; without
+    /// one they are counted and skipped, never dead-lettered.
+    #[test]
+    fn anonymous_events_count_toward_the_account_not_its_users() {
+        let mut t = T::new();
+        for u in ["u1", "u2", "u3"] {
+            t.track(u, "a", "Card Moved", 1);
+        }
+        // A marketing-site visit with no account: skipped.
+        t.send(r#"{"type":"page","anonymousId":"v-9","properties":{"path":"/pricing"},"timestamp":"2026-01-01T12:00:00Z"}"#);
+        // Anonymous traits: skipped.
+        t.send(r#"{"type":"identify","anonymousId":"v-9","traits":{"email":"x@y.example"},"timestamp":"2026-01-01T12:00:00Z"}"#);
+        assert!(t.out.dead_letters.is_empty(), "{:?}", t.out.dead_letters);
+        assert!(t.out.events.is_empty());
+        let skipped = |t: &T, r: &str| t.engine.metrics().events_skipped.with_label_values(&[r]).get();
+        assert_eq!((skipped(&t, "anonymous_without_account"), skipped(&t, "anonymous_traits")), (1, 1));
+        // Someone not logged in, in account `a`, reads the security page:
+        // the signal counts (3 users + a legal page visit qualify `a`).
+        t.send(r#"{"type":"page","anonymousId":"v-1","properties":{"path":"/security"},"context":{"groupId":"a"},"timestamp":"2026-01-01T13:00:00Z"}"#);
+        let e = t.out.events.last().expect("enterprise_evaluation announced");
+        let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+        assert_eq!(v["data"]["rules"], serde_json::json!(["enterprise_evaluation"]));
+        assert_eq!(v["data"]["metrics"]["active_users_28d"], 3, "not a user");
+        assert_eq!(v["data"]["metrics"]["events_7d"], 4, "but volume");
+        assert_eq!(v["data"]["signals"][0]["user_id"], "anonymous:v-1");
+        let leads: Vec<&str> = v["data"]["leads"].as_array().unwrap().iter().map(|l| l["user_id"].as_str().unwrap()).collect();
+        assert_eq!(leads, ["u1", "u2", "u3"], "a visitor is never a lead");
+        t.engine.commit().unwrap();
+        assert_eq!(t.engine.reader().user("v-1").unwrap(), None, "no user record");
+        assert!(t.engine.reader().members("a").unwrap().iter().all(|m| m.0.starts_with('u')));
     }
 
     /// An account whose users are all on free mail is a personal account:

@@ -68,6 +68,9 @@ pub struct Metrics {
     /// The same for the changelog restore.
     pub changelog_gaps: IntCounterVec,
     pub changelog_gap_records: IntCounterVec,
+    /// Valid events counted and skipped (normal traffic that cannot count:
+    /// a visitor with no account), by reason.
+    pub events_skipped: IntCounterVec,
     /// 1 per definition running: `{version, fingerprint, role}` (role
     /// `live` or `shadow`).
     pub definition_info: IntGaugeVec,
@@ -296,6 +299,17 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            events_skipped: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pqa_events_skipped_total",
+                        "Valid events that cannot count and are skipped, not dead-lettered, by reason",
+                    ),
+                    &["reason"],
+                )
+                .unwrap(),
+            ),
             definition_info: reg(
                 &registry,
                 IntGaugeVec::new(
@@ -366,6 +380,9 @@ impl Metrics {
             for c in [&m.input_gaps, &m.input_gap_records, &m.changelog_gaps, &m.changelog_gap_records] {
                 c.with_label_values(&[o.as_str()]);
             }
+        }
+        for r in ["anonymous_without_account", "anonymous_traits"] {
+            m.events_skipped.with_label_values(&[r]);
         }
         m.commits.with_label_values(&["state"]);
         m.commits.with_label_values(&["kafka_offsets"]);

@@ -217,6 +217,14 @@ pub struct FieldPointers {
     pub traits: Vec<String>,
     /// Unique message id.
     pub message_id: Vec<String>,
+    /// The anonymous id of a visitor not logged in (used when there is no
+    /// user id).
+    #[serde(default = "default_anonymous_id")]
+    pub anonymous_id: Vec<String>,
+}
+
+fn default_anonymous_id() -> Vec<String> {
+    vec!["/anonymousId".to_string()]
 }
 
 /// Local state.
@@ -395,6 +403,7 @@ impl Config {
             ("timestamp", &f.timestamp),
             ("traits", &f.traits),
             ("message_id", &f.message_id),
+            ("anonymous_id", &f.anonymous_id),
         ] {
             for (i, p) in list.iter().enumerate() {
                 if !p.starts_with('/') {
