@@ -35,7 +35,13 @@
 //!   compiled definition.
 //! - [`telemetry`]: Prometheus metrics, their names in one place.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/accounts/{id}`.
+//! - [`definitions`]: the live definition and its shadows, bound to one
+//!   state layout ([`state::layout`]); what the HTTP server shows of them.
+//! - [`reload`]: hot reload (SIGHUP, a changed file, `POST /admin/reload`),
+//!   validated first, swapped between two batches.
 //! - [`replay`]: the engine over an NDJSON file, no Kafka.
+//! - [`backtest`] and [`report`]: several definitions side by side over one
+//!   history, and the CSV, summary and plots that compare them.
 //! - [`sim`]: a seeded simulated product (Segment events) for the demo,
 //!   tests and benchmarks.
 //! - [`demo`]: embedded Kafka (librdkafka's mock cluster) + simulator +
