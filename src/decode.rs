@@ -75,6 +75,9 @@ pub struct Event {
     pub user_id: String,
     /// No user id, only an `anonymousId` (a visitor not logged in).
     pub anonymous: bool,
+    /// The `anonymousId` beside a user id: the user was this visitor
+    /// before logging in.
+    pub anonymous_id: Option<String>,
     /// The account named by the event itself, if any. When `None`, the
     /// engine uses the user's last known account.
     pub account_id: Option<String>,
@@ -262,10 +265,12 @@ impl Decoder {
                 }
             },
         };
-        let (user_id, anonymous) = match self.id(&mut caps, Field::UserId, "userId")? {
-            Some(u) => (u, false),
+        let (user_id, anonymous, anonymous_id) = match self.id(&mut caps, Field::UserId, "userId")? {
+            // The anonymous id beside a user id links the two; one of an
+            // unexpected type is ignored (the user id is what counts).
+            Some(u) => (u, false, self.id(&mut caps, Field::AnonymousId, "anonymousId").ok().flatten()),
             None => match self.id(&mut caps, Field::AnonymousId, "anonymousId")? {
-                Some(a) => (a, true),
+                Some(a) => (a, true, None),
                 None => return Err(Rejection::new(Reason::MissingUserId, "no user id and no anonymousId")),
             },
         };
@@ -317,6 +322,7 @@ impl Decoder {
             }
         }
         check_len("user id", Some(&user_id), MAX_ID_BYTES)?;
+        let anonymous_id = anonymous_id.filter(|a| a.len() <= MAX_ID_BYTES && *a != user_id);
         check_len("account id", account_id.as_deref(), MAX_ID_BYTES)?;
         check_len("messageId", message_id.as_deref(), MAX_ID_BYTES)?;
         check_len("event / page name", name.as_deref(), MAX_ID_BYTES)?;
@@ -338,6 +344,7 @@ impl Decoder {
             kind,
             user_id: user_id.into_owned(),
             anonymous,
+            anonymous_id: anonymous_id.map(Cow::into_owned),
             account_id: account_id.map(Cow::into_owned),
             time_ms,
             name: name.map(Cow::into_owned),
@@ -1304,10 +1311,10 @@ mod tests {
                     }
                 },
             };
-            let (user_id, anonymous) = match id_field(v, &f.user_id, "userId")? {
-                Some(u) => (u, false),
+            let (user_id, anonymous, anonymous_id) = match id_field(v, &f.user_id, "userId")? {
+                Some(u) => (u, false, id_field(v, &f.anonymous_id, "anonymousId").ok().flatten()),
                 None => match id_field(v, &f.anonymous_id, "anonymousId")? {
-                    Some(a) => (a, true),
+                    Some(a) => (a, true, None),
                     None => return Err(Rejection::new(Reason::MissingUserId, "no user id and no anonymousId")),
                 },
             };
@@ -1331,10 +1338,12 @@ mod tests {
                     ),
                 ));
             }
+            let anonymous_id = anonymous_id.filter(|a| a.len() <= MAX_ID_BYTES && *a != user_id);
             let mut event = Event {
                 kind,
                 user_id,
                 anonymous,
+                anonymous_id,
                 account_id,
                 time_ms,
                 name: None,

@@ -100,6 +100,13 @@ pub enum EngineError {
 /// lead).
 pub const ANONYMOUS_PREFIX: &str = "anonymous:";
 
+/// The state key (user and member records) of a visitor's anonymous id:
+/// it starts with a NUL byte, which no user id from JSON text has in
+/// practice, so it cannot be taken for a user.
+pub fn anon_key(anonymous_id: &str) -> String {
+    format!("\u{0}anon\u{0}{anonymous_id}")
+}
+
 /// An announcement decided for one definition, built once the account's
 /// cache entry is released.
 struct Pending {
@@ -508,14 +515,36 @@ impl Engine {
         Ok(())
     }
 
-    fn apply(&mut self, ev: Event, out: &mut Output) -> Result<Result<(), Rejection>, EngineError> {
+    fn apply(&mut self, mut ev: Event, out: &mut Output) -> Result<Result<(), Rejection>, EngineError> {
         let started = Instant::now();
         let defs = self.defs.clone();
         let layout = &defs.layout;
         // Which account, and is the event acceptable at all? Decided before
         // anything is changed, so a rejected event leaves no trace in state.
+        // A visitor already linked to a user (an identify carried both
+        // ids): their anonymous events are the user's.
+        if ev.anonymous {
+            if let Some(u) = self.store.user(&anon_key(&ev.user_id))?.state.linked_to.clone() {
+                ev.user_id = u;
+                ev.anonymous = false;
+            }
+        }
+        // A user id with the anonymous id they had before logging in: the
+        // link, and the account that visitor was active in (not yet linked
+        // to this user: its activity becomes the user's below).
+        let mut link: Option<(String, Option<String>, bool)> = None;
+        if let (false, Some(x)) = (ev.anonymous, &ev.anonymous_id) {
+            let key = anon_key(x);
+            let a = &self.store.user(&key)?.state;
+            if a.linked_to.as_deref() != Some(ev.user_id.as_str()) {
+                link = Some((key, a.account.clone(), a.linked_to.is_none()));
+            }
+        }
         let known = if ev.anonymous { None } else { self.store.user(&ev.user_id)?.state.account.clone() };
-        let account = ev.account_id.clone().or(known);
+        // So that a login (an identify with no account) can qualify the
+        // account the visitor was using.
+        let account =
+            ev.account_id.clone().or(known).or_else(|| link.as_ref().filter(|l| l.2).and_then(|l| l.1.clone()));
         if ev.anonymous && (account.is_none() || !ev.kind.is_usage()) {
             // Normal traffic, not an error: a visitor of the marketing site
             // with no account, or traits of someone not logged in.
@@ -581,7 +610,7 @@ impl Engine {
         // its users.
         if !ev.anonymous {
             let user = self.store.user(&ev.user_id)?;
-            if let Some(a) = &ev.account_id {
+            if let Some(a) = ev.account_id.as_ref().or(account.as_ref().filter(|_| user.state.account.is_none())) {
                 if user.state.account.as_deref() != Some(a.as_str()) {
                     user.state.account = Some(a.clone());
                     user.dirty = true;
@@ -614,12 +643,32 @@ impl Engine {
                     user.dirty = true;
                 }
             }
-            user_domain = if ev.kind.is_usage() { user.state.email_domain.clone() } else { None };
+            user_domain =
+                if ev.kind.is_usage() || link.is_some() { user.state.email_domain.clone() } else { None };
             // Refresh the user's idle-TTL clock at most daily (saves writes).
             if ev.time_ms > user.state.updated_ms + 86_400_000 {
                 user.state.updated_ms = ev.time_ms;
                 user.dirty = true;
             }
+        }
+        if ev.anonymous {
+            // The visitor's record: the account they are active in (kept
+            // with an idle TTL like a user's).
+            let a = self.store.user(&anon_key(&ev.user_id))?;
+            if a.state.account != account {
+                a.state.account.clone_from(&account);
+                a.dirty = true;
+            }
+            if ev.time_ms > a.state.updated_ms + 86_400_000 {
+                a.state.updated_ms = ev.time_ms;
+                a.dirty = true;
+            }
+        }
+        if let Some((key, _, _)) = &link {
+            let a = self.store.user(key)?;
+            a.state.linked_to = Some(ev.user_id.clone());
+            a.state.updated_ms = a.state.updated_ms.max(ev.time_ms);
+            a.dirty = true;
         }
         let Some(account) = account else {
             return Ok(Ok(())); // an identify of a user with no account yet: traits only
@@ -669,6 +718,31 @@ impl Engine {
                 entry.traits_cel = None;
             }
         }
+        if let Some((key, Some(a), true)) = &link {
+            if *a == account {
+                // The user was this visitor: their activity in the account
+                // becomes the user's, who is an active user from now on
+                // (so a login can qualify the account).
+                let visitor = reader.member_into(entry, &account, key)?.state.clone();
+                if visitor.first_seen_ms > 0 {
+                    let member = reader.member_into(entry, &account, &ev.user_id)?;
+                    let new_member = member.state.first_seen_ms == 0;
+                    let old =
+                        (member.state.last_seen_ms > 0).then(|| bucket_of(member.state.last_seen_ms, layout.bucket_seconds));
+                    member.state.merge(&visitor);
+                    member.dirty = true;
+                    let now = bucket_of(member.state.last_seen_ms, layout.bucket_seconds);
+                    entry.state.move_user(old, now);
+                    if let (true, Some(d)) = (new_member, &user_domain) {
+                        entry.state.count_email_domain(d, 1);
+                    }
+                    entry.traits_cel = None;
+                    let gone = reader.member_into(entry, &account, key)?;
+                    gone.state = Default::default();
+                    gone.dirty = true;
+                }
+            }
+        }
         if ev.kind.is_usage() {
             let mut slots = [0usize; 8];
             let mut n = 1;
@@ -703,6 +777,13 @@ impl Engine {
                     entry.state.count_email_domain(d, 1);
                     entry.traits_cel = None;
                 }
+            } else {
+                // The visitor's activity, kept apart (not a user of the
+                // account) until a login links it to one.
+                let member = reader.member_into(entry, &account, &anon_key(&ev.user_id))?;
+                member.state.add_event(ev.time_ms);
+                member.state.prune(ev.time_ms, ((self.retention_ms / 86_400_000) as u32 + 1).max(29));
+                member.dirty = true;
             }
         }
         if let Some((old, new)) = &email_change {
@@ -870,8 +951,12 @@ impl Engine {
             }
         }
         // Candidates: the users behind signals and the 500 most active.
-        let mut active: Vec<(&String, u64)> =
-            members.iter().map(|(u, m)| (u, m.events_in_days(now_ms, 28))).filter(|(_, n)| *n > 0).collect();
+        let mut active: Vec<(&String, u64)> = members
+            .iter()
+            .filter(|(u, _)| !u.starts_with('\u{0}'))
+            .map(|(u, m)| (u, m.events_in_days(now_ms, 28)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
         active.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
         let top_activity = active.first().map_or(0, |a| a.1);
         let mut candidates: Vec<String> = roles.iter().map(|r| r.0.clone()).collect();
@@ -1248,7 +1333,46 @@ mod tests {
         assert_eq!(leads, ["u1", "u2", "u3"], "a visitor is never a lead");
         t.engine.commit().unwrap();
         assert_eq!(t.engine.reader().user("v-1").unwrap(), None, "no user record");
-        assert!(t.engine.reader().members("a").unwrap().iter().all(|m| m.0.starts_with('u')));
+        let members = t.engine.reader().members("a").unwrap();
+        assert!(members.iter().all(|m| m.0.starts_with('u') || m.0 == anon_key("v-1")), "{members:?}");
+        assert_eq!(members.len(), 4, "three users, and the visitor's activity kept apart until a login");
+    }
+
+    /// A visitor who logs in: an identify with both ids links them. What
+    /// they did before becomes the user's, who counts as an active user
+    /// from the link on, so the login itself qualifies the account; their
+    /// later anonymous events are the user's.
+    #[test]
+    fn a_login_links_the_visitor_and_can_qualify_the_account() {
+        let mut t = T::new();
+        t.track("u1", "a", "Card Moved", 1);
+        t.track("u2", "a", "Card Moved", 1);
+        let anon = |path: &str, h: u32| {
+            format!(
+                r#"{{"type":"page","anonymousId":"v-1","userId":null,"properties":{{"path":"{path}"}},"context":{{"groupId":"a"}},"timestamp":"2026-01-02T{h:02}:00:00Z"}}"#
+            )
+        };
+        t.send(&anon("/docs", 9));
+        t.send(&anon("/security", 10));
+        assert!(t.out.events.is_empty(), "2 users and a visitor: not 3 users");
+        // The login: no account in the identify, the visitor's account is used.
+        t.send(r#"{"type":"identify","userId":"u3","anonymousId":"v-1","traits":{"email":"c@acme.example"},"timestamp":"2026-01-02T11:00:00Z"}"#);
+        let e = t.out.events.last().expect("the login qualifies the account");
+        let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+        assert_eq!(v["subject"], "a");
+        assert_eq!(v["data"]["rules"], serde_json::json!(["enterprise_evaluation"]));
+        assert_eq!(v["data"]["metrics"]["active_users_28d"], 3);
+        let u3 = v["data"]["leads"].as_array().unwrap().iter().find(|l| l["user_id"] == "u3").expect("u3 is a lead");
+        assert_eq!(u3["events_28d"], 2, "the visitor's two page views are u3's");
+        // Later anonymous events of that visitor are u3's.
+        t.send(&anon("/pricing", 12));
+        t.engine.commit().unwrap();
+        let members = t.engine.reader().members("a").unwrap();
+        let u3 = members.iter().find(|m| m.0 == "u3").unwrap();
+        assert_eq!(u3.1.events_in_days(u3.1.last_seen_ms, 28), 3);
+        assert_eq!(t.engine.reader().user("u3").unwrap().unwrap().account.as_deref(), Some("a"));
+        let visitor = members.iter().find(|m| m.0.starts_with('\u{0}')).map(|m| m.1.clone()).unwrap_or_default();
+        assert_eq!(visitor.first_seen_ms, 0, "nothing left under the visitor");
     }
 
     /// An account whose users are all on free mail is a personal account:

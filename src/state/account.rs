@@ -120,6 +120,8 @@ pub struct UserState {
     /// The domain of the `email` trait, lower-case (kept apart so that
     /// usage events need not parse the traits).
     pub email_domain: Option<String>,
+    /// For the record of an anonymous id: the user it turned out to be.
+    pub linked_to: Option<String>,
 }
 
 /// At most this many email domains are counted per account (the least
@@ -484,6 +486,20 @@ impl MemberState {
             self.first_seen_ms = time_ms;
         }
         self.last_seen_ms = self.last_seen_ms.max(time_ms);
+    }
+
+    /// Adds another record's activity (a visitor's, once linked to the user).
+    pub fn merge(&mut self, other: &MemberState) {
+        for &(day, n) in &other.days {
+            match self.days.binary_search_by_key(&day, |d| d.0) {
+                Ok(p) => self.days[p].1 = self.days[p].1.saturating_add(n),
+                Err(p) => self.days.insert(p, (day, n)),
+            }
+        }
+        if other.first_seen_ms > 0 && (self.first_seen_ms == 0 || other.first_seen_ms < self.first_seen_ms) {
+            self.first_seen_ms = other.first_seen_ms;
+        }
+        self.last_seen_ms = self.last_seen_ms.max(other.last_seen_ms);
     }
 
     /// Usage events in the `days` days up to `now_ms` (day granularity).
