@@ -343,15 +343,10 @@ impl Changelog {
     }
 
     fn send(&self, r: &ChangeRecord, shutdown: &Shutdown) -> Result<(), ChangelogError> {
-        let schema = OwnedHeaders::new().insert(Header {
-            key: SCHEMA_HEADER,
-            value: Some(crate::state::store::SCHEMA_VERSION),
-        });
-        let mut record: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&self.topic)
-            .partition(r.partition)
-            .key(&r.key[..])
-            .payload(&r.value[..])
-            .headers(schema);
+        let schema =
+            OwnedHeaders::new().insert(Header { key: SCHEMA_HEADER, value: Some(crate::state::store::SCHEMA_VERSION) });
+        let mut record: BaseRecord<'_, [u8], [u8], ()> =
+            BaseRecord::to(&self.topic).partition(r.partition).key(&r.key[..]).payload(&r.value[..]).headers(schema);
         let mut logged = false;
         loop {
             match self.producer.send(record) {

@@ -51,7 +51,8 @@ impl Definitions {
     ) -> Result<Definitions, Vec<ConfigError>> {
         let mut errs = Vec::new();
         for (i, s) in shadows.iter().enumerate() {
-            let at = |field: &str| format!("shadow[{i}] ({}): definition.{field}", sources.get(i + 1).map_or("", |s| s));
+            let at =
+                |field: &str| format!("shadow[{i}] ({}): definition.{field}", sources.get(i + 1).map_or("", |s| s));
             if s.version == live.version {
                 errs.push(ConfigError::new(
                     at("version"),
@@ -134,9 +135,7 @@ pub fn load_definition_file(path: &Path) -> Result<CompiledDefinition, ConfigErr
     let cfg = Config::load_file_only(path)?;
     cfg.definition.compile().map_err(|errs| {
         ConfigErrors(
-            errs.into_iter()
-                .map(|e| ConfigError::new(format!("{}: {}", path.display(), e.path), e.message))
-                .collect(),
+            errs.into_iter().map(|e| ConfigError::new(format!("{}: {}", path.display(), e.path), e.message)).collect(),
         )
     })
 }

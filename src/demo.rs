@@ -109,13 +109,11 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
     // The engine: the same `run` as production, against the embedded Kafka.
     let engine_cfg = cfg.clone();
     let (engine_stop, engine_health, engine_metrics) = (stop.clone(), health.clone(), metrics.clone());
-    let engine = std::thread::Builder::new()
-        .name("pqa-engine".into())
-        .spawn(move || {
-            let hooks = crate::source::RunHooks { published: Some(published), ..Default::default() };
-            let defs = Arc::new(crate::definitions::Definitions::single(def));
-            crate::source::run_definitions(&engine_cfg, defs, engine_metrics, engine_health, &engine_stop, hooks)
-        })?;
+    let engine = std::thread::Builder::new().name("pqa-engine".into()).spawn(move || {
+        let hooks = crate::source::RunHooks { published: Some(published), ..Default::default() };
+        let defs = Arc::new(crate::definitions::Definitions::single(def));
+        crate::source::run_definitions(&engine_cfg, defs, engine_metrics, engine_health, &engine_stop, hooks)
+    })?;
 
     // The simulated product, paced by its fast clock.
     let produced = Arc::new(Mutex::new(0u64));

@@ -15,12 +15,12 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use crate::config::{CompiledDefinition, InputConfig};
-use crate::definitions::{Agreement, Definitions, VersionStats};
-use crate::state::manifest::Manifest;
 use crate::decode::{Decoder, Event, Kind, Reason, Rejection};
+use crate::definitions::{Agreement, Definitions, VersionStats};
 use crate::detect::{account_to_cel, evaluate_unnamed, Outcome};
 use crate::emit::{self, Announcement, EventInput, Lead, OutputEvent};
 use crate::state::account::{bucket_of, email_domain, SignalHit};
+use crate::state::manifest::Manifest;
 use crate::state::store::{CommitStats, Prepared};
 use crate::state::{StateError, StateReader, StateWriter, Store};
 use crate::telemetry::Metrics;
@@ -618,11 +618,13 @@ impl Engine {
             }
             if ev.kind == Kind::Identify {
                 if let Some(new) = &ev.traits {
-                    let mut traits: Map<String, Value> = serde_json::from_str(&user.state.traits_json).unwrap_or_default();
+                    let mut traits: Map<String, Value> =
+                        serde_json::from_str(&user.state.traits_json).unwrap_or_default();
                     for s in &layout.signals {
                         if let Some((name, becomes)) = &s.trait_change {
                             let matches = |v: Option<&Value>| {
-                                v.and_then(Value::as_str).is_some_and(|x| becomes.iter().any(|b| b.eq_ignore_ascii_case(x)))
+                                v.and_then(Value::as_str)
+                                    .is_some_and(|x| becomes.iter().any(|b| b.eq_ignore_ascii_case(x)))
                             };
                             if new.contains_key(name) && matches(new.get(name)) && !matches(traits.get(name)) {
                                 hits.push(s.id);
@@ -643,8 +645,7 @@ impl Engine {
                     user.dirty = true;
                 }
             }
-            user_domain =
-                if ev.kind.is_usage() || link.is_some() { user.state.email_domain.clone() } else { None };
+            user_domain = if ev.kind.is_usage() || link.is_some() { user.state.email_domain.clone() } else { None };
             // Refresh the user's idle-TTL clock at most daily (saves writes).
             if ev.time_ms > user.state.updated_ms + 86_400_000 {
                 user.state.updated_ms = ev.time_ms;
@@ -727,8 +728,8 @@ impl Engine {
                 if visitor.first_seen_ms > 0 {
                     let member = reader.member_into(entry, &account, &ev.user_id)?;
                     let new_member = member.state.first_seen_ms == 0;
-                    let old =
-                        (member.state.last_seen_ms > 0).then(|| bucket_of(member.state.last_seen_ms, layout.bucket_seconds));
+                    let old = (member.state.last_seen_ms > 0)
+                        .then(|| bucket_of(member.state.last_seen_ms, layout.bucket_seconds));
                     member.state.merge(&visitor);
                     member.dirty = true;
                     let now = bucket_of(member.state.last_seen_ms, layout.bucket_seconds);
@@ -766,7 +767,8 @@ impl Engine {
             if !ev.anonymous {
                 let member = reader.member_into(entry, &account, &ev.user_id)?;
                 let new_member = member.state.first_seen_ms == 0;
-                let old = (member.state.last_seen_ms > 0).then(|| bucket_of(member.state.last_seen_ms, layout.bucket_seconds));
+                let old = (member.state.last_seen_ms > 0)
+                    .then(|| bucket_of(member.state.last_seen_ms, layout.bucket_seconds));
                 member.state.add_event(ev.time_ms);
                 // Leads count a user's events of the last 28 days, whatever the
                 // definitions' windows.
@@ -997,7 +999,11 @@ impl Engine {
             });
             let events_28d = members.iter().find(|m| m.0 == user).map_or(0, |m| m.1.events_in_days(now_ms, 28));
             let signals = roles.iter().find(|r| r.0 == user).map(|r| r.1.clone()).unwrap_or_default();
-            let traits = traits_all.iter().filter(|(k, _)| def.lead_traits.iter().any(|t| t == *k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let traits = traits_all
+                .iter()
+                .filter(|(k, _)| def.lead_traits.iter().any(|t| t == *k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             ranked.push(Candidate {
                 work_email: domain.is_some() && free_domain.is_none(),
                 user,
@@ -1293,7 +1299,9 @@ mod tests {
         // `adm` was admin before using the product (no admin switch in
         // this account): a signal ranks above the role.
         assert_eq!(order, ["legal", "adm", "dir", "dev", "intern"]);
-        let why = |i: usize| leads[i]["why"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect::<Vec<_>>();
+        let why = |i: usize| {
+            leads[i]["why"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect::<Vec<_>>()
+        };
         assert_eq!(why(0), ["read the terms, privacy, security or DPA pages", "4 events in the last 28 days"]);
         assert_eq!(why(1), ["admin of the workspace", "4 events in the last 28 days"]);
         assert_eq!(why(2), ["Director of Engineering", "2 events in the last 28 days"]);
@@ -1329,7 +1337,8 @@ mod tests {
         assert_eq!(v["data"]["metrics"]["active_users_28d"], 3, "not a user");
         assert_eq!(v["data"]["metrics"]["events_7d"], 4, "but volume");
         assert_eq!(v["data"]["signals"][0]["user_id"], "anonymous:v-1");
-        let leads: Vec<&str> = v["data"]["leads"].as_array().unwrap().iter().map(|l| l["user_id"].as_str().unwrap()).collect();
+        let leads: Vec<&str> =
+            v["data"]["leads"].as_array().unwrap().iter().map(|l| l["user_id"].as_str().unwrap()).collect();
         assert_eq!(leads, ["u1", "u2", "u3"], "a visitor is never a lead");
         t.engine.commit().unwrap();
         assert_eq!(t.engine.reader().user("v-1").unwrap(), None, "no user record");

@@ -21,9 +21,9 @@ use serde_json::{json, Map, Value};
 
 use crate::config::CompiledDefinition;
 use crate::definitions::{Definitions, Published};
-use crate::reload::{ReloadError, Reloader};
 use crate::detect::{account_to_cel, evaluate, Outcome};
 use crate::emit::format_time_ms;
+use crate::reload::{ReloadError, Reloader};
 use crate::shutdown::Shutdown;
 use crate::state::account::bucket_of;
 use crate::state::StateReader;

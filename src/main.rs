@@ -16,15 +16,15 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use pqa_engine::config::Config;
-use pqa_engine::demo::{run_demo, DemoOptions};
 use pqa_engine::definitions::{self, Definitions, Published};
+use pqa_engine::demo::{run_demo, DemoOptions};
 use pqa_engine::http::{self, AppState, Health};
 use pqa_engine::reload::Reloader;
-use pqa_engine::source::RunHooks;
-use pqa_engine::state::manifest::Manifest;
 use pqa_engine::replay::{replay_definitions, ReplayOptions};
 use pqa_engine::shutdown::Shutdown;
 use pqa_engine::sim::{produce_to_topic, write_ndjson, Progress, SimConfig, Simulator, TopicTarget};
+use pqa_engine::source::RunHooks;
+use pqa_engine::state::manifest::Manifest;
 use pqa_engine::telemetry::Metrics;
 
 /// Real-time Product Qualified Accounts: reads product-usage events
@@ -487,7 +487,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let cfg = load(a.config.as_ref())?;
             let live = cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
             let config_dir = a.config.as_deref().and_then(|p| p.parent()).map(PathBuf::from);
-            let defs = definitions::load(&cfg, live, config_dir.as_deref(), &a.shadows).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let defs =
+                definitions::load(&cfg, live, config_dir.as_deref(), &a.shadows).map_err(|e| anyhow::anyhow!("{e}"))?;
             let opts = ReplayOptions {
                 input: a.input,
                 output: a.output,

@@ -152,7 +152,11 @@ impl Reloader {
             Ok(_) => {}
             Err(ReloadError::Invalid(problems)) => {
                 self.metrics.definition_reload_failures.inc();
-                tracing::error!(trigger, problems = problems.len(), "reload refused: the configuration is invalid; the running definition stays");
+                tracing::error!(
+                    trigger,
+                    problems = problems.len(),
+                    "reload refused: the configuration is invalid; the running definition stays"
+                );
                 for p in problems {
                     tracing::error!(trigger, at = %p.path, "{}", p.message);
                 }
@@ -231,10 +235,7 @@ impl Reloader {
 
 /// A cheap identity of each file's content (missing files included).
 fn fingerprints(files: &[PathBuf]) -> Vec<(PathBuf, Option<u64>)> {
-    files
-        .iter()
-        .map(|f| (f.clone(), std::fs::read(f).ok().map(|b| xxhash_rust::xxh3::xxh3_64(&b))))
-        .collect()
+    files.iter().map(|f| (f.clone(), std::fs::read(f).ok().map(|b| xxhash_rust::xxh3::xxh3_64(&b)))).collect()
 }
 
 /// The settings that differ between two configurations and need a restart:
@@ -256,7 +257,12 @@ fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<
             keys.sort();
             keys.dedup();
             for k in keys {
-                diff(&format!("{path}.{k}"), x.get(k).unwrap_or(&serde_json::Value::Null), y.get(k).unwrap_or(&serde_json::Value::Null), out);
+                diff(
+                    &format!("{path}.{k}"),
+                    x.get(k).unwrap_or(&serde_json::Value::Null),
+                    y.get(k).unwrap_or(&serde_json::Value::Null),
+                    out,
+                );
             }
         }
         _ if a != b => out.push(path.to_string()),

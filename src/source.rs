@@ -35,9 +35,9 @@ use crate::changelog::{Changelog, ChangelogError};
 use crate::config::{is_secret_property, CompiledDefinition, Config};
 use crate::definitions::{Definitions, Published};
 use crate::engine::{Engine, EngineError, InputRecord, Output};
-use crate::reload::{Applied, OffsetAt, ReloadRequest, VersionedStatus};
 use crate::gaps::{self, GapGuard, TopicPartition, Verdict};
 use crate::http::Health;
+use crate::reload::{Applied, OffsetAt, ReloadRequest, VersionedStatus};
 use crate::shutdown::Shutdown;
 use crate::sink::{KafkaSink, SinkError};
 use crate::state::store::CommitStats;
@@ -550,7 +550,8 @@ fn swap_definitions(engine: &mut Engine, defs: Arc<Definitions>) -> Result<Appli
         .into_iter()
         .map(|(topic, partition, offset)| OffsetAt { topic, partition, offset })
         .collect();
-    let shown: Vec<String> = from_offsets.iter().map(|o| format!("{}[{}]@{}", o.topic, o.partition, o.offset)).collect();
+    let shown: Vec<String> =
+        from_offsets.iter().map(|o| format!("{}[{}]@{}", o.topic, o.partition, o.offset)).collect();
     let defs = engine.definitions().clone();
     tracing::info!(
         from = %old,

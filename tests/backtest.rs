@@ -18,7 +18,16 @@ type Key = (String, String, String, String, u64, String, String);
 
 fn replay_alone(def: &Path, input: &Path, dir: &Path) -> BTreeSet<Key> {
     let out = dir.join(format!("{}.replay", def.file_name().unwrap().to_string_lossy()));
-    let st = Command::new(BIN).arg("replay").arg("--config").arg(def).arg("--input").arg(input).arg("--output").arg(&out).status().unwrap();
+    let st = Command::new(BIN)
+        .arg("replay")
+        .arg("--config")
+        .arg(def)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(&out)
+        .status()
+        .unwrap();
     assert!(st.success());
     std::fs::read_to_string(&out)
         .unwrap()
@@ -85,17 +94,41 @@ fn backtest_rows_equal_each_definition_replayed_alone() {
     assert!(run.status.success(), "{log}");
 
     let mut reader = csv::Reader::from_path(out.join("pqas.csv")).unwrap();
-    let header: Vec<String> = reader.headers().unwrap().iter().map(|h| h.trim_start_matches('\u{feff}').to_string()).collect();
+    let header: Vec<String> =
+        reader.headers().unwrap().iter().map(|h| h.trim_start_matches('\u{feff}').to_string()).collect();
     assert_eq!(
         header,
-        ["event_time", "definition", "definition_version", "account", "type", "tier", "score", "rules", "top_lead", "why", "warming_up", "event_id"]
+        [
+            "event_time",
+            "definition",
+            "definition_version",
+            "account",
+            "type",
+            "tier",
+            "score",
+            "rules",
+            "top_lead",
+            "why",
+            "warming_up",
+            "event_id"
+        ]
     );
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     for (file, version) in [(&a, "a-1"), (&b, "b-1"), (&c, "c-1")] {
         let got: BTreeSet<Key> = rows
             .iter()
             .filter(|r| &r[2] == version)
-            .map(|r| (r[11].to_string(), r[4].to_string(), r[3].to_string(), r[0].to_string(), r[6].parse().unwrap(), r[5].to_string(), r[7].to_string()))
+            .map(|r| {
+                (
+                    r[11].to_string(),
+                    r[4].to_string(),
+                    r[3].to_string(),
+                    r[0].to_string(),
+                    r[6].parse().unwrap(),
+                    r[5].to_string(),
+                    r[7].to_string(),
+                )
+            })
             .collect();
         let want = replay_alone(file, &input, dir.path());
         assert!(want.len() > 20, "{version}: {} announcements say little", want.len());
@@ -104,7 +137,8 @@ fn backtest_rows_equal_each_definition_replayed_alone() {
     // The stricter definition differs from the baseline, so the comparison
     // has something to say; the summary says it.
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
-    for want in ["## Announcements per definition", "## Announcements per rule", "### `", "Only in", "Earlier", "Later"] {
+    for want in ["## Announcements per definition", "## Announcements per rule", "### `", "Only in", "Earlier", "Later"]
+    {
         assert!(summary.contains(want), "summary lacks {want}:\n{summary}");
     }
     for png in ["announcements_per_week.png", "score_distribution.png"] {
@@ -115,7 +149,18 @@ fn backtest_rows_equal_each_definition_replayed_alone() {
     assert!(rows.iter().any(|r| r[9].starts_with("team_adoption (active_users_28d=")), "why");
 
     // Same version twice: refused with the way out.
-    let same = Command::new(BIN).arg("backtest").arg("-i").arg(&input).arg("-d").arg(&a).arg("-d").arg(&a).arg("--out").arg(dir.path().join("x")).output().unwrap();
+    let same = Command::new(BIN)
+        .arg("backtest")
+        .arg("-i")
+        .arg(&input)
+        .arg("-d")
+        .arg(&a)
+        .arg("-d")
+        .arg(&a)
+        .arg("--out")
+        .arg(dir.path().join("x"))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&same.stderr);
     assert!(!same.status.success() && err.contains("its own version"), "{err}");
 }

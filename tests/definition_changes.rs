@@ -132,8 +132,9 @@ fn warming_of(v: &Value) -> Vec<String> {
 fn a_changed_definition_continues_what_the_state_held_and_warms_up_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     // 80 accounts over 80 days, in time order.
-    let lines: Vec<String> =
-        Simulator::new(SimConfig { seed: 11, accounts: 80, start_unix: 1_767_225_600, days: 80 }).map(|e| e.json).collect();
+    let lines: Vec<String> = Simulator::new(SimConfig { seed: 11, accounts: 80, start_unix: 1_767_225_600, days: 80 })
+        .map(|e| e.json)
+        .collect();
     let time_of = |l: &str| -> String {
         let v: Value = serde_json::from_str(l).unwrap();
         v["timestamp"].as_str().unwrap().to_string()
@@ -164,10 +165,12 @@ fn a_changed_definition_continues_what_the_state_held_and_warms_up_the_rest() {
     // stands.
     let b_file = dir.path().join("b.toml");
     std::fs::write(&b_file, toml::to_string(&definition_b()).unwrap()).unwrap();
-    let v = Command::new(BIN).arg("validate").arg("--config").arg(&b_file).arg("--state-dir").arg(&live).output().unwrap();
+    let v =
+        Command::new(BIN).arg("validate").arg("--config").arg(&b_file).arg("--state-dir").arg(&live).output().unwrap();
     let report = String::from_utf8_lossy(&v.stdout).to_string();
     assert!(v.status.success(), "{report}\n{}", String::from_utf8_lossy(&v.stderr));
-    let line = |name: &str| report.lines().find(|l| l.trim_start().starts_with(&format!("{name} "))).unwrap_or_default();
+    let line =
+        |name: &str| report.lines().find(|l| l.trim_start().starts_with(&format!("{name} "))).unwrap_or_default();
     for held in ["comment_count_7d", "uploads_7d", "active_users_28d", "events_7d", "hand_raise_30d"] {
         assert!(line(held).ends_with("continues"), "{held}: {report}");
     }
@@ -209,7 +212,9 @@ fn a_changed_definition_continues_what_the_state_held_and_warms_up_the_rest() {
     }
     // Windows fill: 7 days after the switch nothing 7-day is warming any more.
     let week_later = chrono::DateTime::parse_from_rfc3339(&switch_time).unwrap() + chrono::Duration::days(8);
-    for v in got.values().filter(|v| chrono::DateTime::parse_from_rfc3339(v["time"].as_str().unwrap()).unwrap() > week_later) {
+    for v in
+        got.values().filter(|v| chrono::DateTime::parse_from_rfc3339(v["time"].as_str().unwrap()).unwrap() > week_later)
+    {
         assert!(!warming_of(v).contains(&"boards_7d".to_string()), "boards_7d still warming a week later: {v}");
     }
 }
@@ -218,8 +223,9 @@ fn a_changed_definition_continues_what_the_state_held_and_warms_up_the_rest() {
 fn another_bucket_width_is_refused_with_the_way_out() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("h.ndjson");
-    let lines: Vec<String> =
-        Simulator::new(SimConfig { seed: 3, accounts: 5, start_unix: 1_767_225_600, days: 3 }).map(|e| e.json).collect();
+    let lines: Vec<String> = Simulator::new(SimConfig { seed: 3, accounts: 5, start_unix: 1_767_225_600, days: 3 })
+        .map(|e| e.json)
+        .collect();
     std::fs::write(&input, lines.join("\n")).unwrap();
     let state = dir.path().join("s");
     run_replay(&Config::default_config(), &input, &state);
@@ -227,7 +233,8 @@ fn another_bucket_width_is_refused_with_the_way_out() {
     cfg.definition.bucket_seconds = 1800;
     let file = dir.path().join("half-hour.toml");
     std::fs::write(&file, toml::to_string(&cfg).unwrap()).unwrap();
-    let out = Command::new(BIN).arg("validate").arg("--config").arg(&file).arg("--state-dir").arg(&state).output().unwrap();
+    let out =
+        Command::new(BIN).arg("validate").arg("--config").arg(&file).arg("--state-dir").arg(&state).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("definition.bucket_seconds") && err.contains("replay"), "{err}");

@@ -57,15 +57,27 @@ fn the_schema_refuses_what_breaks_the_contract() {
         ("qualified without rules", Box::new(|v| v["data"]["rules"] = json!([]))),
         ("an id that is not 32 hex digits", Box::new(|v| v["id"] = json!("abc"))),
         ("a time that is not UTC RFC 3339", Box::new(|v| v["time"] = json!("2026-03-04 10:00"))),
-        ("a lead without why", Box::new(|v| v["data"]["leads"][0].as_object_mut().unwrap().remove("why").map(drop).unwrap())),
+        (
+            "a lead without why",
+            Box::new(|v| v["data"]["leads"][0].as_object_mut().unwrap().remove("why").map(drop).unwrap()),
+        ),
         ("a metric that is not a number", Box::new(|v| v["data"]["metrics"]["x"] = json!("7"))),
-        ("disqualified with a tier", Box::new(|v| {
-            v["type"] = json!("pqa.account.disqualified");
-            v["data"]["rules"] = json!([]);
-        })),
+        (
+            "disqualified with a tier",
+            Box::new(|v| {
+                v["type"] = json!("pqa.account.disqualified");
+                v["data"]["rules"] = json!([]);
+            }),
+        ),
         ("tier change without the previous tier", Box::new(|v| v["type"] = json!("pqa.account.tier_changed"))),
-        ("no warming_up list", Box::new(|v| v["data"].as_object_mut().unwrap().remove("warming_up").map(drop).unwrap())),
-        ("personal_account that is not a boolean", Box::new(|v| v["data"]["account"]["personal_account"] = json!("no"))),
+        (
+            "no warming_up list",
+            Box::new(|v| v["data"].as_object_mut().unwrap().remove("warming_up").map(drop).unwrap()),
+        ),
+        (
+            "personal_account that is not a boolean",
+            Box::new(|v| v["data"]["account"]["personal_account"] = json!("no")),
+        ),
     ];
     for (what, change) in broken {
         let mut v = good.clone();

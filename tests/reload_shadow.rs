@@ -97,7 +97,14 @@ fn reference(
                 engine.set_definitions(versions[next].0.clone()).unwrap();
                 next += 1;
             }
-            let rec = InputRecord { topic: "events", partition: *p, offset: *offset, key: None, payload: Some(payload), timestamp_ms: None };
+            let rec = InputRecord {
+                topic: "events",
+                partition: *p,
+                offset: *offset,
+                key: None,
+                payload: Some(payload),
+                timestamp_ms: None,
+            };
             engine.process(&rec, &mut o).unwrap();
         }
         for e in o.events.drain(..) {
@@ -121,7 +128,8 @@ fn reloads_by_sighup_file_and_http_while_events_flow() {
         definition("v3", &[("active_users_28d >= 7\"", "active_users_28d >= 5\"")]),
         definition("v4", &[("active_users_28d >= 7\"", "active_users_28d >= 6\""), ("points = 45", "points = 60")]),
     ];
-    let config = |def: &str| write_config(dir.path(), &bootstrap, &state, port, &format!("admin_token = \"{token}\"\n{def}"));
+    let config =
+        |def: &str| write_config(dir.path(), &bootstrap, &state, port, &format!("admin_token = \"{token}\"\n{def}"));
     let cfg_path = config(&texts[0]);
     let mut engine = EngineProcess::start(&cfg_path, port, dir.path(), 1);
     engine.wait_ready(Duration::from_secs(60));
@@ -230,7 +238,11 @@ fn reloads_by_sighup_file_and_http_while_events_flow() {
     let got = first_copies(&out);
     let got_ids: BTreeSet<&String> = got.keys().collect();
     let want_ids: BTreeSet<&String> = want.keys().collect();
-    assert_eq!(got_ids.len(), want_ids.len(), "as many announcements as the clean replay that switches at the same offsets");
+    assert_eq!(
+        got_ids.len(),
+        want_ids.len(),
+        "as many announcements as the clean replay that switches at the same offsets"
+    );
     assert_eq!(got_ids, want_ids);
     let mut per_version: BTreeMap<String, usize> = BTreeMap::new();
     for (id, payload) in &got {
@@ -257,7 +269,8 @@ fn shadows_announce_to_the_shadow_topic_and_agree_with_a_backtest() {
         &[("active_users_28d >= 7\"", "active_users_28d >= 5\""), ("cooldown = \"30d\"", "cooldown = \"7d\"")],
     );
     std::fs::write(dir.path().join("shadow.toml"), &shadow).unwrap();
-    let cfg_path = write_config(dir.path(), &bootstrap, &state, port, &format!("{live}\n[[shadow]]\nfile = \"shadow.toml\"\n"));
+    let cfg_path =
+        write_config(dir.path(), &bootstrap, &state, port, &format!("{live}\n[[shadow]]\nfile = \"shadow.toml\"\n"));
     let mut engine = EngineProcess::start(&cfg_path, port, dir.path(), 1);
     engine.wait_ready(Duration::from_secs(60));
 
@@ -304,10 +317,14 @@ fn shadows_announce_to_the_shadow_topic_and_agree_with_a_backtest() {
     assert_eq!(shadow_out.keys().cloned().collect::<BTreeSet<_>>(), ids("shadow-1"));
     assert!(!shadow_out.is_empty() && ids("shadow-1") != ids("live-1"), "the shadow differs from the live definition");
 
-    let qualified = |v: &str| rows.iter().filter(|r| &r[2] == v && &r[4] == "qualified").map(|r| r[3].to_string()).collect::<BTreeSet<_>>();
+    let qualified = |v: &str| {
+        rows.iter().filter(|r| &r[2] == v && &r[4] == "qualified").map(|r| r[3].to_string()).collect::<BTreeSet<_>>()
+    };
     let (l, s) = (qualified("live-1"), qualified("shadow-1"));
     let both = l.intersection(&s).count() as f64;
-    let gauge = |which: &str| metric(port, &format!("pqa_shadow_agreement_accounts{{agreement=\"{which}\",version=\"shadow-1\"}}"));
+    let gauge = |which: &str| {
+        metric(port, &format!("pqa_shadow_agreement_accounts{{agreement=\"{which}\",version=\"shadow-1\"}}"))
+    };
     assert_eq!(gauge("both"), both);
     assert_eq!(gauge("live_only"), l.len() as f64 - both);
     assert_eq!(gauge("shadow_only"), s.len() as f64 - both);

@@ -361,13 +361,15 @@ impl AccountState {
     /// most common work-email domain of its users) and whether every user
     /// with an email is on a free mail provider.
     pub fn identity(&self, free_mail: &std::collections::HashSet<String>) -> (Option<String>, bool) {
-        let traits: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&self.traits_json).unwrap_or_default();
-        let from_traits = ["domain", "website"].iter().find_map(|k| traits.get(*k).and_then(|v| v.as_str())).and_then(|w| {
-            let w = w.trim().to_lowercase();
-            let w = w.split("://").last().unwrap_or(&w).trim_start_matches("www.");
-            let host = w.split(['/', '?', '#', ':']).next().unwrap_or("");
-            (host.contains('.')).then(|| host.to_string())
-        });
+        let traits: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&self.traits_json).unwrap_or_default();
+        let from_traits =
+            ["domain", "website"].iter().find_map(|k| traits.get(*k).and_then(|v| v.as_str())).and_then(|w| {
+                let w = w.trim().to_lowercase();
+                let w = w.split("://").last().unwrap_or(&w).trim_start_matches("www.");
+                let host = w.split(['/', '?', '#', ':']).next().unwrap_or("");
+                (host.contains('.')).then(|| host.to_string())
+            });
         let mut work: Vec<&(String, u32)> = self.email_domains.iter().filter(|d| !free_mail.contains(&d.0)).collect();
         work.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let personal = !self.email_domains.is_empty() && work.is_empty();
@@ -391,7 +393,8 @@ impl AccountState {
         }
         // Events already applied have times up to `last_seen_ms`: a new
         // column holds everything from the bucket after it.
-        let fresh_from = if self.last_seen_ms > 0 { bucket_of(self.last_seen_ms, layout.bucket_seconds) + 1 } else { 0 };
+        let fresh_from =
+            if self.last_seen_ms > 0 { bucket_of(self.last_seen_ms, layout.bucket_seconds) + 1 } else { 0 };
         if !same_counters {
             let old: Vec<Option<usize>> =
                 layout.counter_ids.iter().map(|id| self.columns.iter().position(|c| c.id == *id)).collect();

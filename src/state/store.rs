@@ -890,11 +890,18 @@ mod tests {
         assert_eq!(s.reader().schema().unwrap(), "2");
         let a = s.reader().account("acme").unwrap().unwrap();
         let uploads = crate::config::definition::counter_id(Some(&["File Uploaded".to_string()].into_iter().collect()));
-        assert_eq!(a.columns.iter().map(|c| c.id).collect::<Vec<_>>(), [crate::config::definition::counter_id(None), uploads]);
+        assert_eq!(
+            a.columns.iter().map(|c| c.id).collect::<Vec<_>>(),
+            [crate::config::definition::counter_id(None), uploads]
+        );
         assert!(a.columns.iter().all(|c| c.from == 0), "held from the start");
         assert_eq!(a.buckets[0].counts, [5, 2]);
         let hand_raise = def.signals.iter().find(|x| x.name == "hand_raise").unwrap().id;
-        assert_eq!(a.signals.iter().map(|h| h.signal).collect::<Vec<_>>(), [hand_raise], "by name; unknown names dropped");
+        assert_eq!(
+            a.signals.iter().map(|h| h.signal).collect::<Vec<_>>(),
+            [hand_raise],
+            "by name; unknown names dropped"
+        );
         assert_eq!((a.seq, a.announced.active, a.kept_from), (9, true, 0));
         let m = def.metrics.iter().find(|m| m.name == "uploads_7d").unwrap();
         assert_eq!(a.metric(m, 1010, 3600), 2.0);
