@@ -220,6 +220,7 @@ impl Engine {
         }
         self.late_for = vec![0; defs.len()];
         self.metrics.definition_info.reset();
+        self.metrics.metric_warming_up.reset();
         for (i, d) in defs.all().enumerate() {
             self.metrics.definition_info.with_label_values(&[&d.version, &d.fingerprint, Definitions::role(i)]).set(1);
         }
@@ -293,9 +294,11 @@ impl Engine {
     }
 
     /// Sets `pqa_metric_warming_up` from the manifest.
+    /// Called after every commit: it only sets values (the series of
+    /// definitions no longer running are dropped in `adopt`), so a scrape
+    /// never sees the gauge empty.
     fn update_warming_gauge(&self) {
         let g = &self.metrics.metric_warming_up;
-        g.reset();
         let mut m = self.manifest.clone();
         m.updated_at_ms = self.store.watermark_ms();
         for d in self.defs.all() {

@@ -481,11 +481,6 @@ impl Store {
         Ok(buf)
     }
 
-    /// The layout account records are conformed to.
-    pub fn layout(&self) -> Option<&Arc<Layout>> {
-        self.layout.as_ref()
-    }
-
     /// A read-only handle for other threads (HTTP).
     pub fn reader(&self) -> StateReader {
         self.reader.clone()
