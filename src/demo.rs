@@ -59,9 +59,14 @@ pub struct DemoSummary {
     pub announcements: u64,
     pub qualified_accounts: u64,
     pub by_rule: BTreeMap<String, u64>,
+    /// What the budget did (`direct`, `bypassed`, `queued`, `released`,
+    /// `expired`, `dropped`).
+    pub budget: BTreeMap<String, u64>,
 }
 
 const EVENTS_TOPIC: &str = "segment.events";
+/// The demo's budget: announcements per simulated day.
+const DEMO_PER_DAY: u32 = 2;
 
 /// Runs the demo until `opts.duration` passes or `shutdown` is triggered.
 pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) -> anyhow::Result<DemoSummary> {
@@ -80,6 +85,13 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
     cfg.kafka.consumer_properties.insert("session.timeout.ms".into(), "6000".into());
     cfg.state.dir = state.path().to_path_buf();
     cfg.http.addr = opts.http_addr.clone();
+    // Sales takes at most two new accounts a (simulated) day; hand-raisers
+    // never wait. The demo's clock is the simulated product's, so the
+    // budget counts in event time.
+    if cfg.definition.budget.per_day.is_none() && cfg.definition.budget.per_hour.is_none() {
+        cfg.definition.budget.per_day = Some(DEMO_PER_DAY);
+        cfg.definition.budget.clock = Some("event".into());
+    }
     let def = Arc::new(cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?);
 
     let stop = Shutdown::new();
@@ -102,6 +114,11 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
         opts.accounts, opts.days, opts.day_ms
     )?;
     writeln!(out, "  definition          {}  (config/pqa-engine.toml)", def.version)?;
+    writeln!(
+        out,
+        "  budget              {} a day reach sales, the rest wait best first; hand-raisers never wait",
+        def.budget.per_day.map_or_else(|| "no cap:".to_string(), |n| n.to_string())
+    )?;
     writeln!(out, "  metrics             http://{http_addr}/metrics   accounts: http://{http_addr}/accounts/<id>")?;
     writeln!(out)?;
     out.flush()?;
@@ -211,6 +228,23 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
     for (rule, n) in &summary.by_rule {
         writeln!(out, "  {rule:<24} {n}")?;
     }
+    let b = |o: &str| metrics.budget.with_label_values(&[o]).get();
+    summary.budget = ["direct", "bypassed", "queued", "released", "expired", "dropped"]
+        .iter()
+        .map(|o| (o.to_string(), b(o)))
+        .collect();
+    writeln!(
+        out,
+        "budget: {} went out at once, {} hand-raisers bypassed it; {} waited: {} went out later, {} expired, {} \
+         dropped (stopped qualifying), {} still waiting",
+        b("direct"),
+        b("bypassed"),
+        b("queued"),
+        b("released"),
+        b("expired"),
+        b("dropped"),
+        metrics.budget_queue_length.get()
+    )?;
     drop(cluster);
     Ok(summary)
 }
@@ -237,8 +271,16 @@ pub fn render_line(v: &Value) -> String {
             format!("  lead {who} ({})", why.first().copied().unwrap_or_default())
         })
         .unwrap_or_default();
+    let waited = match (d["qualified_at"].as_str(), v["time"].as_str()) {
+        (Some(q), Some(t)) if q != t => {
+            let secs = |x: &str| chrono::DateTime::parse_from_rfc3339(x).map(|d| d.timestamp()).unwrap_or(0);
+            let h = (secs(t) - secs(q)).max(0) / 3600;
+            format!("  (waited {}d {}h for budget)", h / 24, h % 24)
+        }
+        _ => String::new(),
+    };
     format!(
-        "[{day}] {kind} {account:<12} {name:<12} {:<40} score {:>3} {:<4}{lead}",
+        "[{day}] {kind} {account:<12} {name:<12} {:<40} score {:>3} {:<4}{lead}{waited}",
         rules.join("+"),
         d["score"].as_u64().unwrap_or(0),
         d["tier"].as_str().unwrap_or_default(),

@@ -124,6 +124,10 @@ pub struct EventInput<'a> {
     /// Metrics of the definition whose window reaches back before what the
     /// state holds (new to the state, or longer than the history kept).
     pub warming_up: Vec<String>,
+    /// Event time the account qualified (`data.qualified_at`; none for a
+    /// disqualification). The same as `time_ms` unless the announcement
+    /// replaces one that waited for budget.
+    pub qualified_at_ms: Option<i64>,
 }
 
 /// One output record: key = account id, value = the CloudEvent JSON.
@@ -163,6 +167,8 @@ struct Data<'a> {
     tier: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_tier: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    qualified_at: Option<String>,
     metrics: Map<String, Value>,
     warming_up: &'a [String],
     signals: Vec<SignalOut<'a>>,
@@ -219,6 +225,7 @@ pub fn build(input: EventInput<'_>) -> OutputEvent {
             score: input.eval.score,
             tier,
             previous_tier: input.previous_tier.as_deref(),
+            qualified_at: input.qualified_at_ms.map(format_time_ms),
             metrics,
             warming_up: &input.warming_up,
             signals: input
@@ -240,6 +247,23 @@ pub fn build(input: EventInput<'_>) -> OutputEvent {
         tier: tier.to_string(),
         definition: 0,
     }
+}
+
+/// The payload of an announcement released later (it waited for budget),
+/// with the CloudEvent `time` of its release. The envelope's `time` is the
+/// first `"time":"` in the payload (it precedes `data`, and a quote inside
+/// a JSON string is escaped).
+pub fn retime(payload: &[u8], time_ms: i64) -> Vec<u8> {
+    const FIELD: &[u8] = b"\"time\":\"";
+    let Some(start) = payload.windows(FIELD.len()).position(|w| w == FIELD).map(|p| p + FIELD.len()) else {
+        return payload.to_vec();
+    };
+    let Some(len) = payload[start..].iter().position(|&b| b == b'"') else { return payload.to_vec() };
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.extend_from_slice(&payload[..start]);
+    out.extend_from_slice(format_time_ms(time_ms).as_bytes());
+    out.extend_from_slice(&payload[start + len..]);
+    out
 }
 
 /// Integers as JSON integers, other numbers rounded to 2 decimals.
@@ -315,6 +339,17 @@ mod tests {
         assert_ne!(event_id("a", Announcement::Qualified, &r, 7), event_id("a", Announcement::Qualified, &r, 8));
         assert_ne!(event_id("a", Announcement::Qualified, &r, 7), event_id("b", Announcement::Qualified, &r, 7));
         assert_eq!(event_id("a", Announcement::Qualified, &r, 7).len(), 32);
+    }
+
+    #[test]
+    fn retime_replaces_the_envelope_time_only() {
+        let p = br#"{"specversion":"1.0","id":"x","subject":"a\"time\":\"b","time":"2026-01-01T00:00:00Z","data":{"qualified_at":"2026-01-01T00:00:00Z","time":"k"}}"#;
+        let out = retime(p, 1_785_664_800_000);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["time"], "2026-08-02T10:00:00Z");
+        assert_eq!(v["subject"], "a\"time\":\"b");
+        assert_eq!(v["data"]["qualified_at"], "2026-01-01T00:00:00Z");
+        assert_eq!(v["data"]["time"], "k");
     }
 
     #[test]

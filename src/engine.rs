@@ -14,12 +14,13 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 
+use crate::budget::{bypasses, BudgetClock, Ledger};
 use crate::config::{CompiledDefinition, InputConfig};
 use crate::decode::{Decoder, Event, Kind, Reason, Rejection};
 use crate::definitions::{Agreement, Definitions, VersionStats};
 use crate::detect::{account_to_cel, evaluate_unnamed, Outcome};
 use crate::emit::{self, Announcement, EventInput, Lead, OutputEvent};
-use crate::state::account::{bucket_of, email_domain, SignalHit};
+use crate::state::account::{bucket_of, email_domain, AccountState, Held, SignalHit};
 use crate::state::manifest::Manifest;
 use crate::state::store::{CommitStats, Prepared};
 use crate::state::{StateError, StateReader, StateWriter, Store};
@@ -151,6 +152,28 @@ pub struct Engine {
     manifest: Manifest,
     /// Earliest and latest event time applied by this engine.
     time_range: Option<(i64, i64)>,
+    /// Per input partition: the latest event time seen (kept with the
+    /// state, meta record `x|partition_times`). A partition with no event
+    /// for a while holds the low watermark back: the sweep is then late,
+    /// never early.
+    part_times: BTreeMap<i32, i64>,
+    part_times_changed: bool,
+    /// The event-time low watermark: the least advanced partition's
+    /// latest event time. The sweep runs up to it.
+    low_ms: i64,
+    /// The input partitions this engine owns (`None`: all, as in replay).
+    owned: Option<HashSet<i32>>,
+    /// Releases of the last day (the budget).
+    ledger: Ledger,
+    budget_clock: BudgetClock,
+    /// Budget time before which nothing waiting can be released or expire.
+    next_release_ms: i64,
+}
+
+/// What the budget did for a definition's announcement.
+enum Route {
+    Out(&'static str),
+    Hold,
 }
 
 impl Engine {
@@ -192,7 +215,15 @@ impl Engine {
             late_for: Vec::new(),
             manifest,
             time_range: None,
+            part_times: BTreeMap::new(),
+            part_times_changed: false,
+            low_ms: 0,
+            owned: None,
+            ledger: Ledger::default(),
+            budget_clock: BudgetClock::Event,
+            next_release_ms: 0,
         };
+        engine.load_meta()?;
         engine.adopt(defs);
         Ok(engine)
     }
@@ -225,6 +256,7 @@ impl Engine {
             self.metrics.definition_info.with_label_values(&[&d.version, &d.fingerprint, Definitions::role(i)]).set(1);
         }
         self.defs = defs;
+        self.next_release_ms = 0;
         self.recompute_agreement();
         self.update_warming_gauge();
     }
@@ -339,7 +371,79 @@ impl Engine {
         self.positions.iter().map(|p| (p.topic.clone(), p.partition, p.next)).collect()
     }
 
-    /// Replaces the wall clock (used only to reject events from the future).
+    /// Reads the budget ledger and the partitions' event times back from
+    /// the state.
+    fn load_meta(&mut self) -> Result<(), EngineError> {
+        self.ledger = Ledger::decode(self.store.meta("budget")?.as_deref());
+        self.part_times = self
+            .store
+            .meta("partition_times")?
+            .and_then(|v| serde_json::from_slice::<BTreeMap<i32, i64>>(&v).ok())
+            .unwrap_or_default();
+        self.part_times_changed = false;
+        self.low_ms = self.low_watermark();
+        self.next_release_ms = 0;
+        self.metrics.budget_queue_length.set(self.store.schedule().queue.len() as i64);
+        Ok(())
+    }
+
+    /// Counts the budget in wall-clock time (`run`) rather than event time
+    /// (the default: `replay`, `backtest`, tests).
+    pub fn set_budget_clock(&mut self, clock: BudgetClock) {
+        self.budget_clock = clock;
+        self.next_release_ms = 0;
+    }
+
+    /// The budget's clock now.
+    fn budget_now(&self) -> i64 {
+        match self.budget_clock {
+            BudgetClock::Wall => (self.clock)(),
+            BudgetClock::Event => self.low_ms,
+        }
+    }
+
+    /// The event-time low watermark: the least advanced of the partitions
+    /// it owns that are not idle (0 before any event).
+    pub fn low_watermark(&self) -> i64 {
+        self.part_times
+            .iter()
+            .filter(|(p, _)| self.owns(**p))
+            .map(|(_, t)| *t)
+            .min()
+            .unwrap_or(self.low_ms)
+    }
+
+    fn owns(&self, partition: i32) -> bool {
+        self.owned.as_ref().is_none_or(|o| o.contains(&partition))
+    }
+
+    /// Partitions newly assigned to this engine (`run`): they count for the
+    /// low watermark, and their accounts' schedules are read again.
+    pub fn assigned(&mut self, partitions: &[i32]) -> Result<(), EngineError> {
+        self.owned.get_or_insert_with(HashSet::new).extend(partitions.iter().copied());
+        self.store.load_schedule()?;
+        self.metrics.budget_queue_length.set(self.store.schedule().queue.len() as i64);
+        Ok(())
+    }
+
+    /// Work that time alone brings (`run`, between batches): announcements
+    /// waiting for budget that the wall clock now lets out or expires.
+    pub fn tick(&mut self, out: &mut Output) -> Result<(), EngineError> {
+        self.release(out)
+    }
+
+    /// Whether anything was changed since the last commit.
+    pub fn has_changes(&self) -> bool {
+        self.store.has_changes() || self.part_times_changed
+    }
+
+    /// Announcements waiting for budget.
+    pub fn queue_len(&self) -> usize {
+        self.store.schedule().queue.len()
+    }
+
+    /// Replaces the wall clock (used to reject events from the future, and
+    /// as the budget's clock in `run`).
     pub fn with_clock(mut self, clock: impl Fn() -> i64 + Send + 'static) -> Engine {
         self.clock = Box::new(clock);
         self
@@ -395,7 +499,18 @@ impl Engine {
         }
         let now = (self.clock)();
         let result = match self.decoder.decode(rec.payload, now) {
-            Ok(ev) => self.apply(ev, out)?,
+            Ok(ev) => {
+                // Event time moves on: the sweep first (what time alone
+                // did happened before this event), then the event.
+                let t = self.part_times.entry(rec.partition).or_insert(i64::MIN);
+                if ev.time_ms > *t {
+                    *t = ev.time_ms;
+                    self.part_times_changed = true;
+                    self.advance(out)?;
+                    self.store.set_partition(rec.partition);
+                }
+                self.apply(ev, out)?
+            }
             Err(r) => Err(r),
         };
         if let Err(rej) = result {
@@ -425,6 +540,9 @@ impl Engine {
         };
         self.positions[i].next = rec.offset + 1;
         self.positions[i].pending = true;
+        if self.budget_clock == BudgetClock::Event {
+            self.release(out)?;
+        }
         Ok(())
     }
 
@@ -450,6 +568,11 @@ impl Engine {
                 (p.topic.clone(), p.partition, p.next)
             })
             .collect();
+        if self.part_times_changed {
+            self.store.put_meta("partition_times", serde_json::to_vec(&self.part_times).expect("times serialise"));
+            self.part_times_changed = false;
+        }
+        self.metrics.budget_queue_length.set(self.store.schedule().queue.len() as i64);
         let mut prepared = self.store.prepare(&offsets);
         prepared.oldest_ts = self.batch_oldest_ts.take();
         prepared
@@ -498,6 +621,9 @@ impl Engine {
         self.positions.clear();
         self.batch_oldest_ts = None;
         self.store.discard_cache();
+        if let Err(e) = self.load_meta() {
+            tracing::error!(cause = %e, "cannot read the budget ledger back");
+        }
     }
 
     /// Forgets in-memory positions for partitions this instance no longer
@@ -505,6 +631,16 @@ impl Engine {
     /// RocksDB if they come back.
     pub fn release_partitions(&mut self, parts: &[(String, i32)]) {
         self.positions.retain(|p| !parts.iter().any(|(t, n)| *n == p.partition && *t == p.topic));
+    }
+
+    /// Partitions revoked from this engine (`run`): their accounts are
+    /// neither swept nor released here any more.
+    pub fn revoked(&mut self, parts: &[(String, i32)]) {
+        if let Some(o) = &mut self.owned {
+            for (_, p) in parts {
+                o.remove(p);
+            }
+        }
     }
 
     /// The state, for restoring it from a changelog.
@@ -833,19 +969,7 @@ impl Engine {
                     }
                 }
             }
-            let announced = if d == 0 {
-                &mut entry.state.announced
-            } else {
-                let list = &mut entry.state.shadow_announced;
-                let p = match list.iter().position(|(v, _)| *v == def.version) {
-                    Some(p) => p,
-                    None => {
-                        list.push((def.version.clone(), Default::default()));
-                        list.len() - 1
-                    }
-                };
-                &mut list[p].1
-            };
+            let announced = announced_mut(&mut entry.state, d, def);
             let Some((kind, previous_tier)) = emit::decide(def, announced, &eval, now_ms) else {
                 continue;
             };
@@ -872,10 +996,29 @@ impl Engine {
             self.apply_seconds
                 .get_or_insert_with(|| self.metrics.batch_seconds.with_label_values(&["apply"]))
                 .observe(started.elapsed().as_secs_f64());
+            self.schedule_sweep(&account, now_ms)?;
             return Ok(Ok(()));
         }
 
-        // Emit: gather what each event explains itself with.
+        self.announce(&account, pending, ev.time_ms, now_ms, out)?;
+        self.schedule_sweep(&account, now_ms)?;
+        Ok(Ok(()))
+    }
+
+    /// Builds and routes the announcements decided for an account at event
+    /// time `time_ms`: shadows' to the shadow output; the live
+    /// definition's through the budget (out now, held, or suppressed: a
+    /// disqualification of a qualification sales never received).
+    fn announce(
+        &mut self,
+        account: &str,
+        pending: Vec<Pending>,
+        time_ms: i64,
+        now_ms: i64,
+        out: &mut Output,
+    ) -> Result<(), EngineError> {
+        let defs = self.defs.clone();
+        let entry = self.store.account(account)?;
         let mut account_traits: Map<String, Value> = serde_json::from_str(&entry.state.traits_json).unwrap_or_default();
         let (domain, personal) = entry.state.identity(&defs.live.free_mail_domains);
         if let Some(d) = domain {
@@ -883,53 +1026,349 @@ impl Engine {
         }
         account_traits.insert("personal_account".into(), Value::Bool(personal));
         let (seq, first_seen_ms) = (entry.state.seq, entry.state.first_seen_ms);
+        let held = entry.state.held.as_ref().map(|h| (h.event_type == emit::TYPE_QUALIFIED, h.qualified_at_ms));
+        let told = entry.state.announced_out;
         for p in pending {
             let def = defs.get(p.definition);
-            let leads = if p.kind == Announcement::Disqualified {
+            let live = p.definition == 0;
+            let mut kind = p.kind;
+            let mut qualified_at = (kind != Announcement::Disqualified).then_some(time_ms);
+            if let (true, Some((was_qualified, at)), false) = (live, held, kind == Announcement::Disqualified) {
+                // Replaces what waits for budget: sales has not heard of
+                // the account yet if that was its qualification.
+                if was_qualified {
+                    kind = Announcement::Qualified;
+                }
+                qualified_at = Some(at);
+            }
+            let role = Definitions::role(p.definition);
+            let short = kind.short_name();
+            self.metrics.definition_announcements.with_label_values(&[&def.version, role, short]).inc();
+            let stats = self.stats.entry(def.version.clone()).or_default();
+            *stats.announcements.entry(short.to_string()).or_default() += 1;
+            if live && kind == Announcement::Disqualified && !told {
+                // Sales never received the qualification: nothing to take
+                // back; what waited is dropped.
+                self.drop_held(account, "dropped")?;
+                continue;
+            }
+            let leads = if kind == Announcement::Disqualified {
                 Vec::new()
             } else {
-                self.leads(def, &account, &p.signals, now_ms)?
+                self.leads(def, account, &p.signals, now_ms)?
             };
             let mut event = emit::build(EventInput {
                 def,
-                kind: p.kind,
+                kind,
                 previous_tier: p.previous_tier,
-                account_id: &account,
+                account_id: account,
                 seq,
-                time_ms: ev.time_ms,
+                time_ms,
                 eval: &p.eval,
                 signals: p.signals.iter().collect(),
                 leads,
                 account_traits: account_traits.clone(),
                 first_seen_ms,
                 warming_up: p.warming_up,
+                qualified_at_ms: qualified_at,
             });
             event.definition = p.definition;
-            let role = Definitions::role(p.definition);
-            let short = p.kind.short_name();
-            self.metrics.definition_announcements.with_label_values(&[&def.version, role, short]).inc();
-            let stats = self.stats.entry(def.version.clone()).or_default();
-            *stats.announcements.entry(short.to_string()).or_default() += 1;
-            if p.kind == Announcement::Qualified {
+            if kind == Announcement::Qualified {
+                let stats = self.stats.entry(def.version.clone()).or_default();
                 for r in &event.rules {
                     *stats.by_rule.entry(r.clone()).or_default().entry(event.tier.clone()).or_default() += 1;
                     self.metrics.definition_qualified.with_label_values(&[&def.version, role, r, &event.tier]).inc();
                 }
-                self.note_qualified(p.definition, &account);
+                self.note_qualified(p.definition, account);
             }
-            if p.definition == 0 {
-                self.metrics.announcements.with_label_values(&[event.event_type]).inc();
-                if p.kind == Announcement::Qualified {
-                    for r in &event.rules {
-                        self.metrics.pqas.with_label_values(&[r, &event.tier]).inc();
-                    }
-                }
-                out.events.push(event);
-            } else {
+            if !live {
                 out.shadow_events.push(event);
+                continue;
+            }
+            match self.route(&event, kind)? {
+                Route::Out(outcome) => {
+                    if kind != Announcement::Disqualified {
+                        self.metrics.budget.with_label_values(&[outcome]).inc();
+                    }
+                    let entry = self.store.account(account)?;
+                    entry.state.announced_out = kind != Announcement::Disqualified;
+                    entry.dirty = true;
+                    if entry.state.held.is_some() {
+                        // Superseded by what goes out now.
+                        entry.state.held = None;
+                        self.store.reindex(account);
+                    }
+                    self.count_live(&event);
+                    out.events.push(event);
+                }
+                Route::Hold => self.hold(account, event, kind, qualified_at.unwrap_or(time_ms), &p.eval)?,
             }
         }
-        Ok(Ok(()))
+        Ok(())
+    }
+
+    /// Counts an event of the live definition going to the output topic.
+    fn count_live(&self, event: &OutputEvent) {
+        self.metrics.announcements.with_label_values(&[event.event_type]).inc();
+        if event.event_type == emit::TYPE_QUALIFIED {
+            for r in &event.rules {
+                self.metrics.pqas.with_label_values(&[r, &event.tier]).inc();
+            }
+        }
+    }
+
+    /// What the budget does with a live announcement.
+    fn route(&mut self, event: &OutputEvent, kind: Announcement) -> Result<Route, EngineError> {
+        if kind == Announcement::Disqualified {
+            return Ok(Route::Out("direct"));
+        }
+        let budget = &self.defs.live.budget;
+        if !budget.is_capped() {
+            return Ok(Route::Out("direct"));
+        }
+        if bypasses(budget, &event.rules) {
+            return Ok(Route::Out("bypassed"));
+        }
+        let now = self.budget_now();
+        self.ledger.prune(now);
+        if self.ledger.room(budget, &event.rules, now) {
+            self.ledger.record(&event.rules, now);
+            self.store.put_meta("budget", self.ledger.encode());
+            if let Some(t) = self.ledger.next_change(now) {
+                self.next_release_ms = self.next_release_ms.min(t);
+            }
+            return Ok(Route::Out("direct"));
+        }
+        Ok(Route::Hold)
+    }
+
+    /// Puts a live announcement in the queue (or replaces the one the
+    /// account has there, keeping its place in time).
+    fn hold(
+        &mut self,
+        account: &str,
+        event: OutputEvent,
+        kind: Announcement,
+        qualified_at_ms: i64,
+        eval: &crate::detect::Evaluation,
+    ) -> Result<(), EngineError> {
+        let now = self.budget_now();
+        let defs = self.defs.clone();
+        let tier_rank = defs.live.tiers.iter().position(|t| t.0 == event.tier).unwrap_or(0) as u16;
+        let partition = self.store_partition();
+        let entry = self.store.account(account)?;
+        let queued_at_ms = entry.state.held.as_ref().map_or(now, |h| h.queued_at_ms);
+        let new = entry.state.held.is_none();
+        entry.state.held = Some(Held {
+            id: event.id,
+            event_type: kind.event_type().to_string(),
+            rules: event.rules,
+            tier: event.tier,
+            tier_rank,
+            score: eval.score,
+            qualified_at_ms,
+            queued_at_ms,
+            partition,
+            payload: event.payload,
+        });
+        entry.dirty = true;
+        self.store.reindex(account);
+        if new {
+            self.metrics.budget.with_label_values(&["queued"]).inc();
+        }
+        let expires = queued_at_ms.saturating_add(defs.live.budget.max_wait_seconds * 1000);
+        self.next_release_ms = self.next_release_ms.min(expires);
+        self.metrics.budget_queue_length.set(self.store.schedule().queue.len() as i64);
+        Ok(())
+    }
+
+    /// Takes the account's announcement out of the queue, if it has one,
+    /// counting why (`dropped`, `expired`).
+    fn drop_held(&mut self, account: &str, why: &'static str) -> Result<(), EngineError> {
+        let entry = self.store.account(account)?;
+        if entry.state.held.take().is_some() {
+            entry.dirty = true;
+            self.store.reindex(account);
+            self.metrics.budget.with_label_values(&[why]).inc();
+            tracing::debug!(account, why, "announcement taken out of the budget queue");
+            self.metrics.budget_queue_length.set(self.store.schedule().queue.len() as i64);
+        }
+        Ok(())
+    }
+
+    /// The input partition records are being applied for.
+    fn store_partition(&self) -> i32 {
+        self.store.partition()
+    }
+
+    /// Releases what waits for budget, best first, as far as the budget
+    /// allows now; drops what waited longer than `max_wait`.
+    fn release(&mut self, out: &mut Output) -> Result<(), EngineError> {
+        if self.store.schedule().queue.is_empty() {
+            return Ok(());
+        }
+        let now = self.budget_now();
+        if now < self.next_release_ms {
+            return Ok(());
+        }
+        let defs = self.defs.clone();
+        let budget = &defs.live.budget;
+        let max_wait_ms = budget.max_wait_seconds * 1000;
+        self.ledger.prune(now);
+        let waiting: Vec<(String, i32)> = self.store.schedule().queue.iter().map(|((_, a), p)| (a.clone(), *p)).collect();
+        let mut next = i64::MAX;
+        let mut changed = false;
+        for (account, partition) in waiting {
+            if !self.owns(partition) {
+                self.store.unschedule_in_memory(&account);
+                continue;
+            }
+            self.store.set_partition(partition);
+            let Some(h) = self.store.account(&account)?.state.held.clone() else { continue };
+            let expires = h.queued_at_ms.saturating_add(max_wait_ms);
+            if !budget.is_capped() || bypasses(budget, &h.rules) {
+                // The budget was lifted (a reload): out at once.
+            } else if now >= expires {
+                self.drop_held(&account, "expired")?;
+                continue;
+            } else if !self.ledger.room(budget, &h.rules, now) {
+                next = next.min(expires);
+                continue;
+            }
+            if budget.is_capped() {
+                self.ledger.record(&h.rules, now);
+                changed = true;
+            }
+            let entry = self.store.account(&account)?;
+            entry.state.held = None;
+            entry.state.announced_out = true;
+            entry.dirty = true;
+            self.store.reindex(&account);
+            let event_type = if h.event_type == emit::TYPE_QUALIFIED { emit::TYPE_QUALIFIED } else { emit::TYPE_TIER_CHANGED };
+            let event = OutputEvent {
+                id: h.id,
+                key: account.clone(),
+                event_type,
+                payload: emit::retime(&h.payload, now),
+                rules: h.rules,
+                tier: h.tier,
+                definition: 0,
+            };
+            self.metrics.budget.with_label_values(&["released"]).inc();
+            self.count_live(&event);
+            out.events.push(event);
+        }
+        if changed {
+            self.store.put_meta("budget", self.ledger.encode());
+        }
+        if let Some(t) = self.ledger.next_change(now) {
+            next = next.min(t);
+        }
+        self.next_release_ms = next;
+        self.metrics.budget_queue_length.set(self.store.schedule().queue.len() as i64);
+        Ok(())
+    }
+
+    /// The low watermark moved: the sweep looks at every account whose
+    /// time has passed.
+    fn advance(&mut self, out: &mut Output) -> Result<(), EngineError> {
+        // Not monotonic: a partition seen for the first time may be behind
+        // the others, and holds the sweep back from then on.
+        let low = self.low_watermark();
+        if low != self.low_ms {
+            self.low_ms = low;
+            self.metrics.low_watermark_seconds.set(low / 1000);
+        }
+        loop {
+            let Some((&(due, ref account), &partition)) = self.store.schedule().sweep.first_key_value() else {
+                break;
+            };
+            if due >= low {
+                break;
+            }
+            let account = account.clone();
+            if !self.owns(partition) {
+                self.store.unschedule_in_memory(&account);
+                continue;
+            }
+            self.metrics.sweep_checks.inc();
+            self.store.set_partition(partition);
+            self.wake(&account, due, out)?;
+        }
+        Ok(())
+    }
+
+    /// The sweep's look at an account at event time `t`: each definition
+    /// that qualifies it and no longer would at `t` disqualifies it (the
+    /// announcement at `t`); the next look is scheduled.
+    fn wake(&mut self, account: &str, t: i64, out: &mut Output) -> Result<(), EngineError> {
+        let defs = self.defs.clone();
+        let entry = self.store.account(account)?;
+        let mut pending = Vec::new();
+        if entry.state.last_seen_ms <= t {
+            let now_bucket = bucket_of(t, defs.layout.bucket_seconds);
+            for (d, def) in defs.all().enumerate() {
+                if !is_active(&entry.state, d, def) {
+                    continue;
+                }
+                let traits =
+                    entry.traits_cel.get_or_insert_with(|| account_to_cel(&entry.state, &defs.live.free_mail_domains));
+                let eval = evaluate_unnamed(def, &entry.state, None, traits, t);
+                if !eval.fired.is_empty() {
+                    continue;
+                }
+                let signals: Vec<SignalHit> = entry.state.live_signals(def, now_bucket).cloned().collect();
+                let announced = announced_mut(&mut entry.state, d, def);
+                if let Some((kind, previous_tier)) = emit::decide(def, announced, &eval, t) {
+                    let mut eval = eval;
+                    eval.name_values(def);
+                    self.metrics.sweep_disqualified.with_label_values(&[Definitions::role(d)]).inc();
+                    pending.push(Pending { definition: d, kind, previous_tier, eval, signals, warming_up: Vec::new() });
+                }
+            }
+        }
+        let from = t.max(self.store.account(account)?.state.last_seen_ms);
+        if !pending.is_empty() {
+            self.announce(account, pending, t, t, out)?;
+        }
+        self.schedule_sweep(account, from)
+    }
+
+    /// Schedules the sweep's next look at the account: the first moment
+    /// after `from_ms` at which a definition that qualifies it would stop
+    /// doing so with no further event. Nothing when none qualifies it, or
+    /// when the look already scheduled is still ahead.
+    fn schedule_sweep(&mut self, account: &str, from_ms: i64) -> Result<(), EngineError> {
+        let defs = self.defs.clone();
+        let entry = self.store.account(account)?;
+        let active: Vec<usize> =
+            defs.all().enumerate().filter(|(d, def)| is_active(&entry.state, *d, def)).map(|(d, _)| d).collect();
+        let due = entry.state.sweep_due_ms;
+        if active.is_empty() {
+            if due != 0 {
+                entry.state.sweep_due_ms = 0;
+                entry.dirty = true;
+                self.store.reindex(account);
+            }
+            return Ok(());
+        }
+        if due > from_ms {
+            return Ok(());
+        }
+        let next = active
+            .iter()
+            .filter_map(|&d| match crate::sweep::next_stop(defs.get(d), &entry.state, from_ms) {
+                crate::sweep::Stop::At(t) | crate::sweep::Stop::Later(t) => Some(t),
+                crate::sweep::Stop::Never => None,
+            })
+            .min()
+            .unwrap_or(0);
+        if next != due {
+            entry.state.sweep_due_ms = next;
+            entry.dirty = true;
+            self.store.reindex(account);
+        }
+        Ok(())
     }
 
     /// The people sales should talk to, best first: those with a work
@@ -1052,6 +1491,36 @@ impl Engine {
             })
             .collect())
     }
+}
+
+/// Whether definition `d` (0: live) has a standing qualification of the
+/// account.
+fn is_active(state: &AccountState, d: usize, def: &CompiledDefinition) -> bool {
+    if d == 0 {
+        state.announced.active
+    } else {
+        state.shadow_announced.iter().any(|(v, a)| *v == def.version && a.active)
+    }
+}
+
+/// Definition `d`'s announcement bookkeeping of the account.
+fn announced_mut<'a>(
+    state: &'a mut AccountState,
+    d: usize,
+    def: &CompiledDefinition,
+) -> &'a mut crate::state::account::Announced {
+    if d == 0 {
+        return &mut state.announced;
+    }
+    let list = &mut state.shadow_announced;
+    let p = match list.iter().position(|(v, _)| *v == def.version) {
+        Some(p) => p,
+        None => {
+            list.push((def.version.clone(), Default::default()));
+            list.len() - 1
+        }
+    };
+    &mut list[p].1
 }
 
 /// Index of a kind in `Engine::kind_counters`.

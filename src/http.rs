@@ -323,11 +323,58 @@ pub fn account_view(defs: &Definitions, reader: &StateReader, id: &str) -> Resul
         "account": traits,
         "announced": {
             "active": acct.announced.active,
+            "delivered": acct.announced_out,
             "rules": acct.announced.rules.iter().map(|(r, t)| json!({"rule": r, "at": format_time_ms(*t)})).collect::<Vec<_>>(),
             "tier": acct.announced.tier.as_ref().map(|(t, at)| json!({"tier": t, "at": format_time_ms(*at)})),
         },
+        "budget": budget_view(&acct, def),
+        "sweep": (acct.sweep_due_ms > 0).then(|| json!({
+            "next_check": format_time_ms(acct.sweep_due_ms),
+            "why": "the first moment a running definition stops qualifying the account if it sends nothing more; it is disqualified then if it has not sent anything that keeps it qualified",
+        })),
         "shadows": shadows,
     })))
+}
+
+/// Whether the account's announcement waits for budget, and why.
+fn budget_view(acct: &crate::state::AccountState, def: &crate::config::CompiledDefinition) -> Value {
+    let Some(h) = &acct.held else { return json!({"waiting": false}) };
+    let b = &def.budget;
+    let mut caps = Vec::new();
+    if let Some(n) = b.per_hour {
+        caps.push(format!("{n} per hour"));
+    }
+    if let Some(n) = b.per_day {
+        caps.push(format!("{n} per day"));
+    }
+    for (rule, ph, pd, _) in &b.rules {
+        if h.rules.contains(rule) {
+            if let Some(n) = ph {
+                caps.push(format!("{n} per hour for {rule}"));
+            }
+            if let Some(n) = pd {
+                caps.push(format!("{n} per day for {rule}"));
+            }
+        }
+    }
+    let expires = h.queued_at_ms.saturating_add(b.max_wait_seconds * 1000);
+    json!({
+        "waiting": true,
+        "id": h.id,
+        "type": h.event_type,
+        "rules": h.rules,
+        "tier": h.tier,
+        "score": h.score,
+        "qualified_at": format_time_ms(h.qualified_at_ms),
+        "queued_at": format_time_ms(h.queued_at_ms),
+        "expires_at": format_time_ms(expires),
+        "why": format!(
+            "over the budget ({}): waits its turn (higher tiers, then higher scores, then the longest waiting go first) \
+             and is dropped if the account stops qualifying or at {}",
+            if caps.is_empty() { "none set now: out at the next look".to_string() } else { caps.join(", ") },
+            format_time_ms(expires)
+        ),
+    })
 }
 
 /// `GET /definitions`: each running definition (live first), its

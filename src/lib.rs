@@ -24,6 +24,10 @@
 //!   account; score and tier.
 //! - [`emit`]: cooldown / tier / disqualification decisions and the
 //!   CloudEvents envelope with deterministic ids.
+//! - [`budget`]: the per-hour / per-day caps on what reaches sales; the
+//!   rest waits in a queue kept with the state.
+//! - [`sweep`]: when a qualified account that goes quiet stops qualifying
+//!   (the disqualification sweep).
 //! - [`sink`]: the Kafka producer for PQA events and dead letters.
 //! - [`changelog`]: the compacted state changelog topic: written with every
 //!   commit, read back when a partition arrives from another instance.
@@ -51,6 +55,7 @@
 //! `main.rs` only parses the command line and wires these together.
 
 pub mod backtest;
+pub mod budget;
 pub mod changelog;
 pub mod config;
 pub mod decode;
@@ -69,4 +74,5 @@ pub mod sim;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod sweep;
 pub mod telemetry;

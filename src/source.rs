@@ -251,7 +251,7 @@ impl Worker {
         wait: bool,
     ) -> Result<(), RunError> {
         self.settle(consumer, ctx)?;
-        if self.batch_len == 0 {
+        if self.batch_len == 0 && self.out.is_empty() && !self.engine.has_changes() {
             return Ok(());
         }
         let metrics = ctx.metrics.clone();
@@ -447,6 +447,10 @@ impl ConsumerContext for EngineContext {
                         Err(e) => tracing::debug!(cause = %e, "committed offsets of new partitions"),
                     }
                 }
+                let numbers: Vec<i32> = elems.iter().map(|e| e.1).collect();
+                if let Err(e) = worker.engine.assigned(&numbers) {
+                    tracing::error!(cause = %e, "cannot read the sweep and budget queue of the assigned partitions");
+                }
                 tracing::info!(partitions = ?elems, "partitions assigned");
                 for (topic, _) in &elems {
                     self.metrics.assigned_partitions.with_label_values(&[topic]).inc();
@@ -490,6 +494,7 @@ impl ConsumerContext for EngineContext {
                     self.metrics.assigned_partitions.with_label_values(&[topic]).dec();
                 }
                 worker.engine.release_partitions(&elems);
+                worker.engine.revoked(&elems);
                 for (topic, partition) in &elems {
                     worker.gaps.forget(&(topic.as_str(), *partition));
                 }
@@ -656,7 +661,11 @@ pub fn run_definitions(
     let mut store = Store::open(&cfg.state)?;
     store.set_changelog(cfg.kafka.changelog);
     health.set_reader(store.reader());
-    let engine = Engine::with_definitions(defs, cfg.input.clone(), store, metrics.clone())?;
+    let mut engine = Engine::with_definitions(defs, cfg.input.clone(), store, metrics.clone())?;
+    // Sales' hours are real hours (unless the definition says otherwise).
+    if engine.definition().budget.clock != Some(crate::budget::BudgetClock::Event) {
+        engine.set_budget_clock(crate::budget::BudgetClock::Wall);
+    }
     log_definitions(&engine);
     if let Some(p) = &published {
         publish(p, &engine, true);
@@ -749,6 +758,11 @@ pub fn run_definitions(
         let mut guard = ctx.worker.lock().expect("lock");
         let w = guard.as_mut().expect("worker");
         w.probe_silent(&consumer);
+        // Announcements waiting for budget that the clock now lets out.
+        if let Err(e) = w.engine.tick(&mut w.out) {
+            result = Err(e.into());
+            break;
+        }
         if let Some(e) = w.failed.take() {
             result = Err(e);
             break;

@@ -71,6 +71,23 @@ pub struct Metrics {
     /// Valid events counted and skipped (normal traffic that cannot count:
     /// a visitor with no account), by reason.
     pub events_skipped: IntCounterVec,
+    /// Announcements of the live definition by what the budget did with
+    /// them: `queued` (no room: waits), `released` (went out after
+    /// waiting), `direct` (went out at once, within the budget), `bypassed`
+    /// (a rule that bypasses the budget), `expired` (waited longer than
+    /// `max_wait`), `dropped` (the account stopped qualifying while it
+    /// waited).
+    pub budget: IntCounterVec,
+    /// Announcements waiting for budget now.
+    pub budget_queue_length: IntGauge,
+    /// Qualified accounts disqualified by the sweep (no event: their
+    /// windows no longer hold), by definition role.
+    pub sweep_disqualified: IntCounterVec,
+    /// Accounts the sweep looked at.
+    pub sweep_checks: IntCounter,
+    /// The engine's event-time low watermark (the least advanced of its
+    /// partitions), in seconds.
+    pub low_watermark_seconds: IntGauge,
     /// 1 per definition running: `{version, fingerprint, role}` (role
     /// `live` or `shadow`).
     pub definition_info: IntGaugeVec,
@@ -310,6 +327,44 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            budget: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pqa_budget_announcements_total",
+                        "Live announcements by what the budget did: queued, released, direct, bypassed, expired, dropped",
+                    ),
+                    &["outcome"],
+                )
+                .unwrap(),
+            ),
+            budget_queue_length: reg(
+                &registry,
+                IntGauge::new("pqa_budget_queue_length", "Announcements waiting for budget").unwrap(),
+            ),
+            sweep_disqualified: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pqa_sweep_disqualified_total",
+                        "Accounts disqualified by the sweep (quiet: their windows no longer hold), by role",
+                    ),
+                    &["role"],
+                )
+                .unwrap(),
+            ),
+            sweep_checks: reg(
+                &registry,
+                IntCounter::new("pqa_sweep_checks_total", "Accounts the disqualification sweep looked at").unwrap(),
+            ),
+            low_watermark_seconds: reg(
+                &registry,
+                IntGauge::new(
+                    "pqa_low_watermark_seconds",
+                    "Event-time low watermark (the least advanced partition), Unix seconds",
+                )
+                .unwrap(),
+            ),
             definition_info: reg(
                 &registry,
                 IntGaugeVec::new(
@@ -383,6 +438,12 @@ impl Metrics {
         }
         for r in ["anonymous_without_account", "anonymous_traits"] {
             m.events_skipped.with_label_values(&[r]);
+        }
+        for o in ["queued", "released", "direct", "bypassed", "expired", "dropped"] {
+            m.budget.with_label_values(&[o]);
+        }
+        for r in ["live", "shadow"] {
+            m.sweep_disqualified.with_label_values(&[r]);
         }
         m.commits.with_label_values(&["state"]);
         m.commits.with_label_values(&["kafka_offsets"]);

@@ -48,6 +48,7 @@ fn definition_a() -> Config {
         description: "many more comments than uploads, and some uploads".into(),
         when: "comments_7d >= 4.0 * uploads_7d && uploads_7d >= 2.0".into(),
         points: 10,
+        bypass_budget: false,
     });
     cfg
 }

@@ -63,7 +63,87 @@ pub struct DefinitionConfig {
     /// Tiers by minimum score, e.g. `hot` >= 70, `warm` >= 0.
     #[serde(default)]
     pub tiers: Vec<TierConfig>,
+    /// How many announcements may reach sales per hour and per day; the
+    /// rest wait in priority order (see [`crate::budget`]). Not serialised
+    /// when empty, so the fingerprint of a definition without one is what
+    /// it was before budgets existed.
+    #[serde(default, skip_serializing_if = "BudgetConfig::is_empty")]
+    pub budget: BudgetConfig,
 }
+
+/// `[definition.budget]`: caps on what reaches sales. Counted in wall-clock
+/// time by `run` (sales' hours are real hours) and in event time by
+/// `replay` and `backtest` (so that history shows what the budget would
+/// have let through, and the same input gives the same output).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// At most this many announcements in any 60 minutes (none: no cap).
+    #[serde(default)]
+    pub per_hour: Option<u32>,
+    /// At most this many in any 24 hours (none: no cap).
+    #[serde(default)]
+    pub per_day: Option<u32>,
+    /// An announcement waiting longer than this is dropped (e.g. `7d`).
+    #[serde(default)]
+    pub max_wait: Option<String>,
+    /// Per rule: its own caps, or `bypass = true` (hand-raisers: announced
+    /// at once, outside the budget).
+    #[serde(default)]
+    pub rules: std::collections::BTreeMap<String, RuleBudgetConfig>,
+    /// `event` counts the budget in event time in `run` too (releases then
+    /// follow the input, as in `replay`); the default is wall-clock time in
+    /// `run`, event time offline.
+    #[serde(default)]
+    pub clock: Option<String>,
+}
+
+impl BudgetConfig {
+    pub fn is_empty(&self) -> bool {
+        self.per_hour.is_none()
+            && self.per_day.is_none()
+            && self.max_wait.is_none()
+            && self.rules.is_empty()
+            && self.clock.is_none()
+    }
+}
+
+/// `[definition.budget.rules.NAME]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleBudgetConfig {
+    #[serde(default)]
+    pub per_hour: Option<u32>,
+    #[serde(default)]
+    pub per_day: Option<u32>,
+    /// Announcements listing this rule go out at once and do not count.
+    #[serde(default)]
+    pub bypass: bool,
+}
+
+/// The compiled budget.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Budget {
+    pub per_hour: Option<u32>,
+    pub per_day: Option<u32>,
+    pub max_wait_seconds: i64,
+    /// Rule name -> (per hour, per day, bypass).
+    pub rules: Vec<(String, Option<u32>, Option<u32>, bool)>,
+    /// The clock asked for (`None`: wall-clock in `run`, event time offline).
+    pub clock: Option<crate::budget::BudgetClock>,
+}
+
+impl Budget {
+    /// Whether any cap is set (otherwise every announcement goes out at once).
+    pub fn is_capped(&self) -> bool {
+        self.per_hour.is_some()
+            || self.per_day.is_some()
+            || self.rules.iter().any(|r| r.1.is_some() || r.2.is_some())
+    }
+}
+
+/// How long an announcement waits for budget at most unless configured.
+pub const DEFAULT_MAX_WAIT_SECONDS: i64 = 7 * 86_400;
 
 const fn default_bucket_seconds() -> u32 {
     3600
@@ -238,6 +318,11 @@ pub struct RuleConfig {
     /// Score points when the rule fires.
     #[serde(default)]
     pub points: u32,
+    /// Announcements listing this rule go out at once, outside
+    /// `[definition.budget]` (the shipped definition's `hand_raiser`: a
+    /// person asking for sales never waits).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bypass_budget: bool,
 }
 
 /// Score = points of the rules that fire + bonus terms, clamped to 0..=100.
@@ -341,6 +426,7 @@ pub struct CompiledDefinition {
     pub bonus: Vec<Program>,
     /// Highest first.
     pub tiers: Vec<(String, u32)>,
+    pub budget: Budget,
     pub env: Arc<Env>,
 }
 
@@ -613,6 +699,69 @@ impl DefinitionConfig {
         }
         tiers.sort_by_key(|t| std::cmp::Reverse(t.1));
 
+        // Budget.
+        let b = &self.budget;
+        let max_wait_seconds = match &b.max_wait {
+            None => DEFAULT_MAX_WAIT_SECONDS,
+            Some(w) => match parse_duration_seconds(w) {
+                Ok(0) => {
+                    errs.push(ConfigError::new("definition.budget.max_wait", "must be longer than 0"));
+                    0
+                }
+                Ok(s) => s,
+                Err(e) => {
+                    errs.push(ConfigError::new("definition.budget.max_wait", e));
+                    0
+                }
+            },
+        };
+        for (key, v) in [("per_hour", b.per_hour), ("per_day", b.per_day)] {
+            if v == Some(0) {
+                errs.push(ConfigError::new(
+                    format!("definition.budget.{key}"),
+                    "must be at least 1 (leave it out for no cap)",
+                ));
+            }
+        }
+        let mut budget_rules: Vec<(String, Option<u32>, Option<u32>, bool)> =
+            self.rules.iter().filter(|r| r.bypass_budget).map(|r| (r.name.clone(), None, None, true)).collect();
+        for (name, r) in &b.rules {
+            let path = format!("definition.budget.rules.{name}");
+            if !self.rules.iter().any(|x| &x.name == name) {
+                let known: Vec<&str> = self.rules.iter().map(|x| x.name.as_str()).collect();
+                errs.push(ConfigError::new(
+                    path.clone(),
+                    format!("no rule is named `{name}` (rules: {})", known.join(", ")),
+                ));
+            }
+            for (key, v) in [("per_hour", r.per_hour), ("per_day", r.per_day)] {
+                if v == Some(0) {
+                    errs.push(ConfigError::new(format!("{path}.{key}"), "must be at least 1 (leave it out for no cap)"));
+                }
+            }
+            if r.bypass && (r.per_hour.is_some() || r.per_day.is_some()) {
+                errs.push(ConfigError::new(path.clone(), "a rule that bypasses the budget cannot have caps of its own"));
+            }
+            match budget_rules.iter_mut().find(|x| x.0 == *name) {
+                Some(_) if r.per_hour.is_some() || r.per_day.is_some() => errs.push(ConfigError::new(
+                    path.clone(),
+                    format!("rule `{name}` bypasses the budget (bypass_budget = true): it cannot have caps"),
+                )),
+                Some(_) => {}
+                None => budget_rules.push((name.clone(), r.per_hour, r.per_day, r.bypass)),
+            }
+        }
+        let clock = match b.clock.as_deref() {
+            None => None,
+            Some("wall") => Some(crate::budget::BudgetClock::Wall),
+            Some("event") => Some(crate::budget::BudgetClock::Event),
+            Some(other) => {
+                errs.push(ConfigError::new("definition.budget.clock", format!("`{other}` is not `wall` or `event`")));
+                None
+            }
+        };
+        let budget = Budget { per_hour: b.per_hour, per_day: b.per_day, max_wait_seconds, rules: budget_rules, clock };
+
         if !errs.is_empty() {
             return Err(errs);
         }
@@ -634,6 +783,7 @@ impl DefinitionConfig {
             rules,
             bonus,
             tiers,
+            budget,
             env,
         })
     }

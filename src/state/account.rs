@@ -98,6 +98,105 @@ pub struct AccountState {
     pub announced: Announced,
     /// Each shadow definition's own announcements, by its version.
     pub shadow_announced: Vec<(String, Announced)>,
+    // Fields below were added after schema 2 was released: a record
+    // written before them is read by [`decode_account`] as a
+    // [`AccountStateV2`] and given their defaults.
+    /// When the disqualification sweep looks at the account again (event
+    /// time; 0: not scheduled): the first moment a running definition may
+    /// stop qualifying it with no further event.
+    pub sweep_due_ms: i64,
+    /// The live definition's announcement waiting for budget, if any.
+    pub held: Option<Held>,
+    /// A qualification of the live definition reached the output topic and
+    /// no disqualification has followed (what sales has been told; the
+    /// same as `announced.active` unless the budget held or dropped an
+    /// announcement).
+    pub announced_out: bool,
+}
+
+/// An announcement of the live definition waiting for budget (see
+/// [`crate::budget`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Held {
+    /// The event id (kept when a later announcement replaces the content).
+    pub id: String,
+    /// `pqa.account.qualified` or `pqa.account.tier_changed`.
+    pub event_type: String,
+    pub rules: Vec<String>,
+    pub tier: String,
+    /// Rank of the tier in the definition (0: the highest).
+    pub tier_rank: u16,
+    pub score: u32,
+    /// Event time the account qualified (`data.qualified_at`).
+    pub qualified_at_ms: i64,
+    /// When it was queued (budget clock: wall time in `run`, event time in
+    /// `replay`).
+    pub queued_at_ms: i64,
+    /// The input partition the account belongs to.
+    pub partition: i32,
+    /// The CloudEvent as built, `time` replaced at release.
+    pub payload: Vec<u8>,
+}
+
+impl Held {
+    /// The queue's order: tier (highest first), then score (highest
+    /// first), then age (oldest first), then account id.
+    pub fn priority(&self) -> (u16, u32, i64) {
+        (self.tier_rank, u32::MAX - self.score, self.qualified_at_ms)
+    }
+}
+
+/// An account record as written before `sweep_due_ms`, `held` and
+/// `announced_out` existed (postcard is not self-describing: such a record
+/// ends where these fields would begin).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AccountStateV2 {
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub seq: u64,
+    pub columns: Vec<Column>,
+    pub buckets: Vec<Bucket>,
+    pub user_hist: Vec<(u32, u32)>,
+    pub features: Vec<(String, u32)>,
+    pub signal_columns: Vec<Column>,
+    pub signals: Vec<SignalHit>,
+    pub kept_from: u32,
+    pub traits_json: String,
+    pub email_domains: Vec<(String, u32)>,
+    pub announced: Announced,
+    pub shadow_announced: Vec<(String, Announced)>,
+}
+
+impl From<AccountStateV2> for AccountState {
+    fn from(v: AccountStateV2) -> AccountState {
+        AccountState {
+            announced_out: v.announced.active,
+            first_seen_ms: v.first_seen_ms,
+            last_seen_ms: v.last_seen_ms,
+            seq: v.seq,
+            columns: v.columns,
+            buckets: v.buckets,
+            user_hist: v.user_hist,
+            features: v.features,
+            signal_columns: v.signal_columns,
+            signals: v.signals,
+            kept_from: v.kept_from,
+            traits_json: v.traits_json,
+            email_domains: v.email_domains,
+            announced: v.announced,
+            shadow_announced: v.shadow_announced,
+            sweep_due_ms: 0,
+            held: None,
+        }
+    }
+}
+
+/// Decodes the postcard body of an account record, of either shape.
+pub fn decode_account(body: &[u8]) -> Result<AccountState, postcard::Error> {
+    match postcard::from_bytes::<AccountState>(body) {
+        Ok(s) => Ok(s),
+        Err(e) => postcard::from_bytes::<AccountStateV2>(body).map(AccountState::from).map_err(|_| e),
+    }
 }
 
 /// A user's activity inside one account.

@@ -18,6 +18,13 @@ pub const DEDUPE: u8 = b'd';
 pub const CHANGELOG: u8 = b'c';
 /// Engine metadata: `x | name`.
 pub const META: u8 = b'x';
+/// The disqualification sweep's index (meta column family):
+/// `s | due (i64, sign-flipped BE) | account` -> input partition (i32 BE).
+pub const SWEEP: u8 = b's';
+/// The budget queue's index (meta column family): `q | tier rank (u16 BE) |
+/// u32::MAX - score (u32 BE) | qualified at (i64, sign-flipped BE) |
+/// account` -> input partition (i32 BE).
+pub const QUEUE: u8 = b'q';
 
 /// Longest id accepted for accounts, users and topics (bytes).
 pub const MAX_ID_BYTES: usize = 1024;
@@ -97,6 +104,52 @@ pub fn changelog_position(partition: i32) -> [u8; 5] {
     k
 }
 
+/// An i64 as 8 bytes that sort like the number.
+fn push_i64(k: &mut Vec<u8>, v: i64) {
+    k.extend_from_slice(&((v as u64) ^ (1 << 63)).to_be_bytes());
+}
+
+fn read_i64(b: &[u8]) -> Option<i64> {
+    Some((u64::from_be_bytes(b.get(..8)?.try_into().ok()?) ^ (1 << 63)) as i64)
+}
+
+pub fn sweep(due_ms: i64, account: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + account.len());
+    k.push(SWEEP);
+    push_i64(&mut k, due_ms);
+    k.extend_from_slice(account.as_bytes());
+    k
+}
+
+/// Decodes a sweep key into (due, account).
+pub fn parse_sweep(key: &[u8]) -> Option<(i64, String)> {
+    let rest = key.strip_prefix(&[SWEEP])?;
+    Some((read_i64(rest)?, std::str::from_utf8(rest.get(8..)?).ok()?.to_string()))
+}
+
+/// Priority of a queued announcement: (tier rank, u32::MAX - score,
+/// qualified at).
+pub type Priority = (u16, u32, i64);
+
+pub fn queue(p: Priority, account: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(15 + account.len());
+    k.push(QUEUE);
+    k.extend_from_slice(&p.0.to_be_bytes());
+    k.extend_from_slice(&p.1.to_be_bytes());
+    push_i64(&mut k, p.2);
+    k.extend_from_slice(account.as_bytes());
+    k
+}
+
+/// Decodes a queue key into (priority, account).
+pub fn parse_queue(key: &[u8]) -> Option<(Priority, String)> {
+    let rest = key.strip_prefix(&[QUEUE])?;
+    let tier = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?);
+    let score = u32::from_be_bytes(rest.get(2..6)?.try_into().ok()?);
+    let at = read_i64(rest.get(6..)?)?;
+    Some(((tier, score, at), std::str::from_utf8(rest.get(14..)?).ok()?.to_string()))
+}
+
 pub fn meta(name: &str) -> Vec<u8> {
     let mut k = vec![META];
     k.extend_from_slice(name.as_bytes());
@@ -152,6 +205,14 @@ mod tests {
                 let kb = member(&b, &v);
                 prop_assert_eq!(ka < kb, member_prefix(&a) < member_prefix(&b));
             }
+        }
+
+        #[test]
+        fn schedule_keys_roundtrip_and_sort_by_time(a in -2_000_000_000_000i64..4_000_000_000_000, b in -2_000_000_000_000i64..4_000_000_000_000, acct in "[a-z0-9]{1,12}", t in 0u16..4, s in 0u32..200) {
+            prop_assert_eq!(parse_sweep(&sweep(a, &acct)), Some((a, acct.clone())));
+            prop_assert_eq!(sweep(a, "x") < sweep(b, "x"), a < b);
+            prop_assert_eq!(parse_queue(&queue((t, s, a), &acct)), Some(((t, s, a), acct.clone())));
+            prop_assert_eq!(queue((t, s, a), "x") < queue((t, s, b), "x"), a < b);
         }
 
         #[test]

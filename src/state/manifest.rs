@@ -242,8 +242,11 @@ pub(crate) fn convert_v1(value: &[u8], layout: &Layout) -> Result<AccountState, 
         kept_from,
         traits_json: old.traits_json,
         email_domains: Vec::new(),
+        announced_out: old.announced.active,
         announced: old.announced,
         shadow_announced: Vec::new(),
+        sweep_due_ms: 0,
+        held: None,
     };
     // Signals it held, by name: the first of the layout's signals with
     // each name (the live definition's). The others start now (`conform`).

@@ -10,7 +10,7 @@
 //! Values are `last_seen_ms (i64 BE) | postcard(record)`: the fixed-width
 //! prefix lets the compaction filter expire idle records without decoding.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -73,6 +73,38 @@ pub struct AccountEntry {
     touched: bool,
     /// The layout `state` was last conformed to.
     generation: u64,
+    /// The account's place in the sweep and queue indexes as RocksDB has
+    /// it, and as the in-memory [`Schedule`] has it.
+    db_mark: Mark,
+    mem_mark: Mark,
+}
+
+/// An account's place in the schedule indexes: its sweep time (0: none)
+/// and its queue priority.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    due: i64,
+    queue: Option<keys::Priority>,
+}
+
+impl Mark {
+    fn of(state: &AccountState) -> Mark {
+        Mark { due: state.sweep_due_ms, queue: state.held.as_ref().map(|h| h.priority()) }
+    }
+}
+
+/// The disqualification sweep's and the budget queue's indexes, in memory
+/// (one entry per scheduled or waiting account: bounded by the qualified
+/// accounts, not all), mirrored in RocksDB (meta keys `s…`, `q…`) in the
+/// same atomic write as the account records they follow. The account
+/// record is the truth; an index key that disagrees with its record (left
+/// behind by a changelog restore) is dropped when the index is loaded.
+#[derive(Debug, Default)]
+pub struct Schedule {
+    /// (due, account) -> input partition.
+    pub sweep: BTreeMap<(i64, String), i32>,
+    /// (priority, account) -> input partition; the first is released first.
+    pub queue: BTreeMap<(keys::Priority, String), i32>,
 }
 
 #[derive(Debug, Default)]
@@ -163,7 +195,11 @@ impl StateReader {
     }
 
     pub fn account(&self, id: &str) -> Result<Option<AccountState>, StateError> {
-        get(&self.db, cf::ACCOUNTS, &keys::account(id), "account")
+        let cf = self.db.cf_handle(cf::ACCOUNTS).expect("accounts column family");
+        match self.db.get_pinned_cf(cf, keys::account(id))? {
+            None => Ok(None),
+            Some(v) => decode_account_value(&v).map(Some),
+        }
     }
 
     pub fn user(&self, id: &str) -> Result<Option<UserState>, StateError> {
@@ -312,6 +348,10 @@ pub struct Store {
     /// The directory holds schema-1 records, to migrate before use.
     legacy_v1: bool,
     dir: String,
+    /// The sweep and queue indexes.
+    schedule: Schedule,
+    /// Meta records to write with the next commit (name -> value).
+    meta_pending: BTreeMap<String, Vec<u8>>,
 }
 
 impl Store {
@@ -434,7 +474,118 @@ impl Store {
             layout: None,
             legacy_v1,
             dir: cfg.dir.display().to_string(),
+            schedule: Schedule::default(),
+            meta_pending: BTreeMap::new(),
         })
+        .and_then(|mut s| {
+            s.load_schedule()?;
+            Ok(s)
+        })
+    }
+
+    /// The sweep and queue indexes.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// Takes an account out of the in-memory indexes without touching
+    /// RocksDB (its partition belongs to another instance now; loading the
+    /// indexes again brings it back).
+    pub fn unschedule_in_memory(&mut self, account: &str) {
+        let acct = account.to_string();
+        self.schedule.sweep.retain(|(_, a), _| *a != acct);
+        self.schedule.queue.retain(|(_, a), _| *a != acct);
+        if let Some(e) = self.accounts.peek_mut(account) {
+            e.mem_mark = Mark::default();
+        }
+    }
+
+    /// Reads the indexes from RocksDB, dropping keys that disagree with
+    /// their account records.
+    pub fn load_schedule(&mut self) -> Result<(), StateError> {
+        let db = &self.reader.db;
+        let meta = db.cf_handle(cf::META).expect("meta column family");
+        let mut schedule = Schedule::default();
+        let mut stale = Vec::new();
+        for prefix in [keys::SWEEP, keys::QUEUE] {
+            for item in db.iterator_cf(meta, IteratorMode::From(&[prefix], rocksdb::Direction::Forward)) {
+                let (k, v) = item?;
+                if k.first() != Some(&prefix) {
+                    break;
+                }
+                let partition = <[u8; 4]>::try_from(v.as_ref()).map(i32::from_be_bytes).unwrap_or(0);
+                if prefix == keys::SWEEP {
+                    let Some((due, account)) = keys::parse_sweep(&k) else { continue };
+                    match self.reader.account(&account)? {
+                        Some(a) if a.sweep_due_ms == due => {
+                            schedule.sweep.insert((due, account), partition);
+                        }
+                        _ => stale.push(k.to_vec()),
+                    }
+                } else {
+                    let Some((p, account)) = keys::parse_queue(&k) else { continue };
+                    match self.reader.account(&account)? {
+                        Some(a) if a.held.as_ref().map(|h| h.priority()) == Some(p) => {
+                            schedule.queue.insert((p, account), partition);
+                        }
+                        _ => stale.push(k.to_vec()),
+                    }
+                }
+            }
+        }
+        if !stale.is_empty() {
+            let mut batch = WriteBatch::default();
+            for k in &stale {
+                batch.delete_cf(meta, k);
+            }
+            db.write(batch)?;
+        }
+        self.schedule = schedule;
+        for (_, e) in self.accounts.iter_mut() {
+            e.mem_mark = e.db_mark;
+        }
+        Ok(())
+    }
+
+    /// Puts the account (after a change of its `sweep_due_ms` or `held`)
+    /// in its place in the in-memory indexes, under the input partition
+    /// set last; RocksDB follows at the next commit.
+    pub fn reindex(&mut self, id: &str) {
+        let partition = self.partition;
+        let Some(e) = self.accounts.peek_mut(id) else { return };
+        let now = Mark::of(&e.state);
+        let was = e.mem_mark;
+        if now == was {
+            return;
+        }
+        if was.due != 0 {
+            self.schedule.sweep.remove(&(was.due, id.to_string()));
+        }
+        if let Some(p) = was.queue {
+            self.schedule.queue.remove(&(p, id.to_string()));
+        }
+        if now.due != 0 {
+            self.schedule.sweep.insert((now.due, id.to_string()), partition);
+        }
+        if let Some(p) = now.queue {
+            self.schedule.queue.insert((p, id.to_string()), partition);
+        }
+        e.mem_mark = now;
+    }
+
+    /// A meta record (`x|name`) to write with the next commit.
+    pub fn put_meta(&mut self, name: &str, value: Vec<u8>) {
+        self.meta_pending.insert(name.to_string(), value);
+    }
+
+    /// A meta record (`x|name`): as pending for the next commit, else as
+    /// written.
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
+        if let Some(v) = self.meta_pending.get(name) {
+            return Ok(Some(v.clone()));
+        }
+        let cf = self.reader.db.cf_handle(cf::META).expect("meta column family");
+        Ok(self.reader.db.get_cf(cf, keys::meta(name))?)
     }
 
     /// Makes the state serve `layout` (the definitions the engine runs, the
@@ -501,6 +652,17 @@ impl Store {
         self.partition = partition;
     }
 
+    /// Whether records were touched or meta records set since the last
+    /// prepared commit.
+    pub fn has_changes(&self) -> bool {
+        !self.touched_accounts.is_empty() || !self.touched_users.is_empty() || !self.meta_pending.is_empty()
+    }
+
+    /// The input partition set last.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
     /// Turns on building changelog records at commit.
     pub fn set_changelog(&mut self, on: bool) {
         self.changelog = on;
@@ -510,7 +672,8 @@ impl Store {
     pub fn account(&mut self, id: &str) -> Result<&mut AccountEntry, StateError> {
         if !self.accounts.contains(id) {
             let state = self.reader.account(id)?.unwrap_or_default();
-            self.accounts.put(id.to_string(), AccountEntry { state, ..Default::default() });
+            let mark = Mark::of(&state);
+            self.accounts.put(id.to_string(), AccountEntry { state, db_mark: mark, mem_mark: mark, ..Default::default() });
         }
         let e = self.accounts.get_mut(id).expect("just inserted");
         if let Some(layout) = &self.layout {
@@ -635,6 +798,28 @@ impl Store {
                 put(&mut batch, acf, keys::account(&id), &buf, e.partition);
                 e.dirty = false;
                 stats.accounts += 1;
+                // The indexes follow the record (derived: not in the
+                // changelog, whose account records carry the same).
+                let now = Mark::of(&e.state);
+                let was = e.db_mark;
+                let p = e.partition.to_be_bytes();
+                if now.due != was.due {
+                    if was.due != 0 {
+                        batch.delete_cf(meta, keys::sweep(was.due, &id));
+                    }
+                    if now.due != 0 {
+                        batch.put_cf(meta, keys::sweep(now.due, &id), p);
+                    }
+                }
+                if now.queue != was.queue {
+                    if let Some(q) = was.queue {
+                        batch.delete_cf(meta, keys::queue(q, &id));
+                    }
+                    if let Some(q) = now.queue {
+                        batch.put_cf(meta, keys::queue(q, &id), p);
+                    }
+                }
+                e.db_mark = now;
             }
             let mut dirty_members: Vec<(&String, &mut MemberEntry)> =
                 e.members.iter_mut().filter(|(_, m)| m.dirty).collect();
@@ -677,6 +862,9 @@ impl Store {
             }
         }
         batch.put_cf(meta, keys::meta("watermark"), watermark.to_be_bytes());
+        for (name, v) in std::mem::take(&mut self.meta_pending) {
+            batch.put_cf(meta, keys::meta(&name), v);
+        }
         Prepared { batch, changelog, stats, offsets: offsets.to_vec(), oldest_ts: None }
     }
 
@@ -758,6 +946,20 @@ impl Store {
                 other => return Err(corrupt(&format!("unknown record kind {other:?}"))),
             };
             batch.put_cf(db.cf_handle(name).expect("cf"), k, v);
+            if name == cf::ACCOUNTS {
+                // The account's index keys (stale keys of its earlier
+                // versions are dropped by `load_schedule` below).
+                let meta = db.cf_handle(cf::META).expect("cf");
+                let account = std::str::from_utf8(k.get(3..).unwrap_or_default()).unwrap_or_default();
+                let state = decode_account_value(v)?;
+                let mark = Mark::of(&state);
+                if mark.due != 0 {
+                    batch.put_cf(meta, keys::sweep(mark.due, account), partition.to_be_bytes());
+                }
+                if let Some(q) = mark.queue {
+                    batch.put_cf(meta, keys::queue(q, account), partition.to_be_bytes());
+                }
+            }
         }
         let meta = db.cf_handle(cf::META).expect("cf");
         batch.put_cf(meta, keys::changelog_position(partition), changelog_next.to_be_bytes());
@@ -767,7 +969,7 @@ impl Store {
         db.write_opt(batch, &wo)?;
         self.watermark.fetch_max(watermark, Ordering::Relaxed);
         self.discard_cache();
-        Ok(())
+        self.load_schedule()
     }
 
     /// Drops the whole cache without writing (after a failed batch: the
@@ -779,8 +981,12 @@ impl Store {
         self.touched_users.clear();
         self.accounts.clear();
         self.users.clear();
+        self.meta_pending.clear();
         if let Ok(w) = self.reader.watermark_ms() {
             self.watermark.store(w, Ordering::Relaxed);
+        }
+        if let Err(e) = self.load_schedule() {
+            tracing::error!(cause = %e, "cannot read the sweep and queue indexes back");
         }
     }
 
@@ -816,6 +1022,13 @@ pub(crate) fn encode_value<T: Serialize>(buf: &mut Vec<u8>, last_seen_ms: i64, r
 pub(crate) fn decode_value<T: DeserializeOwned>(v: &[u8], what: &'static str) -> Result<T, StateError> {
     let body = v.get(8..).ok_or_else(|| StateError::Corrupt { what, detail: "shorter than its header".into() })?;
     postcard::from_bytes(body).map_err(|e| StateError::Corrupt { what, detail: e.to_string() })
+}
+
+/// An account record's value (`last_seen_ms | postcard`), of either shape
+/// (see [`super::account::decode_account`]).
+pub(crate) fn decode_account_value(v: &[u8]) -> Result<AccountState, StateError> {
+    let body = v.get(8..).ok_or_else(|| StateError::Corrupt { what: "account", detail: "shorter than its header".into() })?;
+    super::account::decode_account(body).map_err(|e| StateError::Corrupt { what: "account", detail: e.to_string() })
 }
 
 fn get<T: DeserializeOwned>(db: &DB, cf_name: &str, key: &[u8], what: &'static str) -> Result<Option<T>, StateError> {

@@ -1,0 +1,112 @@
+//! The disqualification sweep: when does a qualified account stop
+//! qualifying if it sends nothing more?
+//!
+//! With no new event, what a definition reads changes only when a time
+//! bucket of the account's history leaves a window (or, for a window with
+//! an offset, enters it). So the first moment a rule may stop firing is one
+//! of those bucket boundaries: [`next_stop`] evaluates the definition at
+//! each, in order, on the account's state as it is, and returns the first
+//! at which no rule fires. The engine keeps accounts in an index by that
+//! time ([`crate::state::store::Schedule`]) and looks at them again when its
+//! event time (the low watermark of its partitions) has passed it: a
+//! disqualification is announced then, at that time, even if the account
+//! sent nothing; if an event came in between and the account still
+//! qualifies, the next stop is computed from there.
+
+use std::collections::BTreeSet;
+
+use crate::config::definition::CompiledDefinition;
+use crate::detect::{account_to_cel, evaluate_unnamed};
+use crate::state::account::{bucket_of, AccountState};
+
+/// At most this many evaluations per call; when they are used up the
+/// account is looked at again at the last moment evaluated (it may still
+/// qualify then, and the search goes on from there).
+pub const MAX_EVALUATIONS: usize = 512;
+
+/// The result of a search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// No rule fires at this event time (ms).
+    At(i64),
+    /// Still firing at this time; look again then.
+    Later(i64),
+    /// Fires whatever time passes (a rule that reads no window).
+    Never,
+}
+
+/// The first bucket boundary after `from_ms` at which `def` no longer
+/// qualifies the account, as its state is now.
+pub fn next_stop(def: &CompiledDefinition, state: &AccountState, from_ms: i64) -> Stop {
+    let bucket_ms = def.bucket_seconds * 1000;
+    let from = bucket_of(from_ms, def.bucket_seconds);
+    // Buckets holding something a metric reads.
+    let mut data: BTreeSet<u32> = BTreeSet::new();
+    data.extend(state.buckets.iter().map(|b| b.idx));
+    data.extend(state.user_hist.iter().map(|h| h.0));
+    data.extend(state.features.iter().map(|f| f.1));
+    data.extend(state.signals.iter().map(|h| bucket_of(h.at_ms, def.bucket_seconds)));
+    // Windows (in buckets) and offsets of the metrics.
+    let mut shapes: BTreeSet<(u32, u32)> = BTreeSet::new();
+    for m in &def.metrics {
+        shapes.insert((m.window_buckets, m.offset_buckets));
+    }
+    let mut candidates: BTreeSet<u32> = BTreeSet::new();
+    for &b in &data {
+        for &(w, o) in &shapes {
+            // In the window at bucket `now` while now - o - w < b <= now - o.
+            for c in [b.saturating_add(o).saturating_add(w), b.saturating_add(o)] {
+                if c > from {
+                    candidates.insert(c);
+                }
+            }
+        }
+    }
+    let traits = account_to_cel(state, &def.free_mail_domains);
+    let mut last = from_ms;
+    for (n, &c) in candidates.iter().enumerate() {
+        if n == MAX_EVALUATIONS {
+            return Stop::Later(last);
+        }
+        let t = i64::from(c) * bucket_ms;
+        let eval = evaluate_unnamed(def, state, None, &traits, t);
+        if eval.fired.is_empty() {
+            return Stop::At(t);
+        }
+        last = t;
+    }
+    Stop::Never
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const H: i64 = 3_600_000;
+
+    #[test]
+    fn a_hand_raise_stops_qualifying_when_it_leaves_its_window() {
+        let def = Config::default_config().validate().unwrap();
+        let mut s = AccountState::default();
+        let hand_raise = def.signals.iter().find(|x| x.name == "hand_raise").unwrap().id;
+        s.conform(&crate::state::layout::Layout::single(&def));
+        let t0 = 1000 * H + 5 * 60_000;
+        s.first_seen_ms = t0;
+        s.last_seen_ms = t0;
+        s.add_signal(hand_raise, "u1", t0);
+        // hand_raise_30d: the hit's bucket (1000) is in the window while
+        // now - 720 < 1000, i.e. up to bucket 1719; out from 1720.
+        assert_eq!(next_stop(&def, &s, t0), Stop::At(1720 * H));
+        assert_eq!(next_stop(&def, &s, 1719 * H + 1), Stop::At(1720 * H));
+    }
+
+    #[test]
+    fn an_account_that_never_qualified_stops_at_the_first_boundary() {
+        let def = Config::default_config().validate().unwrap();
+        let s = AccountState { buckets: vec![], user_hist: vec![(10, 1)], ..Default::default() };
+        // Nothing fires anywhere: the first candidate is the answer.
+        assert!(matches!(next_stop(&def, &s, 0), Stop::At(_)));
+        assert_eq!(next_stop(&def, &AccountState::default(), 0), Stop::Never);
+    }
+}
