@@ -494,7 +494,8 @@ impl DestinationConfig {
         if needs_token && self.token.is_empty() && self.token_env.is_empty() {
             err("token", format!("is required for kind = \"{}\" (or token_env)", kind.as_str()));
         }
-        if !needs_token && !(self.token.is_empty() && self.token_env.is_empty()) {
+        let has_token = !self.token.is_empty() || !self.token_env.is_empty();
+        if !needs_token && has_token {
             err("token", format!("is not used by kind = \"{}\"", kind.as_str()));
         }
         if kind == Webhook {

@@ -372,6 +372,9 @@ impl Item {
     }
 }
 
+/// Offsets by (topic, partition).
+type Offsets = BTreeMap<(String, i32), i64>;
+
 /// A batch in flight: which destinations finished which record.
 pub struct Batch {
     items: Vec<Item>,
@@ -410,7 +413,7 @@ impl Batch {
 
     /// Per partition: the offset to commit (after the longest prefix that
     /// every destination finished), and the first offset not finished.
-    fn progress(&self) -> (BTreeMap<(String, i32), i64>, BTreeMap<(String, i32), i64>) {
+    fn progress(&self) -> (Offsets, Offsets) {
         let (mut commit, mut undone) = (BTreeMap::new(), BTreeMap::new());
         for (item, done) in self.items.iter().zip(&self.done) {
             let tp = (item.topic.clone(), item.partition);
@@ -541,6 +544,13 @@ async fn deliver_batch(batch: Arc<Batch>, destinations: Vec<Destination>, shared
     // Records that are not announcements: one dead letter each, for all.
     for (i, item) in batch.items.iter().enumerate() {
         let Err(why) = &item.parsed else { continue };
+        // Recorded by position under no destination (a destination's name
+        // is never empty), so a redelivery is not dead-lettered again.
+        let position = format!("{}/{}/{}", item.topic, item.partition, item.offset);
+        if let Ok(Some(_)) = shared.store.get("", &position) {
+            batch.done[i].store(batch.needed, Ordering::SeqCst);
+            continue;
+        }
         shared.metrics.invalid.inc();
         tracing::error!(topic = %item.topic, partition = item.partition, offset = item.offset, reason = %why,
             "not a PQA announcement; dead-lettering");
@@ -554,6 +564,7 @@ async fn deliver_batch(batch: Arc<Batch>, destinations: Vec<Destination>, shared
             event_id: None,
         };
         if shared.dlq.send_until_acknowledged(item, &letter, &batch).await {
+            shared.record("", &position, "dead_lettered", INVALID_EVENT);
             batch.done[i].store(batch.needed, Ordering::SeqCst);
         }
     }
@@ -617,7 +628,7 @@ impl ConsumerContext for DeliverContext {
 }
 
 /// Commits `offsets` (next offset per partition), synchronously.
-fn commit<C: ConsumerContext>(consumer: &BaseConsumer<C>, offsets: &BTreeMap<(String, i32), i64>, m: &DeliverMetrics) {
+fn commit<C: ConsumerContext>(consumer: &BaseConsumer<C>, offsets: &Offsets, m: &DeliverMetrics) {
     if offsets.is_empty() {
         return;
     }
