@@ -333,6 +333,7 @@ impl Destination {
             return Step::Cancelled;
         }
         shared.metrics.failed.with_label_values(&[&self.name, self.kind.as_str(), reason]).inc();
+        shared.health.clear_problem(&format!("destination {} failing; retrying", self.name));
         shared.record(&self.name, &a.id, "dead_lettered", reason);
         Step::Done
     }
@@ -883,7 +884,8 @@ fn consume(
         let handle = rt.spawn(deliver_batch(batch.clone(), std::mem::take(destinations), shared.clone()));
         let mut stopping: Option<Instant> = None;
         while !handle.is_finished() {
-            match consumer.poll(Duration::from_millis(100)) {
+            // Short polls: the batch is committed as soon as it is done.
+            match consumer.poll(Duration::from_millis(20)) {
                 // Partitions newly assigned are not paused.
                 Some(Ok(m)) => pending.push(Item::of(&m)),
                 Some(Err(KafkaError::PartitionEOF(_))) | None => {}
