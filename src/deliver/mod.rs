@@ -296,7 +296,11 @@ impl Destination {
                 return self.dead_letter(item, a, &failure, RETRIES_EXHAUSTED, attempt, batch, shared).await;
             }
             shared.metrics.retries.with_label_values(&self.labels()).inc();
-            shared.health.set_problem(Some(&problem));
+            if attempt >= 3 {
+                // Not ready while a destination keeps failing (a single
+                // retry is routine).
+                shared.health.set_problem(Some(&problem));
+            }
             tracing::warn!(destination = %self.name, kind = self.kind.as_str(), event_id = %a.id, attempt,
                 detail = %failure.detail, response = %failure.body, retry_in = ?wait, "delivery failed; retrying");
             if batch.sleep(wait).await {
@@ -594,6 +598,10 @@ async fn deliver_batch(batch: Arc<Batch>, destinations: Vec<Destination>, shared
 /// partitions go.
 struct DeliverContext {
     inflight: Mutex<Option<Arc<Batch>>>,
+    /// Offsets of finished records whose commit failed (e.g. a rebalance
+    /// had begun): committed with the next commit, or on revoke, before the
+    /// partitions go to another member that would deliver them again.
+    uncommitted: Mutex<Offsets>,
     revoked: AtomicBool,
     drain: Duration,
     grace: Duration,
@@ -607,12 +615,17 @@ impl ConsumerContext for DeliverContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let batch = self.inflight.lock().expect("lock").clone();
+            let mut done = Offsets::new();
             if let Some(b) = batch {
                 tracing::info!("partitions are being revoked: finishing the deliveries under way");
                 b.wait_or_cancel(self.drain, self.grace);
-                let (done, _) = b.progress();
-                commit(consumer, &done, &self.metrics);
+                done = b.progress().0;
             }
+            self.commit(consumer, done);
+            // What is still not committed belongs to the next owner now.
+            let gone: BTreeSet<(String, i32)> =
+                tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+            self.uncommitted.lock().expect("lock").retain(|tp, _| !gone.contains(tp));
             self.revoked.store(true, Ordering::SeqCst);
             self.metrics.assigned_partitions.sub(tpl.count() as i64);
             tracing::info!(partitions = tpl.count(), "partitions revoked");
@@ -628,19 +641,43 @@ impl ConsumerContext for DeliverContext {
     }
 }
 
-/// Commits `offsets` (next offset per partition), synchronously.
-fn commit<C: ConsumerContext>(consumer: &BaseConsumer<C>, offsets: &Offsets, m: &DeliverMetrics) {
-    if offsets.is_empty() {
-        return;
-    }
-    let mut tpl = TopicPartitionList::new();
-    for ((t, p), o) in offsets {
-        let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
-    }
-    match consumer.commit(&tpl, CommitMode::Sync) {
-        Ok(()) => m.commits.inc(),
-        Err(e) => {
-            tracing::warn!(cause = %e, "offset commit failed (the records will be seen again, and skipped by id)")
+impl DeliverContext {
+    /// Commits `offsets` (next offset per partition) and any earlier ones
+    /// whose commit failed, synchronously; a failure keeps them for the
+    /// next try (a few quick tries first: a rebalance may be starting).
+    fn commit(&self, consumer: &BaseConsumer<Self>, offsets: Offsets) {
+        let mut all = std::mem::take(&mut *self.uncommitted.lock().expect("lock"));
+        for (tp, o) in offsets {
+            let e = all.entry(tp).or_insert(o);
+            *e = (*e).max(o);
+        }
+        if all.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in &all {
+            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+        }
+        let mut last = None;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            match consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => {
+                    self.metrics.commits.inc();
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        if let Some(e) = last {
+            tracing::warn!(cause = %e, "offset commit failed; kept for the next commit");
+        }
+        let mut kept = self.uncommitted.lock().expect("lock");
+        for (tp, o) in all {
+            let e = kept.entry(tp).or_insert(o);
+            *e = (*e).max(o);
         }
     }
 }
@@ -807,6 +844,7 @@ fn consume(
     let consumer: BaseConsumer<DeliverContext> = cc
         .create_with_context(DeliverContext {
             inflight: Mutex::new(None),
+            uncommitted: Mutex::new(Offsets::new()),
             revoked: AtomicBool::new(false),
             drain: Duration::from_secs(d.drain_timeout_seconds),
             grace,
@@ -919,7 +957,7 @@ fn consume(
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => {
                 // Aborted at shutdown: commit what is done and stop.
-                commit(&consumer, &batch.progress().0, &metrics);
+                ctx.commit(&consumer, batch.progress().0);
                 break;
             }
         }
@@ -929,7 +967,8 @@ fn consume(
         let (mut done, mut undone) = batch.progress();
         done.retain(|tp, _| mine.contains(tp));
         undone.retain(|tp, _| mine.contains(tp));
-        commit(&consumer, &done, &metrics);
+        ctx.uncommitted.lock().expect("lock").retain(|tp, _| mine.contains(tp));
+        ctx.commit(&consumer, done);
         for ((t, p), o) in &undone {
             if let Err(e) = consumer.seek(t, *p, Offset::Offset(*o), Duration::from_secs(5)) {
                 tracing::warn!(cause = %e, topic = %t, partition = p, "seek back failed");
