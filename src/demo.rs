@@ -37,6 +37,9 @@ pub struct DemoOptions {
     pub seed: u64,
     /// HTTP address; if busy, a free port is used instead.
     pub http_addr: String,
+    /// Print each announcement as the Slack message `deliver` would post
+    /// (mrkdwn rendered plainly) instead of one line.
+    pub deliver_stdout: bool,
 }
 
 impl Default for DemoOptions {
@@ -48,6 +51,7 @@ impl Default for DemoOptions {
             day_ms: 200,
             seed: 42,
             http_addr: "127.0.0.1:9464".into(),
+            deliver_stdout: false,
         }
     }
 }
@@ -123,6 +127,8 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
     writeln!(out)?;
     out.flush()?;
 
+    // `--deliver stdout`: what sales would see in Slack.
+    let glossary = crate::deliver::event::Glossary::new(&def);
     // The engine: the same `run` as production, against the embedded Kafka.
     let engine_cfg = cfg.clone();
     let (engine_stop, engine_health, engine_metrics) = (stop.clone(), health.clone(), metrics.clone());
@@ -182,6 +188,7 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
     viewer.assign(&tpl)?;
     drop(tpl);
 
+    let public_base = format!("http://{http_addr}");
     let started = Instant::now();
     let mut summary = DemoSummary::default();
     let mut qualified = std::collections::BTreeSet::new();
@@ -199,7 +206,14 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
                             *summary.by_rule.entry(r.as_str().unwrap_or_default().to_string()).or_default() += 1;
                         }
                     }
-                    writeln!(out, "{}", render_line(&v))?;
+                    match m.payload().map(crate::deliver::event::Announcement::parse) {
+                        Some(Ok(a)) if opts.deliver_stdout => {
+                            let link = a.link(&public_base);
+                            let msg = crate::deliver::slack::message(&a, &glossary, 3, link.as_deref());
+                            writeln!(out, "{}\n", crate::deliver::slack::render_plain(&msg))?;
+                        }
+                        _ => writeln!(out, "{}", render_line(&v))?,
+                    }
                     out.flush()?;
                 }
             }

@@ -142,6 +142,11 @@ pub fn router(state: AppState) -> Router {
 /// Binds `addr` now (so a busy port is an error at start) and serves on a
 /// background thread until `shutdown`.
 pub fn spawn(addr: &str, state: AppState, shutdown: Shutdown) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    spawn_router(addr, router(state), shutdown)
+}
+
+/// [`spawn`] for any router (`deliver` serves its own endpoints).
+pub fn spawn_router(addr: &str, app: Router, shutdown: Shutdown) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
@@ -154,7 +159,7 @@ pub fn spawn(addr: &str, state: AppState, shutdown: Shutdown) -> std::io::Result
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             };
-            if let Err(e) = axum::serve(listener, router(state)).with_graceful_shutdown(stop).await {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
                 tracing::error!(cause = %e, "http server failed");
             }
         });

@@ -51,6 +51,10 @@
 //! - [`demo`]: embedded Kafka (librdkafka's mock cluster) + simulator +
 //!   engine + a live view.
 //! - [`shutdown`]: the SIGTERM/SIGINT flag every loop watches.
+//! - [`deliver`]: `pqa-engine deliver`, a consumer of the PQA topic in its
+//!   own group that sends each announcement to Slack, a signed webhook,
+//!   HubSpot and Salesforce (retries, rate limits, dead letters, delivered
+//!   ids so a redelivery is not sent twice).
 //!
 //! `main.rs` only parses the command line and wires these together.
 
@@ -60,6 +64,7 @@ pub mod changelog;
 pub mod config;
 pub mod decode;
 pub mod definitions;
+pub mod deliver;
 pub mod demo;
 pub mod detect;
 pub mod emit;

@@ -79,6 +79,14 @@ enum Command {
     /// replay, tests and benchmarks: to a file (`.gz` compressed) or straight
     /// into a Kafka topic.
     Simulate(SimulateArgs),
+    /// Deliver the PQA topic's announcements where sales works: Slack, a
+    /// signed webhook, HubSpot, Salesforce ([[deliver.destinations]]).
+    ///
+    /// A consumer of the PQA topic in its own group (deliver.group_id), so
+    /// delivery never slows detection. Retries, rate limits and dead
+    /// letters per destination; offsets are committed after delivery, and
+    /// a redelivered announcement is not sent twice (by id).
+    Deliver(DeliverArgs),
     /// Print accounts as a state directory holds them: one JSON line per
     /// account, the view of /accounts/{id} plus its members. For a state
     /// the engine is not running on (RocksDB allows one process at a time):
@@ -187,6 +195,26 @@ impl RunArgs {
 }
 
 #[derive(Args)]
+struct DeliverArgs {
+    /// Configuration file (TOML), layered over the shipped defaults; its
+    /// [deliver] section names the destinations.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (host:port,...).
+    #[arg(long)]
+    bootstrap_servers: Option<String>,
+    /// The PQA topic to read (the engine's output topic).
+    #[arg(long)]
+    output_topic: Option<String>,
+    /// Consumer group of deliver (default pqa-deliver).
+    #[arg(long)]
+    group_id: Option<String>,
+    /// HTTP listen address for /metrics, /healthz, /readyz.
+    #[arg(long)]
+    http_addr: Option<String>,
+}
+
+#[derive(Args)]
 struct ReplayArgs {
     /// Configuration file (TOML), layered over the shipped defaults.
     #[arg(long, short)]
@@ -235,6 +263,10 @@ struct DemoArgs {
     /// HTTP address (a free port is used if it is busy).
     #[arg(long, default_value = "127.0.0.1:9464")]
     http_addr: String,
+    /// `stdout`: print each announcement as the Slack message `deliver`
+    /// would post (what sales would see), instead of one line.
+    #[arg(long, value_name = "WHERE", value_parser = ["stdout"])]
+    deliver: Option<String>,
 }
 
 #[derive(Args)]
@@ -277,7 +309,7 @@ struct SimulateArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Run(_) => "info",
+        Command::Run(_) | Command::Deliver(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -466,6 +498,26 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             tracing::info!("stopped cleanly");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Deliver(a) => {
+            let mut cfg = load(a.config.as_ref())?;
+            if let Some(v) = a.bootstrap_servers {
+                cfg.kafka.bootstrap_servers = v;
+            }
+            if let Some(v) = a.output_topic {
+                cfg.kafka.output_topic = v;
+            }
+            if let Some(v) = a.group_id {
+                cfg.deliver.group_id = v;
+            }
+            if let Some(v) = a.http_addr {
+                cfg.deliver.http_addr = v;
+            }
+            let def = cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let shutdown = Shutdown::new();
+            shutdown.install_signal_handlers().context("installing signal handlers")?;
+            pqa_engine::deliver::run(&cfg, &def, &shutdown)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Inspect(a) => {
             let mut cfg = load(a.config.as_ref())?;
             let def = cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -539,6 +591,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 day_ms: a.day_ms,
                 seed: a.seed,
                 http_addr: a.http_addr,
+                deliver_stdout: a.deliver.is_some(),
             };
             let mut out = std::io::stdout();
             run_demo(&opts, &shutdown, &mut out)?;

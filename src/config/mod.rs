@@ -7,6 +7,7 @@
 //! locations, state, HTTP.
 
 pub mod definition;
+pub mod deliver;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,6 +19,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub use definition::{CompiledDefinition, DefinitionConfig};
+pub use deliver::DeliverConfig;
 
 /// The configuration shipped in `config/pqa-engine.toml`, embedded so that
 /// `demo` and tests need no file on disk.
@@ -77,6 +79,10 @@ pub struct Config {
     /// topic.
     #[serde(default)]
     pub shadow: Vec<ShadowConfig>,
+    /// `pqa-engine deliver`: the destinations (Slack, webhook, HubSpot,
+    /// Salesforce) the PQA topic's announcements are sent to.
+    #[serde(default)]
+    pub deliver: DeliverConfig,
 }
 
 /// A shadow definition: a file read like `--config` (layered over the
@@ -304,7 +310,7 @@ impl Config {
             // loading; a typo inside a section is still an error.
             fig = fig.merge(Env::prefixed("PQA_").split("__").filter(|k| {
                 let k = k.as_str().to_ascii_lowercase();
-                ["kafka", "input", "state", "http", "definition"]
+                ["kafka", "input", "state", "http", "definition", "deliver"]
                     .iter()
                     .any(|s| k.strip_prefix(s).is_some_and(|rest| rest.starts_with('.') || rest.starts_with("__")))
             }));
@@ -419,6 +425,7 @@ impl Config {
                 errs.push(ConfigError::new(format!("input.fields.{name}"), "needs at least one pointer"));
             }
         }
+        self.deliver.check(&self.kafka.group_id, &self.kafka.output_topic, &mut errs);
         if self.state.cache_accounts == 0 {
             errs.push(ConfigError::new("state.cache_accounts", "must be at least 1"));
         }
