@@ -90,11 +90,7 @@ impl Ledger {
     /// The earliest time after `now_ms` at which a release counted now
     /// leaves a window (room may free up then).
     pub fn next_change(&self, now_ms: i64) -> Option<i64> {
-        self.releases
-            .iter()
-            .flat_map(|r| [r.0 + HOUR_MS, r.0 + DAY_MS])
-            .filter(|&t| t > now_ms)
-            .min()
+        self.releases.iter().flat_map(|r| [r.0 + HOUR_MS, r.0 + DAY_MS]).filter(|&t| t > now_ms).min()
     }
 }
 

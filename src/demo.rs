@@ -288,8 +288,12 @@ pub fn render_line(v: &Value) -> String {
     let waited = match (d["qualified_at"].as_str(), v["time"].as_str()) {
         (Some(q), Some(t)) if q != t => {
             let secs = |x: &str| chrono::DateTime::parse_from_rfc3339(x).map(|d| d.timestamp()).unwrap_or(0);
-            let h = (secs(t) - secs(q)).max(0) / 3600;
-            format!("  (waited {}d {}h for budget)", h / 24, h % 24)
+            let m = (secs(t) - secs(q)).max(0) / 60;
+            match (m / 1440, (m / 60) % 24, m % 60) {
+                (0, 0, m) => format!("  (waited {m}m for budget)"),
+                (0, h, m) => format!("  (waited {h}h {m:02}m for budget)"),
+                (d, h, _) => format!("  (waited {d}d {h}h for budget)"),
+            }
         }
         _ => String::new(),
     };

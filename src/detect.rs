@@ -539,7 +539,13 @@ mod tests {
             ("young_and_fast", "half_velocity > 1.0 || account_age_days < 2.0", 3),
             ("mixed", "mix >= 10.0 && employees > 10.0 && features_28d >= 2", 13),
         ] {
-            d.rules.push(RuleConfig { name: name.into(), description: String::new(), when: when.into(), points, bypass_budget: false });
+            d.rules.push(RuleConfig {
+                name: name.into(),
+                description: String::new(),
+                when: when.into(),
+                points,
+                bypass_budget: false,
+            });
         }
         d.score.bonus.extend(["employees > 0.0 ? employees / 1000.0 : 0.0".into(), "account_age_days / 10.0".into()]);
         cfg.validate().unwrap()

@@ -405,12 +405,7 @@ impl Engine {
     /// The event-time low watermark: the least advanced of the partitions
     /// it owns that are not idle (0 before any event).
     pub fn low_watermark(&self) -> i64 {
-        self.part_times
-            .iter()
-            .filter(|(p, _)| self.owns(**p))
-            .map(|(_, t)| *t)
-            .min()
-            .unwrap_or(self.low_ms)
+        self.part_times.iter().filter(|(p, _)| self.owns(**p)).map(|(_, t)| *t).min().unwrap_or(self.low_ms)
     }
 
     fn owns(&self, partition: i32) -> bool {
@@ -1215,7 +1210,8 @@ impl Engine {
         let budget = &defs.live.budget;
         let max_wait_ms = budget.max_wait_seconds * 1000;
         self.ledger.prune(now);
-        let waiting: Vec<(String, i32)> = self.store.schedule().queue.iter().map(|((_, a), p)| (a.clone(), *p)).collect();
+        let waiting: Vec<(String, i32)> =
+            self.store.schedule().queue.iter().map(|((_, a), p)| (a.clone(), *p)).collect();
         let mut next = i64::MAX;
         let mut changed = false;
         for (account, partition) in waiting {
@@ -1244,7 +1240,8 @@ impl Engine {
             entry.state.announced_out = true;
             entry.dirty = true;
             self.store.reindex(&account);
-            let event_type = if h.event_type == emit::TYPE_QUALIFIED { emit::TYPE_QUALIFIED } else { emit::TYPE_TIER_CHANGED };
+            let event_type =
+                if h.event_type == emit::TYPE_QUALIFIED { emit::TYPE_QUALIFIED } else { emit::TYPE_TIER_CHANGED };
             let event = OutputEvent {
                 id: h.id,
                 key: account.clone(),

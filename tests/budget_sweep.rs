@@ -237,7 +237,10 @@ fn quiet_accounts_are_disqualified_by_the_sweep_at_the_right_event_time() {
     );
     assert_eq!(
         of("team"),
-        [("pqa.account.qualified".to_string(), T0 + 10 * MIN + 6), ("pqa.account.disqualified".to_string(), T0 + 28 * D)]
+        [
+            ("pqa.account.qualified".to_string(), T0 + 10 * MIN + 6),
+            ("pqa.account.disqualified".to_string(), T0 + 28 * D)
+        ]
     );
     assert!(of("busy").iter().all(|e| e.0 != "pqa.account.disqualified"), "{:?}", of("busy"));
     let disq = events.iter().find(|e| e["subject"] == "quiet" && e["type"] == "pqa.account.disqualified").unwrap();
@@ -291,7 +294,12 @@ fn in_run_a_lagging_partition_holds_the_sweep_back() {
     assert_eq!(metrics_low(), (T0 + 5 * MIN) / 1000, "the low watermark is partition 0's");
     std::thread::sleep(Duration::from_secs(1));
     let out = read_until(&bootstrap, "out", 2, Duration::from_secs(2), |_| false);
-    assert_eq!(out.len(), 1, "nothing swept while partition 0 lags: {:?}", out.iter().map(Record::json).collect::<Vec<_>>());
+    assert_eq!(
+        out.len(),
+        1,
+        "nothing swept while partition 0 lags: {:?}",
+        out.iter().map(Record::json).collect::<Vec<_>>()
+    );
     // Partition 0 moves on (another account): the quiet one is
     // disqualified at the time its hand raise left the 30-day window.
     send(&prod, &other, page_at("o-u0", &other, "/home", T0 + 35 * D));
@@ -324,7 +332,8 @@ fn the_queue_survives_kill_9() {
     lines.sort_by_key(|l| l.0);
     let (first, rest): (Vec<_>, Vec<_>) = lines.into_iter().partition(|l| l.0 <= T0 + 60 * MIN);
     let prod = producer(&bootstrap);
-    let records: Vec<(Option<&str>, Option<Vec<u8>>)> = first.iter().map(|l| (None, Some(l.1.clone().into_bytes()))).collect();
+    let records: Vec<(Option<&str>, Option<Vec<u8>>)> =
+        first.iter().map(|l| (None, Some(l.1.clone().into_bytes()))).collect();
     produce(&prod, "events", &records);
     let mut engine = EngineProcess::start(&config, port, dir.path(), 0);
     engine.wait_ready(Duration::from_secs(30));
@@ -342,15 +351,14 @@ fn the_queue_survives_kill_9() {
     engine.child.wait().unwrap();
     drop(engine);
 
-    let records: Vec<(Option<&str>, Option<Vec<u8>>)> = rest.iter().map(|l| (None, Some(l.1.clone().into_bytes()))).collect();
+    let records: Vec<(Option<&str>, Option<Vec<u8>>)> =
+        rest.iter().map(|l| (None, Some(l.1.clone().into_bytes()))).collect();
     produce(&prod, "events", &records);
     let mut engine = EngineProcess::start(&config, port, dir.path(), 1);
     engine.wait_ready(Duration::from_secs(30));
     let all: Vec<&str> = first.iter().chain(&rest).map(|l| l.1.as_str()).collect();
     let (clean, _) = clean_replay_with(dir.path(), &config, all.into_iter());
-    let out = read_until(&bootstrap, "out", 1, Duration::from_secs(60), |r| {
-        first_copies(r).len() >= clean.len()
-    });
+    let out = read_until(&bootstrap, "out", 1, Duration::from_secs(60), |r| first_copies(r).len() >= clean.len());
     let (distinct, _) = assert_same_output(&out, &clean, "after kill -9");
     assert_eq!(distinct, 6, "early1, early2, raiser, hot2, hot1, warm4");
     engine.terminate(Duration::from_secs(20));

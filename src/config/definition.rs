@@ -136,9 +136,7 @@ pub struct Budget {
 impl Budget {
     /// Whether any cap is set (otherwise every announcement goes out at once).
     pub fn is_capped(&self) -> bool {
-        self.per_hour.is_some()
-            || self.per_day.is_some()
-            || self.rules.iter().any(|r| r.1.is_some() || r.2.is_some())
+        self.per_hour.is_some() || self.per_day.is_some() || self.rules.iter().any(|r| r.1.is_some() || r.2.is_some())
     }
 }
 
@@ -736,11 +734,17 @@ impl DefinitionConfig {
             }
             for (key, v) in [("per_hour", r.per_hour), ("per_day", r.per_day)] {
                 if v == Some(0) {
-                    errs.push(ConfigError::new(format!("{path}.{key}"), "must be at least 1 (leave it out for no cap)"));
+                    errs.push(ConfigError::new(
+                        format!("{path}.{key}"),
+                        "must be at least 1 (leave it out for no cap)",
+                    ));
                 }
             }
             if r.bypass && (r.per_hour.is_some() || r.per_day.is_some()) {
-                errs.push(ConfigError::new(path.clone(), "a rule that bypasses the budget cannot have caps of its own"));
+                errs.push(ConfigError::new(
+                    path.clone(),
+                    "a rule that bypasses the budget cannot have caps of its own",
+                ));
             }
             match budget_rules.iter_mut().find(|x| x.0 == *name) {
                 Some(_) if r.per_hour.is_some() || r.per_day.is_some() => errs.push(ConfigError::new(

@@ -673,7 +673,8 @@ impl Store {
         if !self.accounts.contains(id) {
             let state = self.reader.account(id)?.unwrap_or_default();
             let mark = Mark::of(&state);
-            self.accounts.put(id.to_string(), AccountEntry { state, db_mark: mark, mem_mark: mark, ..Default::default() });
+            self.accounts
+                .put(id.to_string(), AccountEntry { state, db_mark: mark, mem_mark: mark, ..Default::default() });
         }
         let e = self.accounts.get_mut(id).expect("just inserted");
         if let Some(layout) = &self.layout {
@@ -1027,7 +1028,8 @@ pub(crate) fn decode_value<T: DeserializeOwned>(v: &[u8], what: &'static str) ->
 /// An account record's value (`last_seen_ms | postcard`), of either shape
 /// (see [`super::account::decode_account`]).
 pub(crate) fn decode_account_value(v: &[u8]) -> Result<AccountState, StateError> {
-    let body = v.get(8..).ok_or_else(|| StateError::Corrupt { what: "account", detail: "shorter than its header".into() })?;
+    let body =
+        v.get(8..).ok_or_else(|| StateError::Corrupt { what: "account", detail: "shorter than its header".into() })?;
     super::account::decode_account(body).map_err(|e| StateError::Corrupt { what: "account", detail: e.to_string() })
 }
 
