@@ -501,7 +501,7 @@ impl Engine {
                 if ev.time_ms > *t {
                     *t = ev.time_ms;
                     self.part_times_changed = true;
-                    self.advance(out)?;
+                    self.advance(rec.partition, out)?;
                     self.store.set_partition(rec.partition);
                 }
                 self.apply(ev, out)?
@@ -1266,28 +1266,29 @@ impl Engine {
         Ok(())
     }
 
-    /// The low watermark moved: the sweep looks at every account whose
-    /// time has passed.
-    fn advance(&mut self, out: &mut Output) -> Result<(), EngineError> {
-        // Not monotonic: a partition seen for the first time may be behind
-        // the others, and holds the sweep back from then on.
+    /// A partition's event time moved on: the sweep looks at each of its
+    /// accounts whose time has passed. Each partition's event time sweeps
+    /// its own accounts: a partition that lags (a backfill, a slow
+    /// producer) cannot have its accounts disqualified early by the others'
+    /// progress, and the output does not depend on how partitions
+    /// interleave (the same as `replay` of the same history).
+    fn advance(&mut self, partition: i32, out: &mut Output) -> Result<(), EngineError> {
         let low = self.low_watermark();
         if low != self.low_ms {
             self.low_ms = low;
             self.metrics.low_watermark_seconds.set(low / 1000);
         }
+        let Some(&now) = self.part_times.get(&partition) else { return Ok(()) };
+        if !self.owns(partition) {
+            return Ok(());
+        }
         loop {
-            let Some((&(due, ref account), &partition)) = self.store.schedule().sweep.first_key_value() else {
-                break;
-            };
-            if due >= low {
+            let next = self.store.schedule().sweep.range((partition, i64::MIN, String::new())..).next();
+            let Some(((p, due, account), _)) = next else { break };
+            if *p != partition || *due >= now {
                 break;
             }
-            let account = account.clone();
-            if !self.owns(partition) {
-                self.store.unschedule_in_memory(&account);
-                continue;
-            }
+            let (due, account) = (*due, account.clone());
             self.metrics.sweep_checks.inc();
             self.store.set_partition(partition);
             self.wake(&account, due, out)?;

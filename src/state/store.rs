@@ -77,6 +77,8 @@ pub struct AccountEntry {
     /// it, and as the in-memory [`Schedule`] has it.
     db_mark: Mark,
     mem_mark: Mark,
+    /// The partition it is filed under in the in-memory sweep index.
+    mem_partition: i32,
 }
 
 /// An account's place in the schedule indexes: its sweep time (0: none)
@@ -101,8 +103,9 @@ impl Mark {
 /// behind by a changelog restore) is dropped when the index is loaded.
 #[derive(Debug, Default)]
 pub struct Schedule {
-    /// (due, account) -> input partition.
-    pub sweep: BTreeMap<(i64, String), i32>,
+    /// (input partition, due, account): each partition's event time
+    /// sweeps its own accounts.
+    pub sweep: BTreeMap<(i32, i64, String), ()>,
     /// (priority, account) -> input partition; the first is released first.
     pub queue: BTreeMap<(keys::Priority, String), i32>,
 }
@@ -493,7 +496,7 @@ impl Store {
     /// indexes again brings it back).
     pub fn unschedule_in_memory(&mut self, account: &str) {
         let acct = account.to_string();
-        self.schedule.sweep.retain(|(_, a), _| *a != acct);
+        self.schedule.sweep.retain(|(_, _, a), _| *a != acct);
         self.schedule.queue.retain(|(_, a), _| *a != acct);
         if let Some(e) = self.accounts.peek_mut(account) {
             e.mem_mark = Mark::default();
@@ -518,7 +521,7 @@ impl Store {
                     let Some((due, account)) = keys::parse_sweep(&k) else { continue };
                     match self.reader.account(&account)? {
                         Some(a) if a.sweep_due_ms == due => {
-                            schedule.sweep.insert((due, account), partition);
+                            schedule.sweep.insert((partition, due, account), ());
                         }
                         _ => stale.push(k.to_vec()),
                     }
@@ -541,10 +544,33 @@ impl Store {
             db.write(batch)?;
         }
         self.schedule = schedule;
+        let cached: Vec<(String, i64)> = self
+            .accounts
+            .iter()
+            .filter(|(_, e)| e.db_mark.due != 0)
+            .map(|(id, e)| (id.clone(), e.db_mark.due))
+            .collect();
         for (_, e) in self.accounts.iter_mut() {
             e.mem_mark = e.db_mark;
         }
+        for (id, due) in cached {
+            let p = self.sweep_partition(due, &id)?;
+            if let Some(e) = self.accounts.peek_mut(&id) {
+                e.mem_partition = p;
+            }
+        }
         Ok(())
+    }
+
+    /// The partition an account's sweep key in RocksDB is filed under.
+    fn sweep_partition(&self, due: i64, id: &str) -> Result<i32, StateError> {
+        let meta = self.reader.db.cf_handle(cf::META).expect("meta column family");
+        Ok(self
+            .reader
+            .db
+            .get_pinned_cf(meta, keys::sweep(due, id))?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok().map(i32::from_be_bytes))
+            .unwrap_or(0))
     }
 
     /// Puts the account (after a change of its `sweep_due_ms` or `held`)
@@ -559,18 +585,19 @@ impl Store {
             return;
         }
         if was.due != 0 {
-            self.schedule.sweep.remove(&(was.due, id.to_string()));
+            self.schedule.sweep.remove(&(e.mem_partition, was.due, id.to_string()));
         }
         if let Some(p) = was.queue {
             self.schedule.queue.remove(&(p, id.to_string()));
         }
         if now.due != 0 {
-            self.schedule.sweep.insert((now.due, id.to_string()), partition);
+            self.schedule.sweep.insert((partition, now.due, id.to_string()), ());
         }
         if let Some(p) = now.queue {
             self.schedule.queue.insert((p, id.to_string()), partition);
         }
         e.mem_mark = now;
+        e.mem_partition = partition;
     }
 
     /// A meta record (`x|name`) to write with the next commit.
@@ -675,6 +702,12 @@ impl Store {
             let mark = Mark::of(&state);
             self.accounts
                 .put(id.to_string(), AccountEntry { state, db_mark: mark, mem_mark: mark, ..Default::default() });
+            if mark.due != 0 {
+                let p = self.sweep_partition(mark.due, id)?;
+                if let Some(e) = self.accounts.peek_mut(id) {
+                    e.mem_partition = p;
+                }
+            }
         }
         let e = self.accounts.get_mut(id).expect("just inserted");
         if let Some(layout) = &self.layout {
