@@ -1321,7 +1321,13 @@ impl Engine {
                     let mut eval = eval;
                     eval.name_values(def);
                     self.metrics.sweep_disqualified.with_label_values(&[Definitions::role(d)]).inc();
-                    pending.push(Pending { definition: d, kind, previous_tier, eval, signals, warming_up: Vec::new() });
+                    let warming_up = def
+                        .metrics
+                        .iter()
+                        .filter(|m| entry.state.warming_up(m, now_bucket, defs.layout.bucket_seconds))
+                        .map(|m| m.name.clone())
+                        .collect();
+                    pending.push(Pending { definition: d, kind, previous_tier, eval, signals, warming_up });
                 }
             }
         }

@@ -1006,7 +1006,8 @@ fn synthetic_events(n: usize) -> Vec<Value> {
                 "datacontenttype": "application/json",
                 "data": {
                     "account_id": format!("acct-{i:04}"), "definition_version": "default-2026.11.1",
-                    "rules": ["hand_raiser"], "score": 50, "tier": "warm", "metrics": {"account_age_days": 3, "hand_raise_30d": 1},
+                    "rules": ["hand_raiser"], "score": 50, "tier": "warm", "qualified_at": "2026-02-08T11:57:03Z",
+                    "metrics": {"account_age_days": 3, "hand_raise_30d": 1},
                     "warming_up": [], "signals": [], "leads": [],
                     "account": {"first_seen": "2026-02-01T00:00:00Z", "personal_account": false},
                 },

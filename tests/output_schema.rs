@@ -44,7 +44,8 @@ fn the_schema_refuses_what_breaks_the_contract() {
         "datacontenttype": "application/json",
         "data": {
             "account_id": "acct-1", "definition_version": "v1", "rules": ["team_adoption"], "score": 57,
-            "tier": "warm", "metrics": {"active_users_28d": 7, "account_age_days": 12.5}, "warming_up": [],
+            "tier": "warm", "qualified_at": "2026-03-04T10:00:00Z",
+            "metrics": {"active_users_28d": 7, "account_age_days": 12.5}, "warming_up": [],
             "signals": [{"name": "hand_raise", "user_id": "u1", "at": "2026-03-04T09:00:00.250Z"}],
             "leads": [{"user_id": "u1", "why": ["hand_raise"], "events_28d": 3, "traits": {"email": "a@b.example"}}],
             "account": {"name": "Acme", "first_seen": "2026-02-20T08:00:00Z", "domain": "acme.example", "personal_account": false}
@@ -55,6 +56,12 @@ fn the_schema_refuses_what_breaks_the_contract() {
         ("score above 100", Box::new(|v| v["data"]["score"] = json!(101))),
         ("a field nobody documented", Box::new(|v| v["data"]["surprise"] = json!(1))),
         ("qualified without rules", Box::new(|v| v["data"]["rules"] = json!([]))),
+        (
+            "qualified without the moment it qualified",
+            Box::new(|v| {
+                v["data"].as_object_mut().unwrap().remove("qualified_at");
+            }),
+        ),
         ("an id that is not 32 hex digits", Box::new(|v| v["id"] = json!("abc"))),
         ("a time that is not UTC RFC 3339", Box::new(|v| v["time"] = json!("2026-03-04 10:00"))),
         (
@@ -70,6 +77,17 @@ fn the_schema_refuses_what_breaks_the_contract() {
             }),
         ),
         ("tier change without the previous tier", Box::new(|v| v["type"] = json!("pqa.account.tier_changed"))),
+        (
+            "disqualified with the moment it qualified",
+            Box::new(|v| {
+                v["type"] = json!("pqa.account.disqualified");
+                v["data"]["rules"] = json!([]);
+                v["data"]["tier"] = json!("none");
+                v["data"]["score"] = json!(0);
+                v["data"]["leads"] = json!([]);
+                v["data"]["previous_tier"] = json!("warm");
+            }),
+        ),
         (
             "no warming_up list",
             Box::new(|v| v["data"].as_object_mut().unwrap().remove("warming_up").map(drop).unwrap()),

@@ -48,6 +48,10 @@ pub struct Announcement {
     pub event_type: String,
     pub source: String,
     pub time: String,
+    /// When the account qualified (`data.qualified_at`; the event `time`
+    /// when absent): differs from `time` when the announcement waited for
+    /// budget.
+    pub qualified_at: String,
     pub account_id: String,
     pub account_name: Option<String>,
     pub domain: Option<String>,
@@ -104,6 +108,7 @@ impl Announcement {
             event_type,
             source: s("/source").unwrap_or_default(),
             time: s("/time").unwrap_or_default(),
+            qualified_at: d["qualified_at"].as_str().map(str::to_string).or_else(|| s("/time")).unwrap_or_default(),
             account_name: d["account"]["name"].as_str().filter(|x| !x.is_empty()).map(str::to_string),
             domain: d["account"]["domain"].as_str().filter(|x| !x.is_empty()).map(str::to_string),
             account_id,

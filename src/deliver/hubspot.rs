@@ -61,7 +61,7 @@ impl HubSpot {
         props.insert("pqa_rules".into(), json!(a.rules.join(";")));
         props.insert("pqa_definition_version".into(), json!(a.definition_version));
         if a.kind == Kind::Qualified {
-            props.insert("pqa_qualified_at".into(), json!(a.time));
+            props.insert("pqa_qualified_at".into(), json!(a.qualified_at));
         }
         props.insert(self.id_property.clone(), json!(a.account_id));
 

@@ -58,7 +58,7 @@ impl Salesforce {
         fields.insert("PQA_Rules__c".into(), json!(a.rules.join(";")));
         fields.insert("PQA_Definition_Version__c".into(), json!(a.definition_version));
         if a.kind == Kind::Qualified {
-            fields.insert("PQA_Qualified_At__c".into(), json!(a.time));
+            fields.insert("PQA_Qualified_At__c".into(), json!(a.qualified_at));
         }
         let by_ext = format!("{}/sobjects/Account/{}/{}", self.base, self.account_field, segment(&a.account_id));
         let existing =
