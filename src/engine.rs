@@ -1150,7 +1150,7 @@ impl Engine {
         let now = self.budget_now();
         let defs = self.defs.clone();
         let tier_rank = defs.live.tiers.iter().position(|t| t.0 == event.tier).unwrap_or(0) as u16;
-        let partition = self.store_partition();
+        let partition = self.store.partition();
         let entry = self.store.account(account)?;
         let queued_at_ms = entry.state.held.as_ref().map_or(now, |h| h.queued_at_ms);
         let new = entry.state.held.is_none();
@@ -1189,11 +1189,6 @@ impl Engine {
             self.metrics.budget_queue_length.set(self.store.schedule().queue.len() as i64);
         }
         Ok(())
-    }
-
-    /// The input partition records are being applied for.
-    fn store_partition(&self) -> i32 {
-        self.store.partition()
     }
 
     /// Releases what waits for budget, best first, as far as the budget
@@ -1345,10 +1340,10 @@ impl Engine {
     fn schedule_sweep(&mut self, account: &str, from_ms: i64) -> Result<(), EngineError> {
         let defs = self.defs.clone();
         let entry = self.store.account(account)?;
-        let active: Vec<usize> =
-            defs.all().enumerate().filter(|(d, def)| is_active(&entry.state, *d, def)).map(|(d, _)| d).collect();
+        // Called after every event: no allocation unless a search is due.
+        let mut active = defs.all().enumerate().filter(|(d, def)| is_active(&entry.state, *d, def));
         let due = entry.state.sweep_due_ms;
-        if active.is_empty() {
+        if active.next().is_none() {
             if due != 0 {
                 entry.state.sweep_due_ms = 0;
                 entry.dirty = true;
@@ -1359,9 +1354,11 @@ impl Engine {
         if due > from_ms {
             return Ok(());
         }
-        let next = active
-            .iter()
-            .filter_map(|&d| match crate::sweep::next_stop(defs.get(d), &entry.state, from_ms) {
+        let next = defs
+            .all()
+            .enumerate()
+            .filter(|(d, def)| is_active(&entry.state, *d, def))
+            .filter_map(|(_, def)| match crate::sweep::next_stop(def, &entry.state, from_ms) {
                 crate::sweep::Stop::At(t) | crate::sweep::Stop::Later(t) => Some(t),
                 crate::sweep::Stop::Never => None,
             })
