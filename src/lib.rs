@@ -42,6 +42,9 @@
 //! - [`replay`]: the engine over an NDJSON file, no Kafka.
 //! - [`backtest`] and [`report`]: several definitions side by side over one
 //!   history, and the CSV, summary and plots that compare them.
+//! - [`outcome`]: what sales made of an announcement (accepted, rejected,
+//!   opportunity, won, lost): the record, files of them, the join to the
+//!   announcement it answers and the counts per rule.
 //! - [`sim`]: a seeded simulated product (Segment events) for the demo,
 //!   tests and benchmarks.
 //! - [`demo`]: embedded Kafka (librdkafka's mock cluster) + simulator +
@@ -61,6 +64,7 @@ pub mod emit;
 pub mod engine;
 pub mod gaps;
 pub mod http;
+pub mod outcome;
 pub mod reload;
 pub mod replay;
 pub mod report;
