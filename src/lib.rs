@@ -45,6 +45,9 @@
 //! - [`outcome`]: what sales made of an announcement (accepted, rejected,
 //!   opportunity, won, lost): the record, files of them, the join to the
 //!   announcement it answers and the counts per rule.
+//! - [`outcome_report`]: `backtest --outcomes`: precision, recall and lead
+//!   time per definition and rule, and the outcomes no definition saw
+//!   coming.
 //! - [`sim`]: a seeded simulated product (Segment events) for the demo,
 //!   tests and benchmarks.
 //! - [`demo`]: embedded Kafka (librdkafka's mock cluster) + simulator +
@@ -65,6 +68,7 @@ pub mod engine;
 pub mod gaps;
 pub mod http;
 pub mod outcome;
+pub mod outcome_report;
 pub mod reload;
 pub mod replay;
 pub mod report;

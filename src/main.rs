@@ -102,6 +102,16 @@ struct BacktestArgs {
     /// Lines per state commit.
     #[arg(long, default_value_t = 10_000)]
     batch_lines: usize,
+    /// Outcomes from sales (NDJSON: account_id, outcome, at, and optionally
+    /// pqa_event_id, rule, amount; plain or .gz): adds precision, recall and
+    /// lead time per definition and rule, and the outcomes no definition saw
+    /// coming (rules.csv, missed.csv, outcomes_by_rule.png, summary.md).
+    #[arg(long)]
+    outcomes: Option<PathBuf>,
+    /// How long after an announcement an outcome that names no
+    /// pqa_event_id is still taken as its answer (e.g. 90d).
+    #[arg(long, default_value = "90d", requires = "outcomes")]
+    attribution_window: String,
 }
 
 #[derive(Args)]
@@ -399,12 +409,19 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Backtest(a) => {
+            let window = pqa_engine::config::definition::parse_duration_seconds(&a.attribution_window)
+                .map_err(|e| anyhow::anyhow!("--attribution-window: {e}"))?;
+            if a.outcomes.as_deref() == Some(std::path::Path::new("-")) && a.input.as_os_str() == "-" {
+                anyhow::bail!("--input and --outcomes cannot both read standard input");
+            }
             let opts = pqa_engine::backtest::BacktestOptions {
                 input: a.input,
                 definitions: a.definitions,
                 out: a.out,
                 batch_lines: a.batch_lines.max(1),
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                outcomes: a.outcomes,
+                attribution_window_ms: window * 1000,
             };
             let report = pqa_engine::backtest::backtest(&opts)?;
             eprintln!("{}", report.describe());
