@@ -40,6 +40,8 @@
 //! - [`reload`]: hot reload (SIGHUP, a changed file, `POST /admin/reload`),
 //!   validated first, swapped between two batches.
 //! - [`replay`]: the engine over an NDJSON file, no Kafka.
+//! - [`analyze`]: signal discovery on history: what hand-raisers (or won
+//!   accounts) did before, ranked, with a suggested signal and rule.
 //! - [`backtest`] and [`report`]: several definitions side by side over one
 //!   history, and the CSV, summary and plots that compare them.
 //! - [`outcome`]: what sales made of an announcement (accepted, rejected,
@@ -56,6 +58,7 @@
 //!
 //! `main.rs` only parses the command line and wires these together.
 
+pub mod analyze;
 pub mod backtest;
 pub mod changelog;
 pub mod config;

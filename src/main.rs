@@ -71,6 +71,13 @@ enum Command {
     /// row per announcement), DIR/summary.md (per definition and rule,
     /// overlap, earlier/later) and PNG plots.
     Backtest(BacktestArgs),
+    /// Find new signals on history: what the accounts that raised a hand
+    /// (--label SIGNAL) or that sales won (--outcomes FILE) did before,
+    /// against comparable accounts that did not. Writes DIR/signals.csv
+    /// (every candidate, best first), DIR/report.md with histograms, and
+    /// DIR/suggested.toml (the definition with the top candidates as a
+    /// signal and a rule, ready for validate and backtest).
+    Analyze(AnalyzeArgs),
     /// One command, nothing to install: an embedded Kafka, a simulated
     /// product whose clock runs fast, the engine, and a live view of PQAs as
     /// they appear.
@@ -112,6 +119,45 @@ struct BacktestArgs {
     /// pqa_event_id is still taken as its answer (e.g. 90d).
     #[arg(long, default_value = "90d", requires = "outcomes")]
     attribution_window: String,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("positives").required(true).args(["label", "outcomes"])))]
+struct AnalyzeArgs {
+    /// Configuration file (TOML), layered over the shipped defaults: its
+    /// definition's signals and metrics, its [input] field pointers.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// History: Segment-Spec NDJSON (plain or .gz); `-` reads standard input.
+    #[arg(long, short)]
+    input: PathBuf,
+    /// Positives are the accounts where this signal of the definition
+    /// happened (e.g. hand_raise), each at its first occurrence.
+    #[arg(long)]
+    label: Option<String>,
+    /// Positives are the accounts with an outcome of --positive in this
+    /// NDJSON file (account_id, outcome, at), each at the first.
+    #[arg(long)]
+    outcomes: Option<PathBuf>,
+    /// Which outcomes make a positive (comma-separated).
+    #[arg(long, default_value = "won,opportunity", requires = "outcomes")]
+    positive: String,
+    /// How far back before each account's moment behaviour counts.
+    #[arg(long, default_value = "14d")]
+    lookback: String,
+    /// Directory for signals.csv, report.md, suggested.toml and the plots
+    /// (created).
+    #[arg(long)]
+    out: PathBuf,
+    /// Candidates shown by fewer accounts are listed but not ranked.
+    #[arg(long, default_value_t = 5)]
+    min_support: u64,
+    /// How many of the top candidates the suggested signal takes at most.
+    #[arg(long, default_value_t = 3)]
+    suggest: usize,
+    /// Seed of the negatives' moments (matched on account age).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -425,6 +471,39 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             };
             let report = pqa_engine::backtest::backtest(&opts)?;
             eprintln!("{}", report.describe());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Analyze(a) => {
+            use pqa_engine::analyze::{analyze, AnalyzeOptions, Label};
+            let lookback = pqa_engine::config::definition::parse_duration_seconds(&a.lookback)
+                .map_err(|e| anyhow::anyhow!("--lookback: {e}"))?;
+            if lookback <= 0 {
+                anyhow::bail!("--lookback must be longer than 0");
+            }
+            let label = match (a.label, a.outcomes) {
+                (Some(l), _) => Label::Signal(l),
+                (None, Some(file)) => {
+                    if file.as_os_str() == "-" && a.input.as_os_str() == "-" {
+                        anyhow::bail!("--input and --outcomes cannot both read standard input");
+                    }
+                    let positive = pqa_engine::outcome::parse_kinds(&a.positive)
+                        .map_err(|e| anyhow::anyhow!("--positive: {e}"))?;
+                    Label::Outcomes { file, positive }
+                }
+                (None, None) => unreachable!("clap requires --label or --outcomes"),
+            };
+            let mut opts = AnalyzeOptions::new(a.input, label, a.out);
+            opts.config = a.config;
+            opts.lookback_seconds = lookback;
+            opts.min_support = a.min_support.max(1);
+            opts.suggest = a.suggest;
+            opts.seed = a.seed;
+            opts.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let (analysis, files) = analyze(&opts)?;
+            if !analysis.outcome_problems.is_empty() {
+                eprintln!("{}", analysis.outcome_problems);
+            }
+            eprintln!("{}", pqa_engine::analyze::describe(&analysis, &files));
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(a) => {

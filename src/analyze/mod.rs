@@ -1,0 +1,696 @@
+//! `pqa-engine analyze`: signal discovery on history. Which behaviours set
+//! apart the accounts that raised a hand (or that sales won), in the days
+//! *before* they did?
+//!
+//! 1. **One pass** over the history ([`log`]): every line decoded with the
+//!    engine's decoder, each event kept as 12 bytes in its account's log.
+//! 2. **Positives** are the accounts where the label happened: a signal of
+//!    the definition (`--label hand_raise`), or an outcome of the chosen
+//!    kinds (`--outcomes FILE --positive won,opportunity`); each at its
+//!    first label time, its *moment*.
+//! 3. **Negatives** are all other accounts, each at a comparable moment:
+//!    matched on account age. For each negative an age is drawn from the
+//!    positives' ages at their moments (seeded by the account id: the same
+//!    history gives the same draw), and its moment is its first usage event
+//!    at or after that age (its last event if it went quiet before). Like a
+//!    positive at its label, a negative is then active at its moment, at
+//!    the same point of its life, so being active, or being new, sets
+//!    neither group apart.
+//! 4. **Strictly before:** only events before each account's moment, within
+//!    the lookback (`--lookback 14d`), count. What follows the label (a
+//!    sales call scheduled after a demo request) never ranks; it is counted
+//!    apart (`positives_after`) so the report can say so.
+//! 5. **Candidates:** every `track` event name, every page path pattern
+//!    ([`paths`]: ids collapsed), every trait an `identify` changes to a
+//!    value, and the definition's metrics and derived numbers at the
+//!    moment, computed by the engine's own code ([`crate::detect`]) over a
+//!    state rebuilt from the log, as the engine would have shown them at
+//!    the account's last event before its moment.
+//! 6. **Measures** ([`stats`]): per candidate, the positives and negatives
+//!    that showed it, precision, recall, lift, phi; for numbers the
+//!    point-biserial correlation and the threshold that best separates the
+//!    groups (Youden's J), which makes them yes/no candidates too.
+//! 7. **Ranking:** by the lower bound of the 95% Wilson interval of the
+//!    precision (what share of the accounts that showed it are positive, at
+//!    least, given how few they may be), among candidates shown by at least
+//!    `--min-support` accounts. A behaviour 3 accounts showed, all
+//!    positive, proves less than one 40 of 50 showed: this ranks it so.
+//!
+//! The output ([`output`]): `signals.csv`, `report.md` with histograms,
+//! and `suggested.toml`, the definition with the top candidates as a
+//! signal and a rule.
+
+pub mod log;
+pub mod output;
+pub mod paths;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::config::{CompiledDefinition, Config, ConfigErrors, DefinitionConfig, InputConfig};
+use crate::outcome::{read_outcomes, OutcomeKind};
+use crate::state::account::{bucket_of, AccountState};
+use log::{CandidateKind, History, PAGE_WITHOUT_PATH};
+use stats::{Split, Threshold};
+
+/// What the positives are.
+#[derive(Debug, Clone)]
+pub enum Label {
+    /// Accounts where this signal of the definition happened.
+    Signal(String),
+    /// Accounts with one of these outcomes in this file.
+    Outcomes { file: PathBuf, positive: Vec<OutcomeKind> },
+}
+
+/// What to analyse.
+#[derive(Debug, Clone)]
+pub struct AnalyzeOptions {
+    /// Configuration (layered over the shipped defaults); its definition
+    /// gives the signals and metrics, its `[input]` how to read events.
+    pub config: Option<PathBuf>,
+    /// Segment-Spec NDJSON (plain or gzip); `-` is standard input.
+    pub input: PathBuf,
+    pub label: Label,
+    /// How far back before each account's moment behaviour counts.
+    pub lookback_seconds: i64,
+    /// Where the report goes (created).
+    pub out: PathBuf,
+    /// Candidates shown by fewer accounts are listed but not ranked.
+    pub min_support: u64,
+    /// How many candidates the suggested signal takes at most.
+    pub suggest: usize,
+    /// Seed of the negatives' moments.
+    pub seed: u64,
+    /// A progress bar on standard error.
+    pub progress: bool,
+}
+
+impl AnalyzeOptions {
+    /// The defaults: lookback 14 days, minimum support 5, 3 suggested, seed 42.
+    pub fn new(input: PathBuf, label: Label, out: PathBuf) -> AnalyzeOptions {
+        AnalyzeOptions {
+            config: None,
+            input,
+            label,
+            lookback_seconds: 14 * 86_400,
+            out,
+            min_support: 5,
+            suggest: 3,
+            seed: 42,
+            progress: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyzeError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("--label {name}: the definition has no signal of that name (its signals: {known})")]
+    UnknownSignal { name: String, known: String },
+    #[error("cannot read the history {path}: {source}")]
+    Input { path: String, source: std::io::Error },
+    #[error("cannot read the outcomes {path}: {source}")]
+    Outcomes { path: String, source: std::io::Error },
+    #[error("cannot write the report to {path}: {source}")]
+    Output { path: String, source: std::io::Error },
+    #[error("no positives: {0}")]
+    NoPositives(String),
+    #[error("no negatives: every account of the history is a positive, so nothing tells them apart")]
+    NoNegatives,
+}
+
+/// What a candidate is, for the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RankedKind {
+    Track,
+    Page,
+    Trait,
+    /// A metric or derived number of the definition, at a threshold.
+    Number,
+}
+
+impl RankedKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RankedKind::Track => "track",
+            RankedKind::Page => "page",
+            RankedKind::Trait => "trait",
+            RankedKind::Number => "number",
+        }
+    }
+}
+
+/// One candidate with its measures.
+#[derive(Debug, Clone)]
+pub struct Ranked {
+    /// What people recognise: the event name or page path as in the input
+    /// (ids collapsed to `:id`), `name = value` for a trait, the metric's
+    /// name for a number.
+    pub signal: String,
+    pub kind: RankedKind,
+    /// For a page: up to three paths as they appeared.
+    pub examples: Vec<String>,
+    /// For a trait: its name and value.
+    pub trait_name: String,
+    pub trait_value: String,
+    /// How it splits the accounts (for a number: at its threshold).
+    pub split: Split,
+    /// For a number.
+    pub threshold: Option<Threshold>,
+    pub point_biserial: Option<f64>,
+    /// Positives that showed it in the lookback *after* their moment.
+    pub positives_after: u64,
+    /// A signal of the definition that already matches it.
+    pub in_definition: Option<String>,
+    /// Shown by at least the minimum support (and not free text).
+    pub eligible: bool,
+    /// For a number: index into [`Analysis::numbers`].
+    pub number: Option<usize>,
+}
+
+impl Ranked {
+    /// How a definition writes it: `track_events = [...]`, `page_path =
+    /// '...'`, `trait = {...}`, or the condition on the number.
+    pub fn pattern(&self) -> String {
+        match self.kind {
+            RankedKind::Track => format!("track_events = [{}]", toml_str(&self.signal)),
+            RankedKind::Page => format!("page_path = {}", toml_str(&paths::pattern_regex(&self.signal))),
+            RankedKind::Trait => format!(
+                "trait = {{ name = {}, becomes = [{}] }}",
+                toml_str(&self.trait_name),
+                toml_str(&self.trait_value)
+            ),
+            RankedKind::Number => match &self.threshold {
+                Some(t) => format!("{} {} {}", self.signal, t.direction.symbol(), fmt_num(t.value)),
+                None => self.signal.clone(),
+            },
+        }
+    }
+}
+
+/// A TOML string (basic, escaped).
+pub fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// A number without trailing zeros (`7`, `2.5`, `0.33`).
+pub fn fmt_num(x: f64) -> String {
+    let s = format!("{x:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// A metric's values at the moments, for histograms.
+#[derive(Debug, Clone)]
+pub struct NumberValues {
+    pub name: String,
+    pub positives: Vec<f64>,
+    pub negatives: Vec<f64>,
+}
+
+/// The result of an analysis.
+#[derive(Debug)]
+pub struct Analysis {
+    /// In words: "hand_raise (a signal of default-2026.11.1)".
+    pub label: String,
+    /// Short: the signal name, or "won or opportunity".
+    pub label_short: String,
+    pub version: String,
+    pub input: String,
+    pub lookback_seconds: i64,
+    pub min_support: u64,
+    pub seed: u64,
+    pub positives: u64,
+    pub negatives: u64,
+    /// Positives with no event before their moment in the lookback.
+    pub positives_without_history: u64,
+    /// For `--outcomes`: accounts with a positive outcome that the history
+    /// does not hold.
+    pub positives_not_in_history: u64,
+    /// Median account age at the moment (days), positives and negatives.
+    pub median_age_days: (f64, f64),
+    /// Best first.
+    pub ranked: Vec<Ranked>,
+    pub numbers: Vec<NumberValues>,
+    /// Trait names left out as free text (too many values), with their count.
+    pub free_text_traits: Vec<(String, u64)>,
+    /// Lines, events kept, lines refused, events without an account.
+    pub lines: u64,
+    pub events: u64,
+    pub rejected: u64,
+    pub without_account: u64,
+    pub first_ms: Option<i64>,
+    pub last_ms: Option<i64>,
+    /// For `--outcomes`: the lines that were not outcomes, for people.
+    pub outcome_problems: String,
+    pub seconds: f64,
+}
+
+/// Trait names with more distinct values than this are free text (emails,
+/// names): their values are not candidates.
+pub const MAX_TRAIT_VALUES: u64 = 50;
+
+/// Runs the analysis and writes the report.
+pub fn analyze(opts: &AnalyzeOptions) -> Result<(Analysis, output::Files), AnalyzeError> {
+    let cfg = Config::load(opts.config.as_deref())?;
+    let def = cfg.validate()?;
+    let analysis = run(&cfg.definition, &def, cfg.input.clone(), opts)?;
+    let files = output::write(&opts.out, &analysis, &cfg, &def, opts)
+        .map_err(|e| AnalyzeError::Output { path: opts.out.display().to_string(), source: e })?;
+    Ok((analysis, files))
+}
+
+fn progress_bar(show: bool, size: Option<u64>) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = match size {
+        Some(n) => {
+            let b = indicatif::ProgressBar::new(n);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{wide_bar} {bytes}/{total_bytes}  {binary_bytes_per_sec}  {elapsed} (eta {eta})  {msg}",
+                )
+                .expect("valid template"),
+            );
+            b
+        }
+        None => {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {bytes}  {binary_bytes_per_sec}  {elapsed}  {msg}")
+                    .expect("valid template"),
+            );
+            b
+        }
+    };
+    b.enable_steady_tick(Duration::from_millis(200));
+    b
+}
+
+/// The analysis without writing anything.
+pub fn run(
+    def_cfg: &DefinitionConfig,
+    def: &CompiledDefinition,
+    input_cfg: InputConfig,
+    opts: &AnalyzeOptions,
+) -> Result<Analysis, AnalyzeError> {
+    let _ = def_cfg;
+    let started = Instant::now();
+    // The label first: a typo should not wait for the pass.
+    let (label_signal, outcome_file) = match &opts.label {
+        Label::Signal(name) => match def.signals.iter().position(|s| &s.name == name) {
+            Some(i) => (Some(i), None),
+            None => {
+                return Err(AnalyzeError::UnknownSignal {
+                    name: name.clone(),
+                    known: def.signals.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+                })
+            }
+        },
+        Label::Outcomes { file, .. } => {
+            let f = read_outcomes(file)
+                .map_err(|e| AnalyzeError::Outcomes { path: file.display().to_string(), source: e })?;
+            (None, Some(f))
+        }
+    };
+    let in_name = opts.input.display().to_string();
+    let input_err = |e| AnalyzeError::Input { path: in_name.clone(), source: e };
+    let (reader, bytes_read, size) = log::open(&opts.input).map_err(input_err)?;
+    let bar = progress_bar(opts.progress, size);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let h = log::read_history(reader, def, input_cfg, now_ms, &mut |lines| {
+        bar.set_position(bytes_read.load(std::sync::atomic::Ordering::Relaxed));
+        bar.set_message(format!("{lines} lines"));
+    })
+    .map_err(input_err)?;
+    bar.set_message(format!("{} lines; analysing {} accounts", h.lines, h.accounts.len()));
+
+    // Positives and their moments.
+    let mut moment: Vec<Option<u32>> = vec![None; h.accounts.len()];
+    let mut positive = vec![false; h.accounts.len()];
+    let mut not_in_history = 0u64;
+    let (label, label_short) = match (&opts.label, label_signal, &outcome_file) {
+        (Label::Signal(name), Some(s), _) => {
+            for (i, acct) in h.accounts.iter().enumerate() {
+                if let Some(hit) = acct.signals.iter().find(|x| x.signal as usize == s) {
+                    moment[i] = Some(hit.t);
+                    positive[i] = true;
+                }
+            }
+            (format!("`{name}` (a signal of {})", def.version), name.clone())
+        }
+        (Label::Outcomes { file, positive: kinds }, _, Some(f)) => {
+            let index = h.account_index();
+            let mut first: HashMap<&str, i64> = HashMap::new();
+            for o in f.outcomes.iter().filter(|o| kinds.contains(&o.outcome)) {
+                let e = first.entry(o.account_id.as_str()).or_insert(o.at_ms);
+                *e = (*e).min(o.at_ms);
+            }
+            for (acct, at) in first {
+                match index.get(acct) {
+                    Some(&i) => {
+                        moment[i] = Some(log::secs(at));
+                        positive[i] = true;
+                    }
+                    None => not_in_history += 1,
+                }
+            }
+            let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+            (format!("an outcome `{}` in {}", names.join("` or `"), file.display()), names.join(" or "))
+        }
+        _ => unreachable!("the label was checked above"),
+    };
+    let positives = positive.iter().filter(|&&p| p).count() as u64;
+    if positives == 0 {
+        return Err(AnalyzeError::NoPositives(match &opts.label {
+            Label::Signal(n) => format!("no account of the history shows the signal `{n}`"),
+            Label::Outcomes { .. } => {
+                format!("no account of the history has one of the chosen outcomes ({not_in_history} such accounts are not in the history)")
+            }
+        }));
+    }
+    // Negatives: at an age drawn from the positives' ages, at their first
+    // usage event from then on.
+    let mut ages: Vec<u32> = (0..h.accounts.len())
+        .filter(|&i| positive[i])
+        .filter_map(|i| {
+            let m = moment[i]?;
+            let first = h.accounts[i].first_t()?;
+            (m >= first).then(|| m - first)
+        })
+        .collect();
+    ages.sort_unstable();
+    let is_usage = |item: u32| {
+        item == PAGE_WITHOUT_PATH
+            || matches!(h.candidates[item as usize].kind, CandidateKind::Track | CandidateKind::Page)
+    };
+    let mut negatives = 0u64;
+    for i in 0..h.accounts.len() {
+        if positive[i] {
+            continue;
+        }
+        let log = &h.accounts[i];
+        let Some(first) = log.first_t() else { continue };
+        let last = log.events.last().map_or(first, |e| e.t);
+        let m = if ages.is_empty() {
+            last
+        } else {
+            let seed = opts.seed ^ xxhash_rust::xxh3::xxh3_64(h.account_ids[i].as_bytes());
+            let age = ages[SmallRng::seed_from_u64(seed).random_range(0..ages.len())];
+            let target = first.saturating_add(age);
+            let from = log.events.partition_point(|e| e.t < target);
+            log.events[from..].iter().find(|e| is_usage(e.item)).map_or(last, |e| e.t)
+        };
+        moment[i] = Some(m);
+        negatives += 1;
+    }
+    if negatives == 0 {
+        return Err(AnalyzeError::NoNegatives);
+    }
+    let age_days = |pos: bool| {
+        let mut v: Vec<i64> = (0..h.accounts.len())
+            .filter(|&i| positive[i] == pos)
+            .filter_map(|i| Some(moment[i]? as i64 - h.accounts[i].first_t()? as i64))
+            .collect();
+        v.sort_unstable();
+        if v.is_empty() {
+            0.0
+        } else {
+            v[v.len() / 2] as f64 / 86_400.0
+        }
+    };
+    let median_age_days = (age_days(true), age_days(false));
+
+    // What each account showed before (and, for positives, after) its moment.
+    let look = opts.lookback_seconds.clamp(1, u32::MAX as i64) as u32;
+    let n = h.candidates.len();
+    let (mut pos_n, mut neg_n, mut after_n) = (vec![0u64; n], vec![0u64; n], vec![0u64; n]);
+    let mut stamp = vec![u32::MAX; n];
+    let mut stamp_after = vec![u32::MAX; n];
+    let mut without_history = 0u64;
+    for (i, log) in h.accounts.iter().enumerate() {
+        let Some(m) = moment[i] else { continue };
+        let before = log.between(m.saturating_sub(look), m);
+        if positive[i] && before.is_empty() {
+            without_history += 1;
+        }
+        for e in before {
+            let c = e.item as usize;
+            if e.item == PAGE_WITHOUT_PATH || c == 0 || stamp[c] == i as u32 {
+                continue;
+            }
+            stamp[c] = i as u32;
+            if positive[i] {
+                pos_n[c] += 1;
+            } else {
+                neg_n[c] += 1;
+            }
+        }
+        if positive[i] {
+            for e in log.between(m.saturating_add(1), m.saturating_add(look).saturating_add(1)) {
+                let c = e.item as usize;
+                if e.item == PAGE_WITHOUT_PATH || c == 0 || stamp_after[c] == i as u32 {
+                    continue;
+                }
+                stamp_after[c] = i as u32;
+                after_n[c] += 1;
+            }
+        }
+    }
+
+    // The definition's numbers at each moment.
+    let names: Vec<String> =
+        def.metrics.iter().map(|m| m.name.clone()).chain(def.derived.iter().map(|d| d.0.clone())).collect();
+    let label_metrics: Vec<bool> = def
+        .metrics
+        .iter()
+        .map(|m| {
+            label_signal.is_some_and(|s| {
+                m.kind == crate::config::definition::MetricKind::Signal && m.signal_id == def.signals[s].id
+            })
+        })
+        .chain(def.derived.iter().map(|_| false))
+        .collect();
+    let mut numbers: Vec<NumberValues> =
+        names.iter().map(|n| NumberValues { name: n.clone(), positives: Vec::new(), negatives: Vec::new() }).collect();
+    let traits = crate::detect::traits_to_cel("{}");
+    for (i, log) in h.accounts.iter().enumerate() {
+        let Some(m) = moment[i] else { continue };
+        let values = metrics_at(def, &h, log, m, &traits);
+        for (k, v) in values.into_iter().enumerate() {
+            if positive[i] {
+                numbers[k].positives.push(v);
+            } else {
+                numbers[k].negatives.push(v);
+            }
+        }
+    }
+    bar.finish_and_clear();
+
+    // Rank.
+    let free_text: Vec<(String, u64)> =
+        h.trait_values.iter().filter(|(_, &n)| n > MAX_TRAIT_VALUES).map(|(k, &n)| (k.clone(), n)).collect();
+    let mut ranked = Vec::new();
+    for (c, cand) in h.candidates.iter().enumerate().skip(1) {
+        let kind = match cand.kind {
+            CandidateKind::Track => RankedKind::Track,
+            CandidateKind::Page => RankedKind::Page,
+            CandidateKind::Trait => RankedKind::Trait,
+            CandidateKind::Touch => continue,
+        };
+        let free = kind == RankedKind::Trait && free_text.iter().any(|(n, _)| *n == cand.trait_name);
+        if free {
+            continue;
+        }
+        let split = Split { a: pos_n[c], b: neg_n[c], pos: positives, neg: negatives };
+        ranked.push(Ranked {
+            signal: cand.text.clone(),
+            kind,
+            examples: cand.examples.clone(),
+            trait_name: cand.trait_name.clone(),
+            trait_value: cand.trait_value.clone(),
+            eligible: split.support() >= opts.min_support,
+            split,
+            threshold: None,
+            point_biserial: None,
+            positives_after: after_n[c],
+            in_definition: in_definition(def, cand),
+            number: None,
+        });
+    }
+    for (k, nv) in numbers.iter().enumerate() {
+        if label_metrics[k] {
+            continue;
+        }
+        let Some(t) = stats::best_threshold(&nv.positives, &nv.negatives) else { continue };
+        ranked.push(Ranked {
+            signal: nv.name.clone(),
+            kind: RankedKind::Number,
+            examples: Vec::new(),
+            trait_name: String::new(),
+            trait_value: String::new(),
+            eligible: t.split.support() >= opts.min_support,
+            split: t.split,
+            threshold: Some(t),
+            point_biserial: Some(stats::point_biserial(&nv.positives, &nv.negatives)),
+            positives_after: 0,
+            in_definition: None,
+            number: Some(k),
+        });
+    }
+    ranked.sort_by(|x, y| {
+        y.eligible
+            .cmp(&x.eligible)
+            .then(y.split.precision_low().total_cmp(&x.split.precision_low()))
+            .then(y.split.phi().total_cmp(&x.split.phi()))
+            .then(x.kind.cmp(&y.kind))
+            .then(x.signal.cmp(&y.signal))
+    });
+    Ok(Analysis {
+        label,
+        label_short,
+        version: def.version.clone(),
+        input: opts.input.display().to_string(),
+        lookback_seconds: opts.lookback_seconds,
+        min_support: opts.min_support,
+        seed: opts.seed,
+        positives,
+        negatives,
+        positives_without_history: without_history,
+        positives_not_in_history: not_in_history,
+        median_age_days,
+        ranked,
+        numbers,
+        free_text_traits: free_text,
+        lines: h.lines,
+        events: h.events,
+        rejected: h.rejected.values().sum(),
+        without_account: h.without_account,
+        first_ms: h.first_ms,
+        last_ms: h.last_ms,
+        outcome_problems: outcome_file
+            .as_ref()
+            .map(|f| {
+                let name = match &opts.label {
+                    Label::Outcomes { file, .. } => file.display().to_string(),
+                    Label::Signal(_) => String::new(),
+                };
+                f.describe_bad(&name, 10)
+            })
+            .unwrap_or_default(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The signal of the definition that already matches a candidate: its
+/// track event, one of its page paths (as they appeared), its trait value.
+fn in_definition(def: &CompiledDefinition, c: &log::Candidate) -> Option<String> {
+    def.signals
+        .iter()
+        .find(|s| match c.kind {
+            CandidateKind::Track => s.track_events.contains(&c.text),
+            CandidateKind::Page => s.page_path.as_ref().is_some_and(|re| c.examples.iter().any(|p| re.is_match(p))),
+            CandidateKind::Trait => s.trait_change.as_ref().is_some_and(|(n, becomes)| {
+                *n == c.trait_name && becomes.iter().any(|b| b.eq_ignore_ascii_case(&c.trait_value))
+            }),
+            CandidateKind::Touch => false,
+        })
+        .map(|s| s.name.clone())
+}
+
+/// The definition's metrics and derived numbers for an account at moment
+/// `m`, as the engine would have shown them after the account's last event
+/// before `m` (all 0 when it had none): the engine's state for that
+/// account, rebuilt from the log, evaluated by the engine's own code.
+fn metrics_at(def: &CompiledDefinition, h: &History, log: &log::AccountLog, m: u32, traits: &cel::Value) -> Vec<f64> {
+    let n = def.metrics.len() + def.derived.len();
+    let before = log.between(0, m);
+    let Some(last) = before.last() else { return vec![0.0; n] };
+    let now_ms = log::ms(last.t);
+    let retention = (def.retention_seconds + def.bucket_seconds).clamp(0, u32::MAX as i64) as u32;
+    let lo = last.t.saturating_sub(retention);
+    let mut st = AccountState {
+        first_seen_ms: log::ms(before[0].t),
+        last_seen_ms: now_ms,
+        seq: before.len() as u64,
+        ..Default::default()
+    };
+    let mut users: Vec<(u32, u32)> = Vec::new();
+    let mut slots: Vec<usize> = Vec::with_capacity(4);
+    for e in log.between(lo, last.t.saturating_add(1)) {
+        let kind = if e.item == PAGE_WITHOUT_PATH { CandidateKind::Page } else { h.candidates[e.item as usize].kind };
+        if !matches!(kind, CandidateKind::Track | CandidateKind::Page) {
+            continue;
+        }
+        let idx = bucket_of(log::ms(e.t), def.bucket_seconds);
+        slots.clear();
+        slots.push(0);
+        if kind == CandidateKind::Track {
+            let cand = &h.candidates[e.item as usize];
+            slots.extend(cand.counters.iter().copied().filter(|&c| c != 0));
+            st.touch_feature(&cand.text, idx);
+        }
+        st.add_event(idx, &slots, def.counters.len());
+        if e.user != log::NO_USER {
+            match users.iter_mut().find(|u| u.0 == e.user) {
+                Some(u) => u.1 = u.1.max(idx),
+                None => users.push((e.user, idx)),
+            }
+        }
+    }
+    for (_, idx) in users {
+        st.move_user(None, idx);
+    }
+    let s_lo = log.signals.partition_point(|s| s.t < lo);
+    for s in log.signals[s_lo..].iter().take_while(|s| s.t <= last.t) {
+        st.add_signal(def.signals[s.signal as usize].id, "", log::ms(s.t));
+    }
+    crate::detect::evaluate(def, &st, traits, now_ms).values.into_iter().map(|v| v.1).collect()
+}
+
+/// A few lines for the terminal.
+pub fn describe(a: &Analysis, files: &output::Files) -> String {
+    let mut s = format!(
+        "analyzed {} lines in {:.2} s ({:.0} lines/s): {} positives ({}), {} negatives\n",
+        a.lines,
+        a.seconds,
+        a.lines as f64 / a.seconds.max(1e-9),
+        a.positives,
+        a.label_short,
+        a.negatives
+    );
+    for (i, r) in a.ranked.iter().filter(|r| r.eligible).take(5).enumerate() {
+        s.push_str(&format!(
+            "  {}. {:<40} {:>4} of {} positives, {:>5} of {} negatives, precision {:.0}% (at least {:.0}%)\n",
+            i + 1,
+            match &r.threshold {
+                Some(t) => format!("{} {} {}", r.signal, t.direction.symbol(), fmt_num(t.value)),
+                None => format!("{} ({})", r.signal, r.kind.as_str()),
+            },
+            r.split.a,
+            r.split.pos,
+            r.split.b,
+            r.split.neg,
+            100.0 * r.split.precision(),
+            100.0 * r.split.precision_low()
+        ));
+    }
+    match &files.suggestion {
+        Some(x) => s.push_str(&format!(
+            "  suggested: signal {} ({}) and rule {} in {}\n",
+            x.signal,
+            x.picked.join(", "),
+            x.rule,
+            files.suggested.display()
+        )),
+        None => s.push_str(&format!("  suggested: nothing new beat the base rate ({})\n", files.suggested.display())),
+    }
+    s.push_str(&format!("  report: {}\n  table:  {}", files.report.display(), files.signals_csv.display()));
+    s
+}
