@@ -328,6 +328,11 @@ struct SimulateArgs {
     /// every 5 s); on a terminal a progress bar is always shown.
     #[arg(long)]
     progress: bool,
+    /// Also write what sales made of the simulated accounts (accepted,
+    /// rejected, opportunity, won, lost) as outcomes NDJSON to this file
+    /// (`.gz` compressed), for `backtest --outcomes` and `analyze --outcomes`.
+    #[arg(long)]
+    outcomes: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -650,6 +655,10 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let mut sim =
                 Simulator::new(SimConfig { seed: a.seed, accounts: a.accounts, start_unix: start, days: a.days });
             let mut progress = Progress::new(a.max_events, a.progress);
+            if let Some(p) = &a.outcomes {
+                let n = pqa_engine::sim::write_outcomes(&sim, p)?;
+                eprintln!("wrote {n} outcomes to {}", p.display());
+            }
             if let Some(topic) = a.topic {
                 let mut properties = Vec::new();
                 for p in &a.producer_properties {

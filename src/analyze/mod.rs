@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::config::{CompiledDefinition, Config, ConfigErrors, DefinitionConfig, InputConfig};
+use crate::config::{CompiledDefinition, Config, ConfigErrors, InputConfig};
 use crate::outcome::{read_outcomes, OutcomeKind};
 use crate::state::account::{bucket_of, AccountState};
 use log::{CandidateKind, History, PAGE_WITHOUT_PATH};
@@ -172,6 +172,8 @@ pub struct Ranked {
     pub eligible: bool,
     /// For a number: index into [`Analysis::numbers`].
     pub number: Option<usize>,
+    /// For a behaviour: its candidate in the history.
+    pub candidate: Option<u32>,
 }
 
 impl Ranked {
@@ -205,6 +207,15 @@ pub fn fmt_num(x: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
+/// The suggested signal: any of some top candidates.
+#[derive(Debug, Clone)]
+pub struct Suggested {
+    /// Indices into [`Analysis::ranked`], best first.
+    pub picked: Vec<usize>,
+    /// Accounts that showed any of them.
+    pub split: Split,
+}
+
 /// A metric's values at the moments, for histograms.
 #[derive(Debug, Clone)]
 pub struct NumberValues {
@@ -236,6 +247,9 @@ pub struct Analysis {
     pub median_age_days: (f64, f64),
     /// Best first.
     pub ranked: Vec<Ranked>,
+    /// The candidates the suggested signal takes, and how it splits the
+    /// accounts as a whole.
+    pub suggested: Option<Suggested>,
     pub numbers: Vec<NumberValues>,
     /// Trait names left out as free text (too many values), with their count.
     pub free_text_traits: Vec<(String, u64)>,
@@ -259,7 +273,7 @@ pub const MAX_TRAIT_VALUES: u64 = 50;
 pub fn analyze(opts: &AnalyzeOptions) -> Result<(Analysis, output::Files), AnalyzeError> {
     let cfg = Config::load(opts.config.as_deref())?;
     let def = cfg.validate()?;
-    let analysis = run(&cfg.definition, &def, cfg.input.clone(), opts)?;
+    let analysis = run(&def, cfg.input.clone(), opts)?;
     let files = output::write(&opts.out, &analysis, &cfg, &def, opts)
         .map_err(|e| AnalyzeError::Output { path: opts.out.display().to_string(), source: e })?;
     Ok((analysis, files))
@@ -294,13 +308,7 @@ fn progress_bar(show: bool, size: Option<u64>) -> indicatif::ProgressBar {
 }
 
 /// The analysis without writing anything.
-pub fn run(
-    def_cfg: &DefinitionConfig,
-    def: &CompiledDefinition,
-    input_cfg: InputConfig,
-    opts: &AnalyzeOptions,
-) -> Result<Analysis, AnalyzeError> {
-    let _ = def_cfg;
+pub fn run(def: &CompiledDefinition, input_cfg: InputConfig, opts: &AnalyzeOptions) -> Result<Analysis, AnalyzeError> {
     let started = Instant::now();
     // The label first: a typo should not wait for the pass.
     let (label_signal, outcome_file) = match &opts.label {
@@ -522,6 +530,7 @@ pub fn run(
             positives_after: after_n[c],
             in_definition: in_definition(def, cand),
             number: None,
+            candidate: Some(c as u32),
         });
     }
     for (k, nv) in numbers.iter().enumerate() {
@@ -542,6 +551,7 @@ pub fn run(
             positives_after: 0,
             in_definition: None,
             number: Some(k),
+            candidate: None,
         });
     }
     ranked.sort_by(|x, y| {
@@ -552,6 +562,7 @@ pub fn run(
             .then(x.kind.cmp(&y.kind))
             .then(x.signal.cmp(&y.signal))
     });
+    let suggested = suggest(&h, &moment, &positive, look, &ranked, opts.suggest);
     Ok(Analysis {
         label,
         label_short,
@@ -566,6 +577,7 @@ pub fn run(
         positives_not_in_history: not_in_history,
         median_age_days,
         ranked,
+        suggested,
         numbers,
         free_text_traits: free_text,
         lines: h.lines,
@@ -586,6 +598,89 @@ pub fn run(
             .unwrap_or_default(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// How much precision (at the low end of its interval) the suggested
+/// signal may give up for each candidate it adds: it takes a candidate only
+/// if, with it, it still has 80% of the precision it had without.
+pub const SUGGEST_KEEP: f64 = 0.8;
+
+/// The suggested signal, greedily: the best candidate that is a behaviour
+/// (not a number), not matched by a signal of the definition already, and
+/// better than the base rate even at the low end of its interval; then each
+/// next such candidate in rank order that brings in more positives while
+/// keeping [`SUGGEST_KEEP`] of the signal's precision (at the low end of
+/// its interval): a signal that reaches more accounts but floods sales is
+/// no better. At most `max` candidates, one trait at most (a signal holds
+/// one).
+fn suggest(
+    h: &History,
+    moment: &[Option<u32>],
+    positive: &[bool],
+    look: u32,
+    ranked: &[Ranked],
+    max: usize,
+) -> Option<Suggested> {
+    let pool: Vec<usize> = ranked
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.eligible && r.kind != RankedKind::Number && r.in_definition.is_none() && r.split.lift_low() > 1.0
+        })
+        .map(|(i, _)| i)
+        .take(32)
+        .collect();
+    let first = *pool.first()?;
+    let mut bit: HashMap<u32, u32> = HashMap::new();
+    for (b, &i) in pool.iter().enumerate() {
+        bit.insert(ranked[i].candidate.expect("a behaviour"), b as u32);
+    }
+    // Per account (positive or not): which of the pool it showed.
+    let mut masks: Vec<(bool, u32)> = Vec::new();
+    for (i, log) in h.accounts.iter().enumerate() {
+        let Some(m) = moment[i] else { continue };
+        let mut mask = 0u32;
+        for e in log.between(m.saturating_sub(look), m) {
+            if let Some(b) = bit.get(&e.item) {
+                mask |= 1 << b;
+            }
+        }
+        masks.push((positive[i], mask));
+    }
+    let base = ranked[first].split;
+    let split_of = |chosen: u32| {
+        let (mut a, mut b) = (0, 0);
+        for &(p, m) in &masks {
+            if m & chosen != 0 {
+                if p {
+                    a += 1;
+                } else {
+                    b += 1;
+                }
+            }
+        }
+        Split { a, b, pos: base.pos, neg: base.neg }
+    };
+    let mut chosen = 1u32;
+    let mut picked = vec![first];
+    let mut split = split_of(chosen);
+    let mut has_trait = ranked[first].kind == RankedKind::Trait;
+    for (b, &i) in pool.iter().enumerate().skip(1) {
+        if picked.len() >= max {
+            break;
+        }
+        if ranked[i].kind == RankedKind::Trait && has_trait {
+            continue;
+        }
+        let with = split_of(chosen | 1 << b);
+        if with.a > split.a && with.precision_low() >= SUGGEST_KEEP * split.precision_low() {
+            chosen |= 1 << b;
+            picked.push(i);
+            split = with;
+            has_trait |= ranked[i].kind == RankedKind::Trait;
+        }
+    }
+    Some(Suggested { picked, split })
 }
 
 /// The signal of the definition that already matches a candidate: its

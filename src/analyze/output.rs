@@ -106,7 +106,7 @@ pub fn write(
         plots.push(p);
     }
     let suggested = dir.join("suggested.toml");
-    let (toml_text, suggestion) = suggested_toml(a, cfg, def, opts);
+    let (toml_text, suggestion) = suggested_toml(a, cfg, def);
     std::fs::write(&suggested, toml_text)?;
     let report = dir.join("report.md");
     std::fs::write(&report, markdown(a, opts, suggestion.as_ref(), &histos))?;
@@ -276,21 +276,25 @@ fn markdown(a: &Analysis, opts: &AnalyzeOptions, s: Option<&Suggestion>, histos:
     for (i, r) in top.iter().enumerate() {
         let sp = &r.split;
         let mut line = format!(
-            "{}. **{}** ({}). {} of the {} positives ({}) {} in the {look} before their moment, against {} of the {} negatives ({}). ",
+            "{}. **{}** ({}). {} of the {} positives ({}) {}, against {} of the {} negatives ({}). ",
             i + 1,
             r.signal.replace('|', "\\|"),
             r.kind.as_str(),
             sp.a,
             sp.pos,
             pct(sp.recall()),
-            if r.kind == RankedKind::Number { "had it".to_string() } else { "did".to_string() },
+            if r.kind == RankedKind::Number {
+                "had it at their moment"
+            } else {
+                "did in the {look} before their moment"
+            },
             sp.b,
             sp.neg,
             pct(sp.negative_share())
         );
         let _ = write!(
             line,
-            "An account that {} was positive {} of the time (at least {} with 95% confidence): {:.1}x the base rate (at least {:.1}x); phi {:.2}.",
+            "An account that {} was a positive {} of the time (at least {} with 95% confidence): {:.1}x the base rate (at least {:.1}x); phi {:.2}.",
             what(r),
             pct(sp.precision()),
             pct(sp.precision_low()),
@@ -320,7 +324,8 @@ fn markdown(a: &Analysis, opts: &AnalyzeOptions, s: Option<&Suggestion>, histos:
             r.kind != RankedKind::Number
                 && r.positives_after >= 3
                 && r.positives_after as f64 >= 0.2 * a.positives as f64
-                && r.positives_after >= 2 * r.split.a.max(1)
+                && r.positives_after >= 3 * r.split.a.max(1)
+                && r.positives_after as f64 / a.positives.max(1) as f64 >= 3.0 * r.split.negative_share()
         })
         .collect();
     after.sort_by(|x, y| y.positives_after.cmp(&x.positives_after).then(x.signal.cmp(&y.signal)));
@@ -347,9 +352,25 @@ fn markdown(a: &Analysis, opts: &AnalyzeOptions, s: Option<&Suggestion>, histos:
     let _ = writeln!(out, "## Suggested definition\n");
     match s {
         Some(s) => {
+            if let Some(x) = &a.suggested {
+                let sp = &x.split;
+                let _ = writeln!(
+                    out,
+                    "The signal takes the best candidate that is not a number, not a signal of the definition already, and better than the base rate even at the low end of its interval; then each next one that brings in more positives while keeping {:.0}% of the signal's precision (at the low end of its interval). As a whole, {} of the {} positives ({}) showed it before their moment, and {} of the {} negatives ({}): precision {} (at least {}).\n",
+                    100.0 * super::SUGGEST_KEEP,
+                    sp.a,
+                    sp.pos,
+                    pct(sp.recall()),
+                    sp.b,
+                    sp.neg,
+                    pct(sp.negative_share()),
+                    pct(sp.precision()),
+                    pct(sp.precision_low())
+                );
+            }
             let _ = writeln!(
                 out,
-                "`suggested.toml` is the definition with version {} and, added, the signal {} ({}), the metric {} (its occurrences in the last {look}) and the rule {} (`{} >= 1`, {} points). It takes the top candidates that are not already a signal and beat the base rate even at the low end of their interval.\n",
+                "`suggested.toml` is the definition with version {} and, added, the signal {} ({}), the metric {} (its occurrences in the last {look}) and the rule {} (`{} >= 1`, {} points).\n",
                 code(&s.version),
                 code(&s.signal),
                 s.picked.iter().map(|p| code(p)).collect::<Vec<_>>().join(", "),
@@ -362,7 +383,7 @@ fn markdown(a: &Analysis, opts: &AnalyzeOptions, s: Option<&Suggestion>, histos:
         None => {
             let _ = writeln!(
                 out,
-                "No candidate that the definition does not already have beat the base rate at the low end of its interval, so `suggested.toml` is the definition unchanged but for its version.\n"
+                "No behaviour that the definition does not already have beat the base rate at the low end of its interval, so `suggested.toml` is the definition unchanged but for its version.\n"
             );
         }
     }
@@ -417,35 +438,12 @@ fn markdown(a: &Analysis, opts: &AnalyzeOptions, s: Option<&Suggestion>, histos:
 /// `suggested.toml`: the definition, a new version, and the top
 /// candidates as one signal (any of them), a metric counting it over the
 /// lookback, and a rule on that metric.
-fn suggested_toml(
-    a: &Analysis,
-    cfg: &Config,
-    def: &CompiledDefinition,
-    opts: &AnalyzeOptions,
-) -> (String, Option<Suggestion>) {
+fn suggested_toml(a: &Analysis, cfg: &Config, def: &CompiledDefinition) -> (String, Option<Suggestion>) {
     let mut d = cfg.definition.clone();
     let version = format!("{}-suggested", d.version);
     d.version = version.clone();
-    // The top candidates worth a signal: a behaviour (not a number), not
-    // matched by a signal already, better than the base rate at the low
-    // end of its interval. A signal holds one trait at most.
-    let mut picked: Vec<&Ranked> = Vec::new();
-    let mut has_trait = false;
-    for r in a.ranked.iter().filter(|r| r.eligible) {
-        if picked.len() >= opts.suggest {
-            break;
-        }
-        if r.kind == RankedKind::Number || r.in_definition.is_some() || r.split.lift_low() <= 1.0 {
-            continue;
-        }
-        if r.kind == RankedKind::Trait {
-            if has_trait {
-                continue;
-            }
-            has_trait = true;
-        }
-        picked.push(r);
-    }
+    let picked: Vec<&Ranked> =
+        a.suggested.as_ref().map(|x| x.picked.iter().map(|&i| &a.ranked[i]).collect()).unwrap_or_default();
     let look = window_text(a.lookback_seconds);
     let mut header = format!(
         "# Suggested by `pqa-engine analyze` from {} ({} positives: accounts with {};\n# {} negatives matched on account age; lookback {look}).\n",
@@ -519,6 +517,19 @@ fn suggested_toml(
         });
         let _ =
             writeln!(header, "# Added: signal `{signal}` ({}), metric `{metric}`, rule `{rule}`.", names.join(", "));
+        if let Some(x) = &a.suggested {
+            let sp = &x.split;
+            let _ = writeln!(
+                header,
+                "# The signal as a whole: {} of {} positives, {} of {} negatives; precision {} (at least {}).",
+                sp.a,
+                sp.pos,
+                sp.b,
+                sp.neg,
+                pct(sp.precision()),
+                pct(sp.precision_low())
+            );
+        }
         for r in &picked {
             let sp = &r.split;
             let _ = writeln!(
@@ -588,7 +599,7 @@ mod plot {
             let top_y = p::header(root, labels, &title, &entries)?;
             let label_w = 300;
             let x0 = PLOT_LEFT - 60 + label_w;
-            let x1 = PLOT_RIGHT;
+            let x1 = PLOT_RIGHT - 40;
             let bottom = PLOT_BOTTOM;
             let xs = |share: f64| x0 + ((x1 - x0) as f64 * share).round() as i32;
             for k in 0..=5 {
@@ -598,8 +609,12 @@ mod plot {
                     .push(Label::new(format!("{}%", k * 20), (x, bottom + 6), 14.0).align(Align::Center, Align::Start));
             }
             labels.push(
-                Label::new("Share of the group that showed it in the lookback", ((x0 + x1) / 2, bottom + 48), 17.0)
-                    .align(Align::Center, Align::End),
+                Label::new(
+                    "Share of the group that showed it before its moment (numbers: had it at the moment)",
+                    ((x0 + x1) / 2, bottom + 48),
+                    17.0,
+                )
+                .align(Align::Center, Align::End),
             );
             if top.is_empty() {
                 labels.push(
@@ -717,10 +732,17 @@ mod plot {
             if let Some(t) = &r.threshold {
                 // At the left edge of the threshold's bin for >=, the right
                 // edge for <=.
-                let b = bin_of(t.value) as f64;
-                let x = match t.direction {
-                    super::super::stats::Direction::AtLeast => f.x(b),
-                    super::super::stats::Direction::AtMost => f.x(b + 1.0),
+                let b = bin_of(t.value);
+                let per_value = integer && edges.len() > 1 && edges[1] - edges[0] == 1.0;
+                let x = if per_value {
+                    // Between the bars of the values on either side.
+                    match t.direction {
+                        super::super::stats::Direction::AtLeast => f.x(b as f64),
+                        super::super::stats::Direction::AtMost => f.x(b as f64 + 1.0),
+                    }
+                } else {
+                    let (lo, hi) = (edges[b], edges[b + 1]);
+                    f.x(b as f64 + ((t.value - lo) / (hi - lo).max(1e-12)).clamp(0.0, 1.0))
                 };
                 let mut y = top;
                 while y < PLOT_BOTTOM {
