@@ -183,7 +183,8 @@ struct Pass<'a> {
     trait_name_list: Vec<String>,
     trait_value_ids: Map<String, u32>,
     trait_value_list: Vec<String>,
-    cands: Map<(CandidateKind, String), u32>,
+    /// Candidates by kind (track, page, trait) and text.
+    cands: [Map<String, u32>; 3],
     /// Per trait candidate (name id, value id) -> candidate.
     trait_cands: Map<(u32, u32), u32>,
     /// Per track candidate: the signals it is (indices).
@@ -229,7 +230,7 @@ impl<'a> Pass<'a> {
             trait_name_list: Vec::new(),
             trait_value_ids: Map::default(),
             trait_value_list: Vec::new(),
-            cands: Map::default(),
+            cands: Default::default(),
             trait_cands: Map::default(),
             track_signals: vec![Vec::new()],
             signal_traits,
@@ -238,7 +239,8 @@ impl<'a> Pass<'a> {
     }
 
     fn candidate(&mut self, kind: CandidateKind, text: &str) -> u32 {
-        if let Some(&c) = self.cands.get(&(kind, text.to_string())) {
+        let k = kind as usize;
+        if let Some(&c) = self.cands[k].get(text) {
             return c;
         }
         let id = self.h.candidates.len() as u32;
@@ -273,7 +275,7 @@ impl<'a> Pass<'a> {
             counters,
         });
         self.track_signals.push(signals);
-        self.cands.insert((kind, text.to_string()), id);
+        self.cands[k].insert(text.to_string(), id);
         id
     }
 
@@ -407,10 +409,7 @@ impl<'a> Pass<'a> {
         match ev.kind {
             Kind::Track => {
                 let name = ev.name.as_deref().unwrap_or_default();
-                let c = match self.cands.get(&(CandidateKind::Track, name.to_string())) {
-                    Some(&c) => c,
-                    None => self.candidate(CandidateKind::Track, name),
-                };
+                let c = self.candidate(CandidateKind::Track, name);
                 for &s in &self.track_signals[c as usize] {
                     hits.push(s as u32);
                 }

@@ -203,9 +203,7 @@ fn what(r: &Ranked) -> String {
             }
         }
         RankedKind::Trait => format!("a user's {} became {}", code(&r.trait_name), code(&r.trait_value)),
-        RankedKind::Number => {
-            format!("{} was {} at the moment", code(&r.signal), r.pattern().replacen(&r.signal, "", 1).trim())
-        }
+        RankedKind::Number => format!("had {} at its moment", code(&r.pattern())),
     }
 }
 
@@ -278,15 +276,15 @@ fn markdown(a: &Analysis, opts: &AnalyzeOptions, s: Option<&Suggestion>, histos:
         let mut line = format!(
             "{}. **{}** ({}). {} of the {} positives ({}) {}, against {} of the {} negatives ({}). ",
             i + 1,
-            r.signal.replace('|', "\\|"),
+            if r.kind == RankedKind::Number { r.pattern() } else { r.signal.clone() }.replace('|', "\\|"),
             r.kind.as_str(),
             sp.a,
             sp.pos,
             pct(sp.recall()),
             if r.kind == RankedKind::Number {
-                "had it at their moment"
+                "had it at their moment".to_string()
             } else {
-                "did in the {look} before their moment"
+                format!("did in the {look} before their moment")
             },
             sp.b,
             sp.neg,
@@ -427,6 +425,10 @@ fn markdown(a: &Analysis, opts: &AnalyzeOptions, s: Option<&Suggestion>, histos:
         out,
         "- **Ranking.** By the lower bound of the 95% Wilson score interval of the precision: the precision an account showing the behaviour has at least, given how few accounts may show it. Three accounts out of three prove less than 40 out of 50, and rank so. Candidates shown by fewer than {} accounts are listed last in `signals.csv` (`ranked` = `no`).",
         a.min_support
+    );
+    let _ = writeln!(
+        out,
+        "- **One window per account.** Each negative is looked at in one window of its life; a rule watches every day of it. A behaviour some negatives show once in a while fires a rule on more of them than the precision here suggests: the backtest says how many."
     );
     let _ = writeln!(
         out,
