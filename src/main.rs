@@ -655,10 +655,6 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let mut sim =
                 Simulator::new(SimConfig { seed: a.seed, accounts: a.accounts, start_unix: start, days: a.days });
             let mut progress = Progress::new(a.max_events, a.progress);
-            if let Some(p) = &a.outcomes {
-                let n = pqa_engine::sim::write_outcomes(&sim, p)?;
-                eprintln!("wrote {n} outcomes to {}", p.display());
-            }
             if let Some(topic) = a.topic {
                 let mut properties = Vec::new();
                 for p in &a.producer_properties {
@@ -690,6 +686,10 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 let n = write_ndjson(&mut sim, &a.output, a.max_events, &mut progress);
                 progress.finish();
                 eprintln!("wrote {} events", n?);
+            }
+            if let Some(p) = &a.outcomes {
+                let n = pqa_engine::sim::write_outcomes(&sim, p)?;
+                eprintln!("wrote {n} outcomes to {}", p.display());
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -562,6 +562,15 @@ fn suggested_toml(a: &Analysis, cfg: &Config, def: &CompiledDefinition) -> (Stri
         definition: &'a crate::config::DefinitionConfig,
     }
     let body = toml::to_string(&File { input: input_changed.then_some(&cfg.input), definition: &d })
+        .map(|t| {
+            // `events = []` and `track_events = []` say nothing (an empty
+            // list is their default): left out, the file reads like one
+            // written by hand.
+            t.lines()
+                .filter(|l| *l != "events = []" && *l != "track_events = []")
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
+        })
         .unwrap_or_else(|e| format!("# the definition could not be written as TOML: {e}\n"));
     (header + &body, suggestion)
 }
