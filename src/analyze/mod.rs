@@ -339,171 +339,273 @@ pub fn run(def: &CompiledDefinition, input_cfg: InputConfig, opts: &AnalyzeOptio
     .map_err(input_err)?;
     bar.set_message(format!("{} lines; analysing {} accounts", h.lines, h.accounts.len()));
 
-    // Positives and their moments.
-    let mut moment: Vec<Option<u32>> = vec![None; h.accounts.len()];
-    let mut positive = vec![false; h.accounts.len()];
-    let mut not_in_history = 0u64;
-    let (label, label_short) = match (&opts.label, label_signal, &outcome_file) {
-        (Label::Signal(name), Some(s), _) => {
-            for (i, acct) in h.accounts.iter().enumerate() {
-                if let Some(hit) = acct.signals.iter().find(|x| x.signal as usize == s) {
-                    moment[i] = Some(hit.t);
-                    positive[i] = true;
-                }
-            }
-            (format!("`{name}` (a signal of {})", def.version), name.clone())
-        }
-        (Label::Outcomes { file, positive: kinds }, _, Some(f)) => {
-            let index = h.account_index();
-            let mut first: HashMap<&str, i64> = HashMap::new();
-            for o in f.outcomes.iter().filter(|o| kinds.contains(&o.outcome)) {
-                let e = first.entry(o.account_id.as_str()).or_insert(o.at_ms);
-                *e = (*e).min(o.at_ms);
-            }
-            for (acct, at) in first {
-                match index.get(acct) {
-                    Some(&i) => {
-                        moment[i] = Some(log::secs(at));
-                        positive[i] = true;
-                    }
-                    None => not_in_history += 1,
-                }
-            }
-            let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
-            (format!("an outcome `{}` in {}", names.join("` or `"), file.display()), names.join(" or "))
-        }
+    let mut moments = match (&opts.label, label_signal, &outcome_file) {
+        (Label::Signal(_), Some(s), _) => Moments::of_signal(&h, s),
+        (Label::Outcomes { positive, .. }, _, Some(f)) => Moments::of_outcomes(&h, f, positive),
         _ => unreachable!("the label was checked above"),
     };
-    let positives = positive.iter().filter(|&&p| p).count() as u64;
-    if positives == 0 {
+    if moments.positives == 0 {
         return Err(AnalyzeError::NoPositives(match &opts.label {
             Label::Signal(n) => format!("no account of the history shows the signal `{n}`"),
-            Label::Outcomes { .. } => {
-                format!("no account of the history has one of the chosen outcomes ({not_in_history} such accounts are not in the history)")
-            }
+            Label::Outcomes { .. } => format!(
+                "no account of the history has one of the chosen outcomes ({} such accounts are not in the history)",
+                moments.not_in_history
+            ),
         }));
     }
-    // Negatives: at an age drawn from the positives' ages, at their first
-    // usage event from then on.
-    let mut ages: Vec<u32> = (0..h.accounts.len())
-        .filter(|&i| positive[i])
-        .filter_map(|i| {
-            let m = moment[i]?;
-            let first = h.accounts[i].first_t()?;
-            (m >= first).then(|| m - first)
-        })
-        .collect();
-    ages.sort_unstable();
-    let is_usage = |item: u32| {
-        item == PAGE_WITHOUT_PATH
-            || matches!(h.candidates[item as usize].kind, CandidateKind::Track | CandidateKind::Page)
-    };
-    let mut negatives = 0u64;
-    for i in 0..h.accounts.len() {
-        if positive[i] {
-            continue;
-        }
-        let log = &h.accounts[i];
-        let Some(first) = log.first_t() else { continue };
-        let last = log.events.last().map_or(first, |e| e.t);
-        let m = if ages.is_empty() {
-            last
-        } else {
-            let seed = opts.seed ^ xxhash_rust::xxh3::xxh3_64(h.account_ids[i].as_bytes());
-            let age = ages[SmallRng::seed_from_u64(seed).random_range(0..ages.len())];
-            let target = first.saturating_add(age);
-            let from = log.events.partition_point(|e| e.t < target);
-            log.events[from..].iter().find(|e| is_usage(e.item)).map_or(last, |e| e.t)
-        };
-        moment[i] = Some(m);
-        negatives += 1;
-    }
-    if negatives == 0 {
+    moments.match_negatives(&h, opts.seed);
+    if moments.negatives == 0 {
         return Err(AnalyzeError::NoNegatives);
     }
-    let age_days = |pos: bool| {
-        let mut v: Vec<i64> = (0..h.accounts.len())
-            .filter(|&i| positive[i] == pos)
-            .filter_map(|i| Some(moment[i]? as i64 - h.accounts[i].first_t()? as i64))
-            .collect();
-        v.sort_unstable();
-        if v.is_empty() {
-            0.0
-        } else {
-            v[v.len() / 2] as f64 / 86_400.0
+    let look = opts.lookback_seconds.clamp(1, u32::MAX as i64) as u32;
+    let shown = Shown::count(&h, &moments, look);
+    let numbers = numbers_at_moments(def, &h, &moments);
+    bar.finish_and_clear();
+
+    let free_text: Vec<(String, u64)> =
+        h.trait_values.iter().filter(|(_, &n)| n > MAX_TRAIT_VALUES).map(|(k, &n)| (k.clone(), n)).collect();
+    let ranked = rank(def, &h, &moments, &shown, &numbers, label_signal, &free_text, opts.min_support);
+    let suggested = suggest(&h, &moments, look, &ranked, opts.suggest);
+    let (label, label_short) = match &opts.label {
+        Label::Signal(name) => (format!("`{name}` (a signal of {})", def.version), name.clone()),
+        Label::Outcomes { file, positive } => {
+            let names: Vec<&str> = positive.iter().map(|k| k.as_str()).collect();
+            (format!("an outcome `{}` in {}", names.join("` or `"), file.display()), names.join(" or "))
         }
     };
-    let median_age_days = (age_days(true), age_days(false));
+    Ok(Analysis {
+        label,
+        label_short,
+        version: def.version.clone(),
+        input: opts.input.display().to_string(),
+        lookback_seconds: opts.lookback_seconds,
+        min_support: opts.min_support,
+        seed: opts.seed,
+        positives: moments.positives,
+        negatives: moments.negatives,
+        positives_without_history: shown.positives_without_history,
+        positives_not_in_history: moments.not_in_history,
+        median_age_days: (moments.median_age_days(&h, true), moments.median_age_days(&h, false)),
+        ranked,
+        suggested,
+        numbers,
+        free_text_traits: free_text,
+        lines: h.lines,
+        events: h.events,
+        rejected: h.rejected.values().sum(),
+        without_account: h.without_account,
+        first_ms: h.first_ms,
+        last_ms: h.last_ms,
+        outcome_problems: match (&outcome_file, &opts.label) {
+            (Some(f), Label::Outcomes { file, .. }) => f.describe_bad(&file.display().to_string(), 10),
+            _ => String::new(),
+        },
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
 
-    // What each account showed before (and, for positives, after) its moment.
-    let look = opts.lookback_seconds.clamp(1, u32::MAX as i64) as u32;
-    let n = h.candidates.len();
-    let (mut pos_n, mut neg_n, mut after_n) = (vec![0u64; n], vec![0u64; n], vec![0u64; n]);
-    let mut stamp = vec![u32::MAX; n];
-    let mut stamp_after = vec![u32::MAX; n];
-    let mut without_history = 0u64;
-    for (i, log) in h.accounts.iter().enumerate() {
-        let Some(m) = moment[i] else { continue };
-        let before = log.between(m.saturating_sub(look), m);
-        if positive[i] && before.is_empty() {
-            without_history += 1;
+/// Each account's moment (seconds, see [`log::secs`]) and whether it is a
+/// positive; indexed like [`History::accounts`].
+struct Moments {
+    moment: Vec<Option<u32>>,
+    positive: Vec<bool>,
+    positives: u64,
+    negatives: u64,
+    /// Accounts with a positive outcome that the history does not hold.
+    not_in_history: u64,
+}
+
+impl Moments {
+    fn new(n: usize) -> Moments {
+        Moments { moment: vec![None; n], positive: vec![false; n], positives: 0, negatives: 0, not_in_history: 0 }
+    }
+
+    fn set_positive(&mut self, i: usize, t: u32) {
+        self.moment[i] = Some(t);
+        self.positive[i] = true;
+        self.positives += 1;
+    }
+
+    /// Positives: the accounts where signal `s` happened, at its first
+    /// occurrence.
+    fn of_signal(h: &History, s: usize) -> Moments {
+        let mut m = Moments::new(h.accounts.len());
+        for (i, acct) in h.accounts.iter().enumerate() {
+            if let Some(hit) = acct.signals.iter().find(|x| x.signal as usize == s) {
+                m.set_positive(i, hit.t);
+            }
         }
-        for e in before {
-            let c = e.item as usize;
-            if e.item == PAGE_WITHOUT_PATH || c == 0 || stamp[c] == i as u32 {
+        m
+    }
+
+    /// Positives: the accounts with one of `kinds`, at the first.
+    fn of_outcomes(h: &History, f: &crate::outcome::OutcomeFile, kinds: &[OutcomeKind]) -> Moments {
+        let mut m = Moments::new(h.accounts.len());
+        let index = h.account_index();
+        let mut first: std::collections::BTreeMap<&str, i64> = Default::default();
+        for o in f.outcomes.iter().filter(|o| kinds.contains(&o.outcome)) {
+            let e = first.entry(o.account_id.as_str()).or_insert(o.at_ms);
+            *e = (*e).min(o.at_ms);
+        }
+        for (acct, at) in first {
+            match index.get(acct) {
+                Some(&i) => m.set_positive(i, log::secs(at)),
+                None => m.not_in_history += 1,
+            }
+        }
+        m
+    }
+
+    /// Every other account with an event is a negative, at an age drawn
+    /// from the positives' ages at their moments (seeded by `seed` and the
+    /// account id, so that the draw depends on nothing else), at its first
+    /// usage event from that age on, or its last event if it went quiet
+    /// before. With no positive age to draw from (every positive's moment
+    /// precedes its history), at its last event.
+    fn match_negatives(&mut self, h: &History, seed: u64) {
+        let mut ages: Vec<u32> = (0..h.accounts.len())
+            .filter(|&i| self.positive[i])
+            .filter_map(|i| {
+                let m = self.moment[i]?;
+                let first = h.accounts[i].first_t()?;
+                (m >= first).then(|| m - first)
+            })
+            .collect();
+        ages.sort_unstable();
+        let is_usage = |item: u32| {
+            item == PAGE_WITHOUT_PATH
+                || matches!(h.candidates[item as usize].kind, CandidateKind::Track | CandidateKind::Page)
+        };
+        for (i, log) in h.accounts.iter().enumerate() {
+            if self.positive[i] {
                 continue;
             }
-            stamp[c] = i as u32;
-            if positive[i] {
-                pos_n[c] += 1;
+            let Some(first) = log.first_t() else { continue };
+            let last = log.events.last().map_or(first, |e| e.t);
+            let m = if ages.is_empty() {
+                last
             } else {
-                neg_n[c] += 1;
-            }
-        }
-        if positive[i] {
-            for e in log.between(m.saturating_add(1), m.saturating_add(look).saturating_add(1)) {
-                let c = e.item as usize;
-                if e.item == PAGE_WITHOUT_PATH || c == 0 || stamp_after[c] == i as u32 {
-                    continue;
-                }
-                stamp_after[c] = i as u32;
-                after_n[c] += 1;
-            }
+                let s = seed ^ xxhash_rust::xxh3::xxh3_64(h.account_ids[i].as_bytes());
+                let age = ages[SmallRng::seed_from_u64(s).random_range(0..ages.len())];
+                let from = log.events.partition_point(|e| e.t < first.saturating_add(age));
+                log.events[from..].iter().find(|e| is_usage(e.item)).map_or(last, |e| e.t)
+            };
+            self.moment[i] = Some(m);
+            self.negatives += 1;
         }
     }
 
-    // The definition's numbers at each moment.
-    let names: Vec<String> =
-        def.metrics.iter().map(|m| m.name.clone()).chain(def.derived.iter().map(|d| d.0.clone())).collect();
-    let label_metrics: Vec<bool> = def
+    /// The median age (days) of positives (`true`) or negatives at their
+    /// moments.
+    fn median_age_days(&self, h: &History, positive: bool) -> f64 {
+        let mut v: Vec<i64> = (0..h.accounts.len())
+            .filter(|&i| self.positive[i] == positive)
+            .filter_map(|i| Some(self.moment[i]? as i64 - h.accounts[i].first_t()? as i64))
+            .collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).map_or(0.0, |&x| x as f64 / 86_400.0)
+    }
+}
+
+/// Per candidate, the accounts that showed it.
+struct Shown {
+    /// Positives and negatives that showed it in the lookback before their
+    /// moment.
+    before_pos: Vec<u64>,
+    before_neg: Vec<u64>,
+    /// Positives that showed it in the lookback after their moment.
+    after_pos: Vec<u64>,
+    positives_without_history: u64,
+}
+
+impl Shown {
+    /// One look at each account's window: strictly before its moment, and
+    /// for a positive also strictly after (what followed the label).
+    fn count(h: &History, m: &Moments, look: u32) -> Shown {
+        let n = h.candidates.len();
+        let mut s = Shown {
+            before_pos: vec![0; n],
+            before_neg: vec![0; n],
+            after_pos: vec![0; n],
+            positives_without_history: 0,
+        };
+        // The last account each candidate was counted for: each account
+        // counts once per candidate, without a set per account.
+        let mut stamp = vec![u32::MAX; n];
+        let mut stamp_after = vec![u32::MAX; n];
+        let counts = |e: &log::LogEvent| e.item != PAGE_WITHOUT_PATH && e.item != 0;
+        for (i, log) in h.accounts.iter().enumerate() {
+            let Some(t) = m.moment[i] else { continue };
+            let before = log.between(t.saturating_sub(look), t);
+            if m.positive[i] && before.is_empty() {
+                s.positives_without_history += 1;
+            }
+            for e in before.iter().filter(|e| counts(e)) {
+                let c = e.item as usize;
+                if stamp[c] != i as u32 {
+                    stamp[c] = i as u32;
+                    if m.positive[i] {
+                        s.before_pos[c] += 1;
+                    } else {
+                        s.before_neg[c] += 1;
+                    }
+                }
+            }
+            if m.positive[i] {
+                for e in log
+                    .between(t.saturating_add(1), t.saturating_add(look).saturating_add(1))
+                    .iter()
+                    .filter(|e| counts(e))
+                {
+                    let c = e.item as usize;
+                    if stamp_after[c] != i as u32 {
+                        stamp_after[c] = i as u32;
+                        s.after_pos[c] += 1;
+                    }
+                }
+            }
+        }
+        s
+    }
+}
+
+/// The definition's metrics and derived numbers at each account's moment.
+fn numbers_at_moments(def: &CompiledDefinition, h: &History, m: &Moments) -> Vec<NumberValues> {
+    let mut numbers: Vec<NumberValues> = def
         .metrics
         .iter()
-        .map(|m| {
-            label_signal.is_some_and(|s| {
-                m.kind == crate::config::definition::MetricKind::Signal && m.signal_id == def.signals[s].id
-            })
-        })
-        .chain(def.derived.iter().map(|_| false))
+        .map(|x| x.name.clone())
+        .chain(def.derived.iter().map(|d| d.0.clone()))
+        .map(|name| NumberValues { name, positives: Vec::new(), negatives: Vec::new() })
         .collect();
-    let mut numbers: Vec<NumberValues> =
-        names.iter().map(|n| NumberValues { name: n.clone(), positives: Vec::new(), negatives: Vec::new() }).collect();
     let traits = crate::detect::traits_to_cel("{}");
     for (i, log) in h.accounts.iter().enumerate() {
-        let Some(m) = moment[i] else { continue };
-        let values = metrics_at(def, &h, log, m, &traits);
-        for (k, v) in values.into_iter().enumerate() {
-            if positive[i] {
+        let Some(t) = m.moment[i] else { continue };
+        for (k, v) in metrics_at(def, h, log, t, &traits).into_iter().enumerate() {
+            if m.positive[i] {
                 numbers[k].positives.push(v);
             } else {
                 numbers[k].negatives.push(v);
             }
         }
     }
-    bar.finish_and_clear();
+    numbers
+}
 
-    // Rank.
-    let free_text: Vec<(String, u64)> =
-        h.trait_values.iter().filter(|(_, &n)| n > MAX_TRAIT_VALUES).map(|(k, &n)| (k.clone(), n)).collect();
+/// Every candidate with its measures, best first: the behaviours (but free
+/// text traits) and the numbers (but those counting the label signal
+/// itself, 0 before every first label).
+#[allow(clippy::too_many_arguments)]
+fn rank(
+    def: &CompiledDefinition,
+    h: &History,
+    m: &Moments,
+    shown: &Shown,
+    numbers: &[NumberValues],
+    label_signal: Option<usize>,
+    free_text: &[(String, u64)],
+    min_support: u64,
+) -> Vec<Ranked> {
     let mut ranked = Vec::new();
     for (c, cand) in h.candidates.iter().enumerate().skip(1) {
         let kind = match cand.kind {
@@ -512,29 +614,34 @@ pub fn run(def: &CompiledDefinition, input_cfg: InputConfig, opts: &AnalyzeOptio
             CandidateKind::Trait => RankedKind::Trait,
             CandidateKind::Touch => continue,
         };
-        let free = kind == RankedKind::Trait && free_text.iter().any(|(n, _)| *n == cand.trait_name);
-        if free {
+        if kind == RankedKind::Trait && free_text.iter().any(|(n, _)| *n == cand.trait_name) {
             continue;
         }
-        let split = Split { a: pos_n[c], b: neg_n[c], pos: positives, neg: negatives };
+        let split = Split { a: shown.before_pos[c], b: shown.before_neg[c], pos: m.positives, neg: m.negatives };
         ranked.push(Ranked {
             signal: cand.text.clone(),
             kind,
             examples: cand.examples.clone(),
             trait_name: cand.trait_name.clone(),
             trait_value: cand.trait_value.clone(),
-            eligible: split.support() >= opts.min_support,
+            eligible: split.support() >= min_support,
             split,
             threshold: None,
             point_biserial: None,
-            positives_after: after_n[c],
+            positives_after: shown.after_pos[c],
             in_definition: in_definition(def, cand),
             number: None,
             candidate: Some(c as u32),
         });
     }
+    let counts_label = |k: usize| {
+        def.metrics.get(k).is_some_and(|x| {
+            x.kind == crate::config::definition::MetricKind::Signal
+                && label_signal.is_some_and(|s| x.signal_id == def.signals[s].id)
+        })
+    };
     for (k, nv) in numbers.iter().enumerate() {
-        if label_metrics[k] {
+        if counts_label(k) {
             continue;
         }
         let Some(t) = stats::best_threshold(&nv.positives, &nv.negatives) else { continue };
@@ -544,7 +651,7 @@ pub fn run(def: &CompiledDefinition, input_cfg: InputConfig, opts: &AnalyzeOptio
             examples: Vec::new(),
             trait_name: String::new(),
             trait_value: String::new(),
-            eligible: t.split.support() >= opts.min_support,
+            eligible: t.split.support() >= min_support,
             split: t.split,
             threshold: Some(t),
             point_biserial: Some(stats::point_biserial(&nv.positives, &nv.negatives)),
@@ -562,42 +669,7 @@ pub fn run(def: &CompiledDefinition, input_cfg: InputConfig, opts: &AnalyzeOptio
             .then(x.kind.cmp(&y.kind))
             .then(x.signal.cmp(&y.signal))
     });
-    let suggested = suggest(&h, &moment, &positive, look, &ranked, opts.suggest);
-    Ok(Analysis {
-        label,
-        label_short,
-        version: def.version.clone(),
-        input: opts.input.display().to_string(),
-        lookback_seconds: opts.lookback_seconds,
-        min_support: opts.min_support,
-        seed: opts.seed,
-        positives,
-        negatives,
-        positives_without_history: without_history,
-        positives_not_in_history: not_in_history,
-        median_age_days,
-        ranked,
-        suggested,
-        numbers,
-        free_text_traits: free_text,
-        lines: h.lines,
-        events: h.events,
-        rejected: h.rejected.values().sum(),
-        without_account: h.without_account,
-        first_ms: h.first_ms,
-        last_ms: h.last_ms,
-        outcome_problems: outcome_file
-            .as_ref()
-            .map(|f| {
-                let name = match &opts.label {
-                    Label::Outcomes { file, .. } => file.display().to_string(),
-                    Label::Signal(_) => String::new(),
-                };
-                f.describe_bad(&name, 10)
-            })
-            .unwrap_or_default(),
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    ranked
 }
 
 /// How much precision (at the low end of its interval) the suggested
@@ -613,14 +685,7 @@ pub const SUGGEST_KEEP: f64 = 0.8;
 /// its interval): a signal that reaches more accounts but floods sales is
 /// no better. At most `max` candidates, one trait at most (a signal holds
 /// one).
-fn suggest(
-    h: &History,
-    moment: &[Option<u32>],
-    positive: &[bool],
-    look: u32,
-    ranked: &[Ranked],
-    max: usize,
-) -> Option<Suggested> {
+fn suggest(h: &History, moments: &Moments, look: u32, ranked: &[Ranked], max: usize) -> Option<Suggested> {
     let pool: Vec<usize> = ranked
         .iter()
         .enumerate()
@@ -638,14 +703,14 @@ fn suggest(
     // Per account (positive or not): which of the pool it showed.
     let mut masks: Vec<(bool, u32)> = Vec::new();
     for (i, log) in h.accounts.iter().enumerate() {
-        let Some(m) = moment[i] else { continue };
+        let Some(m) = moments.moment[i] else { continue };
         let mut mask = 0u32;
         for e in log.between(m.saturating_sub(look), m) {
             if let Some(b) = bit.get(&e.item) {
                 mask |= 1 << b;
             }
         }
-        masks.push((positive[i], mask));
+        masks.push((moments.positive[i], mask));
     }
     let base = ranked[first].split;
     let split_of = |chosen: u32| {
