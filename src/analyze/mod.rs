@@ -672,19 +672,14 @@ fn rank(
     ranked
 }
 
-/// How much precision (at the low end of its interval) the suggested
-/// signal may give up for each candidate it adds: it takes a candidate only
-/// if, with it, it still has 80% of the precision it had without.
-pub const SUGGEST_KEEP: f64 = 0.8;
-
 /// The suggested signal, greedily: the best candidate that is a behaviour
 /// (not a number), not matched by a signal of the definition already, and
 /// better than the base rate even at the low end of its interval; then each
-/// next such candidate in rank order that brings in more positives while
-/// keeping [`SUGGEST_KEEP`] of the signal's precision (at the low end of
-/// its interval): a signal that reaches more accounts but floods sales is
-/// no better. At most `max` candidates, one trait at most (a signal holds
-/// one).
+/// next such candidate, in rank order, that raises the signal's F1 score
+/// (see [`Split::f1_low`]: the harmonic mean of its recall and of its
+/// precision at the low end of its interval). A candidate that reaches a
+/// few more positives but floods sales with negatives lowers it and stays
+/// out. At most `max` candidates, one trait at most (a signal holds one).
 fn suggest(h: &History, moments: &Moments, look: u32, ranked: &[Ranked], max: usize) -> Option<Suggested> {
     let pool: Vec<usize> = ranked
         .iter()
@@ -738,7 +733,7 @@ fn suggest(h: &History, moments: &Moments, look: u32, ranked: &[Ranked], max: us
             continue;
         }
         let with = split_of(chosen | 1 << b);
-        if with.a > split.a && with.precision_low() >= SUGGEST_KEEP * split.precision_low() {
+        if with.f1_low() > split.f1_low() {
             chosen |= 1 << b;
             picked.push(i);
             split = with;

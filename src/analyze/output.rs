@@ -354,8 +354,7 @@ fn markdown(a: &Analysis, opts: &AnalyzeOptions, s: Option<&Suggestion>, histos:
                 let sp = &x.split;
                 let _ = writeln!(
                     out,
-                    "The signal takes the best candidate that is not a number, not a signal of the definition already, and better than the base rate even at the low end of its interval; then each next one that brings in more positives while keeping {:.0}% of the signal's precision (at the low end of its interval). As a whole, {} of the {} positives ({}) showed it before their moment, and {} of the {} negatives ({}): precision {} (at least {}).\n",
-                    100.0 * super::SUGGEST_KEEP,
+                    "The signal takes the best candidate that is not a number, not a signal of the definition already, and better than the base rate even at the low end of its interval; then each next one, in rank order, that raises the signal's F1 score (the harmonic mean of its recall and of its precision at the low end of its interval), so that reaching a few more positives never floods sales with negatives. As a whole, {} of the {} positives ({}) showed it before their moment, and {} of the {} negatives ({}): precision {} (at least {}).\n",
                     sp.a,
                     sp.pos,
                     pct(sp.recall()),

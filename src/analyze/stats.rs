@@ -75,6 +75,19 @@ impl Split {
         }
     }
 
+    /// The harmonic mean of the recall and of [`Split::precision_low`]:
+    /// one number that a signal only raises by reaching more positives
+    /// without bringing in too many negatives. What the suggested signal
+    /// maximises.
+    pub fn f1_low(&self) -> f64 {
+        let (p, r) = (self.precision_low(), self.recall());
+        if p + r == 0.0 {
+            0.0
+        } else {
+            2.0 * p * r / (p + r)
+        }
+    }
+
     /// The phi coefficient (Pearson correlation of two yes/no variables):
     /// -1..=1, 0 when showing it says nothing.
     pub fn phi(&self) -> f64 {
@@ -249,10 +262,11 @@ mod tests {
         // Wilson 95% for 8/10: 0.4902 (textbook value).
         assert!(close(s.precision_low(), 0.4902), "{}", s.precision_low());
         assert!(close(s.lift_low(), s.precision_low() / 0.1));
+        assert!(close(s.f1_low(), 2.0 * 0.4902 * 0.8 / (0.4902 + 0.8)));
         // Nothing shown: zeros, no NaN.
         let z = Split { a: 0, b: 0, pos: 10, neg: 90 };
         assert_eq!((z.precision(), z.precision_low(), z.phi(), z.lift()), (0.0, 0.0, 0.0, 0.0));
-        assert_eq!(Split::default().lift_low(), 0.0);
+        assert_eq!((Split::default().lift_low(), Split::default().f1_low()), (0.0, 0.0));
     }
 
     #[test]
