@@ -136,7 +136,7 @@ fn hand_raisers_planted_behaviours_rank_first_and_the_suggestion_announces_them(
     let mut rd = csv::Reader::from_path(bt.join("pqas.csv")).unwrap();
     let mut announced: BTreeMap<String, String> = BTreeMap::new();
     for r in rd.records().map(Result::unwrap) {
-        if &r[2] == "default-2026.11.1-suggested" && &r[4] == "qualified" && r[7].contains("like_hand_raise") {
+        if &r[2] == "default-2026.11.1-hand_raise" && &r[4] == "qualified" && r[7].contains("like_hand_raise") {
             announced.entry(r[3].to_string()).or_insert(r[0].to_string());
         }
     }

@@ -441,7 +441,18 @@ fn markdown(a: &Analysis, opts: &AnalyzeOptions, s: Option<&Suggestion>, histos:
 /// lookback, and a rule on that metric.
 fn suggested_toml(a: &Analysis, cfg: &Config, def: &CompiledDefinition) -> (String, Option<Suggestion>) {
     let mut d = cfg.definition.clone();
-    let version = format!("{}-suggested", d.version);
+    let stem: String = a
+        .label_short
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect::<String>()
+        .split('_')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("_");
+    // Named after what it learnt from, so that the suggestions of two
+    // analyses can be backtested side by side.
+    let version = format!("{}-{stem}", d.version);
     d.version = version.clone();
     let picked: Vec<&Ranked> =
         a.suggested.as_ref().map(|x| x.picked.iter().map(|&i| &a.ranked[i]).collect()).unwrap_or_default();
@@ -456,15 +467,6 @@ fn suggested_toml(a: &Analysis, cfg: &Config, def: &CompiledDefinition) -> (Stri
         header.push_str("# No candidate beat the base rate at the low end of its interval: the definition is unchanged\n# but for its version.\n");
         None
     } else {
-        let stem: String = a
-            .label_short
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-            .collect::<String>()
-            .split('_')
-            .filter(|p| !p.is_empty())
-            .collect::<Vec<_>>()
-            .join("_");
         let taken = |n: &str| {
             def.signals.iter().any(|s| s.name == n)
                 || def.metrics.iter().any(|m| m.name == n)
