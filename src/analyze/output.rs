@@ -683,11 +683,15 @@ mod plot {
             let n = (hi - lo) as usize + 1;
             ((0..=n).map(|i| lo + i as f64).collect(), (0..n).map(|i| fmt_num(lo + i as f64)).collect())
         } else {
-            let n = 20usize;
-            let step = ((hi - lo) / n as f64).max(if integer { 1.0 } else { 1e-9 });
-            let step = if integer { step.ceil() } else { step };
-            let e: Vec<f64> = (0..=n).map(|i| lo + i as f64 * step).collect();
-            let names = (0..n).map(|i| fmt_num(e[i])).collect();
+            // About 20 bins of a round width (1, 2, 2.5 or 5 times a power
+            // of ten), each named by its range.
+            let raw = ((hi - lo) / 20.0).max(if integer { 1.0 } else { 1e-9 });
+            let mag = 10f64.powf(raw.log10().floor());
+            let step = [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|&w| w >= raw).unwrap_or(10.0 * mag);
+            let start = (lo / step).floor() * step;
+            let n = (((hi - start) / step).floor() as usize + 1).clamp(1, 40);
+            let e: Vec<f64> = (0..=n).map(|i| start + i as f64 * step).collect();
+            let names = (0..n).map(|i| format!("{}-{}", fmt_num(e[i]), fmt_num(e[i + 1]))).collect();
             (e, names)
         };
         let bins = names.len();
@@ -722,7 +726,7 @@ mod plot {
             let x_title = if integer && edges.len() > 1 && edges[1] - edges[0] == 1.0 {
                 format!("{} (one bar per value; the last bar holds everything above)", nv.name)
             } else {
-                format!("{} (bins by lower edge; the last bin holds everything above)", nv.name)
+                format!("{} (the last bin holds everything above)", nv.name)
             };
             let f = Frame::draw(root, labels, top, bins, max.max(1), &x_title, "Share of the group (%)", &label)?;
             let slot = 0.84 / 2.0;
