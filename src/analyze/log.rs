@@ -169,8 +169,6 @@ const MAX_TRAIT_VALUE: usize = 64;
 /// The state of the pass.
 struct Pass<'a> {
     def: &'a CompiledDefinition,
-    decoder: Decoder,
-    now_ms: i64,
     h: History,
     accounts: Map<String, u32>,
     users: Map<String, u32>,
@@ -197,7 +195,7 @@ struct Pass<'a> {
 const NO_ACCOUNT: u32 = u32::MAX;
 
 impl<'a> Pass<'a> {
-    fn new(def: &'a CompiledDefinition, decoder: Decoder, now_ms: i64) -> Pass<'a> {
+    fn new(def: &'a CompiledDefinition) -> Pass<'a> {
         let mut h = History::default();
         h.candidates.push(Candidate {
             kind: CandidateKind::Touch,
@@ -219,8 +217,6 @@ impl<'a> Pass<'a> {
             .collect();
         Pass {
             def,
-            decoder,
-            now_ms,
             h,
             accounts: Map::default(),
             users: Map::default(),
@@ -321,9 +317,10 @@ impl<'a> Pass<'a> {
         i
     }
 
-    fn line(&mut self, line: &[u8]) {
+    /// One decoded line (or the decoder's refusal).
+    fn line(&mut self, decoded: Result<crate::decode::Event, crate::decode::Rejection>) {
         self.h.lines += 1;
-        let ev = match self.decoder.decode(Some(line), self.now_ms) {
+        let ev = match decoded {
             Ok(ev) => ev,
             Err(r) => {
                 *self.h.rejected.entry(r.reason.as_str()).or_default() += 1;
@@ -545,9 +542,11 @@ pub fn open(path: &Path) -> io::Result<(Box<dyn BufRead + Send>, Arc<AtomicU64>,
     Ok((r, n, size))
 }
 
-/// Reads the history in `input`, on two threads: one reads (and
-/// decompresses) blocks of whole lines, the other decodes them.
-/// `progress(bytes_read, lines)` is called every block.
+/// Reads the history in `input` on three threads: one reads (and
+/// decompresses) blocks of whole lines, one decodes them with the engine's
+/// decoder, and the calling thread keeps what they hold (the part that needs
+/// the order of the lines: accounts, users, traits). `progress(lines)` is
+/// called every block.
 pub fn read_history(
     input: Box<dyn BufRead + Send>,
     def: &CompiledDefinition,
@@ -556,25 +555,36 @@ pub fn read_history(
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<History> {
     const BLOCK: usize = 4 << 20;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
-    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    /// Whole lines, and where each ends (found while reading, so that no
+    /// other thread scans for line breaks).
+    struct Block {
+        data: Vec<u8>,
+        ends: Vec<usize>,
+    }
+    type Decoded = Vec<Result<crate::decode::Event, crate::decode::Rejection>>;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Block>>(4);
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Block>();
+    let (dtx, drx) = std::sync::mpsc::sync_channel::<io::Result<Decoded>>(4);
     let reader = std::thread::Builder::new().name("analyze-read".into()).spawn(move || {
         let mut input = input;
         loop {
-            let mut block = back_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(BLOCK + 4096));
-            block.clear();
-            // Whole lines, about BLOCK bytes.
-            while block.len() < BLOCK {
-                match input.read_until(b'\n', &mut block) {
+            let mut block = back_rx.try_recv().unwrap_or_else(|_| Block {
+                data: Vec::with_capacity(BLOCK + 4096),
+                ends: Vec::with_capacity(BLOCK / 128),
+            });
+            block.data.clear();
+            block.ends.clear();
+            while block.data.len() < BLOCK {
+                match input.read_until(b'\n', &mut block.data) {
                     Ok(0) => break,
-                    Ok(_) => {}
+                    Ok(_) => block.ends.push(block.data.len()),
                     Err(e) => {
                         let _ = tx.send(Err(e));
                         return;
                     }
                 }
             }
-            if block.is_empty() {
+            if block.data.is_empty() {
                 return;
             }
             if tx.send(Ok(block)).is_err() {
@@ -582,20 +592,43 @@ pub fn read_history(
             }
         }
     })?;
-    let mut pass = Pass::new(def, Decoder::new(input_cfg), now_ms);
-    for block in rx {
-        let block = block?;
-        for line in block.split(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
+    let decoder = Decoder::new(input_cfg);
+    let decoding = std::thread::Builder::new().name("analyze-decode".into()).spawn(move || {
+        for block in rx {
+            let block = match block {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = dtx.send(Err(e));
+                    return;
+                }
+            };
+            let mut out = Vec::with_capacity(block.ends.len());
+            let mut start = 0;
+            for &end in &block.ends {
+                let mut line = &block.data[start..end];
+                start = end;
+                while let [rest @ .., b'\n' | b'\r'] = line {
+                    line = rest;
+                }
+                if !line.iter().all(u8::is_ascii_whitespace) {
+                    out.push(decoder.decode(Some(line), now_ms));
+                }
             }
-            pass.line(line);
+            let _ = back_tx.send(block);
+            if dtx.send(Ok(out)).is_err() {
+                return;
+            }
+        }
+    })?;
+    let mut pass = Pass::new(def);
+    for decoded in drx {
+        for d in decoded? {
+            pass.line(d);
         }
         progress(pass.h.lines);
-        let _ = back_tx.send(block);
     }
     reader.join().map_err(|_| io::Error::other("the reading thread panicked"))?;
+    decoding.join().map_err(|_| io::Error::other("the decoding thread panicked"))?;
     Ok(pass.finish())
 }
 
