@@ -349,7 +349,6 @@ pub fn write(
 /// each definition).
 fn describe_other(defs: &[DefinitionInfo], m: &Missed, window_ms: i64) -> String {
     let mut parts = Vec::new();
-    let mut seen = BTreeSet::new();
     // The nearest announcement of each definition.
     let mut nearest: BTreeMap<usize, i64> = BTreeMap::new();
     for &(d, at) in &m.other_announcements {
@@ -359,9 +358,6 @@ fn describe_other(defs: &[DefinitionInfo], m: &Missed, window_ms: i64) -> String
         }
     }
     for (d, at) in nearest {
-        if !seen.insert(d) {
-            continue;
-        }
         let delta = (at - m.at_ms) as f64 / MS_PER_DAY;
         let when = if delta > 0.0 {
             format!("{delta:.1} days after")
