@@ -509,7 +509,7 @@ fn markdown(defs: &[DefinitionInfo], stats: &OutcomeStats, outcomes: &OutcomeFil
 
 /// Precision (solid) and recall (light) per rule, a bar per definition.
 fn plot_by_rule(path: &Path, defs: &[DefinitionInfo], stats: &OutcomeStats) -> io::Result<()> {
-    use crate::report::plot::{self, Align, Frame, Label, MUTED, PLOT_BOTTOM};
+    use crate::report::plot::{self, Align, Frame, Label, MUTED, PLOT_BOTTOM, PLOT_LEFT, PLOT_RIGHT};
     use plotters::prelude::*;
     let title = "Precision (solid) and recall (light) per rule";
     // Categories: "any rule", then each rule in the order first met.
@@ -533,7 +533,21 @@ fn plot_by_rule(path: &Path, defs: &[DefinitionInfo], stats: &OutcomeStats) -> i
             .collect();
         entries.push(("precision: solid, recall: light".to_string(), RGBColor(150, 150, 150)));
         let top = plot::header(root, labels, title, &entries)?;
-        let label = |i: usize| vec![cats[i].clone()];
+        // Every rule named under its bars: a name too long for its place is
+        // shortened (the plot's frame would otherwise skip every other).
+        let room = ((PLOT_RIGHT - PLOT_LEFT) as f32 / cats.len().max(1) as f32 - 16.0).max(20.0);
+        let fit = |s: &str| {
+            if plot::text_width(s, 14.0) <= room {
+                return s.to_string();
+            }
+            let mut t: String = s.to_string();
+            while !t.is_empty() && plot::text_width(&format!("{t}…"), 14.0) > room {
+                t.pop();
+            }
+            format!("{t}…")
+        };
+        let names: Vec<String> = cats.iter().map(|c| fit(c)).collect();
+        let label = |i: usize| vec![names[i].clone()];
         let f = Frame::draw(root, labels, top, cats.len(), 99, "Rule", "Percent", &label)?;
         let m = stats.per_def.len().max(1) * 2;
         let slot = 0.84 / m as f64;
