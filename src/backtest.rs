@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigErrors};
 use crate::definitions::{load_definition_file, Definitions};
+use crate::outcome::read_outcomes;
+use crate::outcome_report::{self, OutcomeStats};
 use crate::replay::{replay_definitions, ReplayError, ReplayOptions};
 use crate::report::{self, DefinitionInfo, HistoryInfo, ReportFiles, Row};
 use crate::telemetry::Metrics;
@@ -24,6 +26,12 @@ pub struct BacktestOptions {
     pub out: PathBuf,
     pub batch_lines: usize,
     pub progress: bool,
+    /// Outcomes (NDJSON, see [`crate::outcome`]) to judge each definition
+    /// by: precision, recall and lead time per rule.
+    pub outcomes: Option<PathBuf>,
+    /// How long after an announcement an outcome without an event id is
+    /// taken as its answer.
+    pub attribution_window_ms: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +44,8 @@ pub enum BacktestError {
     Report { path: String, source: std::io::Error },
     #[error("announcement of {version} could not be read back: {detail}")]
     Row { version: String, detail: String },
+    #[error("cannot read the outcomes {path}: {source}")]
+    Outcomes { path: String, source: std::io::Error },
 }
 
 /// What a backtest did.
@@ -48,6 +58,9 @@ pub struct BacktestReport {
     /// Per definition: version, announcements (all types), events only it
     /// would have dead-lettered as too late when run alone.
     pub definitions: Vec<(String, u64, u64)>,
+    /// With `--outcomes`: what they said, and the lines that were not
+    /// outcomes (for the terminal).
+    pub outcomes: Option<(OutcomeStats, String)>,
 }
 
 impl BacktestReport {
@@ -69,6 +82,25 @@ impl BacktestReport {
                 ));
             }
             s.push('\n');
+        }
+        if let Some((o, bad)) = &self.outcomes {
+            for (d, (v, _, _)) in self.definitions.iter().enumerate() {
+                if let Some(any) = o.per_def.get(d).and_then(|x| x.rules.first()) {
+                    let f = |x: Option<f64>| x.map_or("-".to_string(), |p| format!("{:.0}%", 100.0 * p));
+                    s.push_str(&format!(
+                        "  {v}: precision {} of {} answered announcements, recall {} of {} accounts with an opportunity or a win\n",
+                        f(any.tally.precision()),
+                        any.tally.answered,
+                        f(any.recall()),
+                        any.positive_accounts
+                    ));
+                }
+            }
+            s.push_str(&format!("  outcomes no definition saw coming: {}\n", o.missed.len()));
+            if !bad.is_empty() {
+                s.push_str(bad);
+                s.push('\n');
+            }
         }
         s.push_str(&format!("  report: {}\n  rows:   {}", self.files.summary.display(), self.files.csv.display()));
         for p in &self.files.plots {
@@ -107,6 +139,13 @@ pub fn backtest(opts: &BacktestOptions) -> Result<BacktestReport, BacktestError>
             rule_inputs: d.rules.iter().map(|r| (r.name.clone(), r.references.clone())).collect(),
         })
         .collect();
+    // Outcomes are read first: a missing file should not wait for the pass.
+    let outcomes = match &opts.outcomes {
+        Some(p) => {
+            Some(read_outcomes(p).map_err(|e| BacktestError::Outcomes { path: p.display().to_string(), source: e })?)
+        }
+        None => None,
+    };
     let mut iter = compiled.into_iter();
     let live = iter.next().expect("one definition at least");
     let defs = Definitions::new(live, iter.collect(), labels.clone()).map_err(|mut errs| {
@@ -142,8 +181,28 @@ pub fn backtest(opts: &BacktestOptions) -> Result<BacktestReport, BacktestError>
         last_ms: summary.last_ms,
         input: opts.input.display().to_string(),
     };
-    let files = report::write_report(&opts.out, &infos, &history, &rows)
-        .map_err(|e| BacktestError::Report { path: opts.out.display().to_string(), source: e })?;
+    let report_err = |e| BacktestError::Report { path: opts.out.display().to_string(), source: e };
+    let mut files = report::write_report(&opts.out, &infos, &history, &rows).map_err(report_err)?;
+    let outcomes = match (&outcomes, &opts.outcomes) {
+        (Some(file), Some(path)) => {
+            let name = path.display().to_string();
+            let stats = outcome_report::compute(&infos, &rows, file, &history, opts.attribution_window_ms);
+            let (md, written) = outcome_report::write(&opts.out, &infos, &stats, file, &name).map_err(report_err)?;
+            // The outcomes section goes after the comparison of definitions.
+            let mut summary = std::fs::read_to_string(&files.summary).map_err(report_err)?;
+            summary = summary.replacen(
+                "- **Files:** `pqas.csv` (one row per announcement)",
+                "- **Files:** `pqas.csv` (one row per announcement), `rules.csv` and `missed.csv` (outcomes), `outcomes_by_rule.png`",
+                1,
+            );
+            summary.push('\n');
+            summary.push_str(&md);
+            std::fs::write(&files.summary, summary).map_err(report_err)?;
+            files.plots.extend(written.into_iter().filter(|p| p.extension().is_some_and(|e| e == "png")));
+            Some((stats, file.describe_bad(&name, 10)))
+        }
+        _ => None,
+    };
     let definitions = infos
         .iter()
         .enumerate()
@@ -157,5 +216,6 @@ pub fn backtest(opts: &BacktestOptions) -> Result<BacktestReport, BacktestError>
         dead_letters: stats.dead_letters,
         seconds: stats.elapsed.as_secs_f64(),
         definitions,
+        outcomes,
     })
 }

@@ -113,6 +113,9 @@ pub enum Reason {
     TooLate,
     FieldTooLong,
     DuplicateKey,
+    /// A record of the outcomes topic, refused for this reason (see
+    /// [`crate::outcome::OutcomeError::reason`]).
+    Outcome(&'static str),
 }
 
 impl Reason {
@@ -157,6 +160,7 @@ impl Reason {
             Reason::TooLate => "too_late",
             Reason::FieldTooLong => "field_too_long",
             Reason::DuplicateKey => "duplicate_key",
+            Reason::Outcome(r) => r,
         }
     }
 }

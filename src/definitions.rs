@@ -205,6 +205,12 @@ pub struct Published {
     /// The input offsets (topic, partition, next offset) at which the live
     /// version took over, when it came from a reload.
     pub live_since: Mutex<Vec<(String, i32, i64)>>,
+    /// Per running definition: what its announcements heard back from
+    /// sales, per rule (this instance's partitions).
+    pub rules: Mutex<Vec<crate::outcome::RuleReport>>,
+    /// The attribution window of outcomes (milliseconds; 0 until the
+    /// consumer loop publishes).
+    pub attribution_window_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Published {

@@ -119,6 +119,10 @@ struct Pending {
     warming_up: Vec<String>,
 }
 
+#[path = "engine_outcomes.rs"]
+mod outcomes;
+pub use outcomes::announcements;
+
 /// The engine. Owns the state; one per process (or per partition worker).
 pub struct Engine {
     defs: Arc<Definitions>,
@@ -168,6 +172,8 @@ pub struct Engine {
     budget_clock: BudgetClock,
     /// Budget time before which nothing waiting can be released or expire.
     next_release_ms: i64,
+    /// Outcomes from sales and the per-rule counts.
+    feedback: outcomes::Feedback,
 }
 
 /// What the budget did for a definition's announcement.
@@ -222,6 +228,7 @@ impl Engine {
             ledger: Ledger::default(),
             budget_clock: BudgetClock::Event,
             next_release_ms: 0,
+            feedback: Default::default(),
         };
         engine.load_meta()?;
         engine.adopt(defs);
@@ -236,6 +243,7 @@ impl Engine {
     pub fn set_definitions(&mut self, defs: Arc<Definitions>) -> Result<&Manifest, EngineError> {
         self.manifest = self.store.prepare_layout(defs.layout.clone(), &defs.live)?;
         self.adopt(defs);
+        self.load_tallies(None)?;
         Ok(&self.manifest)
     }
 
@@ -417,6 +425,7 @@ impl Engine {
     pub fn assigned(&mut self, partitions: &[i32]) -> Result<(), EngineError> {
         self.owned.get_or_insert_with(HashSet::new).extend(partitions.iter().copied());
         self.store.load_schedule()?;
+        self.outcomes_assigned(partitions)?;
         self.metrics.budget_queue_length.set(self.store.schedule().queue.len() as i64);
         Ok(())
     }
@@ -568,6 +577,7 @@ impl Engine {
             self.part_times_changed = false;
         }
         self.metrics.budget_queue_length.set(self.store.schedule().queue.len() as i64);
+        self.prepare_outcomes();
         let mut prepared = self.store.prepare(&offsets);
         prepared.oldest_ts = self.batch_oldest_ts.take();
         prepared
@@ -603,6 +613,7 @@ impl Engine {
         self.metrics.cache_accounts.set(stats.cached_accounts as i64);
         self.metrics.watermark_seconds.set(self.store.watermark_ms() / 1000);
         self.update_warming_gauge();
+        self.publish_rule_metrics();
         if let Some(ts) = oldest_ts {
             self.metrics.end_to_end_seconds.observe(((written_ms - ts).max(0) as f64) / 1000.0);
         }
@@ -636,6 +647,8 @@ impl Engine {
                 o.remove(p);
             }
         }
+        let numbers: Vec<i32> = parts.iter().map(|(_, p)| *p).collect();
+        self.outcomes_revoked(&numbers);
     }
 
     /// The state, for restoring it from a changelog.
@@ -841,6 +854,7 @@ impl Engine {
         }
         st.last_seen_ms = st.last_seen_ms.max(ev.time_ms);
         st.seq += 1;
+        st.partition = Some(entry.partition);
         entry.dirty = true;
         let idx = bucket_of(ev.time_ms, layout.bucket_seconds);
         if ev.kind == Kind::Group {
@@ -1077,6 +1091,9 @@ impl Engine {
                 self.note_qualified(p.definition, account);
             }
             if !live {
+                if kind == Announcement::Qualified {
+                    self.record_sent(account, p.definition, &event.id, &event.rules, time_ms)?;
+                }
                 out.shadow_events.push(event);
                 continue;
             }
@@ -1092,6 +1109,9 @@ impl Engine {
                         // Superseded by what goes out now.
                         entry.state.held = None;
                         self.store.reindex(account);
+                    }
+                    if kind == Announcement::Qualified {
+                        self.record_sent(account, 0, &event.id, &event.rules, time_ms)?;
                     }
                     self.count_live(&event);
                     out.events.push(event);
@@ -1247,6 +1267,9 @@ impl Engine {
                 definition: 0,
             };
             self.metrics.budget.with_label_values(&["released"]).inc();
+            if event_type == emit::TYPE_QUALIFIED {
+                self.record_sent(&account, 0, &event.id, &event.rules, now)?;
+            }
             self.count_live(&event);
             out.events.push(event);
         }

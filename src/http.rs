@@ -135,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/accounts/{id}", get(account))
         .route("/definitions", get(definitions))
+        .route("/definitions/{version}/rules", get(definition_rules))
         .route("/admin/reload", post(admin_reload))
         .with_state(state)
 }
@@ -199,7 +200,18 @@ async fn account(State(s): State<AppState>, Path(id): Path<String>) -> Response 
     let Some(defs) = s.published.current() else {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "definitions not loaded yet"}))).into_response();
     };
-    let result = tokio::task::spawn_blocking(move || account_view(&defs, &reader, &id)).await;
+    let window = match s.published.attribution_window_ms.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => crate::outcome::DEFAULT_ATTRIBUTION_WINDOW_MS,
+        w => w,
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let mut view = account_view(&defs, &reader, &id)?;
+        if let (Some(v), Some(acct)) = (view.as_mut(), reader.account(&id).map_err(|e| e.to_string())?) {
+            feedback_view(&defs, &acct, &id, window, v);
+        }
+        Ok::<_, String>(view)
+    })
+    .await;
     match result {
         Ok(Ok(Some(v))) => Json(v).into_response(),
         Ok(Ok(None)) => (StatusCode::NOT_FOUND, Json(json!({"error": "unknown account"}))).into_response(),
@@ -380,6 +392,90 @@ fn budget_view(acct: &crate::state::AccountState, def: &crate::config::CompiledD
             format_time_ms(expires)
         ),
     })
+}
+
+/// The account's announcements (of the running definitions) and what sales
+/// reported back, each outcome with the announcement it answers per
+/// definition.
+fn feedback_view(defs: &Definitions, acct: &crate::state::AccountState, id: &str, window_ms: i64, view: &mut Value) {
+    let announcements: Vec<Value> = acct
+        .sent
+        .iter()
+        .map(
+            |s| json!({"definition_version": s.version, "id": s.id, "rules": s.rules, "time": format_time_ms(s.at_ms)}),
+        )
+        .collect();
+    let outcomes: Vec<Value> = acct
+        .outcomes
+        .iter()
+        .map(|o| {
+            let rec = o.outcome(id);
+            let mut answers = serde_json::Map::new();
+            for d in defs.all() {
+                let sent = crate::engine::announcements(&acct.sent, &d.version);
+                if let Some((i, by)) = crate::outcome::attribute(&sent, &rec, window_ms) {
+                    let by = match by {
+                        crate::outcome::AttributedBy::EventId => "event_id",
+                        crate::outcome::AttributedBy::Time => "time",
+                    };
+                    answers.insert(d.version.clone(), json!({"id": sent[i].event_id, "by": by}));
+                }
+            }
+            json!({
+                "outcome": o.outcome.as_str(),
+                "at": format_time_ms(o.at_ms),
+                "pqa_event_id": o.pqa_event_id,
+                "rule": o.rule,
+                "amount": o.amount,
+                "answers": answers,
+            })
+        })
+        .collect();
+    view["announcements"] = json!(announcements);
+    view["outcomes"] = json!(outcomes);
+}
+
+/// `GET /definitions/{version}/rules`: what the announcements of a running
+/// definition heard back from sales, per rule and over all rules: counts,
+/// precision (opportunities or wins over the announcements with an
+/// outcome) and lead time (days from the first announcement to the
+/// opportunity or win). Over this instance's partitions.
+async fn definition_rules(State(s): State<AppState>, Path(version): Path<String>) -> Response {
+    let reports = s.published.rules.lock().expect("lock").clone();
+    let window = s.published.attribution_window_ms.load(std::sync::atomic::Ordering::Relaxed);
+    let Some(r) = reports.into_iter().find(|r| r.version == version) else {
+        let running: Vec<String> =
+            s.published.current().map(|d| d.all().map(|d| d.version.clone()).collect()).unwrap_or_default();
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no running definition has version `{version}`"), "running": running})),
+        )
+            .into_response();
+    };
+    let row = |name: &str, t: &crate::outcome::RuleTally| {
+        json!({
+            "rule": name,
+            "announced": t.announced,
+            "answered": t.answered,
+            "accepted": t.accepted,
+            "rejected": t.rejected,
+            "opportunity": t.opportunity,
+            "won": t.won,
+            "lost": t.lost,
+            "positive": t.positive,
+            "precision": t.precision(),
+            "lead_time_days": {"median": t.median_lead_days(), "p90": t.p90_lead_days(), "n": t.lead_times_days.len()},
+        })
+    };
+    let rules: Vec<Value> = r.rules.iter().map(|(n, t)| row(n, t)).collect();
+    Json(json!({
+        "version": r.version,
+        "role": r.role,
+        "attribution_window_days": window as f64 / 86_400_000.0,
+        "rules": rules,
+        "all": row("*", &r.all),
+    }))
+    .into_response()
 }
 
 /// `GET /definitions`: each running definition (live first), its

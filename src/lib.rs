@@ -44,8 +44,16 @@
 //! - [`reload`]: hot reload (SIGHUP, a changed file, `POST /admin/reload`),
 //!   validated first, swapped between two batches.
 //! - [`replay`]: the engine over an NDJSON file, no Kafka.
+//! - [`analyze`]: signal discovery on history: what hand-raisers (or won
+//!   accounts) did before, ranked, with a suggested signal and rule.
 //! - [`backtest`] and [`report`]: several definitions side by side over one
 //!   history, and the CSV, summary and plots that compare them.
+//! - [`outcome`]: what sales made of an announcement (accepted, rejected,
+//!   opportunity, won, lost): the record, files of them, the join to the
+//!   announcement it answers and the counts per rule.
+//! - [`outcome_report`]: `backtest --outcomes`: precision, recall and lead
+//!   time per definition and rule, and the outcomes no definition saw
+//!   coming.
 //! - [`sim`]: a seeded simulated product (Segment events) for the demo,
 //!   tests and benchmarks.
 //! - [`demo`]: embedded Kafka (librdkafka's mock cluster) + simulator +
@@ -58,6 +66,7 @@
 //!
 //! `main.rs` only parses the command line and wires these together.
 
+pub mod analyze;
 pub mod backtest;
 pub mod budget;
 pub mod changelog;
@@ -71,6 +80,9 @@ pub mod emit;
 pub mod engine;
 pub mod gaps;
 pub mod http;
+pub mod outcome;
+pub mod outcome_report;
+pub mod outcomes_source;
 pub mod reload;
 pub mod replay;
 pub mod report;

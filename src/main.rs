@@ -71,6 +71,13 @@ enum Command {
     /// row per announcement), DIR/summary.md (per definition and rule,
     /// overlap, earlier/later) and PNG plots.
     Backtest(BacktestArgs),
+    /// Find new signals on history: what the accounts that raised a hand
+    /// (--label SIGNAL) or that sales won (--outcomes FILE) did before,
+    /// against comparable accounts that did not. Writes DIR/signals.csv
+    /// (every candidate, best first), DIR/report.md with histograms, and
+    /// DIR/suggested.toml (the definition with the top candidates as a
+    /// signal and a rule, ready for validate and backtest).
+    Analyze(AnalyzeArgs),
     /// One command, nothing to install: an embedded Kafka, a simulated
     /// product whose clock runs fast, the engine, and a live view of PQAs as
     /// they appear.
@@ -110,6 +117,55 @@ struct BacktestArgs {
     /// Lines per state commit.
     #[arg(long, default_value_t = 10_000)]
     batch_lines: usize,
+    /// Outcomes from sales (NDJSON: account_id, outcome, at, and optionally
+    /// pqa_event_id, rule, amount; plain or .gz): adds precision, recall and
+    /// lead time per definition and rule, and the outcomes no definition saw
+    /// coming (rules.csv, missed.csv, outcomes_by_rule.png, summary.md).
+    #[arg(long)]
+    outcomes: Option<PathBuf>,
+    /// How long after an announcement an outcome that names no
+    /// pqa_event_id is still taken as its answer (e.g. 90d).
+    #[arg(long, default_value = "90d", requires = "outcomes")]
+    attribution_window: String,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("positives").required(true).args(["label", "outcomes"])))]
+struct AnalyzeArgs {
+    /// Configuration file (TOML), layered over the shipped defaults: its
+    /// definition's signals and metrics, its [input] field pointers.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// History: Segment-Spec NDJSON (plain or .gz); `-` reads standard input.
+    #[arg(long, short)]
+    input: PathBuf,
+    /// Positives are the accounts where this signal of the definition
+    /// happened (e.g. hand_raise), each at its first occurrence.
+    #[arg(long)]
+    label: Option<String>,
+    /// Positives are the accounts with an outcome of --positive in this
+    /// NDJSON file (account_id, outcome, at), each at the first.
+    #[arg(long)]
+    outcomes: Option<PathBuf>,
+    /// Which outcomes make a positive (comma-separated).
+    #[arg(long, default_value = "won,opportunity", requires = "outcomes")]
+    positive: String,
+    /// How far back before each account's moment behaviour counts.
+    #[arg(long, default_value = "14d")]
+    lookback: String,
+    /// Directory for signals.csv, report.md, suggested.toml and the plots
+    /// (created).
+    #[arg(long)]
+    out: PathBuf,
+    /// Candidates shown by fewer accounts are listed but not ranked.
+    #[arg(long, default_value_t = 5)]
+    min_support: u64,
+    /// How many of the top candidates the suggested signal takes at most.
+    #[arg(long, default_value_t = 3)]
+    suggest: usize,
+    /// Seed of the negatives' moments (matched on account age).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -304,6 +360,11 @@ struct SimulateArgs {
     /// every 5 s); on a terminal a progress bar is always shown.
     #[arg(long)]
     progress: bool,
+    /// Also write what sales made of the simulated accounts (accepted,
+    /// rejected, opportunity, won, lost) as outcomes NDJSON to this file
+    /// (`.gz` compressed), for `backtest --outcomes` and `analyze --outcomes`.
+    #[arg(long)]
+    outcomes: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -431,15 +492,55 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Backtest(a) => {
+            let window = pqa_engine::config::definition::parse_duration_seconds(&a.attribution_window)
+                .map_err(|e| anyhow::anyhow!("--attribution-window: {e}"))?;
+            if a.outcomes.as_deref() == Some(std::path::Path::new("-")) && a.input.as_os_str() == "-" {
+                anyhow::bail!("--input and --outcomes cannot both read standard input");
+            }
             let opts = pqa_engine::backtest::BacktestOptions {
                 input: a.input,
                 definitions: a.definitions,
                 out: a.out,
                 batch_lines: a.batch_lines.max(1),
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                outcomes: a.outcomes,
+                attribution_window_ms: window * 1000,
             };
             let report = pqa_engine::backtest::backtest(&opts)?;
             eprintln!("{}", report.describe());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Analyze(a) => {
+            use pqa_engine::analyze::{analyze, AnalyzeOptions, Label};
+            let lookback = pqa_engine::config::definition::parse_duration_seconds(&a.lookback)
+                .map_err(|e| anyhow::anyhow!("--lookback: {e}"))?;
+            if lookback <= 0 {
+                anyhow::bail!("--lookback must be longer than 0");
+            }
+            let label = match (a.label, a.outcomes) {
+                (Some(l), _) => Label::Signal(l),
+                (None, Some(file)) => {
+                    if file.as_os_str() == "-" && a.input.as_os_str() == "-" {
+                        anyhow::bail!("--input and --outcomes cannot both read standard input");
+                    }
+                    let positive = pqa_engine::outcome::parse_kinds(&a.positive)
+                        .map_err(|e| anyhow::anyhow!("--positive: {e}"))?;
+                    Label::Outcomes { file, positive }
+                }
+                (None, None) => unreachable!("clap requires --label or --outcomes"),
+            };
+            let mut opts = AnalyzeOptions::new(a.input, label, a.out);
+            opts.config = a.config;
+            opts.lookback_seconds = lookback;
+            opts.min_support = a.min_support.max(1);
+            opts.suggest = a.suggest;
+            opts.seed = a.seed;
+            opts.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let (analysis, files) = analyze(&opts)?;
+            if !analysis.outcome_problems.is_empty() {
+                eprintln!("{}", analysis.outcome_problems);
+            }
+            eprintln!("{}", pqa_engine::analyze::describe(&analysis, &files));
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(a) => {
@@ -638,6 +739,10 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 let n = write_ndjson(&mut sim, &a.output, a.max_events, &mut progress);
                 progress.finish();
                 eprintln!("wrote {} events", n?);
+            }
+            if let Some(p) = &a.outcomes {
+                let n = pqa_engine::sim::write_outcomes(&sim, p)?;
+                eprintln!("wrote {n} outcomes to {}", p.display());
             }
             Ok(ExitCode::SUCCESS)
         }

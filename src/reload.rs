@@ -245,7 +245,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     let a = serde_json::to_value(old).unwrap_or_default();
     let b = serde_json::to_value(new).unwrap_or_default();
     for section in ["kafka", "input", "state", "http"] {
-        diff(&format!("{section}"), &a[section], &b[section], &mut out);
+        diff(section, &a[section], &b[section], &mut out);
     }
     out
 }

@@ -793,7 +793,7 @@ fn summary_markdown(defs: &[DefinitionInfo], history: &HistoryInfo, stats: &Stat
 // ---------------------------------------------------------------------------------------------
 // Plots
 
-mod plot {
+pub(crate) mod plot {
     //! Plotters draws the shapes; text is laid out and rasterised here with `ab_glyph` from an
     //! embedded font (plotters' own `ab_glyph` text path ignores glyph side bearings and
     //! misplaces the baseline, which made labels uneven), so no system font is ever needed.
@@ -825,20 +825,20 @@ mod plot {
         RGBColor(102, 166, 30),
         RGBColor(166, 118, 29),
     ];
-    const INK: [u8; 3] = [20, 20, 20];
-    const MUTED: [u8; 3] = [95, 95, 95];
-    const GRID: RGBColor = RGBColor(228, 228, 228);
+    pub(crate) const INK: [u8; 3] = [20, 20, 20];
+    pub(crate) const MUTED: [u8; 3] = [95, 95, 95];
+    pub(crate) const GRID: RGBColor = RGBColor(228, 228, 228);
 
     // Layout (pixels).
-    const PLOT_LEFT: i32 = 86;
-    const PLOT_RIGHT: i32 = WIDTH as i32 - 28;
-    const PLOT_BOTTOM: i32 = HEIGHT as i32 - 78;
+    pub(crate) const PLOT_LEFT: i32 = 86;
+    pub(crate) const PLOT_RIGHT: i32 = WIDTH as i32 - 28;
+    pub(crate) const PLOT_BOTTOM: i32 = HEIGHT as i32 - 78;
 
-    fn color(i: usize) -> RGBColor {
+    pub(crate) fn color(i: usize) -> RGBColor {
         PALETTE[i % PALETTE.len()]
     }
 
-    fn err<E: std::fmt::Display>(e: E) -> io::Error {
+    pub(crate) fn err<E: std::fmt::Display>(e: E) -> io::Error {
         io::Error::other(format!("plot: {e}"))
     }
 
@@ -857,7 +857,7 @@ mod plot {
     }
 
     /// A text to draw once the shapes are done. `size` is the line height in pixels.
-    struct Label {
+    pub(crate) struct Label {
         text: String,
         x: i32,
         y: i32,
@@ -870,26 +870,26 @@ mod plot {
     }
 
     impl Label {
-        fn new(text: impl Into<String>, (x, y): (i32, i32), size: f32) -> Label {
+        pub(crate) fn new(text: impl Into<String>, (x, y): (i32, i32), size: f32) -> Label {
             Label { text: text.into(), x, y, size, rgb: INK, h: Align::Start, v: Align::Start, vertical: false }
         }
-        fn align(mut self, h: Align, v: Align) -> Label {
+        pub(crate) fn align(mut self, h: Align, v: Align) -> Label {
             self.h = h;
             self.v = v;
             self
         }
-        fn rgb(mut self, rgb: [u8; 3]) -> Label {
+        pub(crate) fn rgb(mut self, rgb: [u8; 3]) -> Label {
             self.rgb = rgb;
             self
         }
-        fn vertical(mut self) -> Label {
+        pub(crate) fn vertical(mut self) -> Label {
             self.vertical = true;
             self
         }
     }
 
     /// Width of `text` in pixels at line height `size`.
-    fn text_width(text: &str, size: f32) -> f32 {
+    pub(crate) fn text_width(text: &str, size: f32) -> f32 {
         let Ok(font) = font() else { return 0.0 };
         let sf = font.as_scaled(PxScale::from(size));
         let mut w = 0.0;
@@ -972,10 +972,13 @@ mod plot {
         }
     }
 
-    type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+    pub(crate) type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
     /// Renders shapes with plotters, then the labels, and writes a PNG.
-    fn render(path: &Path, draw: impl FnOnce(&Area<'_>, &mut Vec<Label>) -> io::Result<()>) -> io::Result<()> {
+    pub(crate) fn render(
+        path: &Path,
+        draw: impl FnOnce(&Area<'_>, &mut Vec<Label>) -> io::Result<()>,
+    ) -> io::Result<()> {
         font()?;
         let mut buf = vec![255u8; (WIDTH * HEIGHT * 3) as usize];
         let mut labels = Vec::new();
@@ -999,7 +1002,7 @@ mod plot {
 
     /// Title and legend (wrapped over as many rows as needed); returns the y where the plot may
     /// start.
-    fn header(
+    pub(crate) fn header(
         root: &Area<'_>,
         labels: &mut Vec<Label>,
         title: &str,
@@ -1067,24 +1070,24 @@ mod plot {
     }
 
     /// A plot over `n` categories with integer counts up to `max` on the y axis.
-    struct Frame {
-        top: i32,
+    pub(crate) struct Frame {
+        pub(crate) top: i32,
         n: usize,
         ymax: u64,
     }
 
     impl Frame {
-        fn x(&self, v: f64) -> i32 {
+        pub(crate) fn x(&self, v: f64) -> i32 {
             PLOT_LEFT + ((PLOT_RIGHT - PLOT_LEFT) as f64 * v / self.n.max(1) as f64).round() as i32
         }
-        fn y(&self, v: f64) -> i32 {
+        pub(crate) fn y(&self, v: f64) -> i32 {
             PLOT_BOTTOM - ((PLOT_BOTTOM - self.top) as f64 * v / self.ymax.max(1) as f64).round() as i32
         }
 
         /// Draws grid, axes, tick labels and axis titles. `label(i)` gives the lines under
         /// category i; only every k-th category is labelled when they would not fit.
         #[allow(clippy::too_many_arguments)]
-        fn draw(
+        pub(crate) fn draw(
             root: &Area<'_>,
             labels: &mut Vec<Label>,
             top: i32,
@@ -1161,7 +1164,7 @@ mod plot {
             .collect()
     }
 
-    pub fn announcements_per_week(path: &Path, defs: &[DefinitionInfo], stats: &Stats) -> io::Result<()> {
+    pub(super) fn announcements_per_week(path: &Path, defs: &[DefinitionInfo], stats: &Stats) -> io::Result<()> {
         let title = "Qualified announcements per week";
         render(path, |root, labels| {
             if !stats.any_qualified || stats.week_axis.is_empty() {
@@ -1205,7 +1208,7 @@ mod plot {
         })
     }
 
-    pub fn score_distribution(path: &Path, defs: &[DefinitionInfo], stats: &Stats) -> io::Result<()> {
+    pub(super) fn score_distribution(path: &Path, defs: &[DefinitionInfo], stats: &Stats) -> io::Result<()> {
         let title = "Score distribution of qualified announcements";
         render(path, |root, labels| {
             if !stats.any_qualified {

@@ -15,6 +15,16 @@
 //! | `AdminSwitch`  | ~7%   | 3-5   | steady use; 14-45 days after sign-up `Admin Role Granted` / `Workspace Owner Changed` and an `identify` with role `admin` / `owner` |
 //! | `HandRaiser`   | ~5%   | 1-3   | low activity; one user views `/pricing` then sends `Contact Sales Submitted` or `Demo Requested` |
 //!
+//! For signal discovery (`pqa-engine analyze`), behaviours are planted, each
+//! from its own random stream so that the rest of an account's events stay
+//! as they were: hand-raisers read `/docs/sso` and hit `Plan Limit Reached`
+//! in the days before they raise their hand, and have a `Sales Call
+//! Scheduled` in the days after; accounts that become a sales opportunity
+//! export the audit log (`Audit Log Exported`) before. A few small accounts
+//! do some of it too (noise). [`Simulator::outcomes`] says what sales made
+//! of the accounts (accepted, rejected, opportunity, won, lost), as a CRM
+//! would export it.
+//!
 //! Three accounts among the first 100 ids (chosen from the seed) are always
 //! hand-raisers that sign up on day 0 and raise their hand on day 0 or 1, so a
 //! demo shows a PQA within seconds.
@@ -123,7 +133,7 @@ const K_IDENTIFY: u8 = 2;
 const K_GROUP: u8 = 3;
 
 /// Track events; the first `NORMAL_TRACKS` are sampled with `TRACK_WEIGHTS`.
-const TRACKS: [&str; 18] = [
+const TRACKS: [&str; 21] = [
     "Board Viewed",
     "Card Moved",
     "Card Created",
@@ -143,6 +153,10 @@ const TRACKS: [&str; 18] = [
     "Workspace Owner Changed",
     "Contact Sales Submitted",
     "Demo Requested",
+    // planted for signal discovery (see `Extras`)
+    "Plan Limit Reached",
+    "Sales Call Scheduled",
+    "Audit Log Exported",
 ];
 const NORMAL_TRACKS: usize = 13;
 const TRACK_WEIGHTS: [u16; NORMAL_TRACKS] = [30, 20, 15, 12, 4, 5, 6, 4, 3, 1, 1, 2, 4];
@@ -152,10 +166,13 @@ const T_ADMIN_GRANTED: u16 = 14;
 const T_OWNER_CHANGED: u16 = 15;
 const T_CONTACT_SALES: u16 = 16;
 const T_DEMO_REQUESTED: u16 = 17;
+const T_PLAN_LIMIT: u16 = 18;
+const T_SALES_CALL: u16 = 19;
+const T_AUDIT_EXPORT: u16 = 20;
 
 /// Pages: (name, path). Paths with `{b}` take a board id. The first
 /// `NORMAL_PAGES` are ordinary product pages, the rest legal / trust pages.
-const PAGES: [(&str, &str); 17] = [
+const PAGES: [(&str, &str); 18] = [
     ("Home", "/home"),
     ("Boards", "/boards"),
     ("Board", "/boards/b-"),
@@ -174,6 +191,8 @@ const PAGES: [(&str, &str); 17] = [
     ("Security", "/security"),
     ("Data Processing Addendum", "/dpa"),
     ("Service Level Agreement", "/legal/sla"),
+    // planted for signal discovery (see `Extras`)
+    ("SSO Setup Guide", "/docs/sso"),
 ];
 const NORMAL_PAGES: usize = 12;
 const PAGE_WEIGHTS: [u16; NORMAL_PAGES] = [14, 16, 30, 4, 5, 3, 2, 4, 3, 3, 2, 2];
@@ -181,6 +200,7 @@ const P_BOARD: u16 = 2;
 const P_PRICING: u16 = 7;
 const P_LEGAL_FIRST: u16 = 12;
 const LEGAL_WEIGHTS: [u16; 5] = [30, 25, 25, 15, 5];
+const P_DOCS_SSO: u16 = 17;
 
 const ROLES: [&str; 3] = ["member", "admin", "owner"];
 const ROLE_MEMBER: u16 = 0;
@@ -254,6 +274,8 @@ const SALT_PLAN: u64 = 0x504C_414E_0000_0001;
 const SALT_COMPANY: u64 = 0x434F_4D50_0000_0002;
 const SALT_USER: u64 = 0x5553_4552_0000_0003;
 const SALT_EARLY: u64 = 0x4541_524C_0000_0004;
+const SALT_EXTRAS: u64 = 0x4558_5452_0000_0005;
+const SALT_PLANT: u64 = 0x504C_4E54_0000_0006;
 
 fn pick_weighted<R: Rng>(rng: &mut R, weights: &[u16]) -> usize {
     let total: u32 = weights.iter().map(|&w| w as u32).sum();
@@ -448,6 +470,142 @@ fn derive_plan(seed: u64, idx: u32, days: u32, early: bool) -> Plan {
 }
 
 // ---------------------------------------------------------------------------
+// Planted behaviours and what sales made of the accounts
+// ---------------------------------------------------------------------------
+
+/// Behaviours planted for signal discovery (`pqa-engine analyze`), and the
+/// deal each account turns into, derived from `(seed, account)` with their
+/// own random streams: every other event of an account stays what it was
+/// before they were added. Ages are days since sign-up; [`NONE`] is absent.
+///
+/// - **Hand-raisers** (those raising their hand on day 2 of their life or
+///   later): in the days before, the first user reads `/docs/sso` (80%) and
+///   hits `Plan Limit Reached` 1-3 times (70%); 1-3 days *after*, a `Sales
+///   Call Scheduled` (90%), a behaviour that follows the label.
+/// - **Deals:** an account a default rule announces (hand raise, legal
+///   visit or admin switch, the 7th user, a spike) is answered 1-4 days
+///   later: accepted or rejected; an accepted one may become an
+///   opportunity 3-12 days later, then won or lost. In the 1-7 days before
+///   its opportunity, someone exports the audit log (`Audit Log Exported`,
+///   75%). About 3% of small accounts are won through another channel (no
+///   rule announces them), most (75%) having exported the audit log in the
+///   10 days before.
+/// - **Noise:** a few small accounts read `/docs/sso` (3%), hit the plan
+///   limit (4%) or export the audit log (2%) without any of that following.
+#[derive(Clone, Copy, Debug)]
+struct Extras {
+    sso: u32,
+    limit: [u32; 3],
+    call: u32,
+    audit: [u32; 2],
+    /// (age, second of the day, kind) of each outcome, in time order.
+    outcomes: [(u32, u32, u8); 3],
+}
+
+/// Outcome kinds in `Extras::outcomes`.
+const O_NONE: u8 = 0;
+const O_ACCEPTED: u8 = 1;
+const O_REJECTED: u8 = 2;
+const O_OPPORTUNITY: u8 = 3;
+const O_WON: u8 = 4;
+const O_LOST: u8 = 5;
+
+fn derive_extras(seed: u64, idx: u32, p: &Plan) -> Extras {
+    let mut r = SmallRng::seed_from_u64(mix(seed, idx as u64, SALT_EXTRAS));
+    let mut e = Extras { sso: NONE, limit: [NONE; 3], call: NONE, audit: [NONE; 2], outcomes: [(NONE, 0, O_NONE); 3] };
+    // Every draw is made whatever the branch, so that one choice does not
+    // shift the next.
+    let u: [f32; 6] = std::array::from_fn(|_| r.random());
+    let d_sso = r.random_range(1..=6u32);
+    let n_limit = r.random_range(1..=3usize);
+    let d_limit: [u32; 3] = std::array::from_fn(|_| r.random_range(1..=10u32));
+    let d_call = r.random_range(1..=3u32);
+    let noise: [u32; 3] = std::array::from_fn(|_| r.random_range(1..=60u32));
+    let special = p.special;
+    match p.arch {
+        Archetype::HandRaiser if special != NONE && special >= 2 => {
+            if u[0] < 0.8 {
+                e.sso = special - d_sso.min(special - 1);
+            }
+            if u[1] < 0.7 {
+                for (k, d) in d_limit.iter().take(n_limit).enumerate() {
+                    e.limit[k] = special - d.min(&(special - 1));
+                }
+            }
+        }
+        Archetype::Small => {
+            if u[0] < 0.03 {
+                e.sso = noise[0];
+            }
+            if u[1] < 0.04 {
+                e.limit[0] = noise[1];
+            }
+            if u[2] < 0.02 {
+                e.audit[0] = noise[2];
+            }
+        }
+        _ => {}
+    }
+    if p.arch == Archetype::HandRaiser && special != NONE && u[3] < 0.9 {
+        e.call = special + d_call;
+    }
+    // The deal.
+    let announced = match p.arch {
+        Archetype::HandRaiser | Archetype::LegalVisitor | Archetype::AdminSwitch => Some(special),
+        Archetype::Growing => Some(p.join[6.min(p.n_users as usize - 1)] as u32),
+        Archetype::Spiking => Some(special + 3),
+        Archetype::Small => None,
+    };
+    let (p_accept, p_opportunity) = match p.arch {
+        Archetype::HandRaiser => (0.8, 0.55),
+        Archetype::LegalVisitor | Archetype::AdminSwitch => (0.6, 0.5),
+        Archetype::Growing => (0.5, 0.45),
+        Archetype::Spiking => (0.35, 0.3),
+        Archetype::Small => (0.0, 0.0),
+    };
+    let v: [f32; 4] = std::array::from_fn(|_| r.random());
+    let d_resp = r.random_range(1..=4u32);
+    let d_opp = r.random_range(3..=12u32);
+    let d_won = r.random_range(14..=45u32);
+    let d_lost = r.random_range(10..=40u32);
+    let d_audit: [u32; 2] = std::array::from_fn(|_| r.random_range(1..=7u32));
+    let n_audit = r.random_range(1..=2usize);
+    let secs: [u32; 3] = std::array::from_fn(|_| r.random_range(9 * 3600..18 * 3600));
+    let small_won = r.random_range(20..=70u32);
+    let d_small_audit: [u32; 2] = std::array::from_fn(|_| r.random_range(1..=10u32));
+    // Not every buyer exports the audit log first.
+    let audits = r.random::<f32>() < 0.75;
+    match announced {
+        Some(a) if a != NONE => {
+            let resp = a + d_resp;
+            if v[0] < p_accept {
+                e.outcomes[0] = (resp, secs[0], O_ACCEPTED);
+                if v[1] < p_opportunity {
+                    let opp = resp + d_opp;
+                    e.outcomes[1] = (opp, secs[1], O_OPPORTUNITY);
+                    e.outcomes[2] =
+                        if v[2] < 0.5 { (opp + d_won, secs[2], O_WON) } else { (opp + d_lost, secs[2], O_LOST) };
+                    for (k, d) in d_audit.iter().take(if audits { n_audit } else { 0 }).enumerate() {
+                        e.audit[k] = opp - d.min(&(opp - 1));
+                    }
+                }
+            } else {
+                e.outcomes[0] = (resp, secs[0], O_REJECTED);
+            }
+        }
+        _ => {
+            if p.arch == Archetype::Small && v[3] < 0.03 {
+                e.outcomes[0] = (small_won, secs[0], O_WON);
+                for (k, d) in d_small_audit.iter().take(if audits { n_audit } else { 0 }).enumerate() {
+                    e.audit[k] = small_won - d;
+                }
+            }
+        }
+    }
+    e
+}
+
+// ---------------------------------------------------------------------------
 // Compact records
 // ---------------------------------------------------------------------------
 
@@ -494,6 +652,56 @@ impl Simulator {
     /// The archetype chosen for each account, for tests and for the demo's legend.
     pub fn archetypes(&self) -> Vec<(String, Archetype)> {
         (0..self.cfg.accounts as u32).map(|i| (account_id(i), self.plan(i).arch)).collect()
+    }
+
+    /// What sales made of the accounts, as a CRM would export it: each
+    /// announced account accepted or rejected a few days after the rule
+    /// that announces it fires, some opportunities, won or lost; a few small
+    /// accounts won through another channel (see `Extras`). Only what
+    /// happened before the end of the simulated period, in time order. No
+    /// `pqa_event_id` (the CRM did not keep it: outcomes are matched by
+    /// time); `rule` names the rule the account's behaviour fires.
+    pub fn outcomes(&self) -> Vec<crate::outcome::Outcome> {
+        use crate::outcome::{Outcome, OutcomeKind};
+        let end = self.cfg.start_unix + self.cfg.days as i64 * DAY;
+        let mut out = Vec::new();
+        for idx in 0..self.cfg.accounts as u32 {
+            let plan = self.plan(idx);
+            let x = derive_extras(self.cfg.seed, idx, &plan);
+            let rule = match plan.arch {
+                Archetype::HandRaiser => Some("hand_raiser"),
+                Archetype::LegalVisitor | Archetype::AdminSwitch => Some("enterprise_evaluation"),
+                Archetype::Growing => Some("team_adoption"),
+                Archetype::Spiking => Some("usage_spike"),
+                Archetype::Small => None,
+            };
+            let seats = (plan.employees / 10).clamp(5, 500);
+            for (age, sec, kind) in x.outcomes {
+                let outcome = match kind {
+                    O_ACCEPTED => OutcomeKind::Accepted,
+                    O_REJECTED => OutcomeKind::Rejected,
+                    O_OPPORTUNITY => OutcomeKind::Opportunity,
+                    O_WON => OutcomeKind::Won,
+                    O_LOST => OutcomeKind::Lost,
+                    _ => continue,
+                };
+                let at = self.cfg.start_unix + (plan.start + age) as i64 * DAY + sec as i64;
+                if at >= end {
+                    continue;
+                }
+                out.push(Outcome {
+                    account_id: account_id(idx),
+                    outcome,
+                    at_ms: at * 1000,
+                    pqa_event_id: None,
+                    rule: rule.map(str::to_string),
+                    amount: matches!(outcome, OutcomeKind::Opportunity | OutcomeKind::Won)
+                        .then_some(f64::from(seats) * 120.0),
+                });
+            }
+        }
+        out.sort_by(|a, b| (a.at_ms, &a.account_id).cmp(&(b.at_ms, &b.account_id)));
+        out
     }
 
     fn plan(&self, idx: u32) -> Plan {
@@ -680,6 +888,31 @@ impl Simulator {
                 }
             }
         }
+        // Planted behaviours, from their own random stream (see `Extras`).
+        let x = derive_extras(self.cfg.seed, idx, plan);
+        let mut planted = [(0u8, 0u16, 0u32); 8];
+        let mut n_planted = 0;
+        let mut plant = |on: u32, kind: u8, code: u16| {
+            if on == age && n_planted < planted.len() {
+                planted[n_planted] = (kind, code, n_planted as u32);
+                n_planted += 1;
+            }
+        };
+        plant(x.sso, K_PAGE, P_DOCS_SSO);
+        for d in x.limit {
+            plant(d, K_TRACK, T_PLAN_LIMIT);
+        }
+        plant(x.call, K_TRACK, T_SALES_CALL);
+        for d in x.audit {
+            plant(d, K_TRACK, T_AUDIT_EXPORT);
+        }
+        if n_planted > 0 {
+            let mut prng = SmallRng::seed_from_u64(mix(self.cfg.seed ^ SALT_PLANT, idx as u64, day as u64));
+            for &(kind, code, k) in &planted[..n_planted] {
+                let t = Self::session_start(&mut prng, plan, slot_sod);
+                push(t, 0, kind, code, prng.random::<u32>() ^ k);
+            }
+        }
     }
 
     fn render(&mut self, r: Rec) -> SimEvent {
@@ -819,6 +1052,24 @@ impl Simulator {
                     s,
                     "\"previousOwnerId\":\"acct-{:05}-u{}\",\"newOwnerId\":\"acct-{:05}-u{}\"",
                     r.acct, r.user, r.acct, p
+                );
+            }
+            T_PLAN_LIMIT => {
+                let _ = write!(
+                    s,
+                    "\"limit\":\"{}\",\"plan\":\"free\"",
+                    ["boards", "automations", "storage"][(p % 3) as usize]
+                );
+            }
+            T_SALES_CALL => {
+                let _ = write!(s, "\"source\":\"calendar\",\"durationMinutes\":{}", [30, 45, 60][(p % 3) as usize]);
+            }
+            T_AUDIT_EXPORT => {
+                let _ = write!(
+                    s,
+                    "\"format\":\"{}\",\"days\":{}",
+                    FORMATS[(p % 3) as usize],
+                    [30, 90, 365][((p >> 8) % 3) as usize]
                 );
             }
             T_CONTACT_SALES => {
@@ -1025,6 +1276,31 @@ pub fn write_ndjson(
     inner.flush().context("flushing output")?;
     progress.update(n, sim.days_generated(), sim.days_total());
     Ok(n)
+}
+
+/// Writes [`Simulator::outcomes`] as NDJSON (the outcomes format of
+/// [`crate::outcome`]) to `path`; `.gz` is gzip-compressed. Returns the
+/// number of outcomes.
+pub fn write_outcomes(sim: &Simulator, path: &std::path::Path) -> anyhow::Result<u64> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let buffered = std::io::BufWriter::new(file);
+    let mut w = if path.extension().is_some_and(|e| e == "gz") {
+        NdjsonOut::Gzip(flate2::write::GzEncoder::new(buffered, flate2::Compression::fast()))
+    } else {
+        NdjsonOut::Plain(buffered)
+    };
+    let outcomes = sim.outcomes();
+    for o in &outcomes {
+        w.write_all(o.to_json().as_bytes()).and_then(|_| w.write_all(b"\n")).context("writing outcomes")?;
+    }
+    let mut inner = match w {
+        NdjsonOut::Plain(b) => b,
+        NdjsonOut::Gzip(g) => g.finish().context("finishing gzip stream")?,
+    };
+    inner.flush().context("flushing outcomes")?;
+    Ok(outcomes.len() as u64)
 }
 
 enum NdjsonOut<W: std::io::Write> {
@@ -1554,6 +1830,84 @@ mod tests {
                     }
                     _ => {}
                 }
+            }
+        }
+    }
+
+    /// Hand-raisers read /docs/sso and hit the plan limit before their
+    /// hand raise, never after it first; the sales call only follows it.
+    #[test]
+    fn planted_behaviours_come_before_the_hand_raise() {
+        let cfg = SimConfig { seed: 21, accounts: 600, start_unix: 1_788_220_800, days: 60 };
+        let arch: HashMap<String, Archetype> = Simulator::new(cfg.clone()).archetypes().into_iter().collect();
+        let mut raised: HashMap<String, i64> = HashMap::new();
+        let (mut before, mut planted_small, mut calls) = (HashSet::new(), HashSet::new(), 0);
+        for e in Simulator::new(cfg.clone()) {
+            let planted =
+                e.json.contains("\"path\":\"/docs/sso\"") || e.json.contains("\"event\":\"Plan Limit Reached\"");
+            if e.json.contains("\"event\":\"Contact Sales Submitted\"")
+                || e.json.contains("\"event\":\"Demo Requested\"")
+            {
+                raised.entry(e.account.clone()).or_insert(e.time);
+            }
+            if e.json.contains("\"event\":\"Sales Call Scheduled\"") {
+                assert!(
+                    raised.get(&e.account).is_some_and(|&t| t < e.time),
+                    "a sales call before the hand raise: {}",
+                    e.json
+                );
+                calls += 1;
+            }
+            if planted {
+                match arch[&e.account] {
+                    Archetype::HandRaiser => {
+                        assert!(!raised.contains_key(&e.account), "planted after the hand raise: {}", e.json);
+                        before.insert(e.account.clone());
+                    }
+                    Archetype::Small => {
+                        planted_small.insert(e.account.clone());
+                    }
+                    a => panic!("planted in a {a:?} account: {}", e.json),
+                }
+            }
+        }
+        let hand = arch.values().filter(|&&a| a == Archetype::HandRaiser).count();
+        assert!(before.len() * 2 > hand, "{} of {hand} hand-raisers show planted behaviour", before.len());
+        assert!(!planted_small.is_empty() && planted_small.len() * 10 < 600, "noise: {}", planted_small.len());
+        assert!(calls * 2 > hand, "{calls} calls");
+    }
+
+    #[test]
+    fn outcomes_follow_the_deals() {
+        use crate::outcome::OutcomeKind;
+        let cfg = SimConfig { seed: 21, accounts: 600, start_unix: 1_788_220_800, days: 60 };
+        let sim = Simulator::new(cfg.clone());
+        let outcomes = sim.outcomes();
+        assert_eq!(outcomes, Simulator::new(cfg.clone()).outcomes(), "deterministic");
+        let end = (cfg.start_unix + 60 * DAY) * 1000;
+        assert!(outcomes.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+        assert!(outcomes.iter().all(|o| o.at_ms >= cfg.start_unix * 1000 && o.at_ms < end));
+        let arch: HashMap<String, Archetype> = sim.archetypes().into_iter().collect();
+        let count = |k: OutcomeKind| outcomes.iter().filter(|o| o.outcome == k).count();
+        for k in OutcomeKind::ALL {
+            assert!(count(k) > 0, "no {k}");
+        }
+        // Per account: at most one first answer, an opportunity only after
+        // an acceptance, won or lost only after an opportunity.
+        let mut by: HashMap<&str, Vec<OutcomeKind>> = HashMap::new();
+        for o in &outcomes {
+            by.entry(o.account_id.as_str()).or_default().push(o.outcome);
+            // Every line reads back.
+            assert_eq!(&crate::outcome::parse_outcome(o.to_json().as_bytes()).unwrap(), o);
+        }
+        for (acct, ks) in &by {
+            match ks.as_slice() {
+                [OutcomeKind::Won] => assert_eq!(arch[*acct], Archetype::Small, "{acct}"),
+                [OutcomeKind::Rejected]
+                | [OutcomeKind::Accepted]
+                | [OutcomeKind::Accepted, OutcomeKind::Opportunity] => {}
+                [OutcomeKind::Accepted, OutcomeKind::Opportunity, OutcomeKind::Won | OutcomeKind::Lost] => {}
+                other => panic!("{acct}: {other:?}"),
             }
         }
     }

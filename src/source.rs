@@ -37,6 +37,7 @@ use crate::definitions::{Definitions, Published};
 use crate::engine::{Engine, EngineError, InputRecord, Output};
 use crate::gaps::{self, GapGuard, TopicPartition, Verdict};
 use crate::http::Health;
+use crate::outcomes_source::OutcomesReader;
 use crate::reload::{Applied, OffsetAt, ReloadRequest, VersionedStatus};
 use crate::shutdown::Shutdown;
 use crate::sink::{KafkaSink, SinkError};
@@ -601,6 +602,8 @@ fn publish(p: &Published, engine: &Engine, definitions_changed: bool) {
         *p.manifest.write().expect("lock") = Some(engine.manifest().clone());
     }
     *p.stats.lock().expect("lock") = engine.stats().clone();
+    *p.rules.lock().expect("lock") = engine.rule_reports();
+    p.attribution_window_ms.store(engine.attribution_window_ms(), std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Logs the effective Kafka settings without secrets.
@@ -666,6 +669,12 @@ pub fn run_definitions(
     if engine.definition().budget.clock != Some(crate::budget::BudgetClock::Event) {
         engine.set_budget_clock(crate::budget::BudgetClock::Wall);
     }
+    let outcomes_topic = Some(cfg.kafka.outcomes_topic.trim().to_string()).filter(|t| !t.is_empty());
+    engine.set_outcomes(
+        outcomes_topic,
+        cfg.outcomes.attribution_window_ms(),
+        u64::try_from(cfg.input.max_future_seconds).unwrap_or(0),
+    )?;
     log_definitions(&engine);
     if let Some(p) = &published {
         publish(p, &engine, true);
@@ -680,6 +689,7 @@ pub fn run_definitions(
     } else {
         None
     };
+    let mut outcomes = OutcomesReader::new(cfg, &engine).map_err(RunError::Consumer)?;
     let cc = consumer_config(cfg);
     log_config(&cc);
     let consumer: BaseConsumer<EngineContext> = cc
@@ -758,6 +768,13 @@ pub fn run_definitions(
         let mut guard = ctx.worker.lock().expect("lock");
         let w = guard.as_mut().expect("worker");
         w.probe_silent(&consumer);
+        // What sales reported back since the last batch.
+        if let Some(r) = &mut outcomes {
+            if let Err(e) = r.poll(&mut w.engine, &mut w.out) {
+                result = Err(e.into());
+                break;
+            }
+        }
         // Announcements waiting for budget that the clock now lets out.
         if let Err(e) = w.engine.tick(&mut w.out) {
             result = Err(e.into());
@@ -783,6 +800,7 @@ pub fn run_definitions(
                 let _ = req.reply.send(answer);
             }
         }
+        w.engine.publish_rule_metrics();
         if let Some(p) = &published {
             if last_publish.elapsed() > Duration::from_millis(500) {
                 publish(p, &w.engine, false);

@@ -3,8 +3,8 @@
 //! type, reason, rule, tier): never an account or user id.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::decode::{Kind, Reason};
@@ -107,6 +107,23 @@ pub struct Metrics {
     /// file, or a change the state cannot serve).
     pub definition_reloads: IntCounter,
     pub definition_reload_failures: IntCounter,
+    /// Outcome records read from the outcomes topic, by outcome and what
+    /// they were joined to (`event_id`, `time`, `none`: no announcement of
+    /// the live definition; `pending`: the account is not (yet) in a
+    /// partition of this instance).
+    pub outcomes: IntCounterVec,
+    /// Per definition version, role and rule (`*`: all rules), over the
+    /// accounts of this instance's partitions (sum over instances):
+    /// announcements kept with the accounts, those with an outcome, and
+    /// those with each kind of outcome.
+    pub rule_announced: IntGaugeVec,
+    pub rule_answered: IntGaugeVec,
+    pub rule_outcomes: IntGaugeVec,
+    /// Opportunities or wins over the announcements with an outcome.
+    pub rule_precision: GaugeVec,
+    /// Days from the first announcement to the opportunity or win, median
+    /// and 90th percentile (`quantile` 0.5, 0.9).
+    pub rule_lead_time_days: GaugeVec,
 }
 
 impl Metrics {
@@ -335,6 +352,66 @@ impl Metrics {
                         "Live announcements by what the budget did: queued, released, direct, bypassed, expired, dropped",
                     ),
                     &["outcome"],
+                )
+                .unwrap(),
+            ),
+            outcomes: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pqa_outcomes_total",
+                        "Outcome records read from the outcomes topic, by outcome and what they were joined to",
+                    ),
+                    &["outcome", "joined"],
+                )
+                .unwrap(),
+            ),
+            rule_announced: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("pqa_rule_announced", "Announcements kept to join outcomes to, per definition and rule"),
+                    &["version", "role", "rule"],
+                )
+                .unwrap(),
+            ),
+            rule_answered: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("pqa_rule_answered", "Announcements with at least one outcome, per definition and rule"),
+                    &["version", "role", "rule"],
+                )
+                .unwrap(),
+            ),
+            rule_outcomes: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "pqa_rule_outcomes",
+                        "Announcements with an outcome of each kind, per definition, rule and outcome",
+                    ),
+                    &["version", "role", "rule", "outcome"],
+                )
+                .unwrap(),
+            ),
+            rule_precision: reg(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "pqa_rule_precision",
+                        "Opportunities or wins over the announcements with an outcome, per definition and rule",
+                    ),
+                    &["version", "role", "rule"],
+                )
+                .unwrap(),
+            ),
+            rule_lead_time_days: reg(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "pqa_rule_lead_time_days",
+                        "Days from the first announcement to the opportunity or win (median, p90)",
+                    ),
+                    &["version", "role", "rule", "quantile"],
                 )
                 .unwrap(),
             ),

@@ -83,6 +83,37 @@ pub struct Config {
     /// Salesforce) the PQA topic's announcements are sent to.
     #[serde(default)]
     pub deliver: DeliverConfig,
+    /// How outcomes from sales are joined to announcements.
+    #[serde(default)]
+    pub outcomes: OutcomesConfig,
+}
+
+/// `[outcomes]`: joining what sales reports back to the announcements.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomesConfig {
+    /// An outcome without a `pqa_event_id` answers the account's latest
+    /// announcement at most this long before it (`90d`, `12w`, `2160h`).
+    #[serde(default = "default_attribution_window")]
+    pub attribution_window: String,
+}
+
+fn default_attribution_window() -> String {
+    "90d".into()
+}
+
+impl Default for OutcomesConfig {
+    fn default() -> Self {
+        OutcomesConfig { attribution_window: default_attribution_window() }
+    }
+}
+
+impl OutcomesConfig {
+    /// The window in milliseconds (the config was validated).
+    pub fn attribution_window_ms(&self) -> i64 {
+        crate::config::definition::parse_duration_seconds(&self.attribution_window)
+            .map_or(crate::outcome::DEFAULT_ATTRIBUTION_WINDOW_MS, |s| s * 1000)
+    }
 }
 
 /// A shadow definition: a file read like `--config` (layered over the
@@ -135,6 +166,13 @@ pub struct KafkaConfig {
     /// (-1: the broker's default).
     #[serde(default = "default_changelog_replication")]
     pub changelog_replication_factor: i32,
+    /// What sales made of the announced accounts (`accepted`, `rejected`,
+    /// `opportunity`, `won`, `lost`; see [`crate::outcome`]), written by a
+    /// CRM sync: read in the same consumer group as the input, keyed by
+    /// account id like it. Created if missing with as many partitions as
+    /// the input topic. Empty: no outcomes are read.
+    #[serde(default = "default_outcomes_topic")]
+    pub outcomes_topic: String,
     /// librdkafka properties applied to both consumer and producer
     /// (e.g. `security.protocol`, `sasl.mechanism`, `ssl.ca.location`).
     #[serde(default)]
@@ -152,6 +190,9 @@ const fn default_true() -> bool {
 }
 const fn default_changelog_replication() -> i32 {
     -1
+}
+fn default_outcomes_topic() -> String {
+    "pqa.outcomes".into()
 }
 
 impl KafkaConfig {
@@ -384,6 +425,20 @@ impl Config {
                     format!("`{name}` is already used as an input, output or dead-letter topic"),
                 ));
             }
+        }
+        let outcomes = self.kafka.outcomes_topic.trim();
+        if !outcomes.is_empty()
+            && (taken(outcomes) || outcomes == shadow_topic || outcomes == self.kafka.changelog_topic_name())
+        {
+            errs.push(ConfigError::new(
+                "kafka.outcomes_topic",
+                format!("`{outcomes}` is already used as an input, output, dead-letter or changelog topic"),
+            ));
+        }
+        match crate::config::definition::parse_duration_seconds(&self.outcomes.attribution_window) {
+            Ok(s) if s > 0 => {}
+            Ok(_) => errs.push(ConfigError::new("outcomes.attribution_window", "must be longer than 0")),
+            Err(e) => errs.push(ConfigError::new("outcomes.attribution_window", e)),
         }
         if self.kafka.max_batch_messages == 0 {
             errs.push(ConfigError::new("kafka.max_batch_messages", "must be at least 1"));

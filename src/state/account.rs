@@ -112,6 +112,113 @@ pub struct AccountState {
     /// same as `announced.active` unless the budget held or dropped an
     /// announcement).
     pub announced_out: bool,
+    // Fields below were added after `announced_out`: a record written
+    // before them is read as an [`AccountStateV3`].
+    /// The input partition of the account's latest event (an outcome that
+    /// arrives on another partition of the outcomes topic is applied here,
+    /// or dead-lettered when that partition belongs to another instance).
+    pub partition: Option<i32>,
+    /// The running definitions' announcements (qualifications), oldest
+    /// first, at most [`MAX_SENT`]: what outcomes are joined to.
+    pub sent: Vec<Sent>,
+    /// What sales reported about the account, in the order received, at
+    /// most [`MAX_OUTCOMES`].
+    pub outcomes: Vec<StoredOutcome>,
+}
+
+/// Announcements kept per account to join outcomes to.
+pub const MAX_SENT: usize = 64;
+/// Outcomes kept per account.
+pub const MAX_OUTCOMES: usize = 64;
+
+/// A qualification a definition announced (live: what reached the output
+/// topic; a shadow: what it would have announced).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sent {
+    /// The definition's version.
+    pub version: String,
+    /// The CloudEvent id.
+    pub id: String,
+    pub rules: Vec<String>,
+    /// Event time of the announcement.
+    pub at_ms: i64,
+}
+
+/// An outcome as kept with its account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredOutcome {
+    pub outcome: crate::outcome::OutcomeKind,
+    pub at_ms: i64,
+    pub pqa_event_id: Option<String>,
+    pub rule: Option<String>,
+    pub amount: Option<f64>,
+    /// Where it was read: outcomes-topic partition and offset.
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl StoredOutcome {
+    /// The outcome record it was read from.
+    pub fn outcome(&self, account: &str) -> crate::outcome::Outcome {
+        crate::outcome::Outcome {
+            account_id: account.to_string(),
+            outcome: self.outcome,
+            at_ms: self.at_ms,
+            pqa_event_id: self.pqa_event_id.clone(),
+            rule: self.rule.clone(),
+            amount: self.amount,
+        }
+    }
+}
+
+/// An account record as written before `partition`, `sent` and `outcomes`
+/// existed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AccountStateV3 {
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub seq: u64,
+    pub columns: Vec<Column>,
+    pub buckets: Vec<Bucket>,
+    pub user_hist: Vec<(u32, u32)>,
+    pub features: Vec<(String, u32)>,
+    pub signal_columns: Vec<Column>,
+    pub signals: Vec<SignalHit>,
+    pub kept_from: u32,
+    pub traits_json: String,
+    pub email_domains: Vec<(String, u32)>,
+    pub announced: Announced,
+    pub shadow_announced: Vec<(String, Announced)>,
+    pub sweep_due_ms: i64,
+    pub held: Option<Held>,
+    pub announced_out: bool,
+}
+
+impl From<AccountStateV3> for AccountState {
+    fn from(v: AccountStateV3) -> AccountState {
+        AccountState {
+            first_seen_ms: v.first_seen_ms,
+            last_seen_ms: v.last_seen_ms,
+            seq: v.seq,
+            columns: v.columns,
+            buckets: v.buckets,
+            user_hist: v.user_hist,
+            features: v.features,
+            signal_columns: v.signal_columns,
+            signals: v.signals,
+            kept_from: v.kept_from,
+            traits_json: v.traits_json,
+            email_domains: v.email_domains,
+            announced: v.announced,
+            shadow_announced: v.shadow_announced,
+            sweep_due_ms: v.sweep_due_ms,
+            held: v.held,
+            announced_out: v.announced_out,
+            partition: None,
+            sent: Vec::new(),
+            outcomes: Vec::new(),
+        }
+    }
 }
 
 /// An announcement of the live definition waiting for budget (see
@@ -187,6 +294,9 @@ impl From<AccountStateV2> for AccountState {
             shadow_announced: v.shadow_announced,
             sweep_due_ms: 0,
             held: None,
+            partition: None,
+            sent: Vec::new(),
+            outcomes: Vec::new(),
         }
     }
 }
@@ -195,7 +305,10 @@ impl From<AccountStateV2> for AccountState {
 pub fn decode_account(body: &[u8]) -> Result<AccountState, postcard::Error> {
     match postcard::from_bytes::<AccountState>(body) {
         Ok(s) => Ok(s),
-        Err(e) => postcard::from_bytes::<AccountStateV2>(body).map(AccountState::from).map_err(|_| e),
+        Err(e) => postcard::from_bytes::<AccountStateV3>(body)
+            .map(AccountState::from)
+            .or_else(|_| postcard::from_bytes::<AccountStateV2>(body).map(AccountState::from))
+            .map_err(|_| e),
     }
 }
 

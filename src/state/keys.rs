@@ -26,6 +26,11 @@ pub const SWEEP: u8 = b's';
 /// account` -> input partition (i32 BE).
 pub const QUEUE: u8 = b'q';
 
+/// Accounts that have announcements or outcomes (meta column family):
+/// `h | account` -> input partition (i32 BE). The live engine sums the
+/// per-rule outcome counts of these accounts.
+pub const HEARD: u8 = b'h';
+
 /// Longest id accepted for accounts, users and topics (bytes).
 pub const MAX_ID_BYTES: usize = 1024;
 
@@ -153,6 +158,13 @@ pub fn parse_queue(key: &[u8]) -> Option<(Priority, String)> {
 pub fn meta(name: &str) -> Vec<u8> {
     let mut k = vec![META];
     k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub fn heard(account: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + account.len());
+    k.push(HEARD);
+    k.extend_from_slice(account.as_bytes());
     k
 }
 

@@ -247,6 +247,9 @@ pub(crate) fn convert_v1(value: &[u8], layout: &Layout) -> Result<AccountState, 
         shadow_announced: Vec::new(),
         sweep_due_ms: 0,
         held: None,
+        partition: None,
+        sent: Vec::new(),
+        outcomes: Vec::new(),
     };
     // Signals it held, by name: the first of the layout's signals with
     // each name (the live definition's). The others start now (`conform`).

@@ -87,11 +87,17 @@ pub struct AccountEntry {
 struct Mark {
     due: i64,
     queue: Option<keys::Priority>,
+    /// Listed in the `h` index (announcements or outcomes).
+    heard: bool,
 }
 
 impl Mark {
     fn of(state: &AccountState) -> Mark {
-        Mark { due: state.sweep_due_ms, queue: state.held.as_ref().map(|h| h.priority()) }
+        Mark {
+            due: state.sweep_due_ms,
+            queue: state.held.as_ref().map(|h| h.priority()),
+            heard: !state.sent.is_empty() || !state.outcomes.is_empty(),
+        }
     }
 }
 
@@ -600,6 +606,61 @@ impl Store {
         e.mem_partition = partition;
     }
 
+    /// The accounts listed in the `h` index (announcements or outcomes),
+    /// with the input partition each was filed under.
+    pub fn heard_accounts(&self) -> Result<Vec<(String, i32)>, StateError> {
+        let db = &self.reader.db;
+        let meta = db.cf_handle(cf::META).expect("meta column family");
+        let mut found = Vec::new();
+        for item in db.iterator_cf(meta, IteratorMode::From(&[keys::HEARD], rocksdb::Direction::Forward)) {
+            let (k, v) = item?;
+            if k.first() != Some(&keys::HEARD) {
+                break;
+            }
+            let partition = <[u8; 4]>::try_from(v.as_ref()).map(i32::from_be_bytes).unwrap_or(0);
+            if let Ok(account) = std::str::from_utf8(&k[1..]) {
+                found.push((account.to_string(), partition));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The account as the batch sees it (cached, else as written), without
+    /// touching it: `None` when it does not exist.
+    pub fn peek_account(&self, id: &str) -> Result<Option<AccountState>, StateError> {
+        if let Some(e) = self.accounts.peek(id) {
+            return Ok((e.state.first_seen_ms != 0 || e.dirty).then(|| e.state.clone()));
+        }
+        self.reader.account(id)
+    }
+
+    /// Meta records (`x|name`) whose name starts with `prefix`: pending
+    /// for the next commit, else as written.
+    pub fn meta_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let db = &self.reader.db;
+        let meta = db.cf_handle(cf::META).expect("meta column family");
+        let start = keys::meta(prefix);
+        let mut found: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for item in db.iterator_cf(meta, IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(&start) {
+                break;
+            }
+            if let Ok(name) = std::str::from_utf8(&k[1..]) {
+                found.insert(name.to_string(), v.to_vec());
+            }
+        }
+        for (name, v) in self.meta_pending.iter().filter(|(n, _)| n.starts_with(prefix)) {
+            found.insert(name.clone(), v.clone());
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    /// Whether changes are recorded for the changelog.
+    pub fn changelog_on(&self) -> bool {
+        self.changelog
+    }
+
     /// A meta record (`x|name`) to write with the next commit.
     pub fn put_meta(&mut self, name: &str, value: Vec<u8>) {
         self.meta_pending.insert(name.to_string(), value);
@@ -853,6 +914,9 @@ impl Store {
                         batch.put_cf(meta, keys::queue(q, &id), p);
                     }
                 }
+                if now.heard && !was.heard {
+                    batch.put_cf(meta, keys::heard(&id), p);
+                }
                 e.db_mark = now;
             }
             let mut dirty_members: Vec<(&String, &mut MemberEntry)> =
@@ -992,6 +1056,9 @@ impl Store {
                 }
                 if let Some(q) = mark.queue {
                     batch.put_cf(meta, keys::queue(q, account), partition.to_be_bytes());
+                }
+                if mark.heard {
+                    batch.put_cf(meta, keys::heard(account), partition.to_be_bytes());
                 }
             }
         }
