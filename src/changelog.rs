@@ -48,7 +48,7 @@ fn schema_of(m: &impl Message) -> Option<Vec<u8>> {
     m.headers()?.iter().find(|h| h.key == SCHEMA_HEADER).and_then(|h| h.value.map(<[u8]>::to_vec))
 }
 use crate::gaps::{self, GapGuard, TopicPartition, Verdict};
-use crate::http::Health;
+use crate::health::{Health, Source};
 use crate::shutdown::Shutdown;
 use crate::state::keys;
 use crate::state::store::ChangeRecord;
@@ -223,7 +223,7 @@ impl Changelog {
             match self.partition_count(input_topic) {
                 Some(n) if n > 0 => break n,
                 _ => {
-                    health.set_problem(Some(waiting));
+                    health.set(Source::State, Some(waiting));
                     if shutdown.is_triggered() {
                         return Err(ChangelogError::Interrupted);
                     }
@@ -417,7 +417,7 @@ impl Changelog {
         let expected = (high - start).max(0);
         let problem = format!("restoring state from the changelog ({expected} records)");
         if expected > 0 {
-            health.set_problem(Some(&problem));
+            health.set(Source::State, Some(&problem));
         }
         self.metrics.restoring_partitions.inc();
         self.metrics.restore_remaining.add(expected);

@@ -143,6 +143,9 @@ pub struct OutputEvent {
     /// Which definition made it: 0 is the live one, then the shadows in
     /// order (see [`crate::definitions::Definitions::get`]).
     pub definition: usize,
+    /// When `run`'s consumer loop received the message that led to it
+    /// (for the engine's share of the latency).
+    pub consumed_at: Option<std::time::Instant>,
 }
 
 #[derive(Serialize)]
@@ -246,6 +249,7 @@ pub fn build(input: EventInput<'_>) -> OutputEvent {
         rules,
         tier: tier.to_string(),
         definition: 0,
+        consumed_at: None,
     }
 }
 

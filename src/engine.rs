@@ -1265,6 +1265,7 @@ impl Engine {
                 rules: h.rules,
                 tier: h.tier,
                 definition: 0,
+                consumed_at: None,
             };
             self.metrics.budget.with_label_values(&["released"]).inc();
             if event_type == emit::TYPE_QUALIFIED {

@@ -277,6 +277,7 @@ impl Engine {
         m.rule_announced.reset();
         m.rule_answered.reset();
         m.rule_outcomes.reset();
+        m.rule_positive.reset();
         m.rule_precision.reset();
         m.rule_lead_time_days.reset();
         for r in self.rule_reports() {
@@ -284,6 +285,7 @@ impl Engine {
                 let l = [r.version.as_str(), r.role, rule];
                 m.rule_announced.with_label_values(&l).set(t.announced as i64);
                 m.rule_answered.with_label_values(&l).set(t.answered as i64);
+                m.rule_positive.with_label_values(&l).set(t.positive as i64);
                 for k in outcome::OutcomeKind::ALL {
                     let n = match k {
                         outcome::OutcomeKind::Accepted => t.accepted,

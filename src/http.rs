@@ -7,8 +7,7 @@
 //! unless configured otherwise.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -23,88 +22,12 @@ use crate::config::CompiledDefinition;
 use crate::definitions::{Definitions, Published};
 use crate::detect::{account_to_cel, evaluate, Outcome};
 use crate::emit::format_time_ms;
+pub use crate::health::Health;
 use crate::reload::{ReloadError, Reloader};
 use crate::shutdown::Shutdown;
 use crate::state::account::bucket_of;
 use crate::state::StateReader;
 use crate::telemetry::Metrics;
-
-/// Liveness and readiness, set by the consumer loop.
-#[derive(Default)]
-pub struct Health {
-    live: AtomicBool,
-    assigned: AtomicBool,
-    problem: Mutex<Option<String>>,
-    /// Things an operator must know that do not stop progress (input a
-    /// broker would not return): shown by `/readyz`, newest last.
-    warnings: Mutex<Vec<String>>,
-    reader: Mutex<Option<StateReader>>,
-}
-
-impl Health {
-    pub fn new() -> Arc<Health> {
-        Arc::new(Health::default())
-    }
-    pub fn set_live(&self, v: bool) {
-        self.live.store(v, Ordering::SeqCst);
-    }
-    /// The consumer has joined its group and received an assignment.
-    pub fn set_assigned(&self, v: bool) {
-        self.assigned.store(v, Ordering::SeqCst);
-    }
-    /// A reason progress is impossible right now, or `None` when it is.
-    pub fn set_problem(&self, p: Option<&str>) {
-        let mut g = self.problem.lock().expect("lock");
-        if g.as_deref() != p {
-            match p {
-                Some(p) => tracing::warn!(problem = p, "not ready"),
-                None if g.is_some() => tracing::info!("ready again"),
-                None => {}
-            }
-            *g = p.map(str::to_string);
-        }
-    }
-    /// Clears the problem if it is `which` (another problem stays).
-    pub fn clear_problem(&self, which: &str) {
-        let is_it = self.problem.lock().expect("lock").as_deref() == Some(which);
-        if is_it {
-            self.set_problem(None);
-        }
-    }
-    /// Records a warning for `/readyz` (the 20 newest are kept).
-    pub fn add_warning(&self, w: String) {
-        let mut g = self.warnings.lock().expect("lock");
-        if g.len() >= 20 {
-            g.remove(0);
-        }
-        g.push(w);
-    }
-    pub fn warnings(&self) -> Vec<String> {
-        self.warnings.lock().expect("lock").clone()
-    }
-    pub fn set_reader(&self, r: StateReader) {
-        *self.reader.lock().expect("lock") = Some(r);
-    }
-    pub fn is_live(&self) -> bool {
-        self.live.load(Ordering::SeqCst)
-    }
-    /// `Ok` when ready, else why not.
-    pub fn readiness(&self) -> Result<(), String> {
-        if !self.is_live() {
-            return Err("not consuming".into());
-        }
-        if !self.assigned.load(Ordering::SeqCst) {
-            return Err("waiting for a partition assignment from the consumer group".into());
-        }
-        match &*self.problem.lock().expect("lock") {
-            Some(p) => Err(p.clone()),
-            None => Ok(()),
-        }
-    }
-    fn reader(&self) -> Option<StateReader> {
-        self.reader.lock().expect("lock").clone()
-    }
-}
 
 /// What the handlers share.
 #[derive(Clone)]

@@ -79,6 +79,7 @@ pub mod detect;
 pub mod emit;
 pub mod engine;
 pub mod gaps;
+pub mod health;
 pub mod http;
 pub mod outcome;
 pub mod outcome_report;

@@ -4,6 +4,8 @@
 //! RocksDB with the state, so a crash neither loses nor repeats one.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -17,6 +19,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use crate::changelog::QuietContext;
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, InputRecord, Output};
+use crate::shutdown::Shutdown;
 
 /// At most this many outcome records are applied per batch.
 const MAX_PER_BATCH: usize = 1000;
@@ -27,8 +30,11 @@ const REFRESH: Duration = Duration::from_secs(30);
 pub struct OutcomesReader {
     topic: String,
     consumer: BaseConsumer<QuietContext>,
+    /// Partitions assigned.
     partitions: usize,
-    checked: Instant,
+    /// Partitions the topic has, as a background thread last saw (0: it
+    /// does not exist yet): the consumer loop never waits for metadata.
+    seen: Arc<AtomicUsize>,
     last_error_log: Option<Instant>,
 }
 
@@ -36,7 +42,7 @@ impl OutcomesReader {
     /// The reader of `engine`'s outcomes topic (`None` when outcomes are
     /// not read), positioned where the state left off. Creates the topic
     /// if missing, with as many partitions as the input topic.
-    pub fn new(cfg: &Config, engine: &Engine) -> Result<Option<OutcomesReader>, KafkaError> {
+    pub fn new(cfg: &Config, engine: &Engine, shutdown: &Shutdown) -> Result<Option<OutcomesReader>, KafkaError> {
         let Some(topic) = engine.outcomes_topic().map(str::to_string) else { return Ok(None) };
         let k = &cfg.kafka;
         let mut cc = ClientConfig::new();
@@ -54,23 +60,19 @@ impl OutcomesReader {
             .set("fetch.wait.max.ms", "100")
             .set("auto.offset.reset", "earliest");
         let consumer: BaseConsumer<QuietContext> = cc.create_with_context(QuietContext)?;
-        let mut reader =
-            OutcomesReader { topic, consumer, partitions: 0, checked: Instant::now(), last_error_log: None };
-        if reader.partition_count().is_none() {
-            let inputs = k.input_topics.first().and_then(|t| count(&reader.consumer, t)).unwrap_or(1);
-            create(&admin_cc, &reader.topic, inputs, k.changelog_replication_factor);
-        }
-        reader.assign(&engine.outcome_positions());
-        Ok(Some(reader))
-    }
-
-    fn partition_count(&self) -> Option<usize> {
-        count(&self.consumer, &self.topic)
+        let watcher: BaseConsumer<QuietContext> = cc.create_with_context(QuietContext)?;
+        let seen = Arc::new(AtomicUsize::new(0));
+        let (t, s, shutdown) = (topic.clone(), seen.clone(), shutdown.clone());
+        let (input, replication) = (k.input_topics.first().cloned(), k.changelog_replication_factor);
+        std::thread::Builder::new()
+            .name("pqa-outcomes-topic".into())
+            .spawn(move || watch(&watcher, &admin_cc, &t, input.as_deref(), replication, &s, &shutdown))
+            .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+        Ok(Some(OutcomesReader { topic, consumer, partitions: 0, seen, last_error_log: None }))
     }
 
     /// Assigns every partition of the topic, each at its position.
-    fn assign(&mut self, positions: &BTreeMap<i32, i64>) {
-        let Some(n) = self.partition_count() else { return };
+    fn assign(&mut self, n: usize, positions: &BTreeMap<i32, i64>) {
         let mut tpl = TopicPartitionList::new();
         for p in 0..n as i32 {
             let at = positions.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
@@ -90,12 +92,13 @@ impl OutcomesReader {
     /// Applies the outcome records waiting (at most [`MAX_PER_BATCH`]).
     /// Returns how many were read.
     pub fn poll(&mut self, engine: &mut Engine, out: &mut Output) -> Result<usize, EngineError> {
-        if self.checked.elapsed() > REFRESH {
-            self.checked = Instant::now();
-            if self.partition_count().is_some_and(|n| n != self.partitions) {
-                // The topic was created or grew: read the new partitions too.
-                self.assign(&engine.outcome_positions());
-            }
+        let n = self.seen.load(Ordering::Relaxed);
+        if n != self.partitions && n > 0 {
+            // The topic appeared or grew: read the new partitions too.
+            self.assign(n, &engine.outcome_positions());
+        }
+        if self.partitions == 0 {
+            return Ok(0);
         }
         let mut n = 0;
         while n < MAX_PER_BATCH {
@@ -129,6 +132,34 @@ impl OutcomesReader {
     }
 }
 
+/// Creates the topic if missing (with as many partitions as the input
+/// topic), then keeps `seen` up to date with its partition count.
+fn watch(
+    consumer: &BaseConsumer<QuietContext>,
+    admin: &ClientConfig,
+    topic: &str,
+    input: Option<&str>,
+    replication: i32,
+    seen: &AtomicUsize,
+    shutdown: &Shutdown,
+) {
+    let mut tried = false;
+    while !shutdown.is_triggered() {
+        match count(consumer, topic) {
+            Some(n) => seen.store(n, Ordering::Relaxed),
+            None if !tried => {
+                tried = true;
+                let partitions = input.and_then(|t| count(consumer, t)).unwrap_or(1);
+                create(admin, topic, partitions, replication);
+                continue;
+            }
+            None => {}
+        }
+        let wait = if seen.load(Ordering::Relaxed) == 0 { Duration::from_secs(2) } else { REFRESH };
+        shutdown.sleep(wait);
+    }
+}
+
 fn count(consumer: &BaseConsumer<QuietContext>, topic: &str) -> Option<usize> {
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).ok()?;
     let t = md.topics().iter().find(|t| t.name() == topic)?;
@@ -141,42 +172,26 @@ fn count(consumer: &BaseConsumer<QuietContext>, topic: &str) -> Option<usize> {
 /// Creates the outcomes topic (a failure is logged: the reader picks the
 /// topic up when someone else creates it).
 fn create(cc: &ClientConfig, topic: &str, partitions: usize, replication: i32) {
+    let failed = |cause: &dyn std::fmt::Display| {
+        tracing::warn!(%cause, topic, "cannot create the outcomes topic; it is read once it exists");
+    };
     let admin: AdminClient<DefaultClientContext> = match cc.create() {
         Ok(a) => a,
-        Err(e) => {
-            tracing::warn!(cause = %e, topic, "cannot create the outcomes topic");
-            return;
-        }
+        Err(e) => return failed(&e),
     };
     let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(replication));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
-    let created = match rt.block_on(admin.create_topics([&new], &opts)) {
-        Ok(results) => results.into_iter().all(|r| match r {
-            Ok(_) => {
-                tracing::info!(topic, partitions, "outcomes topic created");
-                true
+    match rt.block_on(admin.create_topics([&new], &opts)) {
+        Ok(results) => {
+            for r in results {
+                match r {
+                    Ok(_) => tracing::info!(topic, partitions, "outcomes topic created"),
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((_, code)) => failed(&code),
+                }
             }
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => true,
-            Err((_, code)) => {
-                tracing::warn!(cause = %code, topic, "cannot create the outcomes topic; it is read once it exists");
-                false
-            }
-        }),
-        Err(e) => {
-            tracing::warn!(cause = %e, topic, "cannot create the outcomes topic; it is read once it exists");
-            false
         }
-    };
-    if !created {
-        return;
-    }
-    // Metadata takes a moment to show a new topic everywhere.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let probe: Result<BaseConsumer<QuietContext>, _> = cc.create_with_context(QuietContext);
-    if let Ok(c) = probe {
-        while count(&c, topic).is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        Err(e) => failed(&e),
     }
 }

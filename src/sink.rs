@@ -159,6 +159,9 @@ impl KafkaSink {
                 .insert(Header { key: "content-type", value: Some("application/cloudevents+json; charset=UTF-8") })
                 .insert(Header { key: "ce_type", value: Some(e.event_type) });
             self.send(&self.output_topic, Some(e.key.as_bytes()), &e.payload, h, shutdown, not_ready)?;
+            if let Some(t) = e.consumed_at {
+                self.producer.context().metrics.engine_latency.observe(t.elapsed().as_secs_f64());
+            }
         }
         // Shadow definitions' announcements: never on the live topic.
         for e in &out.shadow_events {

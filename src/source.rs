@@ -21,7 +21,6 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::bindings as rdsys;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
@@ -36,7 +35,7 @@ use crate::config::{is_secret_property, CompiledDefinition, Config};
 use crate::definitions::{Definitions, Published};
 use crate::engine::{Engine, EngineError, InputRecord, Output};
 use crate::gaps::{self, GapGuard, TopicPartition, Verdict};
-use crate::http::Health;
+use crate::health::{Health, Source};
 use crate::outcomes_source::OutcomesReader;
 use crate::reload::{Applied, OffsetAt, ReloadRequest, VersionedStatus};
 use crate::shutdown::Shutdown;
@@ -63,6 +62,8 @@ pub enum RunError {
     Thread(std::io::Error),
     #[error("the commit thread panicked")]
     CommitPanicked,
+    #[error("cannot take the assigned partitions: {0}")]
+    Assign(KafkaError),
 }
 
 const BROKERS_DOWN: &str = "no Kafka broker is reachable";
@@ -221,8 +222,15 @@ impl Worker {
         }
     }
 
-    fn process(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) -> Result<(), RunError> {
-        self.batch_started.get_or_insert_with(Instant::now);
+    fn process(&mut self, m: &rdkafka::message::BorrowedMessage<'_>, metrics: &Metrics) -> Result<(), RunError> {
+        let consumed = Instant::now();
+        self.batch_started.get_or_insert(consumed);
+        if let Some(ts) = m.timestamp().to_millis() {
+            // The broker's share: from the record's timestamp to now.
+            let now = chrono::Utc::now().timestamp_millis();
+            metrics.broker_latency.observe((now - ts).max(0) as f64 / 1000.0);
+        }
+        let before = self.out.events.len();
         self.engine.process(
             &InputRecord {
                 topic: m.topic(),
@@ -234,6 +242,9 @@ impl Worker {
             },
             &mut self.out,
         )?;
+        for e in &mut self.out.events[before..] {
+            e.consumed_at = Some(consumed);
+        }
         self.batch_len += 1;
         Ok(())
     }
@@ -267,7 +278,7 @@ impl Worker {
         let (sink, changelog, writer) = (self.sink.clone(), self.changelog.clone(), self.engine.writer());
         let (shutdown, health) = (ctx.shutdown.clone(), ctx.health.clone());
         let commit = move || -> Result<Durable, RunError> {
-            let not_ready = |p: Option<&str>| health.set_problem(p);
+            let not_ready = |p: Option<&str>| health.set(Source::Output, p);
             let delivering = Instant::now();
             sink.deliver(&out, &shutdown, &not_ready)?;
             metrics.batch_seconds.with_label_values(&["deliver"]).observe(delivering.elapsed().as_secs_f64());
@@ -365,16 +376,16 @@ impl ClientContext for EngineContext {
         let known: Vec<_> = stats.brokers.values().filter(|b| b.nodeid >= 0).collect();
         if !known.is_empty() {
             if known.iter().any(|b| b.state == "UP") {
-                self.health.clear_problem(BROKERS_DOWN);
+                self.health.set(Source::Brokers, None);
             } else {
-                self.health.set_problem(Some(BROKERS_DOWN));
+                self.health.set(Source::Brokers, Some(BROKERS_DOWN));
             }
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         if matches!(error, KafkaError::Global(rdkafka::error::RDKafkaErrorCode::AllBrokersDown)) {
-            self.health.set_problem(Some(BROKERS_DOWN));
+            self.health.set(Source::Brokers, Some(BROKERS_DOWN));
         }
         tracing::warn!(cause = %error, reason, "kafka client error");
     }
@@ -382,28 +393,13 @@ impl ClientContext for EngineContext {
 
 impl ConsumerContext for EngineContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let native = consumer.client().native_client();
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let elems: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         let mut guard = self.worker.lock().expect("lock");
         let Some(worker) = guard.as_mut() else {
             // Closing: the worker is gone and everything is committed.
-            // SAFETY: as below.
-            unsafe {
-                match (err, cooperative) {
-                    (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, true) => {
-                        rdsys::rd_kafka_incremental_assign(native.ptr(), tpl.ptr());
-                    }
-                    (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, false) => {
-                        rdsys::rd_kafka_assign(native.ptr(), tpl.ptr());
-                    }
-                    (_, true) => {
-                        rdsys::rd_kafka_incremental_unassign(native.ptr(), tpl.ptr());
-                    }
-                    (_, false) => {
-                        rdsys::rd_kafka_assign(native.ptr(), std::ptr::null());
-                    }
-                }
+            if let Err(e) = hand_over(consumer, err, cooperative, tpl) {
+                tracing::warn!(cause = %e, "cannot apply the rebalance while closing");
             }
             return;
         };
@@ -456,14 +452,11 @@ impl ConsumerContext for EngineContext {
                 for (topic, _) in &elems {
                     self.metrics.assigned_partitions.with_label_values(&[topic]).inc();
                 }
-                // SAFETY: the client and list pointers are valid for the
-                // duration of the callback, as in rdkafka's default handler.
-                unsafe {
-                    if cooperative {
-                        rdsys::rd_kafka_incremental_assign(native.ptr(), tpl.ptr());
-                    } else {
-                        rdsys::rd_kafka_assign(native.ptr(), tpl.ptr());
-                    }
+                if let Err(e) = hand_over(consumer, err, cooperative, tpl) {
+                    // Without the assignment nothing would be consumed:
+                    // stop (and be restarted) rather than sit idle.
+                    tracing::error!(cause = %e, partitions = ?elems, "cannot take the assigned partitions");
+                    worker.failed.get_or_insert(RunError::Assign(e));
                 }
                 // Kafka's committed offsets may trail RocksDB (a crash
                 // before the last auto-commit, or another instance's
@@ -499,13 +492,8 @@ impl ConsumerContext for EngineContext {
                 for (topic, partition) in &elems {
                     worker.gaps.forget(&(topic.as_str(), *partition));
                 }
-                // SAFETY: as above.
-                unsafe {
-                    if cooperative {
-                        rdsys::rd_kafka_incremental_unassign(native.ptr(), tpl.ptr());
-                    } else {
-                        rdsys::rd_kafka_assign(native.ptr(), std::ptr::null());
-                    }
+                if let Err(e) = hand_over(consumer, err, cooperative, tpl) {
+                    tracing::warn!(cause = %e, partitions = ?elems, "cannot give up the revoked partitions");
                 }
             }
             other => {
@@ -513,12 +501,30 @@ impl ConsumerContext for EngineContext {
                 if let Err(e) = worker.flush(consumer, self, true) {
                     worker.failed.get_or_insert(e);
                 }
-                // SAFETY: as above.
-                unsafe {
-                    rdsys::rd_kafka_assign(native.ptr(), std::ptr::null());
+                if let Err(e) = consumer.unassign() {
+                    tracing::warn!(cause = %e, "cannot clear the assignment after a rebalance error");
                 }
             }
         }
+    }
+}
+
+/// Hands an assignment change to librdkafka from the rebalance callback:
+/// (incremental) assign of what arrived, (incremental) unassign of what
+/// left, every result checked (rdkafka's safe calls free the error objects
+/// librdkafka returns).
+fn hand_over(
+    consumer: &BaseConsumer<EngineContext>,
+    err: RDKafkaRespErr,
+    cooperative: bool,
+    tpl: &TopicPartitionList,
+) -> Result<(), KafkaError> {
+    let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+    match (assign, cooperative) {
+        (true, true) => consumer.incremental_assign(tpl),
+        (true, false) => consumer.assign(tpl),
+        (false, true) => consumer.incremental_unassign(tpl),
+        (false, false) => consumer.unassign(),
     }
 }
 
@@ -689,7 +695,7 @@ pub fn run_definitions(
     } else {
         None
     };
-    let mut outcomes = OutcomesReader::new(cfg, &engine).map_err(RunError::Consumer)?;
+    let mut outcomes = OutcomesReader::new(cfg, &engine, shutdown).map_err(RunError::Consumer)?;
     let cc = consumer_config(cfg);
     log_config(&cc);
     let consumer: BaseConsumer<EngineContext> = cc
@@ -736,11 +742,12 @@ pub fn run_definitions(
             let Some(msg) = consumer.poll(timeout) else { break };
             match msg {
                 Ok(m) => {
-                    health.set_problem(None);
+                    // A broker answered.
+                    health.set(Source::Brokers, None);
                     let mut guard = ctx.worker.lock().expect("lock");
                     let w = guard.as_mut().expect("worker");
                     if w.admit(&consumer, ctx, &m) {
-                        if let Err(e) = w.process(&m) {
+                        if let Err(e) = w.process(&m, &metrics) {
                             result = Err(e);
                             break 'run;
                         }

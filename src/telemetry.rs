@@ -32,6 +32,12 @@ pub struct Metrics {
     pub batch_seconds: HistogramVec,
     /// From a message's Kafka timestamp to its batch being committed.
     pub end_to_end_seconds: Histogram,
+    /// The engine's share of the latency: from `run` receiving a message
+    /// to the announcement it led to being handed to the producer.
+    pub engine_latency: Histogram,
+    /// The broker's share: from a record's Kafka timestamp to `run`
+    /// receiving it.
+    pub broker_latency: Histogram,
     /// Batches committed.
     pub batches: IntCounter,
     /// State commits (RocksDB write batches) and offset commits to Kafka.
@@ -119,6 +125,8 @@ pub struct Metrics {
     pub rule_announced: IntGaugeVec,
     pub rule_answered: IntGaugeVec,
     pub rule_outcomes: IntGaugeVec,
+    /// Announcements with an opportunity or a win.
+    pub rule_positive: IntGaugeVec,
     /// Opportunities or wins over the announcements with an outcome.
     pub rule_precision: GaugeVec,
     /// Days from the first announcement to the opportunity or win, median
@@ -212,6 +220,28 @@ impl Metrics {
                         "From a message's Kafka timestamp to its batch being durable",
                     )
                     .buckets(prometheus::exponential_buckets(0.001, 2.0, 16).unwrap()),
+                )
+                .unwrap(),
+            ),
+            engine_latency: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "pqa_engine_latency_seconds",
+                        "From a message received by the consumer loop to the announcement it led to handed to the producer",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap()),
+                )
+                .unwrap(),
+            ),
+            broker_latency: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "pqa_broker_latency_seconds",
+                        "From a message's Kafka timestamp to the consumer loop receiving it",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap()),
                 )
                 .unwrap(),
             ),
@@ -390,6 +420,14 @@ impl Metrics {
                         "Announcements with an outcome of each kind, per definition, rule and outcome",
                     ),
                     &["version", "role", "rule", "outcome"],
+                )
+                .unwrap(),
+            ),
+            rule_positive: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("pqa_rule_positive", "Announcements with an opportunity or a win, per definition and rule"),
+                    &["version", "role", "rule"],
                 )
                 .unwrap(),
             ),
