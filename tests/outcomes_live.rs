@@ -104,7 +104,16 @@ fn outcomes_join_announcements_and_survive_kill_9() {
     );
     wait_rules(&engine, "the first outcomes", |v| rule(v, "hand_raiser")["answered"] == 2);
 
-    // Second half, and kill -9 while it is being applied.
+    // Second half while events flow (usage that qualifies nothing new: the
+    // rule's cooldown), and kill -9 while they are being applied.
+    let usage: Vec<(Option<&str>, Option<Vec<u8>>)> = (0..400)
+        .map(|i| {
+            let a = &accounts[i % 8];
+            let ts = format!("2026-11-{:02}T{:02}:00:00Z", 3 + i / 24 % 20, i % 24);
+            (Some(a.as_str()), Some(track(&format!("{a}-u"), Some(a), "Report Viewed", &ts)))
+        })
+        .collect();
+    produce(&p, "events", &usage[..200]);
     produce(
         &p,
         OUTCOMES,
@@ -118,7 +127,7 @@ fn outcomes_join_announcements_and_survive_kill_9() {
             (Some("acct-x"), Some(outcome("acct-x", "won", "2026-11-20T10:00:00Z", None))),
         ],
     );
-    std::thread::sleep(Duration::from_millis(30));
+    produce(&p, "events", &usage[200..]);
     engine.child.kill().unwrap(); // SIGKILL
     engine.child.wait().unwrap();
     let mut engine = EngineProcess::start(&config, port, dir.path(), 1);
@@ -194,6 +203,15 @@ fn outcomes_join_announcements_and_survive_kill_9() {
     assert_eq!(dlq[0].headers["pqa.reason"], "unknown_outcome");
     assert_eq!(dlq[0].headers["pqa.source.topic"], OUTCOMES);
     assert!(dlq[0].headers["pqa.detail"].contains("maybe"), "{:?}", dlq[0].headers);
+
+    // The usage was applied too (every event of the killed batches once),
+    // and no account was announced again.
+    let (_, body) = engine.http_get("/accounts/acct-0").unwrap();
+    let a: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(a["metrics"]["events_28d"].as_f64(), Some(51.0), "1 hand raise + 50 usage events: {a}");
+    let out = read_until(&bootstrap, "out", 1, Duration::from_secs(3), |_| false);
+    let again: std::collections::BTreeSet<_> = out.iter().map(|r| r.json()["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(again.len(), 8);
 
     // A definition that is not running.
     assert_eq!(engine.http_get("/definitions/nope/rules").unwrap().0, 404);
