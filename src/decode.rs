@@ -46,6 +46,9 @@ pub enum Kind {
     Identify,
     /// A `group` call: user -> account, account traits.
     Group,
+    /// An `alias` call: a previous id (an anonymous id or an earlier user
+    /// id) is the same person as the user id.
+    Alias,
 }
 
 impl Kind {
@@ -56,11 +59,16 @@ impl Kind {
             Kind::Page => "page",
             Kind::Identify => "identify",
             Kind::Group => "group",
+            Kind::Alias => "alias",
         }
     }
 
+    /// Every kind, for pre-registering metric labels.
+    pub const ALL: [Kind; 5] = [Kind::Track, Kind::Page, Kind::Identify, Kind::Group, Kind::Alias];
+
     /// `track` and `page` are usage: they make a user active and count as
-    /// volume. `identify` and `group` carry traits only.
+    /// volume. `identify` and `group` carry traits only, and `alias` links
+    /// two ids.
     pub fn is_usage(self) -> bool {
         matches!(self, Kind::Track | Kind::Page)
     }
@@ -90,6 +98,10 @@ pub struct Event {
     /// Traits of identify / group calls.
     pub traits: Option<Map<String, Value>>,
     pub message_id: Option<String>,
+    /// The `previousId` of an `alias` call (always set for one, `None` for
+    /// the other kinds): an anonymous id or an earlier user id that is the
+    /// user's.
+    pub previous_id: Option<String>,
 }
 
 /// Why a message was rejected. The label set is closed, so it is safe as a
@@ -105,6 +117,7 @@ pub enum Reason {
     UnsupportedType,
     WrongFieldType,
     MissingUserId,
+    MissingPreviousId,
     MissingEventName,
     NoAccount,
     MissingTimestamp,
@@ -120,7 +133,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for pre-registering metric labels.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::TooLarge,
         Reason::Empty,
         Reason::InvalidUtf8,
@@ -130,6 +143,7 @@ impl Reason {
         Reason::UnsupportedType,
         Reason::WrongFieldType,
         Reason::MissingUserId,
+        Reason::MissingPreviousId,
         Reason::MissingEventName,
         Reason::NoAccount,
         Reason::MissingTimestamp,
@@ -152,6 +166,7 @@ impl Reason {
             Reason::UnsupportedType => "unsupported_type",
             Reason::WrongFieldType => "wrong_field_type",
             Reason::MissingUserId => "missing_user_id",
+            Reason::MissingPreviousId => "missing_previous_id",
             Reason::MissingEventName => "missing_event_name",
             Reason::NoAccount => "no_account",
             Reason::MissingTimestamp => "missing_timestamp",
@@ -264,7 +279,10 @@ impl Decoder {
                 None => {
                     return Err(Rejection::new(
                         Reason::UnsupportedType,
-                        format!("type `{}` is not one of track, page, screen, identify, group", truncate(&t, 64)),
+                        format!(
+                            "type `{}` is not one of track, page, screen, identify, group, alias",
+                            truncate(&t, 64)
+                        ),
                     ))
                 }
             },
@@ -277,6 +295,18 @@ impl Decoder {
                 Some(a) => (a, true, None),
                 None => return Err(Rejection::new(Reason::MissingUserId, "no user id and no anonymousId")),
             },
+        };
+        // An alias names the user the previous id becomes: both are needed.
+        let previous_id = if kind == Kind::Alias {
+            if anonymous {
+                return Err(Rejection::new(Reason::MissingUserId, "alias call without a userId"));
+            }
+            match self.id(&mut caps, Field::PreviousId, "previousId")? {
+                Some(p) => Some(p),
+                None => return Err(Rejection::new(Reason::MissingPreviousId, "alias call without a previousId")),
+            }
+        } else {
+            None
         };
         let account_id = self.id(&mut caps, Field::AccountId, "account id")?;
         let time_ms = match caps.take(Field::Timestamp) {
@@ -324,8 +354,10 @@ impl Decoder {
                     }
                 };
             }
+            Kind::Alias => {}
         }
         check_len("user id", Some(&user_id), MAX_ID_BYTES)?;
+        check_len("previousId", previous_id.as_deref(), MAX_ID_BYTES)?;
         let anonymous_id = anonymous_id.filter(|a| a.len() <= MAX_ID_BYTES && *a != user_id);
         check_len("account id", account_id.as_deref(), MAX_ID_BYTES)?;
         check_len("messageId", message_id.as_deref(), MAX_ID_BYTES)?;
@@ -355,6 +387,7 @@ impl Decoder {
             path,
             traits,
             message_id: message_id.map(Cow::into_owned),
+            previous_id: previous_id.map(Cow::into_owned),
         })
     }
 
@@ -413,6 +446,7 @@ fn pointers(f: &FieldPointers, field: Field) -> &[String] {
         Field::Traits => &f.traits,
         Field::MessageId => &f.message_id,
         Field::AnonymousId => &f.anonymous_id,
+        Field::PreviousId => &f.previous_id,
     }
 }
 
@@ -422,6 +456,7 @@ fn kind_of(t: &str) -> Option<Kind> {
         "page" | "screen" => Some(Kind::Page),
         "identify" => Some(Kind::Identify),
         "group" => Some(Kind::Group),
+        "alias" => Some(Kind::Alias),
         _ => None,
     }
 }
@@ -472,9 +507,10 @@ enum Field {
     Traits,
     MessageId,
     AnonymousId,
+    PreviousId,
 }
 
-const FIELDS: [Field; 11] = [
+const FIELDS: [Field; 12] = [
     Field::Type,
     Field::Event,
     Field::PageName,
@@ -486,6 +522,7 @@ const FIELDS: [Field; 11] = [
     Field::Traits,
     Field::MessageId,
     Field::AnonymousId,
+    Field::PreviousId,
 ];
 
 /// All configured pointers as one tree of keys: node [`ROOT`] is the message,
@@ -620,7 +657,9 @@ impl<'de> Caps<'de> {
     fn offer(&mut self, field: Field, n: usize, cap: Cap<'de>) {
         if let Cap::Str(s) = &cap {
             // Blank ids count as absent: the next pointer is tried.
-            if matches!(field, Field::UserId | Field::AccountId) && s.trim().is_empty() {
+            if matches!(field, Field::UserId | Field::AccountId | Field::AnonymousId | Field::PreviousId)
+                && s.trim().is_empty()
+            {
                 return;
             }
             if field == Field::Type && n == 0 {
@@ -1148,6 +1187,40 @@ mod tests {
     }
 
     #[test]
+    fn segment_alias() {
+        let e = ok(
+            r#"{"type":"alias","previousId":"anon-1","userId":"a1","anonymousId":"anon-1","timestamp":"2026-08-02T10:00:00Z","messageId":"m2"}"#,
+        );
+        assert_eq!(e.kind, Kind::Alias);
+        assert_eq!(e.kind.as_str(), "alias");
+        assert!(!e.kind.is_usage());
+        assert_eq!((e.user_id.as_str(), e.anonymous), ("a1", false));
+        assert_eq!(e.previous_id.as_deref(), Some("anon-1"));
+        assert_eq!(e.account_id, None);
+        // Numeric ids, as for user ids.
+        let e = ok(r#"{"type":"alias","previousId":41,"userId":42,"timestamp":"2026-08-02T10:00:00Z"}"#);
+        assert_eq!((e.user_id.as_str(), e.previous_id.as_deref()), ("42", Some("41")));
+        // Other kinds never carry one.
+        let e = ok(r#"{"type":"identify","previousId":"p","userId":"u","timestamp":"2026-08-02T10:00:00Z"}"#);
+        assert_eq!(e.previous_id, None);
+        // A layout of its own.
+        let mut cfg = crate::config::Config::default_config().input;
+        cfg.fields.previous_id = vec!["/ids/previous".into(), "/previousId".into()];
+        let d = Decoder::new(cfg);
+        let e = d
+            .decode(
+                Some(br#"{"type":"alias","ids":{"previous":"old"},"userId":"new","timestamp":"2026-08-02T10:00:00Z"}"#),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(e.previous_id.as_deref(), Some("old"));
+        let bad =
+            d.decode(Some(br#"{"type":"alias","userId":"new","timestamp":"2026-08-02T10:00:00Z"}"#), NOW).unwrap_err();
+        assert_eq!((bad.reason, bad.reason.as_str()), (Reason::MissingPreviousId, "missing_previous_id"));
+        assert_eq!(bad.detail, "alias call without a previousId");
+    }
+
+    #[test]
     fn account_fallbacks_and_time_fallbacks() {
         let e = ok(
             r#"{"type":"track","event":"x","userId":"u1","originalTimestamp":"2026-08-02T10:00:00+02:00","properties":{"accountId":"a9"}}"#,
@@ -1194,7 +1267,24 @@ mod tests {
             (b"42".to_vec(), Reason::NotAnObject),
             (b"null".to_vec(), Reason::NotAnObject),
             (format!(r#"{{"event":"x","userId":"u",{ts}}}"#).into_bytes(), Reason::MissingType),
-            (format!(r#"{{"type":"alias","userId":"u",{ts}}}"#).into_bytes(), Reason::UnsupportedType),
+            (format!(r#"{{"type":"Alias","userId":"u","previousId":"p",{ts}}}"#).into_bytes(), Reason::UnsupportedType),
+            (format!(r#"{{"type":"alias","userId":"u",{ts}}}"#).into_bytes(), Reason::MissingPreviousId),
+            (
+                format!(r#"{{"type":"alias","userId":"u","previousId":" ",{ts}}}"#).into_bytes(),
+                Reason::MissingPreviousId,
+            ),
+            (
+                format!(r#"{{"type":"alias","anonymousId":"v","previousId":"p",{ts}}}"#).into_bytes(),
+                Reason::MissingUserId,
+            ),
+            (
+                format!(r#"{{"type":"alias","userId":"u","previousId":["p"],{ts}}}"#).into_bytes(),
+                Reason::WrongFieldType,
+            ),
+            (
+                format!(r#"{{"type":"alias","userId":"u","previousId":"{}",{ts}}}"#, "p".repeat(2000)).into_bytes(),
+                Reason::FieldTooLong,
+            ),
             (format!(r#"{{"type":7,"userId":"u",{ts}}}"#).into_bytes(), Reason::WrongFieldType),
             (format!(r#"{{"type":"track","event":["x"],"userId":"u",{ts}}}"#).into_bytes(), Reason::WrongFieldType),
             (format!(r#"{{"type":"track","event":"x","userId":{{"a":1}},{ts}}}"#).into_bytes(), Reason::WrongFieldType),
@@ -1304,11 +1394,12 @@ mod tests {
                     "page" | "screen" => Kind::Page,
                     "identify" => Kind::Identify,
                     "group" => Kind::Group,
+                    "alias" => Kind::Alias,
                     other => {
                         return Err(Rejection::new(
                             Reason::UnsupportedType,
                             format!(
-                                "type `{}` is not one of track, page, screen, identify, group",
+                                "type `{}` is not one of track, page, screen, identify, group, alias",
                                 truncate(other, 64)
                             ),
                         ))
@@ -1321,6 +1412,16 @@ mod tests {
                     Some(a) => (a, true, None),
                     None => return Err(Rejection::new(Reason::MissingUserId, "no user id and no anonymousId")),
                 },
+            };
+            let previous_id = match (kind, anonymous) {
+                (Kind::Alias, true) => {
+                    return Err(Rejection::new(Reason::MissingUserId, "alias call without a userId"));
+                }
+                (Kind::Alias, false) => match id_field(v, &f.previous_id, "previousId")? {
+                    Some(p) => Some(p),
+                    None => return Err(Rejection::new(Reason::MissingPreviousId, "alias call without a previousId")),
+                },
+                _ => None,
             };
             let account_id = id_field(v, &f.account_id, "account id")?;
             let time_ms = match first(v, &f.timestamp) {
@@ -1354,6 +1455,7 @@ mod tests {
                 path: None,
                 traits: None,
                 message_id: string_field(v, &f.message_id, "messageId")?,
+                previous_id,
             };
             match kind {
                 Kind::Track => match string_field(v, &f.event, "event")? {
@@ -1379,8 +1481,10 @@ mod tests {
                         }
                     };
                 }
+                Kind::Alias => {}
             }
             check_len("user id", Some(&event.user_id), MAX_ID_BYTES)?;
+            check_len("previousId", event.previous_id.as_deref(), MAX_ID_BYTES)?;
             check_len("account id", event.account_id.as_deref(), MAX_ID_BYTES)?;
             check_len("messageId", event.message_id.as_deref(), MAX_ID_BYTES)?;
             check_len("event / page name", event.name.as_deref(), MAX_ID_BYTES)?;
@@ -1544,6 +1648,18 @@ mod tests {
             r#"{"type":"identify","userId":"u","timestamp":"2026-08-02T10:00:00Z"}"#,
             r#"{"type":"identify","userId":"u","traits":{},"timestamp":"2026-08-02T10:00:00Z"}"#,
             r#"{"type":"alias","userId":"u","traits":{"k":1}}"#,
+            r#"{"type":"alias","userId":"u","previousId":"p","timestamp":"2026-08-02T10:00:00Z"}"#,
+            r#"{"type":"alias","userId":"u","previousId":7,"anonymousId":"a","timestamp":"2026-08-02T10:00:00Z"}"#,
+            r#"{"type":"alias","userId":"u","previousId":"u","context":{"groupId":"g"},"timestamp":"2026-08-02T10:00:00Z"}"#,
+            r#"{"type":"alias","userId":"u","previousId":"","timestamp":"2026-08-02T10:00:00Z"}"#,
+            r#"{"type":"alias","userId":"u","previousId":null,"timestamp":"2026-08-02T10:00:00Z"}"#,
+            r#"{"type":"alias","userId":"u","previousId":1.5,"timestamp":"2026-08-02T10:00:00Z"}"#,
+            r#"{"type":"alias","userId":null,"anonymousId":"a","previousId":"p","timestamp":"2026-08-02T10:00:00Z"}"#,
+            r#"{"type":"alias","previousId":"p","timestamp":"2026-08-02T10:00:00Z"}"#,
+            r#"{"previousId":"p","type":"alias","userId":"u"}"#,
+            r#"{"type":"track","event":"x","userId":"u","previousId":[],"timestamp":"2026-08-02T10:00:00Z"}"#,
+            r#"{"type":"track","event":"x","anonymousId":" ","timestamp":"2026-08-02T10:00:00Z"}"#,
+            r#"{"type":"track","event":"x","anonymousId":"","userId":"u","timestamp":"2026-08-02T10:00:00Z"}"#,
             r#"{"type":"","userId":"u"}"#,
             r#"{"type":["track"],"userId":"u"}"#,
             r#"{}"#,
@@ -1628,6 +1744,7 @@ mod tests {
         f.traits = vec!["/traits".into(), "/props/01".into(), "/props/1".into(), "/meta".into(), "".into()];
         f.event = vec!["/event".into(), "/ids".into(), "/".into()];
         f.message_id = vec!["/traits/company".into(), "/messageId".into()];
+        f.previous_id = vec!["/ids/list/0".into(), "/previousId".into(), "".into()];
         let d = Decoder::new(cfg);
         let docs = [
             r#"{"kind":"identify","userId":"u","timestamp":"2026-08-02T10:00:00Z","traits":{"company":{"id":"c"}}}"#,
@@ -1642,6 +1759,8 @@ mod tests {
             r#"{"kind":"track","event":"e","userId":"u","ts":"2026-08-02T10:00:00Z","traits":{"company":"c"}}"#,
             r#"{"kind":"track","event":"e","userId":"u","ts":"2026-08-02T10:00:00Z","traits":{"company":{"id":" "}},"t~x":"tx"}"#,
             r#"{"kind":null,"type":"page","userId":"u","ts":"2026-08-02T10:00:00Z","a/b":"ab"}"#,
+            r#"{"kind":"alias","userId":"u","ts":"2026-08-02T10:00:00Z","ids":{"list":["p",1]}}"#,
+            r#"{"kind":"alias","userId":"u","ts":"2026-08-02T10:00:00Z","ids":{"list":[" "]},"previousId":"q"}"#,
         ];
         for doc in docs {
             for end in 0..=doc.len() {
@@ -1715,6 +1834,7 @@ mod tests {
                 Just("\"track\"".to_string()),
                 Just("\"identify\"".to_string()),
                 Just("\"group\"".to_string()),
+                Just("\"alias\"".to_string()),
                 Just("\"page\"".to_string()),
                 Just("\"2026-08-02T10:00:00Z\"".to_string()),
                 Just("\"https://x.example/a/b?c#d\"".to_string()),
@@ -1743,6 +1863,8 @@ mod tests {
                 Just("\"type\""),
                 Just("\"event\""),
                 Just("\"userId\""),
+                Just("\"previousId\""),
+                Just("\"anonymousId\""),
                 Just("\"timestamp\""),
                 Just("\"originalTimestamp\""),
                 Just("\"receivedAt\""),

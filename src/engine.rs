@@ -108,6 +108,21 @@ pub fn anon_key(anonymous_id: &str) -> String {
     format!("\u{0}anon\u{0}{anonymous_id}")
 }
 
+/// Links followed from one id to the next at most this many times (an
+/// alias of an alias...): a longer chain is cut there.
+const MAX_LINK_HOPS: usize = 32;
+
+/// An alias whose previous id is an earlier user id: that user (`old`)
+/// becomes the event's user. Email domains (of the old user, and of the
+/// new one before and after taking the old one's traits) for the
+/// account's count of members by domain.
+struct Merge {
+    old: String,
+    old_domain: Option<String>,
+    domain_before: Option<String>,
+    domain_after: Option<String>,
+}
+
 /// An announcement decided for one definition, built once the account's
 /// cache entry is released.
 struct Pending {
@@ -141,7 +156,7 @@ pub struct Engine {
     /// `metrics.events` per event kind and `metrics.batch_seconds` of
     /// "apply", looked up on first use and kept (a labelled lookup hashes
     /// the labels under a lock, per event).
-    kind_counters: [Option<prometheus::IntCounter>; 4],
+    kind_counters: [Option<prometheus::IntCounter>; Kind::ALL.len()],
     apply_seconds: Option<prometheus::Histogram>,
     /// Per definition version: what it announced since it was loaded.
     stats: BTreeMap<String, VersionStats>,
@@ -662,18 +677,63 @@ impl Engine {
         Ok(())
     }
 
+    /// The user an id stands for: itself, or the user an alias merged it
+    /// into (through later aliases too). The link records followed are
+    /// added to `followed`.
+    fn resolve_user(&mut self, mut id: String, followed: &mut Vec<String>) -> Result<String, EngineError> {
+        for _ in 0..MAX_LINK_HOPS {
+            match self.store.user(&id)?.state.linked_to.clone() {
+                Some(next) if next != id => followed.push(std::mem::replace(&mut id, next)),
+                _ => break,
+            }
+        }
+        Ok(id)
+    }
+
     fn apply(&mut self, mut ev: Event, out: &mut Output) -> Result<Result<(), Rejection>, EngineError> {
         let started = Instant::now();
         let defs = self.defs.clone();
         let layout = &defs.layout;
         // Which account, and is the event acceptable at all? Decided before
         // anything is changed, so a rejected event leaves no trace in state.
-        // A visitor already linked to a user (an identify carried both
-        // ids): their anonymous events are the user's.
+        // The link records followed (their idle-TTL clock is refreshed
+        // once the event is accepted).
+        let mut followed: Vec<String> = Vec::new();
+        // A visitor already linked to a user (an identify or an alias
+        // carried both ids): their anonymous events are the user's.
         if ev.anonymous {
-            if let Some(u) = self.store.user(&anon_key(&ev.user_id))?.state.linked_to.clone() {
+            let key = anon_key(&ev.user_id);
+            if let Some(u) = self.store.user(&key)?.state.linked_to.clone() {
                 ev.user_id = u;
                 ev.anonymous = false;
+                followed.push(key);
+            }
+        }
+        // A user id that an alias merged into another: its events are that
+        // user's.
+        if !ev.anonymous {
+            ev.user_id = self.resolve_user(std::mem::take(&mut ev.user_id), &mut followed)?;
+        }
+        // An alias: its previous id is an earlier user id (a user record
+        // exists), whose user becomes this one, or else an anonymous id,
+        // linked as an identify with both ids links it.
+        let mut merge: Option<Merge> = None;
+        if let Some(p) = ev.previous_id.take() {
+            let prev = &self.store.user(&p)?.state;
+            let earlier = if prev.updated_ms > 0 || prev.linked_to.is_some() {
+                Some(self.resolve_user(p.clone(), &mut Vec::new())?)
+            } else {
+                match self.store.user(&anon_key(&p))?.state.linked_to.clone() {
+                    // A visitor who already logged in as someone else.
+                    Some(u) => Some(self.resolve_user(u, &mut Vec::new())?),
+                    None => None,
+                }
+            };
+            match earlier {
+                Some(o) if o == ev.user_id => {} // already one person
+                Some(o) => merge = Some(Merge { old: o, old_domain: None, domain_before: None, domain_after: None }),
+                None if p == ev.user_id => {}
+                None => ev.anonymous_id = Some(p),
             }
         }
         // A user id with the anonymous id they had before logging in: the
@@ -687,7 +747,11 @@ impl Engine {
                 link = Some((key, a.account.clone(), a.linked_to.is_none()));
             }
         }
-        let known = if ev.anonymous { None } else { self.store.user(&ev.user_id)?.state.account.clone() };
+        let mut known = if ev.anonymous { None } else { self.store.user(&ev.user_id)?.state.account.clone() };
+        if let (None, Some(m)) = (&known, &merge) {
+            // The new id of a user who changed ids: the old one's account.
+            known = self.store.user(&m.old)?.state.account.clone();
+        }
         // So that a login (an identify with no account) can qualify the
         // account the visitor was using.
         let account =
@@ -700,7 +764,7 @@ impl Engine {
             return Ok(Ok(()));
         }
         match &account {
-            None if ev.kind != Kind::Identify => {
+            None if !matches!(ev.kind, Kind::Identify | Kind::Alias) => {
                 return Ok(Err(Rejection::new(
                     Reason::NoAccount,
                     "no account id in the event and no account known for the user (send a group call or context.groupId)",
@@ -742,6 +806,41 @@ impl Engine {
                 self.metrics.duplicate_events.inc();
                 return Ok(Ok(()));
             }
+        }
+        for key in &followed {
+            // A link in use is not idle (refreshed at most daily).
+            let l = self.store.user(key)?;
+            if ev.time_ms > l.state.updated_ms + 86_400_000 {
+                l.state.updated_ms = ev.time_ms;
+                l.dirty = true;
+            }
+        }
+        if let Some(m) = &mut merge {
+            // The old id becomes the new one: later events under it are
+            // redirected (above), and what is known of the user carries
+            // over where the new id knows nothing.
+            let old = self.store.user(&m.old)?;
+            old.state.linked_to = Some(ev.user_id.clone());
+            old.state.updated_ms = old.state.updated_ms.max(ev.time_ms);
+            old.dirty = true;
+            let old = old.state.clone();
+            let user = self.store.user(&ev.user_id)?;
+            m.old_domain.clone_from(&old.email_domain);
+            m.domain_before.clone_from(&user.state.email_domain);
+            let mut traits: Map<String, Value> = serde_json::from_str(&user.state.traits_json).unwrap_or_default();
+            let before = traits.len();
+            for (k, v) in serde_json::from_str::<Map<String, Value>>(&old.traits_json).unwrap_or_default() {
+                traits.entry(k).or_insert(v);
+            }
+            if traits.len() != before {
+                user.state.traits_json = Value::Object(traits).to_string();
+                user.dirty = true;
+            }
+            if user.state.email_domain.is_none() && old.email_domain.is_some() {
+                user.state.email_domain = old.email_domain;
+                user.dirty = true;
+            }
+            m.domain_after.clone_from(&user.state.email_domain);
         }
 
         // The user: account link, traits, trait-change signals (of every
@@ -866,6 +965,46 @@ impl Engine {
                 entry.state.traits_json = Value::Object(traits).to_string();
                 entry.traits_cel = None;
             }
+        }
+        if let Some(m) = &merge {
+            // One person, two ids: the old id's activity in the account is
+            // the new one's, and the two count as one active user.
+            let old = reader.member_into(entry, &account, &m.old)?.state.clone();
+            let member = reader.member_into(entry, &account, &ev.user_id)?;
+            let was_member = member.state.first_seen_ms > 0;
+            if old.first_seen_ms > 0 {
+                let before = (member.state.last_seen_ms > 0)
+                    .then(|| bucket_of(member.state.last_seen_ms, layout.bucket_seconds));
+                member.state.merge(&old);
+                member.dirty = true;
+                let now = bucket_of(member.state.last_seen_ms, layout.bucket_seconds);
+                if old.last_seen_ms > 0 {
+                    entry.state.remove_user(bucket_of(old.last_seen_ms, layout.bucket_seconds));
+                }
+                entry.state.move_user(before, now);
+                let gone = reader.member_into(entry, &account, &m.old)?;
+                gone.state = Default::default();
+                gone.dirty = true;
+                if let Some(d) = &m.old_domain {
+                    entry.state.count_email_domain(d, -1);
+                }
+            }
+            // Email domains count members: the merged one under its
+            // domain now.
+            if was_member {
+                if let Some(d) = &m.domain_before {
+                    entry.state.count_email_domain(d, -1);
+                }
+            }
+            if was_member || old.first_seen_ms > 0 {
+                if let Some(d) = &m.domain_after {
+                    entry.state.count_email_domain(d, 1);
+                }
+            }
+            for h in entry.state.signals.iter_mut().filter(|h| h.user == m.old) {
+                h.user.clone_from(&ev.user_id);
+            }
+            entry.traits_cel = None;
         }
         if let Some((key, Some(a), true)) = &link {
             if *a == account {
@@ -1555,6 +1694,7 @@ fn kind_index(kind: Kind) -> usize {
         Kind::Page => 1,
         Kind::Identify => 2,
         Kind::Group => 3,
+        Kind::Alias => 4,
     }
 }
 
@@ -1879,6 +2019,144 @@ mod tests {
         assert_eq!(t.engine.reader().user("u3").unwrap().unwrap().account.as_deref(), Some("a"));
         let visitor = members.iter().find(|m| m.0.starts_with('\u{0}')).map(|m| m.1.clone()).unwrap_or_default();
         assert_eq!(visitor.first_seen_ms, 0, "nothing left under the visitor");
+    }
+
+    /// Active users of an account in its trailing 28 days (committed).
+    fn active_users(t: &mut T, acct: &str) -> u64 {
+        t.engine.commit().unwrap();
+        let st = t.engine.reader().account(acct).unwrap().unwrap();
+        let def = t.engine.definition().clone();
+        let m = def.metrics.iter().find(|m| m.name == "active_users_28d").unwrap();
+        st.metric(m, bucket_of(st.last_seen_ms, def.bucket_seconds), def.bucket_seconds) as u64
+    }
+
+    /// An alias whose previous id is an anonymous id does what a login
+    /// does: the visitor's activity is the user's, who counts as an active
+    /// user from then on (so the alias can qualify the account), and the
+    /// visitor's later events are the user's.
+    #[test]
+    fn an_alias_of_an_anonymous_id_makes_the_visitor_the_user() {
+        let mut t = T::new();
+        t.track("u1", "a", "Card Moved", 1);
+        t.track("u2", "a", "Card Moved", 1);
+        let anon = |path: &str, h: u32| {
+            format!(
+                r#"{{"type":"page","anonymousId":"v-1","properties":{{"path":"{path}"}},"context":{{"groupId":"a"}},"timestamp":"2026-01-02T{h:02}:00:00Z"}}"#
+            )
+        };
+        t.send(&anon("/docs", 9));
+        t.send(&anon("/security", 10));
+        assert!(t.out.events.is_empty(), "2 users and a visitor: not 3 users");
+        assert_eq!(active_users(&mut t, "a"), 2);
+        // Segment's shape: no account in the call.
+        t.send(r#"{"type":"alias","previousId":"v-1","userId":"u3","timestamp":"2026-01-02T11:00:00Z"}"#);
+        assert!(t.out.dead_letters.is_empty(), "{:?}", t.out.dead_letters);
+        let e = t.out.events.last().expect("the alias qualifies the account");
+        let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+        assert_eq!(v["subject"], "a");
+        assert_eq!(v["data"]["rules"], serde_json::json!(["enterprise_evaluation"]));
+        assert_eq!(v["data"]["metrics"]["active_users_28d"], 3);
+        let u3 = v["data"]["leads"].as_array().unwrap().iter().find(|l| l["user_id"] == "u3").expect("u3 is a lead");
+        assert_eq!(u3["events_28d"], 2, "the visitor's two page views are u3's");
+        t.send(&anon("/pricing", 12));
+        assert_eq!(active_users(&mut t, "a"), 3);
+        let members = t.engine.reader().members("a").unwrap();
+        let u3 = members.iter().find(|m| m.0 == "u3").unwrap();
+        assert_eq!(u3.1.events_in_days(u3.1.last_seen_ms, 28), 3, "a later anonymous event is u3's");
+        assert_eq!(t.engine.reader().user("u3").unwrap().unwrap().account.as_deref(), Some("a"));
+        assert_eq!(t.engine.reader().user(&anon_key("v-1")).unwrap().unwrap().linked_to.as_deref(), Some("u3"));
+        assert_eq!(t.engine.metrics().events.with_label_values(&["alias"]).get(), 1);
+    }
+
+    /// One person with two user ids in one account (a changed id, a
+    /// second login): two active users until an alias says they are one,
+    /// one after it, and the old id's later events are the new id's,
+    /// counted once.
+    #[test]
+    fn an_alias_of_an_earlier_user_id_merges_the_two_users() {
+        let mut t = T::new();
+        t.send(r#"{"type":"identify","userId":"old","traits":{"email":"ada@acme.example","role":"admin"},"timestamp":"2026-01-01T08:00:00Z"}"#);
+        for u in ["u1", "u2", "old", "new"] {
+            t.track(u, "a", "Card Moved", 1);
+        }
+        t.send(r#"{"type":"page","userId":"old","properties":{"path":"/security"},"context":{"groupId":"a"},"timestamp":"2026-01-01T12:00:00Z"}"#);
+        assert_eq!(active_users(&mut t, "a"), 4);
+        let acct = t.engine.reader().account("a").unwrap().unwrap();
+        assert_eq!(acct.email_domains, [("acme.example".to_string(), 1)]);
+        t.send(r#"{"type":"alias","previousId":"old","userId":"new","timestamp":"2026-01-02T09:00:00Z"}"#);
+        assert!(t.out.dead_letters.is_empty(), "{:?}", t.out.dead_letters);
+        assert_eq!(active_users(&mut t, "a"), 3, "old and new are one person");
+        let r = t.engine.reader();
+        let old = r.user("old").unwrap().unwrap();
+        assert_eq!(old.linked_to.as_deref(), Some("new"));
+        let new = r.user("new").unwrap().unwrap();
+        assert_eq!(new.account.as_deref(), Some("a"));
+        assert_eq!(new.email_domain.as_deref(), Some("acme.example"), "the old id's traits carry over");
+        let traits: serde_json::Value = serde_json::from_str(&new.traits_json).unwrap();
+        assert_eq!(traits["role"], "admin");
+        let acct = r.account("a").unwrap().unwrap();
+        assert_eq!(acct.email_domains, [("acme.example".to_string(), 1)], "one member on that domain");
+        assert!(acct.signals.iter().all(|h| h.user == "new"), "the old id's signal is the new id's");
+        let events = |t: &T, u: &str| {
+            let m = t.engine.reader().members("a").unwrap();
+            m.iter().find(|m| m.0 == u).map_or(0, |m| m.1.events_in_days(m.1.last_seen_ms, 28))
+        };
+        assert_eq!((events(&t, "new"), events(&t, "old")), (3, 0), "track + page of old, track of new");
+        // Later events under the old id are the new id's.
+        t.track("old", "a", "Card Moved", 3);
+        t.track("new", "a", "Card Moved", 3);
+        assert_eq!(active_users(&mut t, "a"), 3);
+        assert_eq!((events(&t, "new"), events(&t, "old")), (5, 0));
+        // The new id is the lead, with what the old id said about itself.
+        t.track("old", "a", "Demo Requested", 3);
+        let e = t.out.events.last().expect("hand-raiser");
+        let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+        let leads: Vec<&str> =
+            v["data"]["leads"].as_array().unwrap().iter().map(|l| l["user_id"].as_str().unwrap()).collect();
+        assert_eq!(leads[0], "new");
+        assert!(!leads.contains(&"old"), "{leads:?}");
+        assert_eq!(v["data"]["metrics"]["active_users_28d"], 3);
+        // An alias of the new id: the old one follows (and an alias back
+        // to an id already merged changes nothing).
+        t.send(r#"{"type":"alias","previousId":"new","userId":"newer","timestamp":"2026-01-04T09:00:00Z"}"#);
+        t.send(r#"{"type":"alias","previousId":"newer","userId":"old","timestamp":"2026-01-04T10:00:00Z"}"#);
+        t.track("old", "a", "Card Moved", 4);
+        assert_eq!(active_users(&mut t, "a"), 3);
+        assert_eq!((events(&t, "newer"), events(&t, "new"), events(&t, "old")), (7, 0, 0));
+        assert!(t.out.dead_letters.is_empty(), "{:?}", t.out.dead_letters);
+    }
+
+    /// An alias needs both ids: without a previous id it is dead-lettered
+    /// with its own reason; without an account it is not (like an
+    /// identify: the link and traits only).
+    #[test]
+    fn an_alias_without_a_previous_id_is_dead_lettered_and_one_without_an_account_is_not() {
+        let mut t = T::new();
+        t.send(r#"{"type":"alias","userId":"n1","timestamp":"2026-01-02T09:00:00Z"}"#);
+        assert_eq!(t.out.dead_letters.len(), 1);
+        assert_eq!(t.out.dead_letters[0].reason, Reason::MissingPreviousId);
+        assert_eq!(t.out.dead_letters[0].detail, "alias call without a previousId");
+        t.send(r#"{"type":"alias","anonymousId":"v-2","previousId":"v-1","timestamp":"2026-01-02T09:00:00Z"}"#);
+        assert_eq!(t.out.dead_letters.len(), 2);
+        assert_eq!(t.out.dead_letters[1].reason, Reason::MissingUserId);
+        // No account anywhere: an earlier user id (known by its traits
+        // only) and an id never seen (taken for an anonymous id).
+        t.send(r#"{"type":"identify","userId":"o1","traits":{"email":"o@acme.example"},"timestamp":"2026-01-02T08:00:00Z"}"#);
+        t.send(r#"{"type":"alias","previousId":"o1","userId":"n1","timestamp":"2026-01-02T09:00:00Z"}"#);
+        t.send(r#"{"type":"alias","previousId":"v-9","userId":"n2","timestamp":"2026-01-02T09:00:00Z"}"#);
+        assert_eq!(t.out.dead_letters.len(), 2, "{:?}", t.out.dead_letters);
+        assert!(t.out.events.is_empty());
+        t.engine.commit().unwrap();
+        let r = t.engine.reader();
+        assert_eq!(r.user("o1").unwrap().unwrap().linked_to.as_deref(), Some("n1"));
+        assert_eq!(r.user("n1").unwrap().unwrap().email_domain.as_deref(), Some("acme.example"));
+        assert_eq!(r.user(&anon_key("v-9")).unwrap().unwrap().linked_to.as_deref(), Some("n2"));
+        // The merged user joins an account later: once.
+        t.track("o1", "b", "Card Moved", 3);
+        t.track("n1", "b", "Card Moved", 3);
+        assert_eq!(active_users(&mut t, "b"), 1);
+        let acct = t.engine.reader().account("b").unwrap().unwrap();
+        assert_eq!(acct.email_domains, [("acme.example".to_string(), 1)]);
     }
 
     /// An account whose users are all on free mail is a personal account:

@@ -153,8 +153,9 @@ pub fn account_with_members(defs: &Definitions, reader: &StateReader, id: &str) 
     let acct = reader.account(id).map_err(|e| e.to_string())?.unwrap_or_default();
     let now = acct.last_seen_ms.max(reader.watermark_ms().map_err(|e| e.to_string())?);
     let mut members = reader.members(id).map_err(|e| e.to_string())?;
-    // A visitor's activity (not a user of the account) is not listed.
-    members.retain(|m| !m.0.starts_with('\u{0}'));
+    // A visitor's activity (not a user of the account) is not listed, nor
+    // the emptied record of an id an alias merged into another.
+    members.retain(|m| !m.0.starts_with('\u{0}') && m.1.first_seen_ms > 0);
     members.sort_by(|a, b| a.0.cmp(&b.0));
     let members: Vec<Value> = members
         .iter()

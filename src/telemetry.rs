@@ -146,7 +146,7 @@ impl Metrics {
             IntCounterVec::new(Opts::new("pqa_events_total", "Valid input events applied, by call type"), &["type"])
                 .unwrap(),
         );
-        for k in [Kind::Track, Kind::Page, Kind::Identify, Kind::Group] {
+        for k in Kind::ALL {
             events.with_label_values(&[k.as_str()]);
         }
         let dead_letters = reg(

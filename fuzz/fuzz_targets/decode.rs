@@ -31,6 +31,9 @@ fuzz_target!(|data: &[u8]| {
             if e.kind == Kind::Track {
                 assert!(e.name.as_ref().is_some_and(|n| !n.is_empty()), "track without a name");
             }
+            // An alias always names its previous id; nothing else does.
+            assert_eq!(e.kind == Kind::Alias, e.previous_id.is_some());
+            assert!(e.previous_id.as_ref().is_none_or(|p| !p.trim().is_empty() && p.len() <= MAX_ID_BYTES));
             if let Some(t) = &e.traits {
                 assert!(e.kind == Kind::Identify || e.kind == Kind::Group);
                 assert!(serde_json::to_vec(t).unwrap().len() <= MAX_TRAITS_BYTES);

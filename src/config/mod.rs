@@ -243,8 +243,8 @@ pub struct InputConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldPointers {
-    /// The Segment call type: `track`, `page`, `identify`, `group`
-    /// (`screen` is read as `page`).
+    /// The Segment call type: `track`, `page`, `identify`, `group`,
+    /// `alias` (`screen` is read as `page`).
     pub r#type: Vec<String>,
     /// The track event name.
     pub event: Vec<String>,
@@ -268,10 +268,18 @@ pub struct FieldPointers {
     /// user id).
     #[serde(default = "default_anonymous_id")]
     pub anonymous_id: Vec<String>,
+    /// The previous id of an `alias` call (an anonymous id or an earlier
+    /// user id that becomes the user id).
+    #[serde(default = "default_previous_id")]
+    pub previous_id: Vec<String>,
 }
 
 fn default_anonymous_id() -> Vec<String> {
     vec!["/anonymousId".to_string()]
+}
+
+fn default_previous_id() -> Vec<String> {
+    vec!["/previousId".to_string()]
 }
 
 /// Local state.
@@ -465,6 +473,7 @@ impl Config {
             ("traits", &f.traits),
             ("message_id", &f.message_id),
             ("anonymous_id", &f.anonymous_id),
+            ("previous_id", &f.previous_id),
         ] {
             for (i, p) in list.iter().enumerate() {
                 if !p.starts_with('/') {

@@ -480,6 +480,17 @@ impl AccountState {
         }
     }
 
+    /// A user whose last-seen bucket was `last` is no longer one of the
+    /// account's users (merged into another by an alias).
+    pub fn remove_user(&mut self, last: u32) {
+        if let Ok(p) = self.user_hist.binary_search_by_key(&last, |e| e.0) {
+            self.user_hist[p].1 = self.user_hist[p].1.saturating_sub(1);
+            if self.user_hist[p].1 == 0 {
+                self.user_hist.remove(p);
+            }
+        }
+    }
+
     /// Records that feature `name` was used in bucket `idx`.
     pub fn touch_feature(&mut self, name: &str, idx: u32) {
         if let Some(f) = self.features.iter_mut().find(|f| f.0 == name) {

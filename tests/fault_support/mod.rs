@@ -301,7 +301,7 @@ pub fn bad_line(i: usize) -> (Vec<u8>, &'static str) {
         1 => (format!("[{i}]").into_bytes(), "not_an_object"),
         2 => (
             format!(r#"{{"type":"alias","userId":"b{i}","timestamp":"2026-01-02T00:00:00Z"}}"#).into_bytes(),
-            "unsupported_type",
+            "missing_previous_id",
         ),
         3 => (
             format!(r#"{{"type":"track","event":"x{i}","timestamp":"2026-01-02T00:00:00Z"}}"#).into_bytes(),

@@ -34,6 +34,13 @@ for i in range(3):
     analytics.group(uid, 'acct-seg', {'name': 'SegCo', 'employees': 800}, timestamp=at(11 + i))
     analytics.track(uid, 'Board Created', {'board': i}, context={'groupId': 'acct-seg'}, timestamp=at(20 + i))
 analytics.track(anonymous_id='anon-7f3', event='Card Moved', context={'groupId': 'acct-seg'}, timestamp=at(30))
+# Alias calls: a second visitor signs up (its anonymous id becomes a new
+# user, the account's 4th), and a user changes ids (still 4 users after).
+analytics.page(anonymous_id='anon-9c1', name='Docs', properties={'path': '/docs'}, context={'groupId': 'acct-seg'}, timestamp=at(31))
+analytics.alias('anon-9c1', 'seg-user-3', timestamp=at(40))
+analytics.alias('seg-user-0', 'seg-user-0-sso', timestamp=at(41))
+analytics.track('seg-user-0-sso', 'Board Created', {'board': 4}, context={'groupId': 'acct-seg'}, timestamp=at(42))
+analytics.track('seg-user-0', 'Board Created', {'board': 5}, context={'groupId': 'acct-seg'}, timestamp=at(43))
 analytics.flush()
 srv.shutdown()
 for e in captured:
