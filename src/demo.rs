@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -21,6 +20,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::http::{self, AppState, Health};
+use crate::kafka::produce::{self, SendError, Transient};
 use crate::shutdown::Shutdown;
 use crate::sim::{SimConfig, Simulator};
 use crate::telemetry::Metrics;
@@ -160,16 +160,11 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
                     break;
                 }
             }
-            let mut rec = BaseRecord::<str, str>::to(EVENTS_TOPIC).key(&ev.account).payload(&ev.json);
-            loop {
-                match producer.send(rec) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        producer.poll(Duration::from_millis(10));
-                        rec = r;
-                    }
-                    Err((e, _)) => return Err(e.into()),
-                }
+            let rec = BaseRecord::<str, str>::to(EVENTS_TOPIC).key(&ev.account).payload(&ev.json);
+            match produce::send(&producer, rec, Transient::Fail, &|| sim_stop.is_triggered()) {
+                Ok(()) => {}
+                Err(SendError::Stopped) => break,
+                Err(e) => return Err(e.into()),
             }
             *sim_produced.lock().expect("lock") += 1;
         }

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::IntCounterVec;
 
-use crate::http::Health;
+use crate::health::Health;
 
 /// A partition of a topic, as gaps name it: `events[3]`.
 #[derive(Debug, Clone, PartialEq, Eq)]

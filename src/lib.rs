@@ -38,7 +38,12 @@
 //! - [`config`]: configuration structs, layered loading, validation and the
 //!   compiled definition.
 //! - [`telemetry`]: Prometheus metrics, their names in one place.
-//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/accounts/{id}`.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/accounts/{id}`,
+//!   `/definitions`, `/definitions/{version}/rules`.
+//! - [`health`]: liveness and readiness (one problem per source), set by
+//!   the Kafka code and read by the HTTP server.
+//! - [`kafka`]: everything that talks to Kafka ([`source`], [`sink`],
+//!   [`changelog`], the outcomes topic's reader, and the one send loop).
 //! - [`definitions`]: the live definition and its shadows, bound to one
 //!   state layout ([`state::layout`]); what the HTTP server shows of them.
 //! - [`reload`]: hot reload (SIGHUP, a changed file, `POST /admin/reload`),
@@ -69,7 +74,6 @@
 pub mod analyze;
 pub mod backtest;
 pub mod budget;
-pub mod changelog;
 pub mod config;
 pub mod decode;
 pub mod definitions;
@@ -81,16 +85,16 @@ pub mod engine;
 pub mod gaps;
 pub mod health;
 pub mod http;
+pub mod kafka;
 pub mod outcome;
 pub mod outcome_report;
-pub mod outcomes_source;
 pub mod reload;
 pub mod replay;
 pub mod report;
 pub mod shutdown;
 pub mod sim;
-pub mod sink;
-pub mod source;
 pub mod state;
 pub mod sweep;
 pub mod telemetry;
+
+pub use kafka::{changelog, sink, source};

@@ -1403,7 +1403,6 @@ pub fn produce_to_topic(
     progress: &mut Progress,
 ) -> anyhow::Result<ProduceStats> {
     use anyhow::{bail, Context as _};
-    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     use std::sync::atomic::Ordering::Relaxed;
     use std::time::{Duration, Instant};
@@ -1445,19 +1444,15 @@ pub fn produce_to_topic(
     let mut bytes = 0u64;
     while max_events.is_none_or(|m| n < m) {
         let Some(ev) = sim.next() else { break };
-        let mut record = BaseRecord::to(&target.topic).key(ev.account.as_bytes()).payload(ev.json.as_bytes());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    // Backpressure: serve delivery reports until there is room.
-                    record = r;
-                    producer.poll(Duration::from_millis(20));
-                    check_failures(ctx)?;
-                }
-                Err((e, _)) => return Err(e).with_context(|| format!("producing to {}", target.topic)),
-            }
+        let record = BaseRecord::to(&target.topic).key(ev.account.as_bytes()).payload(ev.json.as_bytes());
+        // A delivery that failed stops the run (checked while waiting for
+        // room, and every PROGRESS_EVERY records).
+        let failed = || ctx.failed.load(Relaxed) > 0;
+        match crate::kafka::produce::send(&producer, record, crate::kafka::produce::Transient::Fail, &failed) {
+            Ok(()) | Err(crate::kafka::produce::SendError::Stopped) => {}
+            Err(e) => return Err(e).with_context(|| format!("producing to {}", target.topic)),
         }
+        check_failures(ctx)?;
         n += 1;
         bytes += ev.json.len() as u64;
         if n % PROGRESS_EVERY == 0 {

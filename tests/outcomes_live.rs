@@ -210,7 +210,8 @@ fn outcomes_join_announcements_and_survive_kill_9() {
     let a: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(a["metrics"]["events_28d"].as_f64(), Some(51.0), "1 hand raise + 50 usage events: {a}");
     let out = read_until(&bootstrap, "out", 1, Duration::from_secs(3), |_| false);
-    let again: std::collections::BTreeSet<_> = out.iter().map(|r| r.json()["id"].as_str().unwrap().to_string()).collect();
+    let again: std::collections::BTreeSet<_> =
+        out.iter().map(|r| r.json()["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(again.len(), 8);
 
     // A definition that is not running.

@@ -398,7 +398,7 @@ impl<'a> Pass<'a> {
             }
         }
         if account == NO_ACCOUNT {
-            if ev.kind != Kind::Identify {
+            if !matches!(ev.kind, Kind::Identify | Kind::Alias) {
                 self.h.without_account += 1;
             }
             return;
@@ -432,7 +432,9 @@ impl<'a> Pass<'a> {
                     items.push(PAGE_WITHOUT_PATH);
                 }
             },
-            Kind::Identify | Kind::Group => {
+            // (An alias links two ids in the engine; the log keeps each id's
+            // own events, which is all the candidates need.)
+            Kind::Identify | Kind::Group | Kind::Alias => {
                 if items.is_empty() {
                     items.push(0);
                 }

@@ -66,7 +66,7 @@ use rdkafka::ClientContext;
 
 use crate::config::deliver::{DestinationConfig, DestinationKind, Secret};
 use crate::config::{is_secret_property, CompiledDefinition, Config, ConfigError, ConfigErrors};
-use crate::http::Health;
+use crate::health::Health;
 use crate::shutdown::Shutdown;
 use event::{Announcement, Glossary, Kind};
 use metrics::{DeliverMetrics, INVALID_EVENT, REJECTED, RETRIES_EXHAUSTED};

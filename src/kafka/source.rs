@@ -36,7 +36,7 @@ use crate::definitions::{Definitions, Published};
 use crate::engine::{Engine, EngineError, InputRecord, Output};
 use crate::gaps::{self, GapGuard, TopicPartition, Verdict};
 use crate::health::{Health, Source};
-use crate::outcomes_source::OutcomesReader;
+use crate::kafka::outcomes::OutcomesReader;
 use crate::reload::{Applied, OffsetAt, ReloadRequest, VersionedStatus};
 use crate::shutdown::Shutdown;
 use crate::sink::{KafkaSink, SinkError};

@@ -12,13 +12,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
 use crate::config::KafkaConfig;
 use crate::engine::Output;
+use crate::kafka::produce::{self, SendError, Transient};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
 
@@ -208,44 +209,27 @@ impl KafkaSink {
             record = record.key(k);
         }
         let mut degraded = false;
-        let result = loop {
-            match self.producer.send(record) {
-                Ok(()) => {
-                    self.producer.context().unacked.fetch_add(1, Ordering::SeqCst);
-                    break Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    // Backpressure: send now (not after `linger.ms`), serve
-                    // delivery reports, then try again. Short polls: `poll`
-                    // always waits out its timeout, and a long one per
-                    // full queue would cap throughput at queue size per poll.
-                    let _ = self.producer.flush(Duration::ZERO);
-                    self.producer.poll(Duration::from_millis(1));
-                    record = r;
-                }
-                Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
-                | Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::InvalidArgument), _)) => {
-                    break Err(SinkError::Refused { topic: topic.to_string(), cause: e });
-                }
-                Err((e, r)) => {
-                    // E.g. an unknown topic while metadata refreshes.
-                    if !degraded {
-                        tracing::warn!(cause = %e, topic, "produce failed; retrying");
-                        not_ready(Some("cannot produce to Kafka"));
-                        degraded = true;
-                    }
-                    self.producer.poll(Duration::from_millis(200));
-                    record = r;
-                }
-            }
-            if shutdown.is_triggered() {
-                break Err(SinkError::NotDelivered { pending: 1 });
+        let mut on_error = |e: &KafkaError| {
+            // E.g. an unknown topic while metadata refreshes.
+            if !degraded {
+                tracing::warn!(cause = %e, topic, "produce failed; retrying");
+                not_ready(Some("cannot produce to Kafka"));
+                degraded = true;
             }
         };
+        let result =
+            produce::send(&self.producer, record, Transient::Retry(&mut on_error), &|| shutdown.is_triggered());
         if degraded {
             not_ready(None);
         }
-        result
+        match result {
+            Ok(()) => {
+                self.producer.context().unacked.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(SendError::Refused(cause)) => Err(SinkError::Refused { topic: topic.to_string(), cause }),
+            Err(SendError::Failed(_) | SendError::Stopped) => Err(SinkError::NotDelivered { pending: 1 }),
+        }
     }
 
     fn wait_delivered(&self, shutdown: &Shutdown, not_ready: &dyn Fn(Option<&str>)) -> Result<(), SinkError> {

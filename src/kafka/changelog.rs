@@ -49,6 +49,7 @@ fn schema_of(m: &impl Message) -> Option<Vec<u8>> {
 }
 use crate::gaps::{self, GapGuard, TopicPartition, Verdict};
 use crate::health::{Health, Source};
+use crate::kafka::produce::{self, SendError, Transient};
 use crate::shutdown::Shutdown;
 use crate::state::keys;
 use crate::state::store::ChangeRecord;
@@ -345,37 +346,22 @@ impl Changelog {
     fn send(&self, r: &ChangeRecord, shutdown: &Shutdown) -> Result<(), ChangelogError> {
         let schema =
             OwnedHeaders::new().insert(Header { key: SCHEMA_HEADER, value: Some(crate::state::store::SCHEMA_VERSION) });
-        let mut record: BaseRecord<'_, [u8], [u8], ()> =
+        let record: BaseRecord<'_, [u8], [u8], ()> =
             BaseRecord::to(&self.topic).partition(r.partition).key(&r.key[..]).payload(&r.value[..]).headers(schema);
         let mut logged = false;
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => {
-                    self.producer.context().unacked.fetch_add(1, Ordering::SeqCst);
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // Backpressure: send now, serve delivery reports, retry.
-                    let _ = self.producer.flush(Duration::ZERO);
-                    self.producer.poll(Duration::from_millis(1));
-                    record = back;
-                }
-                Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
-                | Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::InvalidArgument), _)) => {
-                    return Err(ChangelogError::Refused { topic: self.topic.clone(), cause: e });
-                }
-                Err((e, back)) => {
-                    if !logged {
-                        tracing::warn!(cause = %e, topic = %self.topic, "changelog produce failed; retrying");
-                        logged = true;
-                    }
-                    self.producer.poll(Duration::from_millis(200));
-                    record = back;
-                }
+        let mut log = |e: &KafkaError| {
+            if !logged {
+                tracing::warn!(cause = %e, topic = %self.topic, "changelog produce failed; retrying");
+                logged = true;
             }
-            if shutdown.is_triggered() {
-                return Err(ChangelogError::Interrupted);
+        };
+        match produce::send(&self.producer, record, Transient::Retry(&mut log), &|| shutdown.is_triggered()) {
+            Ok(()) => {
+                self.producer.context().unacked.fetch_add(1, Ordering::SeqCst);
+                Ok(())
             }
+            Err(SendError::Refused(cause)) => Err(ChangelogError::Refused { topic: self.topic.clone(), cause }),
+            Err(SendError::Failed(_) | SendError::Stopped) => Err(ChangelogError::Interrupted),
         }
     }
 
