@@ -343,8 +343,17 @@ fn the_queue_survives_kill_9() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(engine_metrics(port).contains("pqa_budget_queue_length 6"), "{}", engine_metrics(port));
-    let (_, body) = http_get(port, "/accounts/hot1").unwrap();
-    let v: Value = serde_json::from_str(&body).unwrap();
+    // The gauge follows the queue in memory; the account view reads what
+    // the last commit made durable, a moment later.
+    let waiting = || {
+        let (_, body) = http_get(port, "/accounts/hot1").unwrap_or_default();
+        serde_json::from_str::<Value>(&body).unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while waiting()["budget"]["waiting"] != true && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v = waiting();
     assert_eq!(v["budget"]["waiting"], true, "{v:#}");
     std::thread::sleep(Duration::from_millis(300));
     engine.child.kill().unwrap();

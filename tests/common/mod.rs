@@ -407,10 +407,18 @@ pub fn assert_same_state<'a>(state: &Path, clean: &Path, accounts: impl Iterator
         Store::open(&c).unwrap()
     };
     let (a, b) = (open(state), open(clean));
+    // The input partition an account was last seen on is where it ran, not
+    // what it did (a replay reads one pseudo-partition).
+    let read = |s: &Store, acct: &str| {
+        s.reader().account(acct).unwrap().map(|mut x| {
+            x.partition = None;
+            x
+        })
+    };
     for acct in accounts {
-        let x = a.reader().account(acct).unwrap();
+        let x = read(&a, acct);
         assert!(x.is_some(), "{acct} missing");
-        assert_eq!(x, b.reader().account(acct).unwrap(), "state of {acct} differs from the clean run");
+        assert_eq!(x, read(&b, acct), "state of {acct} differs from the clean run");
         assert_eq!(a.reader().members(acct).unwrap(), b.reader().members(acct).unwrap(), "members of {acct}");
     }
 }
