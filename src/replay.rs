@@ -137,7 +137,8 @@ pub fn replay_definitions(
             temp.path().to_path_buf()
         }
     };
-    let store = Store::open(&state_cfg)?;
+    // A temporary state is thrown away: no write-ahead log, no final flush.
+    let store = if opts.state_dir.is_some() { Store::open(&state_cfg)? } else { Store::open_ephemeral(&state_cfg)? };
     let mut engine = Engine::with_definitions(defs, cfg.input.clone(), store, metrics)?;
 
     let in_name = opts.input.display().to_string();

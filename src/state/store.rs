@@ -54,6 +54,33 @@ const SCHEMA_V1: &[u8] = b"1";
 /// (topic, partition).
 pub type TopicPartition = (String, i32);
 
+/// Hashing of dedupe keys (`d` + a 128-bit xxh3 of the message id): they
+/// are hashes already, so 8 of their bytes are the hash (SipHash over the
+/// whole key cost more than the lookup it served).
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        match bytes.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            Some(b) => self.0 ^= u64::from_le_bytes(b),
+            None => {
+                for &x in bytes {
+                    self.0 = self.0.rotate_left(8) ^ u64::from(x);
+                }
+            }
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = self.0.rotate_left(17) ^ n as u64;
+    }
+}
+
+type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+
 /// A cached account with the members touched while it was cached.
 #[derive(Debug, Default)]
 pub struct AccountEntry {
@@ -164,6 +191,8 @@ pub struct Prepared {
 pub struct StateWriter {
     db: Arc<DB>,
     sync: bool,
+    /// Write-ahead log off (a throwaway state: see [`Store::open_ephemeral`]).
+    no_wal: bool,
 }
 
 impl StateWriter {
@@ -177,6 +206,7 @@ impl StateWriter {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync);
+        wo.disable_wal(self.no_wal);
         self.db.write_opt(batch, &wo)?;
         Ok(stats)
     }
@@ -338,10 +368,10 @@ pub struct Store {
     /// Event-time watermark shared with the compaction filter.
     watermark: Arc<AtomicI64>,
     /// Message ids applied since the last commit (key -> event time, partition).
-    pending_ids: HashMap<[u8; 17], (i64, i32)>,
+    pending_ids: HashMap<[u8; 17], (i64, i32), IdHash>,
     /// Ids of the prepared batch not yet known to be written (while a batch
     /// is written on another thread, the next one must still see them).
-    inflight_ids: HashSet<[u8; 17]>,
+    inflight_ids: HashSet<[u8; 17], IdHash>,
     /// Ids of the cache entries handed out since the last commit (the
     /// only ones that can be dirty).
     touched_accounts: Vec<String>,
@@ -361,11 +391,28 @@ pub struct Store {
     schedule: Schedule,
     /// Meta records to write with the next commit (name -> value).
     meta_pending: BTreeMap<String, Vec<u8>>,
+    /// Thrown away after use: no write-ahead log, no flush at the end.
+    ephemeral: bool,
+    /// Accounts written in the batch in flight with many members cached:
+    /// their member cache is dropped once the batch is durable.
+    crowded: Vec<String>,
 }
 
 impl Store {
     /// Opens (or creates) the state directory.
     pub fn open(cfg: &StateConfig) -> Result<Store, StateError> {
+        Store::open_with(cfg, false)
+    }
+
+    /// A state that is thrown away after use (a `replay` or `backtest`
+    /// into a temporary directory): no write-ahead log, and nothing
+    /// flushed at the end. Everything else is as [`Store::open`]: the
+    /// same code path, the same results.
+    pub fn open_ephemeral(cfg: &StateConfig) -> Result<Store, StateError> {
+        Store::open_with(cfg, true)
+    }
+
+    fn open_with(cfg: &StateConfig, ephemeral: bool) -> Result<Store, StateError> {
         std::fs::create_dir_all(&cfg.dir)
             .map_err(|e| StateError::Dir { path: cfg.dir.display().to_string(), detail: e.to_string() })?;
         let watermark = Arc::new(AtomicI64::new(0));
@@ -395,6 +442,10 @@ impl Store {
         // The hash memtable of the dedupe ids cannot take concurrent
         // writers (there is only one writer anyway).
         db_opts.set_allow_concurrent_memtable_write(false);
+        // A state thrown away after use is not flushed when closed (the
+        // option has no setter of its own in the bindings).
+        let db_opts =
+            if ephemeral { db_opts.get_options_from_string("avoid_flush_during_shutdown=true")? } else { db_opts };
         let ttl_ms = i64::from(cfg.idle_ttl_days) * 86_400_000;
         let cfs = cf::ALL.iter().map(|name| {
             let mut o = Options::default();
@@ -413,6 +464,14 @@ impl Store {
             o.set_block_based_table_factory(&t);
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
             o.set_write_buffer_size(32 << 20);
+            if *name != cf::DEDUPE {
+                // A bloom filter over the memtable's keys: most lookups of
+                // a long tail of small accounts are for records that do not
+                // exist yet (a new account, member or user), and each
+                // searched the whole skiplist to find nothing.
+                o.set_memtable_prefix_bloom_ratio(0.05);
+                o.set_memtable_whole_key_filtering(true);
+            }
             if *name == cf::DEDUPE {
                 // One random 17-byte key per event, written and looked up
                 // (nearly always a miss) but never iterated: a hash table
@@ -422,7 +481,10 @@ impl Store {
                 // sorted order a flush needs is built by the flush, in the
                 // background.
                 o.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(keys::DEDUPE_KEY_LEN));
-                o.set_memtable_factory(rocksdb::MemtableFactory::HashLinkList { bucket_count: 1 << 19 });
+                o.set_memtable_factory(rocksdb::MemtableFactory::HashLinkList { bucket_count: 1 << 20 });
+                // Nearly every lookup is of an id never seen: a bloom
+                // filter answers it without walking a bucket.
+                o.set_memtable_prefix_bloom_ratio(0.05);
                 // Ids expire once older (in event time) than the window.
                 let wm = watermark.clone();
                 let win = dedupe_window.clone();
@@ -473,8 +535,8 @@ impl Store {
             capacity: cfg.cache_accounts,
             sync_writes: cfg.sync_writes,
             watermark,
-            pending_ids: HashMap::new(),
-            inflight_ids: HashSet::new(),
+            pending_ids: HashMap::default(),
+            inflight_ids: HashSet::default(),
             dedupe_window,
             touched_accounts: Vec::new(),
             touched_users: Vec::new(),
@@ -485,6 +547,8 @@ impl Store {
             dir: cfg.dir.display().to_string(),
             schedule: Schedule::default(),
             meta_pending: BTreeMap::new(),
+            ephemeral,
+            crowded: Vec::new(),
         })
         .and_then(|mut s| {
             s.load_schedule()?;
@@ -919,6 +983,9 @@ impl Store {
                 }
                 e.db_mark = now;
             }
+            if e.members.len() > 256 {
+                self.crowded.push(id.clone());
+            }
             let mut dirty_members: Vec<(&String, &mut MemberEntry)> =
                 e.members.iter_mut().filter(|(_, m)| m.dirty).collect();
             dirty_members.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -968,7 +1035,7 @@ impl Store {
 
     /// The writer of prepared batches, for another thread.
     pub fn writer(&self) -> StateWriter {
-        StateWriter { db: self.reader.db.clone(), sync: self.sync_writes }
+        StateWriter { db: self.reader.db.clone(), sync: self.sync_writes, no_wal: false }
     }
 
     /// Writes a prepared batch (see [`StateWriter::write`]), then trims the
@@ -1004,10 +1071,13 @@ impl Store {
                 _ => break,
             }
         }
-        // Members of a cached account are bounded with it.
-        for (_, e) in self.accounts.iter_mut() {
-            if e.members.len() > 256 && !e.touched {
-                e.members.clear();
+        // Members of a cached account are bounded with it (only accounts
+        // the batch wrote can have grown: no walk over the whole cache).
+        for id in std::mem::take(&mut self.crowded) {
+            if let Some(e) = self.accounts.peek_mut(&id) {
+                if e.members.len() > 256 && !e.touched {
+                    e.members.clear();
+                }
             }
         }
         self.accounts.len()
@@ -1093,6 +1163,9 @@ impl Store {
 
     /// Flushes memtables to disk (clean shutdown makes the next start fast).
     pub fn flush_to_disk(&self) -> Result<(), StateError> {
+        if self.ephemeral {
+            return Ok(());
+        }
         for name in cf::ALL {
             if let Some(h) = self.reader.db.cf_handle(name) {
                 self.reader.db.flush_cf(h)?;
