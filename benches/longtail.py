@@ -1,3 +1,11 @@
+"""A long tail of small accounts, as every product-led company has: N accounts
+of 1-3 users and 6-14 events each (an identify, then tracks and pages),
+spread over 60 days, in time order, as Segment-Spec NDJSON.
+
+    python3 benches/longtail.py 200000 /tmp/longtail.ndjson   # ~2 M events
+
+Deterministic (seed 7). Used for the long-tail rows of BENCHMARKS.md.
+"""
 import random, json, sys, datetime, uuid
 random.seed(7)
 N=int(sys.argv[1]); out=sys.argv[2]

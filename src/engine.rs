@@ -533,17 +533,7 @@ impl Engine {
             Err(r) => Err(r),
         };
         if let Err(rej) = result {
-            self.metrics.dead_letters.with_label_values(&[rej.reason.as_str()]).inc();
-            out.dead_letters.push(DeadLetter {
-                payload: rec.payload.map(<[u8]>::to_vec).unwrap_or_default(),
-                key: rec.key.map(<[u8]>::to_vec),
-                tombstone: rec.payload.is_none(),
-                reason: rej.reason,
-                detail: rej.detail,
-                topic: rec.topic.to_string(),
-                partition: rec.partition,
-                offset: rec.offset,
-            });
+            self.dead_letter(rec, rej, out);
         }
         let i = match slot {
             Some(i) => i,
@@ -563,6 +553,22 @@ impl Engine {
             self.release(out)?;
         }
         Ok(())
+    }
+
+    /// Counts a refused record and keeps it, as it came, for the
+    /// dead-letter topic.
+    fn dead_letter(&self, rec: &InputRecord<'_>, rej: Rejection, out: &mut Output) {
+        self.metrics.dead_letters.with_label_values(&[rej.reason.as_str()]).inc();
+        out.dead_letters.push(DeadLetter {
+            payload: rec.payload.map(<[u8]>::to_vec).unwrap_or_default(),
+            key: rec.key.map(<[u8]>::to_vec),
+            tombstone: rec.payload.is_none(),
+            reason: rej.reason,
+            detail: rej.detail,
+            topic: rec.topic.to_string(),
+            partition: rec.partition,
+            offset: rec.offset,
+        });
     }
 
     /// Makes everything applied since the last commit durable: state and

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{DeadLetter, Engine, EngineError, InputRecord, Output};
+use super::{Engine, EngineError, InputRecord, Output};
 use crate::decode::{Reason, Rejection};
 use crate::definitions::Definitions;
 use crate::outcome::{self, tally_account, AccountTally, Announcement, AttributedBy, Outcome, RuleReport};
@@ -86,20 +86,7 @@ impl Engine {
                 let joined = self.take_outcome(&o, rec.partition, rec.offset, true)?;
                 self.metrics.outcomes.with_label_values(&[o.outcome.as_str(), joined]).inc();
             }
-            Err(e) => {
-                let rej = Rejection::new(Reason::Outcome(e.reason()), e.to_string());
-                self.metrics.dead_letters.with_label_values(&[rej.reason.as_str()]).inc();
-                out.dead_letters.push(DeadLetter {
-                    payload: rec.payload.map(<[u8]>::to_vec).unwrap_or_default(),
-                    key: rec.key.map(<[u8]>::to_vec),
-                    tombstone: rec.payload.is_none(),
-                    reason: rej.reason,
-                    detail: rej.detail,
-                    topic: rec.topic.to_string(),
-                    partition: rec.partition,
-                    offset: rec.offset,
-                });
-            }
+            Err(e) => self.dead_letter(rec, Rejection::new(Reason::Outcome(e.reason()), e.to_string()), out),
         }
         self.feedback.positions.insert(rec.partition, rec.offset + 1);
         self.feedback.positions_changed = true;

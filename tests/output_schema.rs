@@ -52,7 +52,8 @@ fn the_schema_refuses_what_breaks_the_contract() {
         }
     });
     assert!(validator.is_valid(&good), "{:?}", validator.iter_errors(&good).map(|e| e.to_string()).collect::<Vec<_>>());
-    let broken: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Breakage<'a> = (&'a str, Box<dyn Fn(&mut Value)>);
+    let broken: Vec<Breakage> = vec![
         ("score above 100", Box::new(|v| v["data"]["score"] = json!(101))),
         ("a field nobody documented", Box::new(|v| v["data"]["surprise"] = json!(1))),
         ("qualified without rules", Box::new(|v| v["data"]["rules"] = json!([]))),

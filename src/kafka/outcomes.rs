@@ -13,12 +13,11 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::changelog::QuietContext;
 use crate::config::Config;
-use crate::engine::{Engine, EngineError, InputRecord, Output};
+use crate::engine::{Engine, EngineError, Output};
 use crate::shutdown::Shutdown;
 
 /// At most this many outcome records are applied per batch.
@@ -105,17 +104,7 @@ impl OutcomesReader {
             match self.consumer.poll(Duration::ZERO) {
                 None => break,
                 Some(Ok(m)) => {
-                    engine.process_outcome(
-                        &InputRecord {
-                            topic: m.topic(),
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            key: m.key(),
-                            payload: m.payload(),
-                            timestamp_ms: m.timestamp().to_millis(),
-                        },
-                        out,
-                    )?;
+                    engine.process_outcome(&super::input_record(&m), out)?;
                     n += 1;
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}

@@ -33,7 +33,7 @@ use rdkafka::ClientContext;
 use crate::changelog::{Changelog, ChangelogError};
 use crate::config::{is_secret_property, CompiledDefinition, Config};
 use crate::definitions::{Definitions, Published};
-use crate::engine::{Engine, EngineError, InputRecord, Output};
+use crate::engine::{Engine, EngineError, Output};
 use crate::gaps::{self, GapGuard, TopicPartition, Verdict};
 use crate::health::{Health, Source};
 use crate::kafka::outcomes::OutcomesReader;
@@ -231,17 +231,7 @@ impl Worker {
             metrics.broker_latency.observe((now - ts).max(0) as f64 / 1000.0);
         }
         let before = self.out.events.len();
-        self.engine.process(
-            &InputRecord {
-                topic: m.topic(),
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key(),
-                payload: m.payload(),
-                timestamp_ms: m.timestamp().to_millis(),
-            },
-            &mut self.out,
-        )?;
+        self.engine.process(&super::input_record(m), &mut self.out)?;
         for e in &mut self.out.events[before..] {
             e.consumed_at = Some(consumed);
         }
