@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use pqa_engine::changelog::Changelog;
 use pqa_engine::config::Config;
+use pqa_engine::engine::commit::Committer;
 use pqa_engine::engine::{Engine, InputRecord, Output};
 use pqa_engine::http::Health;
 use pqa_engine::shutdown::Shutdown;
@@ -54,7 +55,7 @@ fn main() {
     let def = Arc::new(cfg.validate().expect("valid config"));
     let shutdown = Shutdown::new();
     let health = Health::new();
-    let changelog = Changelog::new(&cfg.kafka, Metrics::new()).expect("changelog client");
+    let changelog = Arc::new(Changelog::new(&cfg.kafka, Metrics::new()).expect("changelog client"));
     changelog.ensure_topic(&cfg.kafka.input_topics[0], &shutdown, &health).expect("changelog topic");
 
     // 1. The state of `accounts` accounts on partition 0, written to the
@@ -148,12 +149,23 @@ fn main() {
     drop(mock);
 }
 
-fn flush(engine: &mut Engine, changelog: &Changelog, shutdown: &Shutdown, records: &mut usize, bytes: &mut usize) {
-    let prepared = engine.prepare_commit();
-    *records += prepared.changelog.len();
-    *bytes += prepared.changelog.iter().map(|r| r.key.len() + r.value.len()).sum::<usize>();
-    let next = changelog.write(&prepared.changelog, shutdown, &|_| {}).expect("changelog write");
-    engine.finish_commit(prepared, &next).unwrap();
+fn flush(engine: &mut Engine, changelog: &Arc<Changelog>, shutdown: &Shutdown, records: &mut usize, bytes: &mut usize) {
+    let mut committer: Committer<(usize, usize), pqa_engine::engine::EngineError> = Committer::new();
+    // The closure runs in place (commit_now): borrow nothing across it.
+    let (changelog, shutdown) = (changelog.clone(), shutdown.clone());
+    let settled = committer
+        .commit_now(
+            engine,
+            Box::new(move |prepared| {
+                let n = prepared.changelog.len();
+                let b = prepared.changelog.iter().map(|r| r.key.len() + r.value.len()).sum::<usize>();
+                let next = changelog.write(&prepared.changelog, &shutdown, &|_| {}).expect("changelog write");
+                Ok((next, (n, b)))
+            }),
+        )
+        .unwrap();
+    *records += settled.extra.0;
+    *bytes += settled.extra.1;
 }
 
 /// Creates a one-partition input topic on a real broker.

@@ -79,6 +79,7 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
     cluster.create_topic(EVENTS_TOPIC, 4, 1).context("creating the events topic")?;
     cluster.create_topic(&cfg.kafka.output_topic, 1, 1).context("creating the output topic")?;
     cluster.create_topic(&cfg.kafka.dlq_topic, 1, 1).context("creating the dead-letter topic")?;
+    cluster.create_topic(&cfg.kafka.outcomes_topic, 1, 1).context("creating the outcomes topic")?;
     let bootstrap = cluster.bootstrap_servers();
     let state = tempfile::Builder::new().prefix("pqa-demo-").tempdir()?;
     cfg.kafka.bootstrap_servers = bootstrap.clone();
@@ -103,6 +104,7 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
     let health = Health::new();
     let app = AppState::new(def.clone(), metrics.clone(), health.clone());
     let published = app.published.clone();
+    let shown = app.published.clone();
     let (http_addr, http_thread) = match http::spawn(&opts.http_addr, app.clone(), stop.clone()) {
         Ok(x) => x,
         Err(_) => http::spawn("127.0.0.1:0", app, stop.clone()).context("starting the HTTP server")?,
@@ -184,6 +186,11 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
     drop(tpl);
 
     let public_base = format!("http://{http_addr}");
+    // The demo's sales team answers each qualification on the outcomes
+    // topic, as a CRM sync would.
+    let sales: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", &bootstrap).set("linger.ms", "5").create()?;
+    let mut answered = 0u64;
     let started = Instant::now();
     let mut summary = DemoSummary::default();
     let mut qualified = std::collections::BTreeSet::new();
@@ -197,6 +204,13 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
                     summary.announcements += 1;
                     if v["type"] == crate::emit::TYPE_QUALIFIED {
                         qualified.insert(v["subject"].as_str().unwrap_or_default().to_string());
+                        let account = v["subject"].as_str().unwrap_or_default();
+                        for o in sales_answers(&v, chrono::Utc::now().timestamp_millis()) {
+                            let rec = BaseRecord::<str, str>::to(&cfg.kafka.outcomes_topic).key(account).payload(&o);
+                            if produce::send(&sales, rec, Transient::Fail, &|| stop.is_triggered()).is_ok() {
+                                answered += 1;
+                            }
+                        }
                         for r in v["data"]["rules"].as_array().into_iter().flatten() {
                             *summary.by_rule.entry(r.as_str().unwrap_or_default().to_string()).or_default() += 1;
                         }
@@ -220,6 +234,11 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
             break;
         }
     }
+    // What sales made of it, as the engine counted it (before stopping: the
+    // outcomes sent last are counted by then, or not at all).
+    let _ = sales.flush(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    let reports = shown.rules.lock().expect("lock").clone();
     stop.trigger();
     let engine_result = engine.join().map_err(|_| anyhow::anyhow!("engine thread panicked"))?;
     let _ = sim.join();
@@ -254,8 +273,54 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
         b("dropped"),
         metrics.budget_queue_length.get()
     )?;
+    if let Some(live) = reports.first() {
+        writeln!(
+            out,
+            "sales answered: {answered} outcomes sent back on {} (a seeded sales team); precision per rule \
+             (GET /definitions/{}/rules):",
+            cfg.kafka.outcomes_topic, live.version
+        )?;
+        for (rule, t) in live.rules.iter().filter(|(_, t)| t.announced > 0) {
+            let precision = t.precision().map_or("-".to_string(), |p| format!("{:.0}%", p * 100.0));
+            let lead = t.median_lead_days().map_or(String::new(), |d| format!(", median lead time {d:.1} days"));
+            writeln!(
+                out,
+                "  {rule:<24} {} announced, {} answered, {} opportunity or won: precision {precision}{lead}",
+                t.announced, t.answered, t.positive
+            )?;
+        }
+    }
     drop(cluster);
     Ok(summary)
+}
+
+/// What the demo's sales team makes of a qualification, seeded by its id
+/// (so a rerun answers the same): every hand-raiser is taken on and half
+/// of them become opportunities; other accounts are taken on three times
+/// in five, and a third of those become opportunities. Each answer comes
+/// a simulated day after the announcement (never after `now_ms`).
+fn sales_answers(v: &Value, now_ms: i64) -> Vec<String> {
+    let id = v["id"].as_str().unwrap_or_default();
+    let account = v["subject"].as_str().unwrap_or_default();
+    let roll = u64::from_str_radix(id.get(..16).unwrap_or("0"), 16).unwrap_or(0);
+    let (a, b) = (roll % 100, (roll / 100) % 100);
+    let hand_raiser = v["data"]["rules"].as_array().into_iter().flatten().any(|r| r == "hand_raiser");
+    let time = v["time"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    let Some(time) = time.map(|t| t.timestamp_millis()) else { return Vec::new() };
+    let at = |days: i64| crate::emit::format_time_ms((time + days * 86_400_000).min(now_ms));
+    let answer = |kind: &str, days: i64| {
+        format!(r#"{{"account_id":"{account}","outcome":"{kind}","at":"{}","pqa_event_id":"{id}"}}"#, at(days))
+    };
+    let taken = hand_raiser || a < 60;
+    if !taken {
+        return vec![answer("rejected", 1)];
+    }
+    let opportunity = if hand_raiser { b < 50 } else { b < 33 };
+    let mut out = vec![answer("accepted", 1)];
+    if opportunity {
+        out.push(answer("opportunity", 3));
+    }
+    out
 }
 
 /// One readable line per announcement.

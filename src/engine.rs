@@ -134,6 +134,8 @@ struct Pending {
     warming_up: Vec<String>,
 }
 
+#[path = "engine_commit.rs"]
+pub mod commit;
 #[path = "engine_outcomes.rs"]
 mod outcomes;
 pub use outcomes::announcements;
@@ -571,19 +573,10 @@ impl Engine {
         });
     }
 
-    /// Makes everything applied since the last commit durable: state and
-    /// consumed offsets in one RocksDB write. Call it only after the batch's
-    /// output has been delivered.
-    pub fn commit(&mut self) -> Result<CommitStats, EngineError> {
-        let prepared = self.prepare_commit();
-        self.finish_commit(prepared, &[])
-    }
-
-    /// The first half of [`Engine::commit`]: encodes what changed since the
-    /// last commit (and its changelog records, when the changelog is on)
-    /// without writing it. Follow with [`Engine::finish_commit`] (after the
-    /// changelog records are acknowledged) or [`Engine::abort`].
-    pub fn prepare_commit(&mut self) -> Prepared {
+    /// Encodes what changed since the last commit (and its changelog
+    /// records, when the changelog is on) without writing it: only
+    /// through [`commit::Committer`], which keeps the order of the steps.
+    fn prepare_commit(&mut self) -> Prepared {
         let offsets: Vec<(String, i32, i64)> = self
             .positions
             .iter_mut()
@@ -604,31 +597,15 @@ impl Engine {
         prepared
     }
 
-    /// Writes a prepared commit, with the changelog offsets its records
-    /// reached (next offset per changelog partition).
-    pub fn finish_commit(
-        &mut self,
-        prepared: Prepared,
-        changelog_next: &[(i32, i64)],
-    ) -> Result<CommitStats, EngineError> {
-        let started = Instant::now();
-        let oldest_ts = prepared.oldest_ts;
-        let stats = self.store.writer().write(prepared, changelog_next)?;
-        self.metrics.batch_seconds.with_label_values(&["state_commit"]).observe(started.elapsed().as_secs_f64());
-        Ok(self.committed(stats, oldest_ts, chrono::Utc::now().timestamp_millis()))
-    }
-
-    /// The writer of prepared commits, for a thread that makes one batch
-    /// durable while the engine applies the next. Once it has written a
-    /// batch, call [`Engine::committed`] before preparing the next one.
-    pub fn writer(&self) -> StateWriter {
+    /// The writer of prepared commits (see [`commit::Committer`]).
+    fn writer(&self) -> StateWriter {
         self.store.writer()
     }
 
-    /// Bookkeeping after a prepared commit is written (by
-    /// [`Engine::finish_commit`] or through [`Engine::writer`]): trims the
-    /// cache, updates the metrics (`written_ms`: wall-clock time of the write).
-    pub fn committed(&mut self, mut stats: CommitStats, oldest_ts: Option<i64>, written_ms: i64) -> CommitStats {
+    /// Bookkeeping after a prepared commit is written (by the
+    /// [`commit::Committer`]): trims the cache, updates the metrics
+    /// (`written_ms`: wall-clock time of the write).
+    fn committed(&mut self, mut stats: CommitStats, oldest_ts: Option<i64>, written_ms: i64) -> CommitStats {
         stats.cached_accounts = self.store.written();
         self.metrics.commits.with_label_values(&["state"]).inc();
         self.metrics.cache_accounts.set(stats.cached_accounts as i64);

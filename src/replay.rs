@@ -17,8 +17,8 @@ use serde_json::json;
 use crate::config::{CompiledDefinition, Config};
 use crate::definitions::Definitions;
 use crate::emit::OutputEvent;
+use crate::engine::commit::Committer;
 use crate::engine::{Engine, EngineError, InputRecord, Output};
-use crate::state::store::CommitStats;
 use crate::state::{StateError, Store};
 use crate::telemetry::Metrics;
 
@@ -170,7 +170,7 @@ pub fn replay_definitions(
     let mut output = Output::default();
     let mut offset: i64 = 0;
     let mut in_batch = 0usize;
-    let mut inflight: Option<InFlight> = None;
+    let mut committer: Committer<(), ReplayError> = Committer::new();
     loop {
         line.clear();
         let n =
@@ -210,14 +210,7 @@ pub fn replay_definitions(
             // state is written on another thread while the next batch is
             // applied (one batch in flight at most).
             out.flush().map_err(out_err(&opts.output))?;
-            settle(&mut engine, &mut inflight)?;
-            let prepared = engine.prepare_commit();
-            let writer = engine.writer();
-            inflight = Some(std::thread::spawn(move || {
-                let oldest_ts = prepared.oldest_ts;
-                let stats = writer.write(prepared, &[])?;
-                Ok((stats, oldest_ts, chrono::Utc::now().timestamp_millis()))
-            }));
+            committer.hand_over(&mut engine, Box::new(|_| Ok((Vec::new(), ()))))?;
             in_batch = 0;
             bar.set_position(stats.lines);
         }
@@ -226,8 +219,7 @@ pub fn replay_definitions(
     if let (Some(d), Some(p)) = (dlq.as_mut(), &opts.dead_letter) {
         d.flush().map_err(out_err(p))?;
     }
-    settle(&mut engine, &mut inflight)?;
-    engine.commit()?;
+    committer.commit_now(&mut engine, Box::new(|_| Ok((Vec::new(), ()))))?;
     engine.close()?;
     bar.finish_and_clear();
     stats.elapsed = started.elapsed();
@@ -242,17 +234,6 @@ pub fn replay_definitions(
 
 /// A batch's state write on its own thread: what it wrote, the batch's
 /// oldest record timestamp, and when it finished.
-type InFlight = std::thread::JoinHandle<Result<(CommitStats, Option<i64>, i64), StateError>>;
-
-/// Waits for the state write in flight, if any, then lets the engine trim
-/// its cache.
-fn settle(engine: &mut Engine, inflight: &mut Option<InFlight>) -> Result<(), ReplayError> {
-    if let Some(h) = inflight.take() {
-        let (stats, oldest_ts, written_ms) = h.join().expect("the state write thread panicked")?;
-        engine.committed(stats, oldest_ts, written_ms);
-    }
-    Ok(())
-}
 
 fn write_output(
     output: &mut Output,

@@ -18,7 +18,6 @@
 //! until the skipped range is returned (see [`crate::gaps`]).
 
 use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -33,6 +32,7 @@ use rdkafka::ClientContext;
 use crate::changelog::{Changelog, ChangelogError};
 use crate::config::{is_secret_property, CompiledDefinition, Config};
 use crate::definitions::{Definitions, Published};
+use crate::engine::commit::{BeforeWrite, Committer};
 use crate::engine::{Engine, EngineError, Output};
 use crate::gaps::{self, GapGuard, TopicPartition, Verdict};
 use crate::health::{Health, Source};
@@ -40,7 +40,6 @@ use crate::kafka::outcomes::OutcomesReader;
 use crate::reload::{Applied, OffsetAt, ReloadRequest, VersionedStatus};
 use crate::shutdown::Shutdown;
 use crate::sink::{KafkaSink, SinkError};
-use crate::state::store::CommitStats;
 use crate::state::{StateError, Store};
 use crate::telemetry::Metrics;
 
@@ -58,10 +57,6 @@ pub enum RunError {
     State(#[from] StateError),
     #[error(transparent)]
     Changelog(#[from] ChangelogError),
-    #[error("cannot start the commit thread: {0}")]
-    Thread(std::io::Error),
-    #[error("the commit thread panicked")]
-    CommitPanicked,
     #[error("cannot take the assigned partitions: {0}")]
     Assign(KafkaError),
 }
@@ -112,21 +107,15 @@ struct Worker {
     failed: Option<RunError>,
     /// The previous batch, being made durable on its own thread while this
     /// one is applied.
-    inflight: Option<JoinHandle<Result<Durable, RunError>>>,
+    committer: Committer<Offsets, RunError>,
     /// Partitions positioned and not yet seen at their expected offset.
     gaps: GapGuard<TopicPartition>,
     tap: Option<Box<dyn InputTap>>,
 }
 
-/// A batch made durable by [`Worker::flush`]'s thread: what the consumer
-/// and the engine still have to do with it.
-struct Durable {
-    /// (topic, partition, next offset).
-    offsets: Vec<(String, i32, i64)>,
-    stats: CommitStats,
-    oldest_ts: Option<i64>,
-    written_ms: i64,
-}
+/// (topic, partition, next offset) of a batch, stored for Kafka once the
+/// batch is durable.
+type Offsets = Vec<(String, i32, i64)>;
 
 /// Consumer callbacks: flush on revoke, restore and seek to RocksDB offsets
 /// on assignment, metrics from librdkafka statistics.
@@ -262,12 +251,10 @@ impl Worker {
             metrics.batch_seconds.with_label_values(&["process"]).observe(started.elapsed().as_secs_f64());
         }
         self.batch_len = 0;
-        let mut prepared = self.engine.prepare_commit();
-        let (oldest_ts, offsets) = (prepared.oldest_ts, std::mem::take(&mut prepared.offsets));
         let out = std::mem::take(&mut self.out);
-        let (sink, changelog, writer) = (self.sink.clone(), self.changelog.clone(), self.engine.writer());
+        let (sink, changelog) = (self.sink.clone(), self.changelog.clone());
         let (shutdown, health) = (ctx.shutdown.clone(), ctx.health.clone());
-        let commit = move || -> Result<Durable, RunError> {
+        let before: BeforeWrite<Offsets, RunError> = Box::new(move |prepared| {
             let not_ready = |p: Option<&str>| health.set(Source::Output, p);
             let delivering = Instant::now();
             sink.deliver(&out, &shutdown, &not_ready)?;
@@ -282,17 +269,11 @@ impl Worker {
                 }
                 None => Vec::new(),
             };
-            let writing = Instant::now();
-            let stats = writer.write(prepared, &changelog_next)?;
-            metrics.batch_seconds.with_label_values(&["state_commit"]).observe(writing.elapsed().as_secs_f64());
-            Ok(Durable { offsets, stats, oldest_ts, written_ms: chrono::Utc::now().timestamp_millis() })
-        };
-        match std::thread::Builder::new().name("pqa-commit".into()).spawn(commit) {
-            Ok(handle) => self.inflight = Some(handle),
-            Err(e) => {
-                self.discard();
-                return Err(RunError::Thread(e));
-            }
+            Ok((changelog_next, std::mem::take(&mut prepared.offsets)))
+        });
+        if let Err(e) = self.committer.hand_over(&mut self.engine, before) {
+            self.discard();
+            return Err(e);
         }
         if wait {
             self.settle(consumer, ctx)?;
@@ -300,24 +281,27 @@ impl Worker {
         Ok(())
     }
 
-    /// Waits for the batch in flight, if any; once it is durable, lets the
-    /// engine trim its cache and stores the batch's offsets for Kafka. If it
-    /// failed, drops everything not durable (that batch and the one in hand).
+    /// Waits for the batch in flight, if any; once it is durable, the
+    /// engine has trimmed its cache and the batch's offsets are stored for
+    /// Kafka. If it failed, everything not durable is dropped (that batch
+    /// and the one in hand).
     fn settle(&mut self, consumer: &BaseConsumer<EngineContext>, ctx: &EngineContext) -> Result<(), RunError> {
-        let Some(handle) = self.inflight.take() else { return Ok(()) };
+        if self.committer.is_idle() {
+            return Ok(());
+        }
         let waiting = Instant::now();
-        let done = handle.join().unwrap_or_else(|_| Err(RunError::CommitPanicked));
+        let done = self.committer.settle(&mut self.engine);
         ctx.metrics.batch_seconds.with_label_values(&["commit_wait"]).observe(waiting.elapsed().as_secs_f64());
-        let done = match done {
-            Ok(d) => d,
+        let offsets = match done {
+            Ok(Some(settled)) => settled.extra,
+            Ok(None) => return Ok(()),
             Err(e) => {
                 self.discard();
                 return Err(e);
             }
         };
-        self.engine.committed(done.stats, done.oldest_ts, done.written_ms);
         let mut tpl = TopicPartitionList::new();
-        for (t, p, o) in &done.offsets {
+        for (t, p, o) in &offsets {
             let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
         }
         if let Err(e) = consumer.store_offsets(&tpl) {
@@ -331,9 +315,9 @@ impl Worker {
         Ok(())
     }
 
-    /// Drops the batch in hand (it could not be made durable).
+    /// Drops the batch in hand (it could not be made durable; the engine
+    /// has dropped what was not durable).
     fn discard(&mut self) {
-        self.engine.abort();
         self.out.clear();
         self.batch_len = 0;
     }
@@ -698,7 +682,7 @@ pub fn run_definitions(
                 batch_len: 0,
                 batch_started: None,
                 failed: None,
-                inflight: None,
+                committer: Committer::new(),
                 gaps: GapGuard::new(),
                 tap,
             })),
