@@ -190,6 +190,42 @@ fn metric(text: &str, name: &str, label: Option<&str>) -> f64 {
     sum
 }
 
+/// The `q` quantile (0..1) of a Prometheus histogram's observations made
+/// between two scrapes `a` and `b`, in milliseconds (linear within a bucket,
+/// as `histogram_quantile` does); NaN without observations.
+fn hist_quantile_ms(a: &str, b: &str, name: &str, q: f64) -> f64 {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets = |text: &str| -> Vec<(f64, f64)> {
+        text.lines()
+            .filter_map(|l| {
+                let (le, v) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
+                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                Some((le, v.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    let (x, y) = (buckets(a), buckets(b));
+    let counts: Vec<(f64, f64)> =
+        y.iter().map(|(le, n)| (*le, n - x.iter().find(|(l, _)| l == le).map_or(0.0, |p| p.1))).collect();
+    let total = counts.last().map_or(0.0, |c| c.1);
+    if total <= 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for (le, n) in counts {
+        if n >= rank {
+            if le.is_infinite() {
+                return prev.0 * 1e3;
+            }
+            let f = if n > prev.1 { (rank - prev.1) / (n - prev.1) } else { 0.0 };
+            return (prev.0 + (le - prev.0) * f) * 1e3;
+        }
+        prev = (le, n);
+    }
+    f64::NAN
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -665,6 +701,17 @@ fn main() {
         "  of which up to the engine's output record timestamp (ms clock): p50 {:.0} ms, p99 {:.0} ms",
         pct(&eng, 50.0),
         pct(&eng, 99.0)
+    );
+    let hq = |name: &str, q: f64| hist_quantile_ms(&m_start, &m_end, name, q);
+    let _ = writeln!(
+        summary,
+        "latency split, from the engine's histograms over the window: engine (message received -> PQA handed to \
+         the producer) p50 {:.1} ms, p99 {:.1} ms; broker (record timestamp -> message received) p50 {:.1} ms, \
+         p99 {:.1} ms",
+        hq("pqa_engine_latency_seconds", 0.5),
+        hq("pqa_engine_latency_seconds", 0.99),
+        hq("pqa_broker_latency_seconds", 0.5),
+        hq("pqa_broker_latency_seconds", 0.99)
     );
     let _ = writeln!(
         summary,
