@@ -97,6 +97,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         s.metrics.state_records.set(records as i64);
         s.metrics.state_bytes.set(bytes as i64);
     }
+    s.metrics.ready.set(i64::from(s.health.readiness().is_ok()));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
 

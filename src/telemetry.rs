@@ -32,6 +32,8 @@ pub struct Metrics {
     pub batch_seconds: HistogramVec,
     /// From a message's Kafka timestamp to its batch being committed.
     pub end_to_end_seconds: Histogram,
+    /// 1 when `/readyz` would answer 200, else 0 (set at each scrape).
+    pub ready: IntGauge,
     /// The engine's share of the latency: from `run` receiving a message
     /// to the announcement it led to being handed to the producer.
     pub engine_latency: Histogram,
@@ -222,6 +224,11 @@ impl Metrics {
                     .buckets(prometheus::exponential_buckets(0.001, 2.0, 16).unwrap()),
                 )
                 .unwrap(),
+            ),
+            ready: reg(
+                &registry,
+                IntGauge::new("pqa_ready", "1 when /readyz answers 200 (consuming, partitions assigned, no problem), else 0")
+                    .unwrap(),
             ),
             engine_latency: reg(
                 &registry,

@@ -158,6 +158,7 @@ fn outcomes_join_announcements_and_survive_kill_9() {
     let (_, m) = engine.http_get("/metrics").unwrap();
     let l = format!(r#"{{role="live",rule="hand_raiser",version="{VERSION}"}}"#);
     assert_eq!(metric(&m, &format!("pqa_rule_precision{l}")), Some(0.5), "{m}");
+    assert_eq!(metric(&m, "pqa_ready"), Some(1.0), "ready, and the gauge says so");
     assert_eq!(metric(&m, &format!("pqa_rule_announced{l}")), Some(8.0));
     assert_eq!(metric(&m, &format!("pqa_rule_answered{l}")), Some(4.0));
     assert_eq!(metric(&m, &format!("pqa_rule_positive{l}")), Some(2.0));

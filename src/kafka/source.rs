@@ -775,8 +775,12 @@ pub fn run_definitions(
             while let Ok(req) = rx.try_recv() {
                 let answer = swap_definitions(&mut w.engine, req.defs);
                 if let (Ok(_), Some(p)) = (&answer, &published) {
-                    publish(p, &w.engine, true);
+                    // Where the new version took over first, then the
+                    // version: `GET /definitions` reads the definitions
+                    // before the offsets, so whoever sees the new version
+                    // sees its offsets too (not the previous reload's).
                     *p.live_since.lock().expect("lock") = w.engine.positions();
+                    publish(p, &w.engine, true);
                 }
                 let _ = req.reply.send(answer);
             }
