@@ -232,9 +232,6 @@ pub fn replay_definitions(
     Ok((stats, summary))
 }
 
-/// A batch's state write on its own thread: what it wrote, the batch's
-/// oldest record timestamp, and when it finished.
-
 fn write_output(
     output: &mut Output,
     out: &mut Box<dyn Write>,
