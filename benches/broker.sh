@@ -7,7 +7,10 @@
 # Storage (TANSU_STORAGE):
 #   sqlite   (default) tansu's per-record SQLite engine, in a file under the run
 #            dir, wiped at each `start`. It keeps what it acknowledges and
-#            returns a fetch at any offset correctly.
+#            returns a fetch at any offset correctly. Too slow for `run` at
+#            benchmark rates: the changelog's writes back up, heartbeats time
+#            out and the engine stalls (BENCHMARKS.md, "The latency split").
+#            Throughput and latency runs use TANSU_STORAGE=memory.
 #   memory   tansu's in-memory engine: faster, but tansu 0.6.0 answers a fetch
 #            at an offset inside a record batch with the batches that start
 #            after it (the rest of that batch is silently skipped) and states
