@@ -83,7 +83,9 @@ impl<X: Send + 'static, E: From<StateError> + Send + 'static> Committer<X, E> {
     /// Waits for the batch in flight, if any (see [`Committer::finish`]).
     pub fn settle(&mut self, engine: &mut Engine) -> Result<Option<Settled<X>>, E> {
         let Some(handle) = self.inflight.take() else { return Ok(None) };
-        let done = handle.join().unwrap_or_else(|_| panic!("the commit thread panicked"));
+        // A panic is an error like the others (this may run inside a
+        // librdkafka callback, where unwinding must not go).
+        let done = handle.join().unwrap_or_else(|_| Err(E::from(StateError::CommitThread("panicked".into()))));
         Self::finish(engine, done).map(Some)
     }
 
@@ -114,7 +116,7 @@ impl<X: Send + 'static, E: From<StateError> + Send + 'static> Committer<X, E> {
             Ok(h) => self.inflight = Some(h),
             Err(e) => {
                 engine.abort();
-                return Err(E::from(StateError::Dir { path: "(commit thread)".into(), detail: e.to_string() }));
+                return Err(E::from(StateError::CommitThread(format!("cannot start: {e}"))));
             }
         }
         Ok(settled)

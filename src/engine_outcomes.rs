@@ -208,8 +208,12 @@ impl Engine {
     }
 
     /// Partitions arrived (their state restored): their accounts are
-    /// counted, and outcomes kept aside for them applied.
+    /// counted, and outcomes kept aside for them applied. Accounts counted
+    /// before this engine owned anything (at start-up, all of them) and not
+    /// in a partition it owns now are dropped.
     pub(super) fn outcomes_assigned(&mut self, partitions: &[i32]) -> Result<(), EngineError> {
+        let owned = self.owned.clone();
+        self.feedback.tallies.retain(|_, (p, _)| owned.as_ref().is_none_or(|o| o.contains(p)));
         self.load_tallies(Some(partitions))
     }
 

@@ -128,14 +128,7 @@ async fn account(State(s): State<AppState>, Path(id): Path<String>) -> Response 
         0 => crate::outcome::DEFAULT_ATTRIBUTION_WINDOW_MS,
         w => w,
     };
-    let result = tokio::task::spawn_blocking(move || {
-        let mut view = account_view(&defs, &reader, &id)?;
-        if let (Some(v), Some(acct)) = (view.as_mut(), reader.account(&id).map_err(|e| e.to_string())?) {
-            feedback_view(&defs, &acct, &id, window, v);
-        }
-        Ok::<_, String>(view)
-    })
-    .await;
+    let result = tokio::task::spawn_blocking(move || account_view(&defs, &reader, &id, window)).await;
     match result {
         Ok(Ok(Some(v))) => Json(v).into_response(),
         Ok(Ok(None)) => (StatusCode::NOT_FOUND, Json(json!({"error": "unknown account"}))).into_response(),
@@ -149,8 +142,13 @@ async fn account(State(s): State<AppState>, Path(id): Path<String>) -> Response 
 /// [`account_view`] with the account's sequence number and its members
 /// (user id, events in the last 90 days, last seen), for `pqa-engine
 /// inspect`.
-pub fn account_with_members(defs: &Definitions, reader: &StateReader, id: &str) -> Result<Option<Value>, String> {
-    let Some(mut view) = account_view(defs, reader, id)? else { return Ok(None) };
+pub fn account_with_members(
+    defs: &Definitions,
+    reader: &StateReader,
+    id: &str,
+    window_ms: i64,
+) -> Result<Option<Value>, String> {
+    let Some(mut view) = account_view(defs, reader, id, window_ms)? else { return Ok(None) };
     let acct = reader.account(id).map_err(|e| e.to_string())?.unwrap_or_default();
     let now = acct.last_seen_ms.max(reader.watermark_ms().map_err(|e| e.to_string())?);
     let mut members = reader.members(id).map_err(|e| e.to_string())?;
@@ -169,7 +167,14 @@ pub fn account_with_members(defs: &Definitions, reader: &StateReader, id: &str) 
     Ok(Some(view))
 }
 
-pub fn account_view(defs: &Definitions, reader: &StateReader, id: &str) -> Result<Option<Value>, String> {
+/// `window_ms`: the attribution window of outcomes (which announcement
+/// each outcome answers).
+pub fn account_view(
+    defs: &Definitions,
+    reader: &StateReader,
+    id: &str,
+    window_ms: i64,
+) -> Result<Option<Value>, String> {
     let Some(mut acct) = reader.account(id).map_err(|e| e.to_string())? else {
         return Ok(None);
     };
@@ -249,7 +254,7 @@ pub fn account_view(defs: &Definitions, reader: &StateReader, id: &str) -> Resul
         t.insert("personal_account".into(), json!(personal));
     }
     let qualified = !eval.fired.is_empty();
-    Ok(Some(json!({
+    let mut view = json!({
         "account_id": id,
         "as_of": format_time_ms(now),
         "first_seen": format_time_ms(acct.first_seen_ms),
@@ -275,7 +280,9 @@ pub fn account_view(defs: &Definitions, reader: &StateReader, id: &str) -> Resul
             "why": "the first moment a running definition stops qualifying the account if it sends nothing more; it is disqualified then if it has not sent anything that keeps it qualified",
         })),
         "shadows": shadows,
-    })))
+    });
+    feedback_view(defs, &acct, id, window_ms, &mut view);
+    Ok(Some(view))
 }
 
 /// Whether the account's announcement waits for budget, and why.

@@ -631,7 +631,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let reader = store.reader();
             let defs = Definitions::single(Arc::new(def));
             for id in &a.accounts {
-                let v = http::account_with_members(&defs, &reader, id).map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
+                let v = http::account_with_members(&defs, &reader, id, cfg.outcomes.attribution_window_ms())
+                    .map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
                 println!("{}", serde_json::json!({ "account_id": id, "state": v }));
             }
             Ok(ExitCode::SUCCESS)

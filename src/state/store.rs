@@ -42,6 +42,9 @@ pub enum StateError {
     /// The definition asks for something the state cannot serve.
     #[error("{0}")]
     Incompatible(String),
+    /// The thread that makes a batch durable could not start, or panicked.
+    #[error("the commit thread {0}")]
+    CommitThread(String),
 }
 
 /// Schema version of the stored records; a mismatch refuses to start
@@ -191,8 +194,6 @@ pub struct Prepared {
 pub struct StateWriter {
     db: Arc<DB>,
     sync: bool,
-    /// Write-ahead log off (a throwaway state: see [`Store::open_ephemeral`]).
-    no_wal: bool,
 }
 
 impl StateWriter {
@@ -206,7 +207,6 @@ impl StateWriter {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync);
-        wo.disable_wal(self.no_wal);
         self.db.write_opt(batch, &wo)?;
         Ok(stats)
     }
@@ -391,7 +391,7 @@ pub struct Store {
     schedule: Schedule,
     /// Meta records to write with the next commit (name -> value).
     meta_pending: BTreeMap<String, Vec<u8>>,
-    /// Thrown away after use: no write-ahead log, no flush at the end.
+    /// Thrown away after use: no flush at the end.
     ephemeral: bool,
     /// Accounts written in the batch in flight with many members cached:
     /// their member cache is dropped once the batch is durable.
@@ -405,8 +405,7 @@ impl Store {
     }
 
     /// A state that is thrown away after use (a `replay` or `backtest`
-    /// into a temporary directory): no write-ahead log, and nothing
-    /// flushed at the end. Everything else is as [`Store::open`]: the
+    /// into a temporary directory): nothing is flushed at the end. Everything else is as [`Store::open`]: the
     /// same code path, the same results.
     pub fn open_ephemeral(cfg: &StateConfig) -> Result<Store, StateError> {
         Store::open_with(cfg, true)
@@ -720,11 +719,6 @@ impl Store {
         Ok(found.into_iter().collect())
     }
 
-    /// Whether changes are recorded for the changelog.
-    pub fn changelog_on(&self) -> bool {
-        self.changelog
-    }
-
     /// A meta record (`x|name`) to write with the next commit.
     pub fn put_meta(&mut self, name: &str, value: Vec<u8>) {
         self.meta_pending.insert(name.to_string(), value);
@@ -1035,7 +1029,7 @@ impl Store {
 
     /// The writer of prepared batches, for another thread.
     pub fn writer(&self) -> StateWriter {
-        StateWriter { db: self.reader.db.clone(), sync: self.sync_writes, no_wal: false }
+        StateWriter { db: self.reader.db.clone(), sync: self.sync_writes }
     }
 
     /// Writes a prepared batch (see [`StateWriter::write`]), then trims the
