@@ -25,6 +25,9 @@ pub enum Source {
     /// The output (announcements, dead letters, changelog records) is not
     /// acknowledged (the commit thread).
     Output,
+    /// The output cannot be handed to the producer (the consumer loop, which
+    /// sends each announcement as soon as it is decided).
+    Producing,
     /// State being restored from the changelog, topics being waited for.
     State,
     /// Anything else (`deliver`'s destinations).

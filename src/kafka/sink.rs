@@ -2,13 +2,16 @@
 //! letters (original bytes, reason and source in headers).
 //!
 //! The producer is idempotent. A full local queue is backpressure: we poll
-//! and retry, never drop. A batch counts as delivered only when every record
-//! is acknowledged; records whose delivery failed are sent again until they
+//! and retry, never drop. Records are handed to the producer as soon as the
+//! engine decides them ([`KafkaSink::send_all`]), each counted in its
+//! batch's [`Batch`]; the batch counts as delivered only when every one of
+//! its records is acknowledged ([`KafkaSink::wait`]), and only then may its
+//! state be written. Records whose delivery failed are sent again until they
 //! are, or until shutdown (then the batch is not committed and will be
 //! processed again after the restart, with the same ids).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -58,16 +61,42 @@ struct Owned {
     headers: Vec<(String, Vec<u8>)>,
 }
 
-/// Counts records awaiting their delivery report and collects failed
-/// deliveries for resending.
-pub struct SinkContext {
-    failed: Mutex<Vec<Owned>>,
+/// The records of one batch handed to the producer: how many await their
+/// delivery report, and those whose delivery failed (to send again). Each
+/// record carries its batch as its delivery opaque, so the batch being
+/// made durable waits for its own records only, while the next batch's go
+/// out.
+#[derive(Default)]
+pub struct Batch {
     /// Records enqueued whose delivery report has not been served yet.
     /// (Not `in_flight_count()`: librdkafka's `outq_len` also counts events
     /// such as statistics, logs and errors waiting in the reply queue, which
     /// `flush` does not serve once no message is left, so waiting for it to
-    /// reach 0 could spin for ever.)
+    /// reach 0 could spin for ever; and it counts other batches' records.)
     unacked: AtomicUsize,
+    failed: Mutex<Vec<Owned>>,
+    /// Records handed over in all.
+    sent: AtomicUsize,
+}
+
+impl Batch {
+    pub fn new() -> Arc<Batch> {
+        Arc::new(Batch::default())
+    }
+
+    /// Whether no record was handed over for this batch.
+    pub fn is_empty(&self) -> bool {
+        self.sent.load(Ordering::SeqCst) == 0
+    }
+
+    fn unacked(&self) -> usize {
+        self.unacked.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves delivery reports: counts them down in their batch and keeps
+/// failed deliveries there for resending.
+pub struct SinkContext {
     metrics: Metrics,
 }
 
@@ -80,10 +109,9 @@ impl ClientContext for SinkContext {
 }
 
 impl ProducerContext for SinkContext {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = Arc<Batch>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        self.unacked.fetch_sub(1, Ordering::SeqCst);
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<Batch>) {
         if let Err((err, msg)) = result {
             self.metrics.delivery_failures.inc();
             tracing::warn!(cause = %err, topic = msg.topic(), "output delivery failed; will resend");
@@ -93,13 +121,15 @@ impl ProducerContext for SinkContext {
                     h.iter().map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec).unwrap_or_default())).collect()
                 })
                 .unwrap_or_default();
-            self.failed.lock().expect("lock").push(Owned {
+            batch.failed.lock().expect("lock").push(Owned {
                 topic: msg.topic().to_string(),
                 key: msg.key().map(<[u8]>::to_vec),
                 payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                 headers,
             });
         }
+        // Counted down last: once a waiter sees 0, a failure is in `failed`.
+        batch.unacked.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -136,9 +166,7 @@ impl KafkaSink {
         for (k, v) in REQUIRED {
             cc.set(*k, *v);
         }
-        let producer = cc
-            .create_with_context(SinkContext { failed: Mutex::new(Vec::new()), unacked: AtomicUsize::new(0), metrics })
-            .map_err(SinkError::Create)?;
+        let producer = cc.create_with_context(SinkContext { metrics }).map_err(SinkError::Create)?;
         Ok(KafkaSink {
             producer,
             output_topic: cfg.output_topic.clone(),
@@ -155,11 +183,25 @@ impl KafkaSink {
         shutdown: &Shutdown,
         not_ready: &dyn Fn(Option<&str>),
     ) -> Result<(), SinkError> {
+        let batch = Batch::new();
+        self.send_all(out, &batch, shutdown, not_ready)?;
+        self.wait(&batch, shutdown, not_ready)
+    }
+
+    /// Hands everything in `out` to the producer, as records of `batch`,
+    /// without waiting for their acknowledgements ([`KafkaSink::wait`]).
+    pub fn send_all(
+        &self,
+        out: &Output,
+        batch: &Arc<Batch>,
+        shutdown: &Shutdown,
+        not_ready: &dyn Fn(Option<&str>),
+    ) -> Result<(), SinkError> {
         for e in &out.events {
             let h = OwnedHeaders::new()
                 .insert(Header { key: "content-type", value: Some("application/cloudevents+json; charset=UTF-8") })
                 .insert(Header { key: "ce_type", value: Some(e.event_type) });
-            self.send(&self.output_topic, Some(e.key.as_bytes()), &e.payload, h, shutdown, not_ready)?;
+            self.send(batch, &self.output_topic, Some(e.key.as_bytes()), &e.payload, h, shutdown, not_ready)?;
             if let Some(t) = e.consumed_at {
                 self.producer.context().metrics.engine_latency.observe(t.elapsed().as_secs_f64());
             }
@@ -170,7 +212,7 @@ impl KafkaSink {
                 .insert(Header { key: "content-type", value: Some("application/cloudevents+json; charset=UTF-8") })
                 .insert(Header { key: "ce_type", value: Some(e.event_type) })
                 .insert(Header { key: "pqa_role", value: Some("shadow") });
-            self.send(&self.shadow_topic, Some(e.key.as_bytes()), &e.payload, h, shutdown, not_ready)?;
+            self.send(batch, &self.shadow_topic, Some(e.key.as_bytes()), &e.payload, h, shutdown, not_ready)?;
         }
         for d in &out.dead_letters {
             let mut h = OwnedHeaders::new()
@@ -187,16 +229,18 @@ impl KafkaSink {
                 h = h.insert(Header { key: headers::ORIGINAL_SIZE, value: Some(&payload.len().to_string()) });
                 payload = &payload[..self.max_payload_bytes];
             }
-            self.send(&self.dlq_topic, d.key.as_deref(), payload, h, shutdown, not_ready)?;
+            self.send(batch, &self.dlq_topic, d.key.as_deref(), payload, h, shutdown, not_ready)?;
         }
-        self.wait_delivered(shutdown, not_ready)
+        Ok(())
     }
 
     /// Enqueues one record. A full queue is backpressure (poll and retry);
     /// a record Kafka can never take is an error; anything else is retried
     /// until it goes through or shutdown.
+    #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
+        batch: &Arc<Batch>,
         topic: &str,
         key: Option<&[u8]>,
         payload: &[u8],
@@ -204,7 +248,8 @@ impl KafkaSink {
         shutdown: &Shutdown,
         not_ready: &dyn Fn(Option<&str>),
     ) -> Result<(), SinkError> {
-        let mut record: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(topic).payload(payload).headers(headers);
+        let mut record: BaseRecord<'_, [u8], [u8], Arc<Batch>> =
+            BaseRecord::with_opaque_to(topic, batch.clone()).payload(payload).headers(headers);
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -217,14 +262,20 @@ impl KafkaSink {
                 degraded = true;
             }
         };
+        // Counted before it is handed over: its report may be served at
+        // once, on the thread waiting for the batch.
+        batch.unacked.fetch_add(1, Ordering::SeqCst);
         let result =
             produce::send(&self.producer, record, Transient::Retry(&mut on_error), &|| shutdown.is_triggered());
         if degraded {
             not_ready(None);
         }
+        if result.is_err() {
+            batch.unacked.fetch_sub(1, Ordering::SeqCst);
+        }
         match result {
             Ok(()) => {
-                self.producer.context().unacked.fetch_add(1, Ordering::SeqCst);
+                batch.sent.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             }
             Err(SendError::Refused(cause)) => Err(SinkError::Refused { topic: topic.to_string(), cause }),
@@ -232,7 +283,14 @@ impl KafkaSink {
         }
     }
 
-    fn wait_delivered(&self, shutdown: &Shutdown, not_ready: &dyn Fn(Option<&str>)) -> Result<(), SinkError> {
+    /// Waits until every record of `batch` is acknowledged, sending those
+    /// whose delivery failed again.
+    pub fn wait(
+        &self,
+        batch: &Arc<Batch>,
+        shutdown: &Shutdown,
+        not_ready: &dyn Fn(Option<&str>),
+    ) -> Result<(), SinkError> {
         let mut backoff = Duration::from_millis(100);
         let mut degraded = false;
         loop {
@@ -240,7 +298,7 @@ impl KafkaSink {
             // grace period rather than hang.
             let deadline = Instant::now() + Duration::from_secs(30);
             let mut waited = Instant::now();
-            while self.unacked() > 0 {
+            while batch.unacked() > 0 {
                 // Serves delivery reports and whatever else waits in the
                 // reply queue (errors, statistics, logs). Short polls: the
                 // batch is done as soon as its last report is in (rdkafka's
@@ -249,18 +307,18 @@ impl KafkaSink {
                 // brokers to send without waiting out `linger.ms`.
                 let _ = self.producer.flush(Duration::ZERO);
                 self.producer.poll(Duration::from_millis(2));
-                if self.unacked() > 0 && waited.elapsed() >= Duration::from_millis(500) {
+                if batch.unacked() > 0 && waited.elapsed() >= Duration::from_millis(500) {
                     waited = Instant::now();
                     if !degraded {
                         not_ready(Some("output not acknowledged by Kafka"));
                         degraded = true;
                     }
                     if shutdown.is_triggered() && Instant::now() > deadline {
-                        return Err(SinkError::NotDelivered { pending: self.unacked() });
+                        return Err(SinkError::NotDelivered { pending: batch.unacked() });
                     }
                 }
             }
-            let failed = std::mem::take(&mut *self.producer.context().failed.lock().expect("lock"));
+            let failed = std::mem::take(&mut *batch.failed.lock().expect("lock"));
             if failed.is_empty() {
                 if degraded {
                     not_ready(None);
@@ -281,13 +339,9 @@ impl KafkaSink {
                 for (k, v) in &r.headers {
                     h = h.insert(Header { key: k, value: Some(v.as_slice()) });
                 }
-                self.send(&r.topic, r.key.as_deref(), &r.payload, h, shutdown, not_ready)?;
+                self.send(batch, &r.topic, r.key.as_deref(), &r.payload, h, shutdown, not_ready)?;
             }
         }
-    }
-
-    fn unacked(&self) -> usize {
-        self.producer.context().unacked.load(Ordering::SeqCst)
     }
 
     /// Final flush on shutdown.

@@ -39,7 +39,7 @@ use crate::health::{Health, Source};
 use crate::kafka::outcomes::OutcomesReader;
 use crate::reload::{Applied, OffsetAt, ReloadRequest, VersionedStatus};
 use crate::shutdown::Shutdown;
-use crate::sink::{KafkaSink, SinkError};
+use crate::sink::{Batch, KafkaSink, SinkError};
 use crate::state::{StateError, Store};
 use crate::telemetry::Metrics;
 
@@ -100,7 +100,11 @@ struct Worker {
     engine: Engine,
     sink: Arc<KafkaSink>,
     changelog: Option<Arc<Changelog>>,
+    /// What the engine decided and is not yet handed to the producer.
     out: Output,
+    /// The batch in hand's records handed to the producer (they go out as
+    /// soon as they are decided; the batch's commit waits for them).
+    sent: Arc<Batch>,
     batch_len: usize,
     batch_started: Option<Instant>,
     /// An error raised inside a callback, for the loop to return.
@@ -211,7 +215,8 @@ impl Worker {
         }
     }
 
-    fn process(&mut self, m: &rdkafka::message::BorrowedMessage<'_>, metrics: &Metrics) -> Result<(), RunError> {
+    fn process(&mut self, m: &rdkafka::message::BorrowedMessage<'_>, ctx: &EngineContext) -> Result<(), RunError> {
+        let metrics = &ctx.metrics;
         let consumed = Instant::now();
         self.batch_started.get_or_insert(consumed);
         if let Some(ts) = m.timestamp().to_millis() {
@@ -225,6 +230,21 @@ impl Worker {
             e.consumed_at = Some(consumed);
         }
         self.batch_len += 1;
+        self.send_output(ctx)
+    }
+
+    /// Hands what the engine decided to the producer now, not when the
+    /// batch is cut: a PQA leaves as soon as it is decided. The batch's
+    /// commit waits until all of it is acknowledged before the state says
+    /// the batch is done, so a crash repeats it (same ids), never loses it.
+    fn send_output(&mut self, ctx: &EngineContext) -> Result<(), RunError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let health = &ctx.health;
+        let not_ready = |p: Option<&str>| health.set(Source::Producing, p);
+        self.sink.send_all(&self.out, &self.sent, &ctx.shutdown, &not_ready)?;
+        self.out.clear();
         Ok(())
     }
 
@@ -242,7 +262,8 @@ impl Worker {
         wait: bool,
     ) -> Result<(), RunError> {
         self.settle(consumer, ctx)?;
-        if self.batch_len == 0 && self.out.is_empty() && !self.engine.has_changes() {
+        self.send_output(ctx)?;
+        if self.batch_len == 0 && self.sent.is_empty() && !self.engine.has_changes() {
             return Ok(());
         }
         let metrics = ctx.metrics.clone();
@@ -251,15 +272,14 @@ impl Worker {
             metrics.batch_seconds.with_label_values(&["process"]).observe(started.elapsed().as_secs_f64());
         }
         self.batch_len = 0;
-        let out = std::mem::take(&mut self.out);
+        let sent = std::mem::replace(&mut self.sent, Batch::new());
         let (sink, changelog) = (self.sink.clone(), self.changelog.clone());
         let (shutdown, health) = (ctx.shutdown.clone(), ctx.health.clone());
         let before: BeforeWrite<Offsets, RunError> = Box::new(move |prepared| {
             let not_ready = |p: Option<&str>| health.set(Source::Output, p);
             let delivering = Instant::now();
-            sink.deliver(&out, &shutdown, &not_ready)?;
+            sink.wait(&sent, &shutdown, &not_ready)?;
             metrics.batch_seconds.with_label_values(&["deliver"]).observe(delivering.elapsed().as_secs_f64());
-            drop(out);
             let changelog_next = match &changelog {
                 Some(c) => {
                     let writing = Instant::now();
@@ -319,6 +339,9 @@ impl Worker {
     /// has dropped what was not durable).
     fn discard(&mut self) {
         self.out.clear();
+        // Records already handed over go out anyway: the batch is
+        // processed again after the restart, with the same ids.
+        self.sent = Batch::new();
         self.batch_len = 0;
     }
 
@@ -679,6 +702,7 @@ pub fn run_definitions(
                 sink,
                 changelog,
                 out: Output::default(),
+                sent: Batch::new(),
                 batch_len: 0,
                 batch_started: None,
                 failed: None,
@@ -721,7 +745,7 @@ pub fn run_definitions(
                     let mut guard = ctx.worker.lock().expect("lock");
                     let w = guard.as_mut().expect("worker");
                     if w.admit(&consumer, ctx, &m) {
-                        if let Err(e) = w.process(&m, &metrics) {
+                        if let Err(e) = w.process(&m, ctx) {
                             result = Err(e);
                             break 'run;
                         }

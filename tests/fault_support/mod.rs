@@ -186,8 +186,22 @@ addr = "127.0.0.1:{http_port}"
             c.extend_from_slice(s.consumer);
             props(&c)
         },
-        props(s.producer)
-            + &std::env::var("PQA_TEST_PRODUCER_DEBUG").map(|d| format!("\"debug\" = \"{d}\"\n")).unwrap_or_default(),
+        {
+            // The mock cluster does not check an idempotent producer's
+            // sequence numbers: with two requests in flight to a partition,
+            // when the first fails with an injected error (not persisted)
+            // and the second succeeds, librdkafka takes the first as
+            // "implicitly acked by subsequent batch success" and the mock
+            // never has it (a real broker refuses the second with
+            // OUT_OF_ORDER_SEQUENCE_NUMBER, and both are sent again). Seen
+            // in `transient_request_errors_lose_and_skip_nothing` once the
+            // engine sends each announcement as soon as it is decided. One
+            // request in flight per connection keeps the mock honest.
+            let mut p: Vec<(&str, &str)> = vec![("max.in.flight.requests.per.connection", "1")];
+            p.retain(|(k, _)| !s.producer.iter().any(|(k2, _)| k2 == k));
+            p.extend_from_slice(s.producer);
+            props(&p)
+        } + &std::env::var("PQA_TEST_PRODUCER_DEBUG").map(|d| format!("\"debug\" = \"{d}\"\n")).unwrap_or_default(),
         state_dir.display(),
         s.extra
     );
