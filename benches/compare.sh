@@ -23,6 +23,9 @@
 #   QUIX_EVENTS [100000]    events the Quix app consumes, from the start of the topic (at most
 #                           EVENTS; Quix's sliding count runs at ~0.4-2 k/s here, so all of 1 M takes long)
 #   ACCOUNTS [3000] DAYS [90] SEED [42]   the simulated history
+#   INPUT                   an NDJSON file to load instead of simulating (e.g. the long tail of
+#                           benches/longtail.py), keyed by account (benches/peers/load_topic.py)
+#   QUIX_EMIT [current]     current (the count after every event) | final (when a window closes)
 #   PARTITIONS [2]          partitions of the input topic
 #   RUNS [1]                runs of each side (over the same topic)
 #   QUIX_WINDOW [sliding]   sliding | hopping | tumbling | none (see quix_count.py)
@@ -45,6 +48,7 @@ SEED="${SEED:-42}"
 PARTITIONS="${PARTITIONS:-2}"
 RUNS="${RUNS:-1}"
 QUIX_WINDOW="${QUIX_WINDOW:-sliding}"
+QUIX_EMIT="${QUIX_EMIT:-current}"
 export TANSU_PORT="${TANSU_PORT:-19092}"
 export PQA_BENCH_HOME="${PQA_BENCH_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/pqa-bench}"
 BROKER="127.0.0.1:$TANSU_PORT"
@@ -82,7 +86,7 @@ fi
 # --- Quix Streams in its own venv ----------------------------------------
 VENV="$PQA_BENCH_HOME/venv"
 QUIX_PY="$VENV/bin/python"
-if [[ "${SKIP_QUIX:-0}" != 1 ]]; then
+if [[ "${SKIP_QUIX:-0}" != 1 || -n "${INPUT:-}" ]]; then
     want="$(grep -i '^quixstreams==' benches/peers/requirements.txt | cut -d= -f3)"
     have="$("$QUIX_PY" -c 'import quixstreams; print(quixstreams.__version__)' 2>/dev/null || true)"
     if [[ "$have" != "$want" ]]; then
@@ -120,9 +124,16 @@ if [[ -n "${PQA_SHADOWS:-}" ]]; then
 fi
 
 # --- preload ------------------------------------------------------------------
-log "simulate: $ACCOUNTS accounts, $DAYS days, seed $SEED, at most $EVENTS events -> $TOPIC"
-"$PQA_BIN" simulate --accounts "$ACCOUNTS" --days "$DAYS" --seed "$SEED" --max-events "$EVENTS" \
-    --bootstrap-servers "$BROKER" --topic "$TOPIC" --progress 2> >(tee "$WORK/simulate.log" >&2)
+if [[ -n "${INPUT:-}" ]]; then
+    log "load: $INPUT (at most $EVENTS events) -> $TOPIC"
+    "$QUIX_PY" benches/peers/load_topic.py --broker "$BROKER" --topic "$TOPIC" --input "$INPUT" \
+        --max-events "$EVENTS" 2> >(tee "$WORK/simulate.log" >&2)
+    ACCOUNTS="$(sed -n 's/^produced [0-9]* events over \([0-9]*\) keys.*/\1/p' "$WORK/simulate.log") (from $INPUT)"
+else
+    log "simulate: $ACCOUNTS accounts, $DAYS days, seed $SEED, at most $EVENTS events -> $TOPIC"
+    "$PQA_BIN" simulate --accounts "$ACCOUNTS" --days "$DAYS" --seed "$SEED" --max-events "$EVENTS" \
+        --bootstrap-servers "$BROKER" --topic "$TOPIC" --progress 2> >(tee "$WORK/simulate.log" >&2)
+fi
 N="$(sed -n 's/^produced \([0-9]*\) events.*/\1/p' "$WORK/simulate.log")"
 [[ -n "$N" && "$N" -gt 0 ]] || { log "simulate produced nothing"; exit 1; }
 if ((QUIX_EVENTS > N)); then QUIX_EVENTS="$N"; fi
@@ -188,7 +199,7 @@ TOML
 run_quix() { # RUN -> sets Q=(steady_rate from_start_rate seconds)
     local r="$1" out
     out="$("$QUIX_PY" -W ignore benches/peers/quix_count.py --broker "$BROKER" --topic "$TOPIC" \
-        --group "quix-bench-$STAMP-$r" --messages "$QUIX_EVENTS" --window "$QUIX_WINDOW" \
+        --group "quix-bench-$STAMP-$r" --messages "$QUIX_EVENTS" --window "$QUIX_WINDOW" --emit "$QUIX_EMIT" \
         --state-dir "$WORK/quix-state-$r" 2>"$WORK/quix-$r.log")" || {
         log "quix_count failed:"; tail -n 30 "$WORK/quix-$r.log" >&2; exit 1
     }
@@ -207,7 +218,7 @@ for r in $(seq 1 "$RUNS"); do
         run_pqa "$r"
     fi
     if [[ "${SKIP_QUIX:-0}" != 1 ]]; then
-        log "run $r: quix_count ($QUIX_WINDOW window) over $QUIX_EVENTS events"
+        log "run $r: quix_count ($QUIX_WINDOW window, $QUIX_EMIT) over $QUIX_EVENTS events"
         run_quix "$r"
     fi
     if [[ "${P[0]}" != - && "${Q[0]}" != - ]]; then ratio="$(awk -v a="${P[0]}" -v b="${Q[0]}" 'BEGIN { printf "%.1f", a / b }')"; fi
@@ -220,5 +231,5 @@ qm="$(tail -n +2 "$TSV" | cut -f6 | grep -v '^-$' | median)"
 rm_="$(tail -n +2 "$TSV" | cut -f9 | grep -v '^-$' | median)"
 echo
 echo "machine: nproc $(nproc), $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo); $N events, $ACCOUNTS accounts, $DAYS days, $PARTITIONS partitions, tansu on $BROKER"
-echo "median over $RUNS run(s): pqa-engine $pm events/s, quix ($QUIX_WINDOW, $QUIX_EVENTS events) $qm events/s, ratio ${rm_}x"
+echo "median over $RUNS run(s): pqa-engine $pm events/s, quix ($QUIX_WINDOW .$QUIX_EMIT(), $QUIX_EVENTS events) $qm events/s, ratio ${rm_}x"
 echo "runs: $TSV"

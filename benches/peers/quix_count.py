@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """The peer of benches/compare.sh: a Quix Streams app that does only a
 per-account sliding-window count (28 days of event time) over the Segment
-events that `pqa-engine simulate --topic` wrote, and stops after N messages.
+events that `pqa-engine simulate --topic` (or benches/peers/load_topic.py)
+wrote, and stops after N messages. By default the count is emitted after
+every event (`.current()`), as an app that acts on a threshold would write
+it; `--emit final` emits only when a window closes.
 
 Key = account id (as produced by the generator); event time = the Segment
 `timestamp` field. It prints one JSON line with its rate on stdout.
@@ -34,6 +37,13 @@ def main() -> int:
         help="sliding (default, exact to the ms), hopping (step --hop-hours), tumbling, or none (consume + parse only)",
     )
     ap.add_argument("--hop-hours", type=int, default=24, help="step of the hopping window (default 24)")
+    ap.add_argument(
+        "--emit",
+        choices=["current", "final"],
+        default="current",
+        help="current (default: the count after every event, as an app that acts on it must) or final "
+        "(only when a window closes)",
+    )
     ap.add_argument("--state-dir", default=None, help="RocksDB state directory (default: a fresh temp dir)")
     ap.add_argument(
         "--no-changelog", action="store_true", help="disable Quix changelog topics (state only in local RocksDB)"
@@ -83,12 +93,15 @@ def main() -> int:
 
     sdf = sdf.update(count_message)
     length = timedelta(days=args.window_days)
+    def emit(windowed):
+        return windowed.current() if args.emit == "current" else windowed.final()
+
     if args.window == "sliding":
-        sdf = sdf.sliding_window(duration_ms=length, grace_ms=0).count().final()
+        sdf = emit(sdf.sliding_window(duration_ms=length, grace_ms=0).count())
     elif args.window == "hopping":
-        sdf = sdf.hopping_window(duration_ms=length, step_ms=timedelta(hours=args.hop_hours), grace_ms=0).count().final()
+        sdf = emit(sdf.hopping_window(duration_ms=length, step_ms=timedelta(hours=args.hop_hours), grace_ms=0).count())
     elif args.window == "tumbling":
-        sdf = sdf.tumbling_window(duration_ms=length, grace_ms=0).count().final()
+        sdf = emit(sdf.tumbling_window(duration_ms=length, grace_ms=0).count())
 
     started = time.perf_counter()
     app.run()
@@ -105,6 +118,7 @@ def main() -> int:
             {
                 "peer": "quixstreams",
                 "window": args.window,
+                "emit": args.emit,
                 "messages": n,
                 "seconds_first_to_last": round(seen["last"] - seen["first"], 3),
                 "seconds_from_start": round(seen["last"] - started, 3),

@@ -18,6 +18,11 @@
 //! partition's input offset then comes from the last marker, so processing
 //! resumes exactly where the state ends.
 //!
+//! The message ids of the dedupe window travel as one record per commit and
+//! partition (a dedupe block, `keys::DEDUPE_BLOCK`), not one per event; the
+//! writer tombstones each block once its newest id has left the window, so
+//! the compacted topic holds the window's ids, not every id ever applied.
+//!
 //! Limits: the input must be keyed by account (all events of an account in
 //! one partition); a zombie owner (one that lost its group membership but
 //! still writes) is not fenced, as there are no transactions.
@@ -346,8 +351,12 @@ impl Changelog {
     fn send(&self, r: &ChangeRecord, shutdown: &Shutdown) -> Result<(), ChangelogError> {
         let schema =
             OwnedHeaders::new().insert(Header { key: SCHEMA_HEADER, value: Some(crate::state::store::SCHEMA_VERSION) });
-        let record: BaseRecord<'_, [u8], [u8], ()> =
-            BaseRecord::to(&self.topic).partition(r.partition).key(&r.key[..]).payload(&r.value[..]).headers(schema);
+        let mut record: BaseRecord<'_, [u8], [u8], ()> =
+            BaseRecord::to(&self.topic).partition(r.partition).key(&r.key[..]).headers(schema);
+        if !r.value.is_empty() {
+            // (Empty: a tombstone, no payload.)
+            record = record.payload(&r.value[..]);
+        }
         let mut logged = false;
         let mut log = |e: &KafkaError| {
             if !logged {
@@ -721,6 +730,76 @@ mod tests {
         assert_eq!(kept, Restored::default(), "nothing read");
         assert_eq!(ahead.reader().account("a1").unwrap().unwrap().seq, 99, "the newer local version stays");
         assert_eq!(ahead.reader().offset("events", 1).unwrap(), Some(40));
+    }
+
+    /// A commit's message ids reach the changelog as one block, a restore
+    /// makes them duplicates on the other instance, and the block's
+    /// tombstone (no payload) follows once the ids have left the window.
+    #[test]
+    fn message_ids_move_as_blocks_and_their_tombstones_are_real_tombstones() {
+        let cluster = MockCluster::new(1).unwrap();
+        let mut cfg = Config::default_config();
+        cfg.kafka.bootstrap_servers = cluster.bootstrap_servers();
+        cfg.kafka.group_id = "unit".into();
+        cfg.kafka.input_topics = vec!["events".into()];
+        cluster.create_topic("events", 1, 1).unwrap();
+        cluster.create_topic("unit-changelog", 1, 1).unwrap();
+        let (shutdown, health) = (Shutdown::new(), Health::new());
+        let c = Changelog::new(&cfg.kafka, Metrics::new()).unwrap();
+        let h = 3_600_000i64;
+        let open = |dir: &std::path::Path| {
+            let mut scfg = cfg.state.clone();
+            scfg.dir = dir.to_path_buf();
+            let mut s = Store::open(&scfg).unwrap();
+            s.set_dedupe_window_ms(24 * h);
+            s
+        };
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut writer = open(d1.path());
+        writer.set_changelog(true);
+        writer.set_watermark_ms(100 * h);
+        assert!(!writer.seen_before("m1", 100 * h).unwrap());
+        assert!(!writer.seen_before("m2", 100 * h).unwrap());
+        let commit = |s: &mut Store, next: i64| {
+            let p = s.prepare(&[("events".into(), 0, next)]);
+            let reached = c.write(&p.changelog, &shutdown, &|_| {}).unwrap();
+            s.write(p, &reached).unwrap();
+        };
+        commit(&mut writer, 10);
+
+        let mut other = open(d2.path());
+        c.restore(&mut other, 0, &shutdown, &health).unwrap();
+        other.set_watermark_ms(100 * h);
+        assert!(other.seen_before("m1", 100 * h).unwrap(), "restored ids are duplicates");
+        assert!(!other.seen_before("m3", 100 * h).unwrap());
+
+        writer.set_watermark_ms(125 * h);
+        commit(&mut writer, 11);
+        let read: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "unit-read")
+            .set("enable.partition.eof", "true")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("unit-changelog", 0, Offset::Beginning).unwrap();
+        read.assign(&tpl).unwrap();
+        let mut blocks: Vec<(Vec<u8>, Option<usize>)> = Vec::new();
+        loop {
+            match read.poll(Duration::from_secs(10)) {
+                Some(Ok(m)) => {
+                    if m.key().and_then(|k| k.first()) == Some(&keys::DEDUPE_BLOCK) {
+                        blocks.push((m.key().unwrap().to_vec(), m.payload().map(<[u8]>::len)));
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                other => panic!("reading the changelog: {other:?}"),
+            }
+        }
+        assert_eq!(blocks.len(), 2, "the block, then its tombstone: {blocks:?}");
+        assert_eq!(blocks[0].0, blocks[1].0);
+        assert_eq!(blocks[0].1, Some(2 * 24), "two ids of 24 bytes");
+        assert_eq!(blocks[1].1, None, "a tombstone has no payload");
     }
 
     #[test]

@@ -13,6 +13,18 @@ pub const USER: u8 = b'u';
 pub const OFFSET: u8 = b'o';
 /// Applied message id: `d | xxh3-128(message id)`.
 pub const DEDUPE: u8 = b'd';
+/// The message ids one commit applied from one input partition, as one
+/// changelog record (never a RocksDB key: a restore writes its ids into the
+/// dedupe column family): `b | partition (u32 BE) | newest event time
+/// (i64, sign-flipped BE) | next input offset (i64 BE)` -> `(xxh3-128 of
+/// the id (16 bytes) | event time (i64 BE))*`. Unique per commit; once its
+/// newest id has left the dedupe window, its writer sends a tombstone for it,
+/// so the compacted changelog keeps only the window's ids.
+pub const DEDUPE_BLOCK: u8 = b'b';
+/// The dedupe blocks a state has written or restored (meta column family),
+/// in the order they expire: `k` followed by the block key without its
+/// first byte -> nothing.
+pub const DEDUPE_BLOCK_INDEX: u8 = b'k';
 /// Next changelog offset this state has seen of a changelog partition:
 /// `c | partition (u32 BE)` (in the meta column family).
 pub const CHANGELOG: u8 = b'c';
@@ -100,6 +112,44 @@ pub fn dedupe(message_id: &str) -> [u8; DEDUPE_KEY_LEN] {
     k[0] = DEDUPE;
     k[1..].copy_from_slice(&xxhash_rust::xxh3::xxh3_128(message_id.as_bytes()).to_be_bytes());
     k
+}
+
+/// Length of a dedupe block key (and of its index key).
+pub const DEDUPE_BLOCK_KEY_LEN: usize = 21;
+
+/// The changelog key of a dedupe block (see [`DEDUPE_BLOCK`]).
+pub fn dedupe_block(partition: i32, newest_ms: i64, next_offset: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(DEDUPE_BLOCK_KEY_LEN);
+    k.push(DEDUPE_BLOCK);
+    k.extend_from_slice(&(partition as u32).to_be_bytes());
+    push_i64(&mut k, newest_ms);
+    k.extend_from_slice(&next_offset.to_be_bytes());
+    k
+}
+
+/// The index key of a dedupe block key (see [`DEDUPE_BLOCK_INDEX`]).
+pub fn dedupe_block_index(block_key: &[u8]) -> Vec<u8> {
+    let mut k = block_key.to_vec();
+    if let Some(first) = k.first_mut() {
+        *first = DEDUPE_BLOCK_INDEX;
+    }
+    k
+}
+
+/// Prefix of the index keys of `partition`'s dedupe blocks.
+pub fn dedupe_block_index_prefix(partition: i32) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[0] = DEDUPE_BLOCK_INDEX;
+    k[1..].copy_from_slice(&(partition as u32).to_be_bytes());
+    k
+}
+
+/// The newest event time of a dedupe block, from its key or its index key.
+pub fn dedupe_block_newest(key: &[u8]) -> Option<i64> {
+    if key.len() != DEDUPE_BLOCK_KEY_LEN {
+        return None;
+    }
+    read_i64(&key[5..13])
 }
 
 pub fn changelog_position(partition: i32) -> [u8; 5] {

@@ -167,12 +167,18 @@ pub struct UserEntry {
 /// to the input partition the record belongs to. A partition's records of
 /// one commit are followed by its offset record (the marker that makes them
 /// complete): `keys::offset(topic, partition)` -> `next offset | watermark`.
+///
+/// An empty value is a tombstone (sent with no payload): no record of the
+/// state has an empty value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeRecord {
     pub partition: i32,
     pub key: Vec<u8>,
     pub value: Vec<u8>,
 }
+
+/// Bytes per id in a dedupe block: the id's 128-bit hash, its event time.
+const DEDUPE_BLOCK_ENTRY: usize = 16 + 8;
 
 /// A commit encoded but not written yet: the RocksDB batch and, when the
 /// changelog is on, the same records for the changelog topic.
@@ -1002,14 +1008,63 @@ impl Store {
         }
         if !self.pending_ids.is_empty() {
             let dcf = db.cf_handle(cf::DEDUPE).expect("cf");
+            // Per input partition: the newest event time and the ids, for
+            // one changelog record (a dedupe block) rather than one per id.
+            let mut blocks: BTreeMap<i32, (i64, Vec<u8>)> = BTreeMap::new();
             // No need to sort: the dedupe column family's memtable is a hash
             // table (see `open`).
             for (k, (t, p)) in self.pending_ids.drain() {
-                put(&mut batch, dcf, k.to_vec(), &t.to_be_bytes(), p);
+                batch.put_cf(dcf, k, t.to_be_bytes());
+                if self.changelog {
+                    let b = blocks.entry(p).or_insert_with(|| (i64::MIN, Vec::new()));
+                    b.0 = b.0.max(t);
+                    b.1.extend_from_slice(&k[1..]);
+                    b.1.extend_from_slice(&t.to_be_bytes());
+                }
                 self.inflight_ids.insert(k);
+            }
+            for (p, (newest, ids)) in blocks {
+                match offsets.iter().find(|(_, q, _)| *q == p) {
+                    Some((_, _, next)) => {
+                        let key = keys::dedupe_block(p, newest, *next);
+                        batch.put_cf(meta, keys::dedupe_block_index(&key), []);
+                        changelog.push(ChangeRecord { partition: p, key, value: ids });
+                    }
+                    None => {
+                        // Ids without an offset of their partition to name
+                        // the block (not from `run`): one record each.
+                        for id in ids.chunks_exact(DEDUPE_BLOCK_ENTRY) {
+                            let mut key = vec![keys::DEDUPE];
+                            key.extend_from_slice(&id[..16]);
+                            changelog.push(ChangeRecord { partition: p, key, value: id[16..].to_vec() });
+                        }
+                    }
+                }
             }
         }
         let watermark = self.watermark.load(Ordering::Relaxed);
+        if self.changelog {
+            // Dedupe blocks whose newest id has left the window: a tombstone
+            // each, so that the compacted changelog forgets them (each
+            // partition's own, written before its marker).
+            let window = self.dedupe_window.load(Ordering::Relaxed);
+            for (_, p, _) in offsets {
+                let prefix = keys::dedupe_block_index_prefix(*p);
+                for item in db.iterator_cf(meta, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
+                    let Ok((k, _)) = item else { break };
+                    let Some(newest) = keys::dedupe_block_newest(&k).filter(|_| k.starts_with(&prefix)) else {
+                        break;
+                    };
+                    if window > 0 && newest.saturating_add(window) >= watermark {
+                        break;
+                    }
+                    batch.delete_cf(meta, &k);
+                    let mut key = k.to_vec();
+                    key[0] = keys::DEDUPE_BLOCK;
+                    changelog.push(ChangeRecord { partition: *p, key, value: Vec::new() });
+                }
+            }
+        }
         for (topic, partition, next) in offsets {
             let key = keys::offset(topic, *partition);
             batch.put_cf(meta, &key, next.to_be_bytes());
@@ -1097,6 +1152,27 @@ impl Store {
                 Some(&keys::MEMBER) => cf::MEMBERS,
                 Some(&keys::USER) => cf::USERS,
                 Some(&keys::DEDUPE) => cf::DEDUPE,
+                Some(&keys::DEDUPE_BLOCK) => {
+                    // A commit's message ids (or, empty, the tombstone of
+                    // one that left the window).
+                    let meta = db.cf_handle(cf::META).expect("cf");
+                    if keys::dedupe_block_newest(k).is_none() || v.len() % DEDUPE_BLOCK_ENTRY != 0 {
+                        return Err(corrupt("malformed dedupe block"));
+                    }
+                    if v.is_empty() {
+                        batch.delete_cf(meta, keys::dedupe_block_index(k));
+                    } else {
+                        let dcf = db.cf_handle(cf::DEDUPE).expect("cf");
+                        for id in v.chunks_exact(DEDUPE_BLOCK_ENTRY) {
+                            let mut key = [0u8; keys::DEDUPE_KEY_LEN];
+                            key[0] = keys::DEDUPE;
+                            key[1..].copy_from_slice(&id[..16]);
+                            batch.put_cf(dcf, key, &id[16..]);
+                        }
+                        batch.put_cf(meta, keys::dedupe_block_index(k), []);
+                    }
+                    continue;
+                }
                 Some(&keys::OFFSET) => {
                     let next = v.get(..8).ok_or_else(|| corrupt("offset marker shorter than 8 bytes"))?;
                     if let Some(w) = v.get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
@@ -1153,6 +1229,18 @@ impl Store {
         if let Err(e) = self.load_schedule() {
             tracing::error!(cause = %e, "cannot read the sweep and queue indexes back");
         }
+    }
+
+    /// Keys of the meta column family that start with `prefix` (tests).
+    #[cfg(test)]
+    fn meta_prefix_keys(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
+        let db = &self.reader.db;
+        let meta = db.cf_handle(cf::META).expect("cf");
+        db.iterator_cf(meta, IteratorMode::From(prefix, rocksdb::Direction::Forward))
+            .map_while(|item| item.ok())
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.to_vec())
+            .collect()
     }
 
     /// Flushes memtables to disk (clean shutdown makes the next start fast).
@@ -1376,5 +1464,70 @@ mod tests {
         assert_eq!(s.written(), 1, "a and b evicted, c (touched, unwritten) kept");
         assert_eq!(s.account("b").unwrap().state.seq, 7);
         assert_eq!(s.account("c").unwrap().state.seq, 0);
+    }
+
+    /// With the changelog on, a commit's message ids travel as one dedupe
+    /// block per partition (not one record per id); a restore puts them back
+    /// in the dedupe column family; once the block's newest id has left the
+    /// window its writer tombstones it, and a restore of the tombstone drops
+    /// the block from the index.
+    #[test]
+    fn message_ids_travel_as_one_block_per_commit_and_leave_the_changelog_with_the_window() {
+        let h = 3_600_000i64;
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut s = Store::open(&cfg(a.path())).unwrap();
+        s.set_changelog(true);
+        s.set_dedupe_window_ms(24 * h);
+        s.set_watermark_ms(100 * h);
+        s.set_partition(3);
+        assert!(!s.seen_before("m1", 99 * h).unwrap());
+        assert!(!s.seen_before("m2", 100 * h).unwrap());
+        s.set_partition(4);
+        assert!(!s.seen_before("m3", 100 * h).unwrap());
+        let mut first = s.prepare(&[("t".into(), 3, 10), ("t".into(), 4, 7)]);
+        let blocks: Vec<&ChangeRecord> =
+            first.changelog.iter().filter(|r| r.key.first() == Some(&keys::DEDUPE_BLOCK)).collect();
+        assert_eq!(blocks.len(), 2, "one block per partition: {:?}", first.changelog);
+        assert!(!first.changelog.iter().any(|r| r.key.first() == Some(&keys::DEDUPE)), "no record per id");
+        let b3 = blocks.iter().find(|r| r.partition == 3).unwrap();
+        assert_eq!(b3.key, keys::dedupe_block(3, 100 * h, 10));
+        assert_eq!(b3.value.len(), 2 * DEDUPE_BLOCK_ENTRY);
+        let records: Vec<(Vec<u8>, Vec<u8>)> =
+            first.changelog.iter().filter(|r| r.partition == 3).map(|r| (r.key.clone(), r.value.clone())).collect();
+        let block_key = b3.key.clone();
+        let changelog = std::mem::take(&mut first.changelog);
+        s.writer().write(first, &[]).unwrap();
+        s.written();
+
+        // Another instance restores partition 3: its ids are duplicates there.
+        let mut r = Store::open(&cfg(b.path())).unwrap();
+        r.set_dedupe_window_ms(24 * h);
+        r.apply_changelog(3, &records, 5).unwrap();
+        r.set_watermark_ms(100 * h);
+        assert!(r.seen_before("m1", 99 * h).unwrap());
+        assert!(r.seen_before("m2", 100 * h).unwrap());
+        assert!(!r.seen_before("m3", 100 * h).unwrap(), "partition 4's ids are not in partition 3's block");
+        assert_eq!(r.meta_prefix_keys(&keys::dedupe_block_index_prefix(3)), vec![keys::dedupe_block_index(&block_key)]);
+
+        // Within the window: no tombstone. Past it: one, before the marker.
+        s.set_watermark_ms(120 * h);
+        let p = s.prepare(&[("t".into(), 3, 11)]);
+        assert!(!p.changelog.iter().any(|r| r.value.is_empty()), "{:?}", p.changelog);
+        s.writer().write(p, &[]).unwrap();
+        s.written();
+        s.set_watermark_ms(125 * h);
+        let p = s.prepare(&[("t".into(), 3, 12)]);
+        let tombstones: Vec<&ChangeRecord> = p.changelog.iter().filter(|r| r.value.is_empty()).collect();
+        assert_eq!(tombstones.len(), 1, "{:?}", p.changelog);
+        assert_eq!(tombstones[0].key, block_key);
+        assert_eq!(p.changelog.last().unwrap().key.first(), Some(&keys::OFFSET), "the marker ends the commit");
+        let tombstone = (tombstones[0].key.clone(), Vec::new());
+        s.writer().write(p, &[]).unwrap();
+        assert!(s.meta_prefix_keys(&keys::dedupe_block_index_prefix(3)).is_empty(), "the index forgets it");
+        assert!(changelog.iter().any(|r| r.partition == 4), "partition 4's block is still indexed");
+        assert_eq!(s.meta_prefix_keys(&keys::dedupe_block_index_prefix(4)).len(), 1);
+
+        r.apply_changelog(3, &[tombstone], 6).unwrap();
+        assert!(r.meta_prefix_keys(&keys::dedupe_block_index_prefix(3)).is_empty());
     }
 }
