@@ -644,6 +644,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
 
     fn record(partition: i32, key: Vec<u8>, value: &[u8]) -> ChangeRecord {
         ChangeRecord { partition, key, value: value.to_vec() }
@@ -662,19 +663,27 @@ mod tests {
         v
     }
 
-    #[test]
-    fn restore_applies_complete_commits_drops_an_incomplete_tail_and_resumes_from_its_position() {
+    /// A mock cluster with an `events` topic and its changelog
+    /// (`unit-changelog`), both of `partitions` partitions, and a config
+    /// and a changelog writer for them.
+    fn mock_changelog(partitions: i32) -> (MockCluster<'static, DefaultProducerContext>, Config, Changelog) {
         let cluster = MockCluster::new(1).unwrap();
         let mut cfg = Config::default_config();
         cfg.kafka.bootstrap_servers = cluster.bootstrap_servers();
         cfg.kafka.group_id = "unit".into();
         cfg.kafka.input_topics = vec!["events".into()];
-        cluster.create_topic("events", 2, 1).unwrap();
-        cluster.create_topic("unit-changelog", 2, 1).unwrap();
+        cluster.create_topic("events", partitions, 1).unwrap();
+        cluster.create_topic("unit-changelog", partitions, 1).unwrap();
+        let c = Changelog::new(&cfg.kafka, Metrics::new()).unwrap();
+        (cluster, cfg, c)
+    }
+
+    #[test]
+    fn restore_applies_complete_commits_drops_an_incomplete_tail_and_resumes_from_its_position() {
+        let (_cluster, cfg, c) = mock_changelog(2);
         let (shutdown, health) = (Shutdown::new(), Health::new());
         health.set_live(true);
         health.set_assigned(true);
-        let c = Changelog::new(&cfg.kafka, Metrics::new()).unwrap();
         c.ensure_topic("events", &shutdown, &health).unwrap();
 
         // Partition 1: a complete commit (a1, marker 10), another (a1 again,
@@ -737,15 +746,8 @@ mod tests {
     /// tombstone (no payload) follows once the ids have left the window.
     #[test]
     fn message_ids_move_as_blocks_and_their_tombstones_are_real_tombstones() {
-        let cluster = MockCluster::new(1).unwrap();
-        let mut cfg = Config::default_config();
-        cfg.kafka.bootstrap_servers = cluster.bootstrap_servers();
-        cfg.kafka.group_id = "unit".into();
-        cfg.kafka.input_topics = vec!["events".into()];
-        cluster.create_topic("events", 1, 1).unwrap();
-        cluster.create_topic("unit-changelog", 1, 1).unwrap();
+        let (cluster, cfg, c) = mock_changelog(1);
         let (shutdown, health) = (Shutdown::new(), Health::new());
-        let c = Changelog::new(&cfg.kafka, Metrics::new()).unwrap();
         let h = 3_600_000i64;
         let open = |dir: &std::path::Path| {
             let mut scfg = cfg.state.clone();
