@@ -135,7 +135,7 @@ else
         --bootstrap-servers "$BROKER" --topic "$TOPIC" --progress 2> >(tee "$WORK/simulate.log" >&2)
 fi
 N="$(sed -n 's/^produced \([0-9]*\) events.*/\1/p' "$WORK/simulate.log")"
-[[ -n "$N" && "$N" -gt 0 ]] || { log "simulate produced nothing"; exit 1; }
+[[ -n "$N" && "$N" -gt 0 ]] || { log "nothing was produced into $TOPIC"; exit 1; }
 if ((QUIX_EVENTS > N)); then QUIX_EVENTS="$N"; fi
 log "topic $TOPIC holds $N events"
 

@@ -20,6 +20,8 @@
 //!   through `serde_json::from_slice::<IgnoredAny>` (JSON syntax and UTF-8
 //!   checked, nothing kept); `decode/parse_value`: the same into a
 //!   `serde_json::Value` tree. Neither extracts or checks any field.
+//!   `PQA_DECODE_FILE=history.ndjson` takes the first 20k lines of that file
+//!   instead of simulated ones (the parsing limit of a given history).
 //! - `detect/busiest_account`: [`evaluate`] (metrics over the hourly
 //!   buckets, derived numbers, CEL rules, score, tier) for the account with
 //!   the most events, after a whole 60-day simulation of 200 accounts (~53k
@@ -88,9 +90,21 @@ fn engine_in(dir: &std::path::Path) -> Engine {
 }
 
 fn bench_decode(c: &mut Criterion) {
-    let events = generate(small_sim(), DECODE_LINES);
-    let now_ms = events.last().unwrap().time * 1000 + DAY_MS;
-    let lines: Vec<Vec<u8>> = events.into_iter().map(|e| e.json.into_bytes()).collect();
+    let (lines, now_ms) = match std::env::var_os("PQA_DECODE_FILE") {
+        // A history of one's own (the long tail of benches/longtail.py):
+        // its first lines, judged from the year 2100.
+        Some(path) => {
+            let text = std::fs::read(&path).expect("PQA_DECODE_FILE");
+            let lines: Vec<Vec<u8>> =
+                text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).take(DECODE_LINES).map(<[u8]>::to_vec).collect();
+            (lines, 4_102_444_800_000)
+        }
+        None => {
+            let events = generate(small_sim(), DECODE_LINES);
+            let now_ms = events.last().unwrap().time * 1000 + DAY_MS;
+            (events.into_iter().map(|e| e.json.into_bytes()).collect(), now_ms)
+        }
+    };
     let decoder = Decoder::new(Config::default_config().input);
     let rejected = lines.iter().filter(|l| decoder.decode(Some(l), now_ms).is_err()).count();
     assert_eq!(rejected, 0, "simulated lines must all decode");

@@ -203,8 +203,8 @@ pub fn run_demo(opts: &DemoOptions, shutdown: &Shutdown, out: &mut dyn Write) ->
                 if let Some(v) = m.payload().and_then(|p| serde_json::from_slice::<Value>(p).ok()) {
                     summary.announcements += 1;
                     if v["type"] == crate::emit::TYPE_QUALIFIED {
-                        qualified.insert(v["subject"].as_str().unwrap_or_default().to_string());
                         let account = v["subject"].as_str().unwrap_or_default();
+                        qualified.insert(account.to_string());
                         for o in sales_answers(&v, chrono::Utc::now().timestamp_millis()) {
                             let rec = BaseRecord::<str, str>::to(&cfg.kafka.outcomes_topic).key(account).payload(&o);
                             if produce::send(&sales, rec, Transient::Fail, &|| stop.is_triggered()).is_ok() {

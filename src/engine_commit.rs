@@ -132,7 +132,7 @@ impl<X: Send + 'static, E: From<StateError> + Send + 'static> Committer<X, E> {
     }
 }
 
-/// `pqa_batch_stage_seconds{stage="state_commit"}`.
+/// `pqa_batch_duration_seconds{stage="state_commit"}`.
 fn state_commit_timer(engine: &Engine) -> prometheus::Histogram {
     engine.metrics.batch_seconds.with_label_values(&["state_commit"])
 }

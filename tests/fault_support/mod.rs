@@ -147,6 +147,13 @@ pub fn write_config(dir: &Path, bootstrap: &str, state_dir: &Path, http_port: u1
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("pqa.toml");
     let props = |ps: &[(&str, &str)]| ps.iter().map(|(k, v)| format!("\"{k}\" = \"{v}\"\n")).collect::<String>();
+    // The tests' defaults, then the test's own properties (which win).
+    let with_defaults = |defaults: &[(&str, &str)], given: &[(&str, &str)]| {
+        let mut all: Vec<(&str, &str)> =
+            defaults.iter().copied().filter(|(k, _)| !given.iter().any(|(k2, _)| k2 == k)).collect();
+        all.extend_from_slice(given);
+        props(&all)
+    };
     let text = format!(
         r#"
 [kafka]
@@ -175,17 +182,10 @@ addr = "127.0.0.1:{http_port}"
         } else {
             format!("max_batch_wait_ms = 20\n{}", s.kafka)
         },
-        {
-            // Defaults for the tests, unless the test sets them.
-            let mut c: Vec<(&str, &str)> = vec![
-                ("session.timeout.ms", "6000"),
-                ("heartbeat.interval.ms", "500"),
-                ("auto.commit.interval.ms", "500"),
-            ];
-            c.retain(|(k, _)| !s.consumer.iter().any(|(k2, _)| k2 == k));
-            c.extend_from_slice(s.consumer);
-            props(&c)
-        },
+        with_defaults(
+            &[("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500"), ("auto.commit.interval.ms", "500")],
+            s.consumer
+        ),
         {
             // The mock cluster does not check an idempotent producer's
             // sequence numbers: with two requests in flight to a partition,
@@ -197,10 +197,7 @@ addr = "127.0.0.1:{http_port}"
             // in `transient_request_errors_lose_and_skip_nothing` once the
             // engine sends each announcement as soon as it is decided. One
             // request in flight per connection keeps the mock honest.
-            let mut p: Vec<(&str, &str)> = vec![("max.in.flight.requests.per.connection", "1")];
-            p.retain(|(k, _)| !s.producer.iter().any(|(k2, _)| k2 == k));
-            p.extend_from_slice(s.producer);
-            props(&p)
+            with_defaults(&[("max.in.flight.requests.per.connection", "1")], s.producer)
         } + &std::env::var("PQA_TEST_PRODUCER_DEBUG").map(|d| format!("\"debug\" = \"{d}\"\n")).unwrap_or_default(),
         state_dir.display(),
         s.extra
