@@ -222,6 +222,10 @@ impl StateWriter {
 #[derive(Clone)]
 pub struct StateReader {
     db: Arc<DB>,
+    /// Whether member records may be in RocksDB (false in a write-back
+    /// store that has written none yet: [`StateReader::member_into`] then
+    /// skips the lookup).
+    members_on_disk: bool,
 }
 
 impl StateReader {
@@ -230,7 +234,7 @@ impl StateReader {
     pub fn open_read_only(dir: &std::path::Path) -> Result<StateReader, StateError> {
         let opts = Options::default();
         let db = DB::open_cf_for_read_only(&opts, dir, cf::ALL, false)?;
-        Ok(StateReader { db: Arc::new(db) })
+        Ok(StateReader { db: Arc::new(db), members_on_disk: true })
     }
 
     /// Whether the directory's records still need the migration from
@@ -277,7 +281,11 @@ impl StateReader {
         user: &str,
     ) -> Result<&'e mut MemberEntry, StateError> {
         if !entry.members.contains_key(user) {
-            let state: Option<MemberState> = get(&self.db, cf::MEMBERS, &keys::member(account, user), "member")?;
+            let state: Option<MemberState> = if self.members_on_disk {
+                get(&self.db, cf::MEMBERS, &keys::member(account, user), "member")?
+            } else {
+                None
+            };
             entry.members.insert(user.to_string(), MemberEntry { state: state.unwrap_or_default(), dirty: false });
         }
         Ok(entry.members.get_mut(user).expect("just inserted"))
@@ -402,7 +410,30 @@ pub struct Store {
     /// Accounts written in the batch in flight with many members cached:
     /// their member cache is dropped once the batch is durable.
     crowded: Vec<String>,
+    /// Write-back (see [`Store::set_write_back`]): changed records stay in
+    /// the cache and are written only when evicted.
+    write_back: bool,
+    /// Write-back: entries evicted into the batch being written, readable
+    /// here until it is durable.
+    spilled_accounts: HashMap<String, AccountEntry>,
+    spilled_users: HashMap<String, UserEntry>,
+    /// Whether RocksDB may hold records of each kind. A write-back store
+    /// opened empty has none until its first eviction: looking up a record
+    /// not in the cache then needs no read.
+    accounts_on_disk: bool,
+    users_on_disk: bool,
+    /// Write-back: message ids of the dedupe window kept in memory (id ->
+    /// event time), with the ids filed by the hour of their event time for
+    /// expiry. Ids past [`MEMORY_IDS`] go to RocksDB as without write-back.
+    memory_ids: HashMap<[u8; 17], i64, IdHash>,
+    memory_ids_by_hour: BTreeMap<i64, Vec<[u8; 17]>>,
+    /// Whether any message id went to RocksDB.
+    ids_on_disk: bool,
 }
+
+/// A write-back store keeps at most this many message ids in memory (about
+/// 60 bytes each); more go to RocksDB.
+const MEMORY_IDS: usize = 4_000_000;
 
 impl Store {
     /// Opens (or creates) the state directory.
@@ -531,7 +562,7 @@ impl Store {
                 })
             }
         }
-        let reader = StateReader { db: Arc::new(db) };
+        let reader = StateReader { db: Arc::new(db), members_on_disk: true };
         watermark.store(reader.watermark_ms()?, Ordering::Relaxed);
         Ok(Store {
             reader,
@@ -554,6 +585,14 @@ impl Store {
             meta_pending: BTreeMap::new(),
             ephemeral,
             crowded: Vec::new(),
+            write_back: false,
+            spilled_accounts: HashMap::new(),
+            spilled_users: HashMap::new(),
+            accounts_on_disk: true,
+            users_on_disk: true,
+            memory_ids: HashMap::default(),
+            memory_ids_by_hour: BTreeMap::new(),
+            ids_on_disk: true,
         })
         .and_then(|mut s| {
             s.load_schedule()?;
@@ -697,8 +736,11 @@ impl Store {
     /// The account as the batch sees it (cached, else as written), without
     /// touching it: `None` when it does not exist.
     pub fn peek_account(&self, id: &str) -> Result<Option<AccountState>, StateError> {
-        if let Some(e) = self.accounts.peek(id) {
+        if let Some(e) = self.accounts.peek(id).or_else(|| self.spilled_accounts.get(id)) {
             return Ok((e.state.first_seen_ms != 0 || e.dirty).then(|| e.state.clone()));
+        }
+        if !self.accounts_on_disk {
+            return Ok(None);
         }
         self.reader.account(id)
     }
@@ -820,18 +862,40 @@ impl Store {
         self.changelog = on;
     }
 
+    /// Turns on write-back, for a state that only this process reads and
+    /// that is thrown away after use (a `replay` or `backtest` into a
+    /// temporary directory, never with a changelog). A commit then writes
+    /// only what the cache evicts (accounts and users past
+    /// `state.cache_accounts`, the members of an account with many cached),
+    /// with the offsets; the rest stays in memory, where every read finds
+    /// it. Message ids of the dedupe window are kept in memory too (up to
+    /// [`MEMORY_IDS`]). Until the first eviction of a kind of record,
+    /// lookups of records not in the cache skip RocksDB, which has none.
+    /// RocksDB alone is then not the state: nothing may read it directly
+    /// (`discard_cache` would lose changes; only a failed run calls it).
+    pub fn set_write_back(&mut self, on: bool) -> Result<(), StateError> {
+        if on && !self.write_back {
+            let empty = |name: &str| {
+                let h = self.reader.db.cf_handle(name).expect("column family");
+                self.reader.db.iterator_cf(h, IteratorMode::Start).next().is_none()
+            };
+            self.accounts_on_disk = !empty(cf::ACCOUNTS);
+            self.users_on_disk = !empty(cf::USERS);
+            self.reader.members_on_disk = !empty(cf::MEMBERS);
+            self.ids_on_disk = !empty(cf::DEDUPE);
+        }
+        self.write_back = on;
+        Ok(())
+    }
+
     /// The account's cache entry (to read or change), loaded from RocksDB or new.
     pub fn account(&mut self, id: &str) -> Result<&mut AccountEntry, StateError> {
         if !self.accounts.contains(id) {
-            let state = self.reader.account(id)?.unwrap_or_default();
-            let mark = Mark::of(&state);
-            self.accounts
-                .put(id.to_string(), AccountEntry { state, db_mark: mark, mem_mark: mark, ..Default::default() });
-            if mark.due != 0 {
-                let p = self.sweep_partition(mark.due, id)?;
-                if let Some(e) = self.accounts.peek_mut(id) {
-                    e.mem_partition = p;
-                }
+            if let Some(e) = self.spilled_accounts.remove(id) {
+                // Evicted into the batch in flight: back, unchanged since.
+                self.accounts.put(id.to_string(), e);
+            } else {
+                self.load_account(id)?;
             }
         }
         let e = self.accounts.get_mut(id).expect("just inserted");
@@ -851,11 +915,38 @@ impl Store {
         Ok(e)
     }
 
+    /// Puts the account as RocksDB has it (or new) into the cache.
+    fn load_account(&mut self, id: &str) -> Result<(), StateError> {
+        {
+            let state = if self.accounts_on_disk {
+                self.reader.account(id)?.unwrap_or_default()
+            } else {
+                AccountState::default()
+            };
+            let mark = Mark::of(&state);
+            self.accounts
+                .put(id.to_string(), AccountEntry { state, db_mark: mark, mem_mark: mark, ..Default::default() });
+            if mark.due != 0 {
+                let p = self.sweep_partition(mark.due, id)?;
+                if let Some(e) = self.accounts.peek_mut(id) {
+                    e.mem_partition = p;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The user's cache entry (to read or change), loaded from RocksDB or new.
     pub fn user(&mut self, id: &str) -> Result<&mut UserEntry, StateError> {
         if !self.users.contains(id) {
-            let state = self.reader.user(id)?.unwrap_or_default();
-            self.users.put(id.to_string(), UserEntry { state, ..Default::default() });
+            let entry = match self.spilled_users.remove(id) {
+                Some(u) => u,
+                None if self.users_on_disk => {
+                    UserEntry { state: self.reader.user(id)?.unwrap_or_default(), ..Default::default() }
+                }
+                None => UserEntry::default(),
+            };
+            self.users.put(id.to_string(), entry);
         }
         let u = self.users.get_mut(id).expect("just inserted");
         u.partition = self.partition;
@@ -882,12 +973,26 @@ impl Store {
         if self.pending_ids.contains_key(&key) || self.inflight_ids.contains(&key) {
             return Ok(true);
         }
-        let cf = self.reader.db.cf_handle(cf::DEDUPE).expect("dedupe column family");
-        if let Some(v) = self.reader.db.get_pinned_cf(cf, key)? {
-            let seen_at = <[u8; 8]>::try_from(v.as_ref()).map(i64::from_be_bytes).unwrap_or(0);
+        if let Some(seen_at) = self.memory_ids.get(&key) {
             if seen_at.saturating_add(window) >= self.watermark_ms() {
                 return Ok(true);
             }
+        }
+        if self.ids_on_disk {
+            let cf = self.reader.db.cf_handle(cf::DEDUPE).expect("dedupe column family");
+            if let Some(v) = self.reader.db.get_pinned_cf(cf, key)? {
+                let seen_at = <[u8; 8]>::try_from(v.as_ref()).map(i64::from_be_bytes).unwrap_or(0);
+                if seen_at.saturating_add(window) >= self.watermark_ms() {
+                    return Ok(true);
+                }
+            }
+        }
+        if self.write_back && self.memory_ids.len() < MEMORY_IDS {
+            // An id seen long ago (out of the window) is filed again.
+            if self.memory_ids.insert(key, time_ms).is_none() {
+                self.memory_ids_by_hour.entry(time_ms.div_euclid(3_600_000)).or_default().push(key);
+            }
+            return Ok(false);
         }
         self.pending_ids.insert(key, (time_ms, self.partition));
         Ok(false)
@@ -897,7 +1002,7 @@ impl Store {
     /// unflushed) ones.
     pub fn members(&self, account: &str) -> Result<Vec<(String, MemberState)>, StateError> {
         let mut all: HashMap<String, MemberState> = self.reader.members(account)?.into_iter().collect();
-        if let Some(e) = self.accounts.peek(account) {
+        if let Some(e) = self.accounts.peek(account).or_else(|| self.spilled_accounts.get(account)) {
             for (u, m) in &e.members {
                 all.insert(u.clone(), m.state.clone());
             }
@@ -907,9 +1012,10 @@ impl Store {
 
     /// A user's state, from the cache if present.
     pub fn peek_user(&self, id: &str) -> Result<Option<UserState>, StateError> {
-        match self.users.peek(id) {
+        match self.users.peek(id).or_else(|| self.spilled_users.get(id)) {
             Some(u) => Ok(Some(u.state.clone())),
-            None => self.reader.user(id),
+            None if self.users_on_disk => self.reader.user(id),
+            None => Ok(None),
         }
     }
 
@@ -936,12 +1042,7 @@ impl Store {
         let mut stats = CommitStats::default();
         let mut changelog = Vec::new();
         let mut buf = Vec::with_capacity(4096);
-        let mut put = |batch: &mut WriteBatch, cf, key: Vec<u8>, value: &[u8], partition: i32| {
-            batch.put_cf(cf, &key, value);
-            if self.changelog {
-                changelog.push(ChangeRecord { partition, key, value: value.to_vec() });
-            }
-        };
+        let mut sink = Sink { changelog: self.changelog.then_some(&mut changelog), buf: &mut buf, stats: &mut stats };
         // Records go into the batch in key order, per column family: the
         // memtable skiplist then inserts each next to the previous one
         // (it starts from the last insert's position). Account keys are
@@ -952,61 +1053,73 @@ impl Store {
         for id in self.touched_accounts.drain(..) {
             let Some(e) = self.accounts.peek_mut(&id) else { continue };
             e.touched = false;
-            if e.dirty {
-                encode_value(&mut buf, e.state.last_seen_ms, &e.state);
-                put(&mut batch, acf, keys::account(&id), &buf, e.partition);
-                e.dirty = false;
-                stats.accounts += 1;
-                // The indexes follow the record (derived: not in the
-                // changelog, whose account records carry the same).
-                let now = Mark::of(&e.state);
-                let was = e.db_mark;
-                let p = e.partition.to_be_bytes();
-                if now.due != was.due {
-                    if was.due != 0 {
-                        batch.delete_cf(meta, keys::sweep(was.due, &id));
-                    }
-                    if now.due != 0 {
-                        batch.put_cf(meta, keys::sweep(now.due, &id), p);
-                    }
-                }
-                if now.queue != was.queue {
-                    if let Some(q) = was.queue {
-                        batch.delete_cf(meta, keys::queue(q, &id));
-                    }
-                    if let Some(q) = now.queue {
-                        batch.put_cf(meta, keys::queue(q, &id), p);
-                    }
-                }
-                if now.heard && !was.heard {
-                    batch.put_cf(meta, keys::heard(&id), p);
-                }
-                e.db_mark = now;
+            let crowded = e.members.len() > 256;
+            if !self.write_back {
+                sink.account(&mut batch, (acf, mcf, meta), &id, e, true);
+            } else if crowded {
+                // Only its members, so that they can leave the cache.
+                sink.account(&mut batch, (acf, mcf, meta), &id, e, false);
             }
-            if e.members.len() > 256 {
-                self.crowded.push(id.clone());
-            }
-            let mut dirty_members: Vec<(&String, &mut MemberEntry)> =
-                e.members.iter_mut().filter(|(_, m)| m.dirty).collect();
-            dirty_members.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            for (user, m) in dirty_members {
-                encode_value(&mut buf, m.state.last_seen_ms.max(m.state.first_seen_ms), &m.state);
-                put(&mut batch, mcf, keys::member(&id, user), &buf, e.partition);
-                m.dirty = false;
-                stats.members += 1;
+            if crowded {
+                self.crowded.push(id);
             }
         }
         for id in self.touched_users.drain(..) {
             let Some(u) = self.users.peek_mut(&id) else { continue };
             u.touched = false;
-            if u.dirty {
-                encode_value(&mut buf, u.state.updated_ms, &u.state);
-                put(&mut batch, ucf, keys::user(&id), &buf, u.partition);
-                u.dirty = false;
-                stats.users += 1;
+            if !self.write_back {
+                sink.user(&mut batch, ucf, &id, u);
+            }
+        }
+        if self.write_back {
+            // What the cache holds past its capacity is written now, and
+            // stays readable until the batch is durable (see `written`).
+            let mut evicted: Vec<(String, AccountEntry)> = Vec::new();
+            while self.accounts.len() > self.capacity {
+                let Some((id, e)) = self.accounts.pop_lru() else { break };
+                if e.dirty || e.members.values().any(|m| m.dirty) {
+                    evicted.push((id, e));
+                }
+            }
+            evicted.sort_unstable_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.0.cmp(&b.0)));
+            for (id, mut e) in evicted {
+                sink.account(&mut batch, (acf, mcf, meta), &id, &mut e, true);
+                self.accounts_on_disk = true;
+                self.spilled_accounts.insert(id, e);
+            }
+            let mut evicted: Vec<(String, UserEntry)> = Vec::new();
+            while self.users.len() > self.capacity {
+                let Some((id, u)) = self.users.pop_lru() else { break };
+                if u.dirty {
+                    evicted.push((id, u));
+                }
+            }
+            evicted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (id, mut u) in evicted {
+                sink.user(&mut batch, ucf, &id, &mut u);
+                self.users_on_disk = true;
+                self.spilled_users.insert(id, u);
+            }
+            if sink.stats.members > 0 {
+                self.reader.members_on_disk = true;
+            }
+            // Message ids out of the window leave the memory (an hour
+            // whose last millisecond has left it).
+            let window = self.dedupe_window.load(Ordering::Relaxed);
+            let watermark = self.watermark.load(Ordering::Relaxed);
+            while let Some(entry) = self.memory_ids_by_hour.first_entry() {
+                if (entry.key() + 1) * 3_600_000 - 1 + window >= watermark {
+                    break;
+                }
+                for k in entry.remove() {
+                    if self.memory_ids.get(&k).is_some_and(|t| t.saturating_add(window) < watermark) {
+                        self.memory_ids.remove(&k);
+                    }
+                }
             }
         }
         if !self.pending_ids.is_empty() {
+            self.ids_on_disk = true;
             let dcf = db.cf_handle(cf::DEDUPE).expect("cf");
             // Per input partition: the newest event time and the ids, for
             // one changelog record (a dedupe block) rather than one per id.
@@ -1104,7 +1217,10 @@ impl Store {
     /// entries are the least recently used ones: every touch promotes.)
     pub fn written(&mut self) -> usize {
         self.inflight_ids.clear();
-        while self.accounts.len() > self.capacity {
+        // Write-back: evicted at prepare, and now durable.
+        self.spilled_accounts.clear();
+        self.spilled_users.clear();
+        while !self.write_back && self.accounts.len() > self.capacity {
             match self.accounts.peek_lru() {
                 Some((_, e)) if !e.touched => {
                     self.accounts.pop_lru();
@@ -1112,7 +1228,7 @@ impl Store {
                 _ => break,
             }
         }
-        while self.users.len() > self.capacity {
+        while !self.write_back && self.users.len() > self.capacity {
             match self.users.peek_lru() {
                 Some((_, u)) if !u.touched => {
                     self.users.pop_lru();
@@ -1216,8 +1332,15 @@ impl Store {
     /// Drops the whole cache without writing (after a failed batch: the
     /// next batch starts again from what RocksDB holds).
     pub fn discard_cache(&mut self) {
+        if self.write_back {
+            tracing::error!("a write-back state dropped its cache: what it held is lost");
+        }
         self.pending_ids.clear();
         self.inflight_ids.clear();
+        self.spilled_accounts.clear();
+        self.spilled_users.clear();
+        self.memory_ids.clear();
+        self.memory_ids_by_hour.clear();
         self.touched_accounts.clear();
         self.touched_users.clear();
         self.accounts.clear();
@@ -1254,6 +1377,85 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+/// Where [`Store::prepare`] puts records: the batch, and the changelog
+/// when it is on.
+struct Sink<'a> {
+    changelog: Option<&'a mut Vec<ChangeRecord>>,
+    buf: &'a mut Vec<u8>,
+    stats: &'a mut CommitStats,
+}
+
+impl Sink<'_> {
+    fn put(&mut self, batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, key: Vec<u8>, partition: i32) {
+        batch.put_cf(cf, &key, &self.buf);
+        if let Some(c) = self.changelog.as_deref_mut() {
+            c.push(ChangeRecord { partition, key, value: self.buf.clone() });
+        }
+    }
+
+    /// The account's record when it changed (with its place in the indexes
+    /// when `record`), and its changed members.
+    fn account(
+        &mut self,
+        batch: &mut WriteBatch,
+        (acf, mcf, meta): (&rocksdb::ColumnFamily, &rocksdb::ColumnFamily, &rocksdb::ColumnFamily),
+        id: &str,
+        e: &mut AccountEntry,
+        record: bool,
+    ) {
+        if record && e.dirty {
+            encode_value(self.buf, e.state.last_seen_ms, &e.state);
+            self.put(batch, acf, keys::account(id), e.partition);
+            e.dirty = false;
+            self.stats.accounts += 1;
+            // The indexes follow the record (derived: not in the
+            // changelog, whose account records carry the same).
+            let now = Mark::of(&e.state);
+            let was = e.db_mark;
+            let p = e.partition.to_be_bytes();
+            if now.due != was.due {
+                if was.due != 0 {
+                    batch.delete_cf(meta, keys::sweep(was.due, id));
+                }
+                if now.due != 0 {
+                    batch.put_cf(meta, keys::sweep(now.due, id), p);
+                }
+            }
+            if now.queue != was.queue {
+                if let Some(q) = was.queue {
+                    batch.delete_cf(meta, keys::queue(q, id));
+                }
+                if let Some(q) = now.queue {
+                    batch.put_cf(meta, keys::queue(q, id), p);
+                }
+            }
+            if now.heard && !was.heard {
+                batch.put_cf(meta, keys::heard(id), p);
+            }
+            e.db_mark = now;
+        }
+        let mut dirty_members: Vec<(&String, &mut MemberEntry)> =
+            e.members.iter_mut().filter(|(_, m)| m.dirty).collect();
+        dirty_members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (user, m) in dirty_members {
+            encode_value(self.buf, m.state.last_seen_ms.max(m.state.first_seen_ms), &m.state);
+            self.put(batch, mcf, keys::member(id, user), e.partition);
+            m.dirty = false;
+            self.stats.members += 1;
+        }
+    }
+
+    /// The user's record when it changed.
+    fn user(&mut self, batch: &mut WriteBatch, ucf: &rocksdb::ColumnFamily, id: &str, u: &mut UserEntry) {
+        if u.dirty {
+            encode_value(self.buf, u.state.updated_ms, &u.state);
+            self.put(batch, ucf, keys::user(id), u.partition);
+            u.dirty = false;
+            self.stats.users += 1;
+        }
     }
 }
 
