@@ -432,8 +432,8 @@ pub struct Store {
 }
 
 /// A write-back store keeps at most this many message ids in memory (about
-/// 60 bytes each); more go to RocksDB.
-const MEMORY_IDS: usize = 4_000_000;
+/// 60 bytes each, so about 120 MiB at most); more go to RocksDB.
+const MEMORY_IDS: usize = 2_000_000;
 
 impl Store {
     /// Opens (or creates) the state directory.
