@@ -507,6 +507,34 @@ impl Engine {
     /// Applies one record. Records at offsets already applied are skipped,
     /// so Kafka redelivering after a restart or rebalance changes nothing.
     pub fn process(&mut self, rec: &InputRecord<'_>, out: &mut Output) -> Result<(), EngineError> {
+        self.process_with(rec, None, out)
+    }
+
+    /// [`Engine::process`] of a record already decoded by a copy of
+    /// [`Engine::decoder`] (on another thread: `replay` parses the next
+    /// lines while this one applies).
+    pub fn process_decoded(
+        &mut self,
+        rec: &InputRecord<'_>,
+        decoded: Result<Event, Rejection>,
+        out: &mut Output,
+    ) -> Result<(), EngineError> {
+        self.process_with(rec, Some(decoded), out)
+    }
+
+    /// The decoder of the input configuration, to decode records
+    /// elsewhere (see [`Engine::process_decoded`]); its `now_ms` is the wall
+    /// clock.
+    pub fn decoder(&self) -> Decoder {
+        self.decoder.clone()
+    }
+
+    fn process_with(
+        &mut self,
+        rec: &InputRecord<'_>,
+        decoded: Option<Result<Event, Rejection>>,
+        out: &mut Output,
+    ) -> Result<(), EngineError> {
         let slot = self.slot(rec.topic, rec.partition)?;
         if let Some(i) = slot {
             if rec.offset < self.positions[i].next {
@@ -518,8 +546,11 @@ impl Engine {
         if let Some(ts) = rec.timestamp_ms {
             self.batch_oldest_ts = Some(self.batch_oldest_ts.map_or(ts, |o| o.min(ts)));
         }
-        let now = (self.clock)();
-        let result = match self.decoder.decode(rec.payload, now) {
+        let decoded = match decoded {
+            Some(d) => d,
+            None => self.decoder.decode(rec.payload, (self.clock)()),
+        };
+        let result = match decoded {
             Ok(ev) => {
                 // Event time moves on: the sweep first (what time alone
                 // did happened before this event), then the event.

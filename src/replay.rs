@@ -73,9 +73,9 @@ impl ReplayStats {
 }
 
 /// Opens a possibly gzipped input.
-pub fn open_input(path: &Path) -> io::Result<Box<dyn BufRead>> {
-    let raw: Box<dyn Read> =
-        if path == Path::new("-") { Box::new(io::stdin().lock()) } else { Box::new(File::open(path)?) };
+pub fn open_input(path: &Path) -> io::Result<Box<dyn BufRead + Send>> {
+    let raw: Box<dyn Read + Send> =
+        if path == Path::new("-") { Box::new(io::stdin()) } else { Box::new(File::open(path)?) };
     let mut buf = BufReader::with_capacity(1 << 20, raw);
     let gz = buf.fill_buf()?.starts_with(&[0x1f, 0x8b]);
     Ok(if gz {
@@ -151,7 +151,7 @@ pub fn replay_definitions(
     let mut engine = Engine::with_definitions(defs, cfg.input.clone(), store, metrics)?;
 
     let in_name = opts.input.display().to_string();
-    let mut input = open_input(&opts.input).map_err(|e| ReplayError::Input { path: in_name.clone(), source: e })?;
+    let input = open_input(&opts.input).map_err(|e| ReplayError::Input { path: in_name.clone(), source: e })?;
     let out_err = |p: &Path| {
         let path = p.display().to_string();
         move |e| ReplayError::Output { path, source: e }
@@ -175,55 +175,61 @@ pub fn replay_definitions(
     };
 
     let mut stats = ReplayStats::default();
-    let mut line = Vec::with_capacity(4096);
     let mut output = Output::default();
-    let mut offset: i64 = 0;
     let mut in_batch = 0usize;
     let mut committer: Committer<(), ReplayError> = Committer::new();
-    loop {
-        line.clear();
-        let n =
-            input.read_until(b'\n', &mut line).map_err(|e| ReplayError::Input { path: in_name.clone(), source: e })?;
-        if n == 0 {
-            break;
-        }
-        while matches!(line.last(), Some(b'\n' | b'\r')) {
-            line.pop();
-        }
-        let this = offset;
-        offset += 1;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        stats.lines += 1;
-        engine.process(
-            &InputRecord {
-                topic: REPLAY_TOPIC,
-                partition: 0,
-                offset: this,
-                key: None,
-                payload: Some(&line),
-                timestamp_ms: None,
-            },
-            &mut output,
-        )?;
-        in_batch += 1;
-        if !output.is_empty() {
-            for e in output.events.iter().chain(&output.shadow_events) {
-                on_event(e);
+    // Lines are read and decoded on a second thread, a chunk ahead of the
+    // engine, which applies them in order: the same records, the same
+    // output.
+    let decoder = engine.decoder();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, ReplayError>>(4);
+    std::thread::scope(|scope| -> Result<(), ReplayError> {
+        let in_name = in_name.clone();
+        scope.spawn(move || read_chunks(input, &decoder, &in_name, &tx));
+        for chunk in rx {
+            let chunk = chunk?;
+            for (i, decoded) in chunk.decoded.into_iter().enumerate() {
+                let (offset, range) = chunk.lines[i].clone();
+                stats.lines += 1;
+                engine.process_decoded(
+                    &InputRecord {
+                        topic: REPLAY_TOPIC,
+                        partition: 0,
+                        offset,
+                        key: None,
+                        payload: Some(&chunk.bytes[range]),
+                        timestamp_ms: None,
+                    },
+                    decoded,
+                    &mut output,
+                )?;
+                in_batch += 1;
+                if !output.is_empty() {
+                    for e in output.events.iter().chain(&output.shadow_events) {
+                        on_event(e);
+                    }
+                    write_output(
+                        &mut output,
+                        &mut out,
+                        dlq.as_mut(),
+                        &opts.output,
+                        opts.dead_letter.as_deref(),
+                        &mut stats,
+                    )?;
+                }
+                if in_batch >= opts.batch_lines {
+                    // Output first, then state: a crash can repeat, never lose. The
+                    // state is written on another thread while the next batch is
+                    // applied (one batch in flight at most).
+                    out.flush().map_err(out_err(&opts.output))?;
+                    committer.hand_over(&mut engine, Box::new(|_| Ok((Vec::new(), ()))))?;
+                    in_batch = 0;
+                    bar.set_position(stats.lines);
+                }
             }
-            write_output(&mut output, &mut out, dlq.as_mut(), &opts.output, opts.dead_letter.as_deref(), &mut stats)?;
         }
-        if in_batch >= opts.batch_lines {
-            // Output first, then state: a crash can repeat, never lose. The
-            // state is written on another thread while the next batch is
-            // applied (one batch in flight at most).
-            out.flush().map_err(out_err(&opts.output))?;
-            committer.hand_over(&mut engine, Box::new(|_| Ok((Vec::new(), ()))))?;
-            in_batch = 0;
-            bar.set_position(stats.lines);
-        }
-    }
+        Ok(())
+    })?;
     out.flush().map_err(out_err(&opts.output))?;
     if let (Some(d), Some(p)) = (dlq.as_mut(), &opts.dead_letter) {
         d.flush().map_err(out_err(p))?;
@@ -239,6 +245,69 @@ pub fn replay_definitions(
         last_ms: engine.time_range().map(|r| r.1),
     };
     Ok((stats, summary))
+}
+
+/// Lines of the input, read and decoded ahead of the engine.
+struct Chunk {
+    bytes: Vec<u8>,
+    /// Offset (line number, blank lines counted) and place in `bytes` of
+    /// each non-blank line.
+    lines: Vec<(i64, std::ops::Range<usize>)>,
+    decoded: Vec<Result<crate::decode::Event, crate::decode::Rejection>>,
+}
+
+/// Lines per chunk.
+const CHUNK_LINES: usize = 1024;
+
+/// Reads `input` into chunks of decoded lines until its end, a read error
+/// (sent on) or the engine stopping (the channel closed).
+fn read_chunks(
+    mut input: Box<dyn BufRead + Send>,
+    decoder: &crate::decode::Decoder,
+    name: &str,
+    tx: &std::sync::mpsc::SyncSender<Result<Chunk, ReplayError>>,
+) {
+    let mut offset: i64 = 0;
+    loop {
+        let mut chunk = Chunk {
+            bytes: Vec::with_capacity(CHUNK_LINES * 512),
+            lines: Vec::with_capacity(CHUNK_LINES),
+            decoded: Vec::with_capacity(CHUNK_LINES),
+        };
+        let mut end = false;
+        while chunk.lines.len() < CHUNK_LINES {
+            let start = chunk.bytes.len();
+            match input.read_until(b'\n', &mut chunk.bytes) {
+                Ok(0) => {
+                    end = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(ReplayError::Input { path: name.to_string(), source: e }));
+                    return;
+                }
+            }
+            while chunk.bytes.len() > start && matches!(chunk.bytes.last(), Some(b'\n' | b'\r')) {
+                chunk.bytes.pop();
+            }
+            let this = offset;
+            offset += 1;
+            if chunk.bytes[start..].iter().all(u8::is_ascii_whitespace) {
+                chunk.bytes.truncate(start);
+                continue;
+            }
+            let now = chrono::Utc::now().timestamp_millis();
+            chunk.decoded.push(decoder.decode(Some(&chunk.bytes[start..]), now));
+            chunk.lines.push((this, start..chunk.bytes.len()));
+        }
+        if !chunk.lines.is_empty() && tx.send(Ok(chunk)).is_err() {
+            return;
+        }
+        if end {
+            return;
+        }
+    }
 }
 
 fn write_output(
@@ -277,6 +346,54 @@ fn write_output(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lines are read and decoded a chunk ahead, on another thread: blank
+    /// lines still count as lines, CRLF endings are stripped, and a bad
+    /// line past the first chunks is dead-lettered with its own line
+    /// number; a read error ends the replay with an error.
+    #[test]
+    fn lines_decoded_ahead_keep_their_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.ndjson");
+        let mut text = String::new();
+        let mut bad_line = 0;
+        for i in 0..(3 * CHUNK_LINES + 10) {
+            let line = i + 1;
+            if i % 500 == 7 {
+                text.push_str("\r\n");
+            } else if i == 2 * CHUNK_LINES + 3 {
+                bad_line = line;
+                text.push_str("{not json\r\n");
+            } else {
+                text.push_str(&format!(
+                    r#"{{"type":"track","event":"x","userId":"u{i}","context":{{"groupId":"a"}},"timestamp":"2026-09-01T00:00:00Z","messageId":"m{i}"}}"#
+                ));
+                text.push_str(if i % 2 == 0 { "\r\n" } else { "\n" });
+            }
+        }
+        std::fs::write(&input, text).unwrap();
+        let cfg = Config::default_config();
+        let def = Arc::new(cfg.definition.compile().unwrap());
+        let dl = dir.path().join("dl.ndjson");
+        let opts = ReplayOptions {
+            input: input.clone(),
+            output: PathBuf::new(),
+            dead_letter: Some(dl.clone()),
+            state_dir: None,
+            batch_lines: 100,
+            progress: false,
+        };
+        let stats = replay(&cfg, def.clone(), &opts, Metrics::new()).unwrap();
+        let blank = (0..(3 * CHUNK_LINES + 10)).filter(|i| i % 500 == 7).count() as u64;
+        assert_eq!(stats.lines, (3 * CHUNK_LINES + 10) as u64 - blank);
+        assert_eq!(stats.dead_letters, 1);
+        let rec: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&dl).unwrap().trim()).unwrap();
+        assert_eq!(rec["line"], bad_line as u64);
+        assert_eq!(rec["original"], "{not json");
+
+        let missing = ReplayOptions { input: dir.path().join("nowhere.ndjson"), ..opts };
+        assert!(matches!(replay(&cfg, def, &missing, Metrics::new()), Err(ReplayError::Input { .. })));
+    }
 
     /// State is written on another thread while the next batch is applied;
     /// with tiny batches and a tiny cache (most reads go to RocksDB, many
