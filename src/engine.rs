@@ -1454,6 +1454,7 @@ impl Engine {
         if !self.owns(partition) {
             return Ok(());
         }
+        let mut last: Option<(i64, String)> = None;
         loop {
             let next = self.store.schedule().sweep.range((partition, i64::MIN, String::new())..).next();
             let Some(((p, due, account), _)) = next else { break };
@@ -1461,9 +1462,19 @@ impl Engine {
                 break;
             }
             let (due, account) = (*due, account.clone());
+            if last.as_ref().is_some_and(|(d, a)| *d == due && *a == account) {
+                // The look just taken left the account's entry where it
+                // was: the index and the account's record disagree, which
+                // nothing correct does. Dropped, so that the sweep moves
+                // on instead of looking at it for ever.
+                tracing::warn!(account, due, "sweep index entry disagrees with the account's record; dropped");
+                self.store.drop_sweep_entry(partition, due, &account);
+                continue;
+            }
             self.metrics.sweep_checks.inc();
             self.store.set_partition(partition);
             self.wake(&account, due, out)?;
+            last = Some((due, account));
         }
         Ok(())
     }
@@ -1773,6 +1784,29 @@ mod tests {
                 .map(|h| def.signal_name(h.signal).to_string())
                 .collect()
         }
+    }
+
+    /// A sweep index entry that the account's record does not back (only
+    /// a bug or a broken state makes one) is looked at once and dropped:
+    /// the sweep moves on instead of spinning on it.
+    #[test]
+    fn a_sweep_entry_its_account_disagrees_with_does_not_stall_the_engine() {
+        let mut t = T::new();
+        t.track("u1", "a", "x", 1);
+        t.engine.commit().unwrap();
+        // "a" qualifies for nothing: its record has no sweep time.
+        assert_eq!(t.engine.reader().account("a").unwrap().unwrap().sweep_due_ms, 0);
+        let stray = chrono::DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z").unwrap().timestamp_millis();
+        t.engine.store_mut().schedule_sweep_entry_for_test(0, stray, "a");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            t.track("u1", "a", "x", 3);
+            tx.send(t).ok();
+        });
+        let mut t =
+            rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the next event is applied, not stalled");
+        assert!(t.engine.store_mut().schedule().sweep.is_empty(), "the stray entry is gone");
+        assert_eq!(t.engine.reader().account("a").unwrap().unwrap().seq, 1, "nothing committed the event yet");
     }
 
     #[test]

@@ -714,6 +714,20 @@ impl Store {
         e.mem_partition = partition;
     }
 
+    /// Takes one entry out of the in-memory sweep index (one that its
+    /// account's record does not back; see `Engine::advance`). RocksDB's
+    /// copy of the index is reconciled with the records when loaded.
+    pub fn drop_sweep_entry(&mut self, partition: i32, due: i64, id: &str) {
+        self.schedule.sweep.remove(&(partition, due, id.to_string()));
+    }
+
+    /// Puts an entry into the in-memory sweep index, whatever the
+    /// account's record says (tests of what a broken index does).
+    #[cfg(test)]
+    pub fn schedule_sweep_entry_for_test(&mut self, partition: i32, due: i64, id: &str) {
+        self.schedule.sweep.insert((partition, due, id.to_string()), ());
+    }
+
     /// The accounts listed in the `h` index (announcements or outcomes),
     /// with the input partition each was filed under.
     pub fn heard_accounts(&self) -> Result<Vec<(String, i32)>, StateError> {
