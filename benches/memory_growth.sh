@@ -23,9 +23,10 @@
 #     with a fresh --state-dir. Every SAMPLE seconds the script reads the
 #     replay's read position in the file (/proc/PID/fdinfo: `pos`), its RSS
 #     (VmRSS) and peak RSS (VmHWM), and converts the position into accounts
-#     seen with the curve of step 2. The reader buffers 1 MiB ahead of the
-#     engine (replay.rs: BufReader 1 MiB), so "seen" is exact to within about
-#     4,500 lines (~800 accounts) plus STEP.
+#     seen with the curve of step 2. The reader is ahead of the engine by
+#     its 1 MiB buffer and up to 4 decoded chunks of 1,024 lines (replay.rs),
+#     so "seen" is exact to within about 9,000 lines (~1,600 accounts) plus
+#     STEP.
 #  4. At each checkpoint (the first sample at or past it) it reports RSS,
 #     peak RSS so far, events/s over the stage since the previous checkpoint,
 #     and the state dir size.
