@@ -24,8 +24,9 @@
 #     replay's read position in the file (/proc/PID/fdinfo: `pos`), its RSS
 #     (VmRSS) and peak RSS (VmHWM), and converts the position into accounts
 #     seen with the curve of step 2. The reader is ahead of the engine by
-#     its 1 MiB buffer and up to 4 decoded chunks of 1,024 lines (replay.rs),
-#     so "seen" is exact to within about 9,000 lines (~1,600 accounts) plus
+#     its 1 MiB buffer and up to 6 decoded chunks of 1,024 lines (replay.rs:
+#     4 queued, 1 being read, 1 being applied),
+#     so "seen" is exact to within about 11,000 lines (~2,000 accounts) plus
 #     STEP.
 #  4. At each checkpoint (the first sample at or past it) it reports RSS,
 #     peak RSS so far, events/s over the stage since the previous checkpoint,
