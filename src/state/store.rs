@@ -744,6 +744,16 @@ impl Store {
                 found.push((account.to_string(), partition));
             }
         }
+        if self.write_back {
+            // Write-back: the index is written with the account, when it
+            // is evicted; accounts still in memory are listed from there.
+            let listed: HashSet<String> = found.iter().map(|(a, _)| a.clone()).collect();
+            for (id, e) in self.accounts.iter().chain(self.spilled_accounts.iter()) {
+                if Mark::of(&e.state).heard && !listed.contains(id.as_str()) {
+                    found.push((id.clone(), e.partition));
+                }
+            }
+        }
         Ok(found)
     }
 
@@ -1522,6 +1532,52 @@ mod tests {
         c.dir = dir.to_path_buf();
         c.cache_accounts = 2;
         c
+    }
+
+    /// A write-back store writes only what its cache evicts, reads
+    /// evicted entries back (from the batch in flight, then RocksDB), and
+    /// lists accounts that sales heard of whether they are in memory or
+    /// written.
+    #[test]
+    fn a_write_back_store_writes_what_it_evicts_and_reads_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open_ephemeral(&cfg(dir.path())).unwrap();
+        s.set_write_back(true).unwrap();
+        let sent = |id: &str| crate::state::account::Sent {
+            version: "v".into(),
+            id: id.into(),
+            rules: vec!["r".into()],
+            at_ms: 5,
+        };
+        for i in 0..4 {
+            let e = s.account(&format!("a{i}")).unwrap();
+            e.state.seq = 10 + i;
+            e.state.first_seen_ms = 900;
+            e.state.last_seen_ms = 1_000;
+            if i % 2 == 0 {
+                e.state.sent.push(sent(&format!("e{i}")));
+            }
+            e.dirty = true;
+        }
+        s.user("u1").unwrap().state.account = Some("a0".into());
+        s.user("u1").unwrap().dirty = true;
+        let prepared = s.prepare(&[("t".into(), 0, 4)]);
+        assert_eq!(prepared.stats.accounts, 2, "the two accounts past the cache's 2 are written, no more");
+        assert_eq!(prepared.stats.users, 0, "the one user fits the cache");
+        // In flight: the evicted accounts are read from memory.
+        assert_eq!(s.peek_account("a0").unwrap().unwrap().seq, 10);
+        assert_eq!(s.reader().account("a0").unwrap(), None, "not written yet");
+        s.writer().write(prepared, &[]).unwrap();
+        s.written();
+        // Durable: read back from RocksDB, and the cached ones from memory.
+        assert_eq!(s.reader().account("a0").unwrap().unwrap().seq, 10);
+        assert_eq!(s.reader().account("a2").unwrap(), None, "still only in memory");
+        let mut heard = s.heard_accounts().unwrap();
+        heard.sort();
+        assert_eq!(heard, vec![("a0".to_string(), 0), ("a2".to_string(), 0)]);
+        assert_eq!(s.account("a0").unwrap().state.seq, 10);
+        assert_eq!(s.account("a1").unwrap().state.seq, 11);
+        assert_eq!(s.account("a3").unwrap().state.seq, 13);
     }
 
     /// A schema-1 directory (counters by position, signals by name) is
