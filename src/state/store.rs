@@ -941,22 +941,14 @@ impl Store {
 
     /// Puts the account as RocksDB has it (or new) into the cache.
     fn load_account(&mut self, id: &str) -> Result<(), StateError> {
-        {
-            let state = if self.accounts_on_disk {
-                self.reader.account(id)?.unwrap_or_default()
-            } else {
-                AccountState::default()
-            };
-            let mark = Mark::of(&state);
-            self.accounts
-                .put(id.to_string(), AccountEntry { state, db_mark: mark, mem_mark: mark, ..Default::default() });
-            if mark.due != 0 {
-                let p = self.sweep_partition(mark.due, id)?;
-                if let Some(e) = self.accounts.peek_mut(id) {
-                    e.mem_partition = p;
-                }
-            }
-        }
+        let state =
+            if self.accounts_on_disk { self.reader.account(id)?.unwrap_or_default() } else { AccountState::default() };
+        let mark = Mark::of(&state);
+        let mem_partition = if mark.due != 0 { self.sweep_partition(mark.due, id)? } else { 0 };
+        self.accounts.put(
+            id.to_string(),
+            AccountEntry { state, db_mark: mark, mem_mark: mark, mem_partition, ..Default::default() },
+        );
         Ok(())
     }
 
@@ -1012,10 +1004,10 @@ impl Store {
             }
         }
         if self.write_back && self.memory_ids.len() < MEMORY_IDS {
-            // An id seen long ago (out of the window) is filed again.
-            if self.memory_ids.insert(key, time_ms).is_none() {
-                self.memory_ids_by_hour.entry(time_ms.div_euclid(3_600_000)).or_default().push(key);
-            }
+            // An id seen long ago (out of the window) is filed again, under
+            // its new hour (its old hour's expiry keeps it: see `prepare`).
+            self.memory_ids.insert(key, time_ms);
+            self.memory_ids_by_hour.entry(time_ms.div_euclid(3_600_000)).or_default().push(key);
             return Ok(false);
         }
         self.pending_ids.insert(key, (time_ms, self.partition));
