@@ -4,6 +4,7 @@
 //! and the one send loop they and the demo and simulator share
 //! ([`produce`]).
 
+pub mod ahead;
 pub mod changelog;
 pub mod outcomes;
 pub mod produce;

@@ -36,6 +36,7 @@ use crate::engine::commit::{BeforeWrite, Committer};
 use crate::engine::{Engine, EngineError, Output};
 use crate::gaps::{self, GapGuard, TopicPartition, Verdict};
 use crate::health::{Health, Source};
+use crate::kafka::ahead::Ahead;
 use crate::kafka::outcomes::OutcomesReader;
 use crate::reload::{Applied, OffsetAt, ReloadRequest, VersionedStatus};
 use crate::shutdown::Shutdown;
@@ -109,6 +110,8 @@ struct Worker {
     batch_started: Option<Instant>,
     /// An error raised inside a callback, for the loop to return.
     failed: Option<RunError>,
+    /// Records taken and not yet applied, being decoded on a second thread.
+    ahead: Ahead,
     /// The previous batch, being made durable on its own thread while this
     /// one is applied.
     committer: Committer<Offsets, RunError>,
@@ -215,22 +218,52 @@ impl Worker {
         }
     }
 
-    fn process(&mut self, m: &rdkafka::message::BorrowedMessage<'_>, ctx: &EngineContext) -> Result<(), RunError> {
-        let metrics = &ctx.metrics;
+    /// Takes a consumed record: it is decoded ahead on the decoder thread
+    /// and applied in order (see [`super::ahead`]); what is back from the
+    /// decoder is applied now.
+    fn take(&mut self, m: &rdkafka::message::BorrowedMessage<'_>, ctx: &EngineContext) -> Result<(), RunError> {
         let consumed = Instant::now();
         self.batch_started.get_or_insert(consumed);
         if let Some(ts) = m.timestamp().to_millis() {
             // The broker's share: from the record's timestamp to now.
             let now = chrono::Utc::now().timestamp_millis();
-            metrics.broker_latency.observe((now - ts).max(0) as f64 / 1000.0);
+            ctx.metrics.broker_latency.observe((now - ts).max(0) as f64 / 1000.0);
         }
-        let before = self.out.events.len();
-        self.engine.process(&super::input_record(m), &mut self.out)?;
-        for e in &mut self.out.events[before..] {
-            e.consumed_at = Some(consumed);
+        self.ahead.push(m, consumed);
+        if self.ahead.is_full() {
+            if let Some(chunk) = self.ahead.decoded(true) {
+                self.apply(chunk, ctx)?;
+            }
         }
-        self.batch_len += 1;
-        self.send_output(ctx)
+        while let Some(chunk) = self.ahead.decoded(false) {
+            self.apply(chunk, ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Applies every record taken and not yet applied, in order.
+    fn drain(&mut self, ctx: &EngineContext) -> Result<(), RunError> {
+        while let Some(chunk) = self.ahead.decoded(true) {
+            self.apply(chunk, ctx)?;
+        }
+        if let Some(chunk) = self.ahead.take_filling() {
+            self.apply(chunk, ctx)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, mut chunk: super::ahead::Chunk, ctx: &EngineContext) -> Result<(), RunError> {
+        for (rec, decoded, consumed) in chunk.records() {
+            let before = self.out.events.len();
+            self.engine.process_decoded(&rec, decoded, &mut self.out)?;
+            for e in &mut self.out.events[before..] {
+                e.consumed_at = Some(consumed);
+            }
+            self.batch_len += 1;
+            self.send_output(ctx)?;
+        }
+        self.ahead.recycle(chunk);
+        Ok(())
     }
 
     /// Hands what the engine decided to the producer now, not when the
@@ -261,6 +294,7 @@ impl Worker {
         ctx: &EngineContext,
         wait: bool,
     ) -> Result<(), RunError> {
+        self.drain(ctx)?;
         self.settle(consumer, ctx)?;
         self.send_output(ctx)?;
         if self.batch_len == 0 && self.sent.is_empty() && !self.engine.has_changes() {
@@ -693,6 +727,7 @@ pub fn run_definitions(
         None
     };
     let mut outcomes = OutcomesReader::new(cfg, &engine, shutdown).map_err(RunError::Consumer)?;
+    let ahead = Ahead::new(engine.decoder());
     let cc = consumer_config(cfg);
     log_config(&cc);
     let consumer: BaseConsumer<EngineContext> = cc
@@ -706,6 +741,7 @@ pub fn run_definitions(
                 batch_len: 0,
                 batch_started: None,
                 failed: None,
+                ahead,
                 committer: Committer::new(),
                 gaps: GapGuard::new(),
                 tap,
@@ -737,7 +773,19 @@ pub fn run_definitions(
         while n < max_batch {
             // Never hold the worker across `poll`: rebalance callbacks run
             // inside it and take the worker themselves.
-            let Some(msg) = consumer.poll(timeout) else { break };
+            let mut msg = consumer.poll(Duration::ZERO);
+            if msg.is_none() {
+                // Nothing waiting: apply what is in hand before waiting for
+                // the broker, so that no record waits for a chunk to fill.
+                let mut guard = ctx.worker.lock().expect("lock");
+                if let Err(e) = guard.as_mut().expect("worker").drain(ctx) {
+                    result = Err(e);
+                    break 'run;
+                }
+                drop(guard);
+                msg = consumer.poll(timeout);
+            }
+            let Some(msg) = msg else { break };
             match msg {
                 Ok(m) => {
                     // A broker answered.
@@ -745,7 +793,7 @@ pub fn run_definitions(
                     let mut guard = ctx.worker.lock().expect("lock");
                     let w = guard.as_mut().expect("worker");
                     if w.admit(&consumer, ctx, &m) {
-                        if let Err(e) = w.process(&m, ctx) {
+                        if let Err(e) = w.take(&m, ctx) {
                             result = Err(e);
                             break 'run;
                         }
@@ -772,6 +820,11 @@ pub fn run_definitions(
         }
         let mut guard = ctx.worker.lock().expect("lock");
         let w = guard.as_mut().expect("worker");
+        // Every record taken is applied before anything else happens.
+        if let Err(e) = w.drain(ctx) {
+            result = Err(e);
+            break;
+        }
         w.probe_silent(&consumer);
         // What sales reported back since the last batch.
         if let Some(r) = &mut outcomes {

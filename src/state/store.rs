@@ -394,6 +394,10 @@ pub struct Store {
     partition: i32,
     /// Build changelog records at commit.
     changelog: bool,
+    /// The size of the previous commit's write batch (bytes) and changelog
+    /// (records): the next one is allocated at that size at once, rather
+    /// than grown (and copied, and its fresh pages zeroed) step by step.
+    last_commit_size: (usize, usize),
     /// Shared with the dedupe compaction filter.
     dedupe_window: Arc<AtomicI64>,
     /// What account records are conformed to when they are handed out.
@@ -578,6 +582,7 @@ impl Store {
             touched_users: Vec::new(),
             partition: 0,
             changelog: false,
+            last_commit_size: (0, 0),
             layout: None,
             legacy_v1,
             dir: cfg.dir.display().to_string(),
@@ -1054,9 +1059,10 @@ impl Store {
             db.cf_handle(cf::USERS).expect("cf"),
             db.cf_handle(cf::META).expect("cf"),
         );
-        let mut batch = WriteBatch::default();
+        let (batch_bytes, changelog_len) = self.last_commit_size;
+        let mut batch = WriteBatch::with_capacity_bytes(batch_bytes);
         let mut stats = CommitStats::default();
-        let mut changelog = Vec::new();
+        let mut changelog = Vec::with_capacity(changelog_len);
         let mut buf = Vec::with_capacity(4096);
         let mut sink = Sink { changelog: self.changelog.then_some(&mut changelog), buf: &mut buf, stats: &mut stats };
         // Records go into the batch in key order, per column family: the
@@ -1208,6 +1214,8 @@ impl Store {
         for (name, v) in std::mem::take(&mut self.meta_pending) {
             batch.put_cf(meta, keys::meta(&name), v);
         }
+        // (Capped, so that one unusual batch does not set every next one.)
+        self.last_commit_size = (batch.size_in_bytes().min(64 << 20), changelog.len().min(1 << 20));
         Prepared { batch, changelog, stats, offsets: offsets.to_vec(), oldest_ts: None }
     }
 
