@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -147,7 +147,7 @@ impl Ahead {
                     }
                 }
             })
-            .map_err(|e| tracing::warn!(cause = %e, "no decoder thread: records are decoded on the consumer's"))
+            .map_err(|e| tracing::warn!(cause = %e, "no decoder thread: records are decoded on the consumer loop's"))
             .ok();
         Ahead {
             decoder,
@@ -172,13 +172,10 @@ impl Ahead {
             if let Some(tx) = &self.to_decoder {
                 let next = self.spare.pop_front().unwrap_or_default();
                 let chunk = std::mem::replace(&mut self.filling, next);
-                if tx.send(chunk).is_ok() {
-                    self.in_flight += 1;
-                } else {
-                    // The thread is gone (it cannot panic on its own; this
-                    // is a failure to send): decode here from now on.
-                    self.to_decoder = None;
+                if tx.send(chunk).is_err() {
+                    decoder_gone();
                 }
+                self.in_flight += 1;
             }
         }
     }
@@ -189,11 +186,19 @@ impl Ahead {
         if self.in_flight == 0 {
             return None;
         }
-        let chunk = if wait { self.from_decoder.recv().ok() } else { self.from_decoder.try_recv().ok() };
-        if chunk.is_some() {
-            self.in_flight -= 1;
+        let chunk = if wait {
+            self.from_decoder.recv().map_err(|_| TryRecvError::Disconnected)
+        } else {
+            self.from_decoder.try_recv()
+        };
+        match chunk {
+            Ok(chunk) => {
+                self.in_flight -= 1;
+                Some(chunk)
+            }
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => decoder_gone(),
         }
-        chunk
     }
 
     /// Whether the decoder holds as many chunks as it may: the one filling
@@ -221,6 +226,14 @@ impl Ahead {
             self.spare.push_back(chunk);
         }
     }
+}
+
+/// The decoder thread ended with records of ours (it can only have
+/// panicked): they cannot be applied in order, and the ones after them must
+/// not be applied without them. Stop, as a panic in the engine itself
+/// would; the records are consumed again from the stored offsets.
+fn decoder_gone() -> ! {
+    panic!("the decoder thread stopped with consumed records in hand")
 }
 
 impl Drop for Ahead {
