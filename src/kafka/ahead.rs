@@ -10,7 +10,7 @@
 //! the engine applied it, so a record still in a chunk when the process dies
 //! is simply consumed again.
 //!
-//! The loop applies everything in hand ([`Ahead::drain`]) before it waits
+//! The loop applies everything in hand (`Worker::drain` in `source.rs`) before it waits
 //! for the broker, before a batch is cut and before a rebalance is handled,
 //! so a record never waits for a chunk to fill while the consumer is idle,
 //! and a partition never moves with records of it not yet applied.
@@ -35,7 +35,8 @@ const IN_FLIGHT: usize = 2;
 
 /// One consumed record, its bytes in its chunk's buffer.
 struct Raw {
-    topic: u16,
+    /// Index in the chunk's `topics`.
+    topic: usize,
     partition: i32,
     offset: i64,
     timestamp_ms: Option<i64>,
@@ -83,7 +84,7 @@ impl Chunk {
         let key = copy(m.key());
         let payload = copy(m.payload());
         self.raws.push(Raw {
-            topic: u16::try_from(topic).unwrap_or(u16::MAX),
+            topic,
             partition: m.partition(),
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
@@ -108,7 +109,7 @@ impl Chunk {
         let (bytes, topics) = (&*bytes, &*topics);
         raws.iter().zip(decoded.drain(..)).map(move |(r, d)| {
             let rec = InputRecord {
-                topic: topics.get(usize::from(r.topic)).map_or("", String::as_str),
+                topic: &topics[r.topic],
                 partition: r.partition,
                 offset: r.offset,
                 key: r.key.clone().map(|k| &bytes[k]),
@@ -161,7 +162,8 @@ impl Ahead {
     }
 
     /// Whether records are in hand and not yet applied.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.in_flight == 0 && self.filling.is_empty()
     }
 
