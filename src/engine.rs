@@ -694,14 +694,35 @@ impl Engine {
     /// The user an id stands for: itself, or the user an alias merged it
     /// into (through later aliases too). The link records followed are
     /// added to `followed`.
-    fn resolve_user(&mut self, mut id: String, followed: &mut Vec<String>) -> Result<String, EngineError> {
+    fn resolve_user(&mut self, id: String, followed: &mut Vec<String>) -> Result<String, EngineError> {
+        Ok(self.resolve_user_account(id, followed)?.0)
+    }
+
+    /// The user an id stands for (following alias links), and the account
+    /// that user's record names (read in the same lookup: this is on
+    /// every event's path).
+    fn resolve_user_account(
+        &mut self,
+        mut id: String,
+        followed: &mut Vec<String>,
+    ) -> Result<(String, Option<String>), EngineError> {
+        let mut account = None;
         for _ in 0..MAX_LINK_HOPS {
-            match self.store.user(&id)?.state.linked_to.clone() {
-                Some(next) if next != id => followed.push(std::mem::replace(&mut id, next)),
-                _ => break,
+            let state = &self.store.user(&id)?.state;
+            match &state.linked_to {
+                Some(next) if *next != id => {
+                    let next = next.clone();
+                    followed.push(std::mem::replace(&mut id, next));
+                }
+                _ => {
+                    account.clone_from(&state.account);
+                    return Ok((id, account));
+                }
             }
         }
-        Ok(id)
+        // Too many hops: the last id's record, as it is.
+        account.clone_from(&self.store.user(&id)?.state.account);
+        Ok((id, account))
     }
 
     fn apply(&mut self, mut ev: Event, out: &mut Output) -> Result<Result<(), Rejection>, EngineError> {
@@ -725,8 +746,9 @@ impl Engine {
         }
         // A user id that an alias merged into another: its events are that
         // user's.
+        let mut known = None;
         if !ev.anonymous {
-            ev.user_id = self.resolve_user(std::mem::take(&mut ev.user_id), &mut followed)?;
+            (ev.user_id, known) = self.resolve_user_account(std::mem::take(&mut ev.user_id), &mut followed)?;
         }
         // An alias: its previous id is an earlier user id (a user record
         // exists), whose user becomes this one, or else an anonymous id,
@@ -761,7 +783,6 @@ impl Engine {
                 link = Some((key, a.account.clone(), a.linked_to.is_none()));
             }
         }
-        let mut known = if ev.anonymous { None } else { self.store.user(&ev.user_id)?.state.account.clone() };
         if let (None, Some(m)) = (&known, &merge) {
             // The new id of a user who changed ids: the old one's account.
             known = self.store.user(&m.old)?.state.account.clone();

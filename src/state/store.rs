@@ -89,7 +89,8 @@ type IdHash = std::hash::BuildHasherDefault<IdHasher>;
 pub struct AccountEntry {
     pub state: AccountState,
     pub dirty: bool,
-    pub members: HashMap<String, MemberEntry>,
+    /// (hashbrown's map: a lookup by `&str` that allocates only to insert.)
+    pub members: hashbrown::HashMap<String, MemberEntry>,
     /// The account traits as a CEL value, derived from `state.traits_json`
     /// on first use (reset when the traits change).
     pub traits_cel: Option<cel::Value>,
@@ -280,15 +281,27 @@ impl StateReader {
         account: &str,
         user: &str,
     ) -> Result<&'e mut MemberEntry, StateError> {
-        if !entry.members.contains_key(user) {
-            let state: Option<MemberState> = if self.members_on_disk {
-                get(&self.db, cf::MEMBERS, &keys::member(account, user), "member")?
-            } else {
-                None
-            };
-            entry.members.insert(user.to_string(), MemberEntry { state: state.unwrap_or_default(), dirty: false });
+        match entry.members.entry_ref(user) {
+            hashbrown::hash_map::EntryRef::Occupied(o) => Ok(o.into_mut()),
+            hashbrown::hash_map::EntryRef::Vacant(v) => {
+                let state: Option<MemberState> = if self.members_on_disk {
+                    get(&self.db, cf::MEMBERS, &keys::member(account, user), "member")?
+                } else {
+                    None
+                };
+                Ok(v.insert(MemberEntry { state: state.unwrap_or_default(), dirty: false }))
+            }
         }
-        Ok(entry.members.get_mut(user).expect("just inserted"))
+    }
+
+    /// The input partition an account is filed under in the sweep index.
+    fn sweep_partition(&self, due: i64, id: &str) -> Result<i32, StateError> {
+        let meta = self.db.cf_handle(cf::META).expect("meta column family");
+        Ok(self
+            .db
+            .get_pinned_cf(meta, keys::sweep(due, id))?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok().map(i32::from_be_bytes))
+            .unwrap_or(0))
     }
 
     /// The consumed offset (next to read) stored for a partition.
@@ -673,7 +686,7 @@ impl Store {
             e.mem_mark = e.db_mark;
         }
         for (id, due) in cached {
-            let p = self.sweep_partition(due, &id)?;
+            let p = self.reader.sweep_partition(due, &id)?;
             if let Some(e) = self.accounts.peek_mut(&id) {
                 e.mem_partition = p;
             }
@@ -682,15 +695,6 @@ impl Store {
     }
 
     /// The partition an account's sweep key in RocksDB is filed under.
-    fn sweep_partition(&self, due: i64, id: &str) -> Result<i32, StateError> {
-        let meta = self.reader.db.cf_handle(cf::META).expect("meta column family");
-        Ok(self
-            .reader
-            .db
-            .get_pinned_cf(meta, keys::sweep(due, id))?
-            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok().map(i32::from_be_bytes))
-            .unwrap_or(0))
-    }
 
     /// Puts the account (after a change of its `sweep_due_ms` or `held`)
     /// in its place in the in-memory indexes, under the input partition
@@ -918,16 +922,14 @@ impl Store {
     }
 
     /// The account's cache entry (to read or change), loaded from RocksDB or new.
+    /// (One hash lookup when it is cached: this is on every event's path.)
     pub fn account(&mut self, id: &str) -> Result<&mut AccountEntry, StateError> {
-        if !self.accounts.contains(id) {
-            if let Some(e) = self.spilled_accounts.remove(id) {
-                // Evicted into the batch in flight: back, unchanged since.
-                self.accounts.put(id.to_string(), e);
-            } else {
-                self.load_account(id)?;
-            }
-        }
-        let e = self.accounts.get_mut(id).expect("just inserted");
+        let Store { accounts, spilled_accounts, reader, accounts_on_disk, .. } = self;
+        let e = accounts.try_get_or_insert_mut_ref(id, || match spilled_accounts.remove(id) {
+            // Evicted into the batch in flight: back, unchanged since.
+            Some(e) => Ok(e),
+            None => load_account(reader, *accounts_on_disk, id),
+        })?;
         if let Some(layout) = &self.layout {
             if e.generation != layout.generation {
                 // Written in its new shape with the next change.
@@ -944,32 +946,17 @@ impl Store {
         Ok(e)
     }
 
-    /// Puts the account as RocksDB has it (or new) into the cache.
-    fn load_account(&mut self, id: &str) -> Result<(), StateError> {
-        let state =
-            if self.accounts_on_disk { self.reader.account(id)?.unwrap_or_default() } else { AccountState::default() };
-        let mark = Mark::of(&state);
-        let mem_partition = if mark.due != 0 { self.sweep_partition(mark.due, id)? } else { 0 };
-        self.accounts.put(
-            id.to_string(),
-            AccountEntry { state, db_mark: mark, mem_mark: mark, mem_partition, ..Default::default() },
-        );
-        Ok(())
-    }
-
     /// The user's cache entry (to read or change), loaded from RocksDB or new.
+    /// (One hash lookup when it is cached.)
     pub fn user(&mut self, id: &str) -> Result<&mut UserEntry, StateError> {
-        if !self.users.contains(id) {
-            let entry = match self.spilled_users.remove(id) {
-                Some(u) => u,
-                None if self.users_on_disk => {
-                    UserEntry { state: self.reader.user(id)?.unwrap_or_default(), ..Default::default() }
-                }
-                None => UserEntry::default(),
-            };
-            self.users.put(id.to_string(), entry);
-        }
-        let u = self.users.get_mut(id).expect("just inserted");
+        let Store { users, spilled_users, reader, users_on_disk, .. } = self;
+        let u = users.try_get_or_insert_mut_ref(id, || match spilled_users.remove(id) {
+            Some(u) => Ok(u),
+            None if *users_on_disk => {
+                Ok::<_, StateError>(UserEntry { state: reader.user(id)?.unwrap_or_default(), ..Default::default() })
+            }
+            None => Ok(UserEntry::default()),
+        })?;
         u.partition = self.partition;
         if !u.touched {
             u.touched = true;
@@ -994,8 +981,24 @@ impl Store {
         if self.pending_ids.contains_key(&key) || self.inflight_ids.contains(&key) {
             return Ok(true);
         }
+        let watermark = self.watermark_ms();
+        if self.write_back && !self.ids_on_disk && self.memory_ids.len() < MEMORY_IDS {
+            // The common case of a write-back store, in one probe: every
+            // id of the window is in memory.
+            return Ok(match self.memory_ids.entry(key) {
+                std::collections::hash_map::Entry::Occupied(o) if o.get().saturating_add(window) >= watermark => true,
+                entry => {
+                    // New, or seen long ago (out of the window): filed
+                    // (again) under its hour (an old hour's expiry keeps
+                    // it: see `prepare`).
+                    entry.insert_entry(time_ms);
+                    self.memory_ids_by_hour.entry(time_ms.div_euclid(3_600_000)).or_default().push(key);
+                    false
+                }
+            });
+        }
         if let Some(seen_at) = self.memory_ids.get(&key) {
-            if seen_at.saturating_add(window) >= self.watermark_ms() {
+            if seen_at.saturating_add(window) >= watermark {
                 return Ok(true);
             }
         }
@@ -1402,6 +1405,14 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// An account as RocksDB has it (or new), for the cache.
+fn load_account(reader: &StateReader, on_disk: bool, id: &str) -> Result<AccountEntry, StateError> {
+    let state = if on_disk { reader.account(id)?.unwrap_or_default() } else { AccountState::default() };
+    let mark = Mark::of(&state);
+    let mem_partition = if mark.due != 0 { reader.sweep_partition(mark.due, id)? } else { 0 };
+    Ok(AccountEntry { state, db_mark: mark, mem_mark: mark, mem_partition, ..Default::default() })
 }
 
 /// Where [`Store::prepare`] puts records: the batch, and the changelog
