@@ -154,7 +154,7 @@ impl VariableResolver for Vars<'_> {
     }
 }
 
-/// A value of the native fast path ([`fast`]).
+/// A value of the native fast path ([`Fast`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Scalar {
     Double(f64),
@@ -175,7 +175,10 @@ impl From<Scalar> for Value {
     }
 }
 
-/// Evaluates `e` without the CEL interpreter when it is made only of
+/// An expression of the native fast path, with its names resolved when the
+/// definition is compiled ([`Plans`]).
+///
+/// It evaluates without the CEL interpreter an expression made only of
 /// number and boolean literals, the numeric variables (metrics, derived
 /// numbers, `account_age_days`), `has(account.f)` and `account.f` (a number or
 /// boolean trait), `? :`, `&&`, `||`, `!`, and `+ - * /`, unary `-` on
@@ -184,97 +187,215 @@ impl From<Scalar> for Value {
 /// builds (and drops) a "no such overload" error for every `<`, `<=`, `>`,
 /// `>=` it evaluates, even one that succeeds (`compare_values` makes its
 /// error context eagerly), which is several allocations per comparison. It
-/// also spares converting the traits to a CEL map.
+/// also spares converting the traits to a CEL map. Names are resolved once,
+/// not looked up by string on every evaluation of every event.
 ///
-/// `None` means: leave it to CEL. That is the answer for anything else
-/// (strings, lists, functions, nested fields, ...) and for every case where
-/// CEL would give an error (a non-boolean condition, `NaN` compared, mixed
-/// types in arithmetic, a missing trait read): the fast path only answers
-/// when CEL gives that very answer, with no error, and CEL is pure, so
-/// evaluating there again is exact. The semantics mirrored are those of
+/// `None` from [`Fast::eval`] means: leave it to CEL. That is the answer for
+/// anything else (strings, lists, functions, nested fields, ... : a
+/// [`Fast::Cel`] node) and for every case where CEL would give an error (a
+/// non-boolean condition, `NaN` compared, mixed types in arithmetic, a
+/// missing trait read): the fast path only answers when CEL gives that very
+/// answer, with no error, and CEL is pure, so evaluating there again is
+/// exact. The semantics mirrored are those of
 /// `cel::objects::Value::resolve_val` and of the operator traits of `Double`
 /// and `Int`: IEEE arithmetic, numbers of different types compared by value,
 /// `&&`/`||` short-circuiting from the left.
-fn fast(e: &Expression, vars: &Vars) -> Option<Scalar> {
+#[derive(Debug, Clone)]
+enum Fast {
+    Lit(Scalar),
+    /// `nums[i]` of [`Vars`].
+    Num(usize),
+    Age,
+    /// `has(account.f)`.
+    Has(String),
+    /// `account.f`, read from the traits map as is.
+    Trait(String),
+    Cond(Box<[Fast; 3]>),
+    And(Box<[Fast; 2]>),
+    Or(Box<[Fast; 2]>),
+    Not(Box<Fast>),
+    Neg(Box<Fast>),
+    Arith(Arith, Box<[Fast; 2]>),
+    /// A comparison: true when the ordering of the two is one of `.0`.
+    Cmp([bool; 3], Box<[Fast; 2]>),
+    /// Not mirrored: CEL evaluates it.
+    Cel,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Arith {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// The fast-path form ([`Fast`]) of each derived number, rule and score
+/// term of a definition, in definition order.
+#[derive(Debug, Clone, Default)]
+pub struct Plans {
+    derived: Vec<Fast>,
+    rules: Vec<Fast>,
+    bonus: Vec<Fast>,
+}
+
+impl Plans {
+    /// Resolves the names of `def`'s programs as [`Vars::slot`] would at
+    /// their place: derived number `j` sees the metrics and the derived
+    /// numbers before it; rules and score terms see them all.
+    pub fn new(def: &CompiledDefinition) -> Plans {
+        // With a container set, CEL would look a name up under it first
+        // (where a type might answer); the fast path only knows plain names.
+        let native = def.env.container_name().is_empty();
+        let plan = |program: &Program, seen: usize| {
+            if native {
+                compile(program.expression(), def, seen)
+            } else {
+                Fast::Cel
+            }
+        };
+        let all = def.derived.len();
+        Plans {
+            derived: def.derived.iter().enumerate().map(|(j, d)| plan(&d.1, j)).collect(),
+            rules: def.rules.iter().map(|r| plan(&r.program, all)).collect(),
+            bonus: def.bonus.iter().map(|p| plan(p, all)).collect(),
+        }
+    }
+}
+
+/// What `name` stands for where the first `seen` derived numbers are known
+/// (as [`Vars::slot`]).
+fn slot_of(def: &CompiledDefinition, seen: usize, name: &str) -> Option<Slot> {
+    let n_metrics = def.metrics.len();
+    if let Some(j) = def.derived[..seen].iter().rposition(|d| d.0 == name) {
+        return Some(Slot::Num(n_metrics + j));
+    }
+    match name {
+        "account_age_days" => Some(Slot::Age),
+        "account" => Some(Slot::Account),
+        _ => def.metrics.iter().rposition(|m| m.name == name).map(Slot::Num),
+    }
+}
+
+fn compile(e: &Expression, def: &CompiledDefinition, seen: usize) -> Fast {
     use cel::common::ast::operators as op;
-    use Scalar::{Bool, Double as D};
+    let sub = |e: &Expression| compile(e, def, seen);
+    let two = |a: &[Expression]| Box::new([sub(&a[0]), sub(&a[1])]);
     match &e.expr {
-        Expr::Literal(LiteralValue::Double(d)) => Some(D(*d.inner())),
-        Expr::Literal(LiteralValue::Int(i)) => Some(Scalar::Int(*i.inner())),
-        Expr::Literal(LiteralValue::UInt(u)) => Some(Scalar::UInt(*u.inner())),
-        Expr::Literal(LiteralValue::Boolean(b)) => Some(Bool(*b.inner())),
-        Expr::Ident(name) => match vars.slot(name)? {
-            Slot::Num(i) => Some(D(*vars.nums[i].inner())),
-            Slot::Age => Some(D(*vars.age.inner())),
-            Slot::Account => None,
+        Expr::Literal(LiteralValue::Double(d)) => Fast::Lit(Scalar::Double(*d.inner())),
+        Expr::Literal(LiteralValue::Int(i)) => Fast::Lit(Scalar::Int(*i.inner())),
+        Expr::Literal(LiteralValue::UInt(u)) => Fast::Lit(Scalar::UInt(*u.inner())),
+        Expr::Literal(LiteralValue::Boolean(b)) => Fast::Lit(Scalar::Bool(*b.inner())),
+        Expr::Ident(name) => match slot_of(def, seen, name) {
+            Some(Slot::Num(i)) => Fast::Num(i),
+            Some(Slot::Age) => Fast::Age,
+            Some(Slot::Account) | None => Fast::Cel,
         },
-        // `has(account.f)` and `account.f`, read from the traits map as is.
         Expr::Select(sel) => {
-            let Expr::Ident(name) = &sel.operand.expr else { return None };
-            let (Slot::Account, Value::Map(map)) = (vars.slot(name)?, vars.traits) else { return None };
-            let found = map.map.get(&KeyRef::String(&sel.field) as &dyn AsKeyRef);
+            let Expr::Ident(name) = &sel.operand.expr else { return Fast::Cel };
+            if !matches!(slot_of(def, seen, name), Some(Slot::Account)) {
+                return Fast::Cel;
+            }
             if sel.test {
-                return Some(Bool(found.is_some()));
+                return Fast::Has(sel.field.clone());
             }
             // CEL looks the whole name `account.f` up first, as a variable
             // (names have no dots, but still) and as a type.
             let mut buf = [0u8; 128];
-            let whole = join_dotted(&mut buf, name, &sel.field)?;
-            if vars.slot(whole).is_some() || vars.def.env.types().find_type(whole).is_some() {
-                return None;
+            let Some(whole) = join_dotted(&mut buf, name, &sel.field) else { return Fast::Cel };
+            if slot_of(def, seen, whole).is_some() || def.env.types().find_type(whole).is_some() {
+                return Fast::Cel;
             }
-            match found? {
+            Fast::Trait(sel.field.clone())
+        }
+        Expr::Call(call) if call.target.is_none() => {
+            let a = &call.args;
+            // [less, equal, greater]: the orderings that make it true.
+            let cmp = |when: [bool; 3]| Fast::Cmp(when, two(a));
+            match (call.func_name.as_str(), a.len()) {
+                (op::CONDITIONAL, 3) => Fast::Cond(Box::new([sub(&a[0]), sub(&a[1]), sub(&a[2])])),
+                (op::LOGICAL_AND, 2) => Fast::And(two(a)),
+                (op::LOGICAL_OR, 2) => Fast::Or(two(a)),
+                (op::LOGICAL_NOT, 1) => Fast::Not(Box::new(sub(&a[0]))),
+                (op::NEGATE, 1) => Fast::Neg(Box::new(sub(&a[0]))),
+                (op::ADD, 2) => Fast::Arith(Arith::Add, two(a)),
+                (op::SUBSTRACT, 2) => Fast::Arith(Arith::Sub, two(a)),
+                (op::MULTIPLY, 2) => Fast::Arith(Arith::Mul, two(a)),
+                (op::DIVIDE, 2) => Fast::Arith(Arith::Div, two(a)),
+                (op::LESS, 2) => cmp([true, false, false]),
+                (op::LESS_EQUALS, 2) => cmp([true, true, false]),
+                (op::GREATER, 2) => cmp([false, false, true]),
+                (op::GREATER_EQUALS, 2) => cmp([false, true, true]),
+                // `==` never fails in CEL (`NaN == x` is false), but only the
+                // case of two numbers is mirrored here.
+                (op::EQUALS, 2) => cmp([false, true, false]),
+                (op::NOT_EQUALS, 2) => cmp([true, false, true]),
+                _ => Fast::Cel,
+            }
+        }
+        _ => Fast::Cel,
+    }
+}
+
+impl Fast {
+    fn eval(&self, vars: &Vars) -> Option<Scalar> {
+        use Scalar::{Bool, Double as D};
+        let bool_of = |e: &Fast| match e.eval(vars)? {
+            Bool(b) => Some(b),
+            _ => None,
+        };
+        let double_of = |e: &Fast| match e.eval(vars)? {
+            D(d) => Some(d),
+            _ => None,
+        };
+        let traits = || match vars.traits {
+            Value::Map(map) => Some(map),
+            _ => None,
+        };
+        match self {
+            Fast::Lit(v) => Some(*v),
+            Fast::Num(i) => Some(D(*vars.nums.get(*i)?.inner())),
+            Fast::Age => Some(D(*vars.age.inner())),
+            Fast::Has(field) => Some(Bool(traits()?.map.get(&KeyRef::String(field) as &dyn AsKeyRef).is_some())),
+            Fast::Trait(field) => match traits()?.map.get(&KeyRef::String(field) as &dyn AsKeyRef)? {
                 Value::Float(d) => Some(D(*d)),
                 Value::Int(i) => Some(Scalar::Int(*i)),
                 Value::UInt(u) => Some(Scalar::UInt(*u)),
                 Value::Bool(b) => Some(Bool(*b)),
                 _ => None,
+            },
+            Fast::Cond(a) => (if bool_of(&a[0])? { &a[1] } else { &a[2] }).eval(vars),
+            Fast::And(a) => Some(Bool(bool_of(&a[0])? && bool_of(&a[1])?)),
+            Fast::Or(a) => Some(Bool(bool_of(&a[0])? || bool_of(&a[1])?)),
+            Fast::Not(a) => Some(Bool(!bool_of(a)?)),
+            Fast::Neg(a) => Some(D(-double_of(a)?)),
+            Fast::Arith(op, a) => {
+                let (l, r) = (double_of(&a[0])?, double_of(&a[1])?);
+                Some(D(match op {
+                    Arith::Add => l + r,
+                    Arith::Sub => l - r,
+                    Arith::Mul => l * r,
+                    Arith::Div => l / r,
+                }))
             }
-        }
-        Expr::Call(call) if call.target.is_none() => {
-            let a = &call.args;
-            let bool_of = |e: &Expression| match fast(e, vars)? {
-                Bool(b) => Some(b),
-                _ => None,
-            };
-            let double_of = |e: &Expression| match fast(e, vars)? {
-                D(d) => Some(d),
-                _ => None,
-            };
-            // Ordering of two numbers, as `Double::compare` and
-            // `Int::compare`; `None` where that is an error (`NaN`, another
-            // type) or not mirrored (a uint on the left).
-            let compare = || match (fast(&a[0], vars)?, fast(&a[1], vars)?) {
-                (D(l), D(r)) => l.partial_cmp(&r),
-                (D(l), Scalar::Int(r)) => l.partial_cmp(&(r as f64)),
-                (D(l), Scalar::UInt(r)) => l.partial_cmp(&(r as f64)),
-                (Scalar::Int(l), Scalar::Int(r)) => Some(l.cmp(&r)),
-                (Scalar::Int(l), Scalar::UInt(r)) => Some(u64::try_from(l).map_or(Ordering::Less, |l| l.cmp(&r))),
-                (Scalar::Int(l), D(r)) => (l as f64).partial_cmp(&r),
-                _ => None,
-            };
-            match (call.func_name.as_str(), a.len()) {
-                (op::CONDITIONAL, 3) => fast(if bool_of(&a[0])? { &a[1] } else { &a[2] }, vars),
-                (op::LOGICAL_AND, 2) => Some(Bool(bool_of(&a[0])? && bool_of(&a[1])?)),
-                (op::LOGICAL_OR, 2) => Some(Bool(bool_of(&a[0])? || bool_of(&a[1])?)),
-                (op::LOGICAL_NOT, 1) => Some(Bool(!bool_of(&a[0])?)),
-                (op::NEGATE, 1) => Some(D(-double_of(&a[0])?)),
-                (op::ADD, 2) => Some(D(double_of(&a[0])? + double_of(&a[1])?)),
-                (op::SUBSTRACT, 2) => Some(D(double_of(&a[0])? - double_of(&a[1])?)),
-                (op::MULTIPLY, 2) => Some(D(double_of(&a[0])? * double_of(&a[1])?)),
-                (op::DIVIDE, 2) => Some(D(double_of(&a[0])? / double_of(&a[1])?)),
-                (op::LESS, 2) => Some(Bool(compare()? == Ordering::Less)),
-                (op::LESS_EQUALS, 2) => Some(Bool(compare()? != Ordering::Greater)),
-                (op::GREATER, 2) => Some(Bool(compare()? == Ordering::Greater)),
-                (op::GREATER_EQUALS, 2) => Some(Bool(compare()? != Ordering::Less)),
-                // `==` never fails in CEL (`NaN == x` is false), but only the
-                // case of two numbers is mirrored here.
-                (op::EQUALS, 2) => Some(Bool(compare()? == Ordering::Equal)),
-                (op::NOT_EQUALS, 2) => Some(Bool(compare()? != Ordering::Equal)),
-                _ => None,
+            Fast::Cmp(when, a) => {
+                // Ordering of two numbers, as `Double::compare` and
+                // `Int::compare`; `None` where that is an error (`NaN`,
+                // another type) or not mirrored (a uint on the left).
+                let ord = match (a[0].eval(vars)?, a[1].eval(vars)?) {
+                    (D(l), D(r)) => l.partial_cmp(&r),
+                    (D(l), Scalar::Int(r)) => l.partial_cmp(&(r as f64)),
+                    (D(l), Scalar::UInt(r)) => l.partial_cmp(&(r as f64)),
+                    (Scalar::Int(l), Scalar::Int(r)) => Some(l.cmp(&r)),
+                    (Scalar::Int(l), Scalar::UInt(r)) => Some(u64::try_from(l).map_or(Ordering::Less, |l| l.cmp(&r))),
+                    (Scalar::Int(l), D(r)) => (l as f64).partial_cmp(&r),
+                    _ => None,
+                }?;
+                // (Less, Equal, Greater: -1, 0, 1.)
+                Some(Bool(when[(ord as i8 + 1) as usize]))
             }
+            Fast::Cel => None,
         }
-        _ => None,
     }
 }
 
@@ -288,11 +409,11 @@ fn join_dotted<'a>(buf: &'a mut [u8], a: &str, b: &str) -> Option<&'a str> {
     std::str::from_utf8(out).ok()
 }
 
-/// `program` on `vars`: natively if [`fast`] can, else by CEL, in a context
-/// whose only variables are `vars` (an `Arc` clone and empty maps: no
-/// allocation).
-fn run(program: &Program, vars: &Vars, native: bool) -> Result<Value, cel::ExecutionError> {
-    if let Some(v) = native.then(|| fast(program.expression(), vars)).flatten() {
+/// `program` on `vars`: natively if its plan can ([`Fast`]), else by CEL,
+/// in a context whose only variables are `vars` (an `Arc` clone and empty
+/// maps: no allocation).
+fn run(program: &Program, plan: &Fast, vars: &Vars) -> Result<Value, cel::ExecutionError> {
+    if let Some(v) = plan.eval(vars) {
         return Ok(v.into());
     }
     let mut ctx = Context::with_env(vars.def.env.clone());
@@ -357,14 +478,12 @@ pub fn evaluate_unnamed(
     }
     let age = acct.age_days(now_ms);
     let account = OnceLock::new();
-    // With a container set, CEL would look a name up under it first (where a
-    // type might answer); the fast path only knows plain names.
-    let native = def.env.container_name().is_empty();
+    let plans = &def.plans;
     // Each derived number sees the metrics and the derived numbers before it.
-    for (_, program) in &def.derived {
+    for ((_, program), plan) in def.derived.iter().zip(&plans.derived) {
         let v = {
             let vars = Vars { def, nums: &nums, age: Double::from(age), traits, account: &account };
-            match run(program, &vars, native) {
+            match run(program, plan, &vars) {
                 Ok(v) => as_f64(&v).filter(|x| x.is_finite()).unwrap_or(0.0),
                 Err(_) => 0.0,
             }
@@ -376,8 +495,8 @@ pub fn evaluate_unnamed(
     let mut outcomes = Vec::with_capacity(def.rules.len());
     let mut fired = Vec::new();
     let mut points = 0.0;
-    for (i, r) in def.rules.iter().enumerate() {
-        let o = match run(&r.program, &vars, native) {
+    for (i, (r, plan)) in def.rules.iter().zip(&plans.rules).enumerate() {
+        let o = match run(&r.program, plan, &vars) {
             Ok(Value::Bool(true)) => Outcome::Fires,
             Ok(Value::Bool(false)) => Outcome::DoesNotFire,
             Ok(other) => Outcome::Error(format!("condition gave {other:?}, not true/false")),
@@ -396,7 +515,8 @@ pub fn evaluate_unnamed(
     } else {
         def.bonus
             .iter()
-            .map(|p| run(p, &vars, native).ok().and_then(|v| as_f64(&v)).filter(|x| x.is_finite()).unwrap_or(0.0))
+            .zip(&plans.bonus)
+            .map(|(p, plan)| run(p, plan, &vars).ok().and_then(|v| as_f64(&v)).filter(|x| x.is_finite()).unwrap_or(0.0))
             .sum()
     };
     let score = if fired.is_empty() { 0 } else { (points + bonus).round().clamp(0.0, 100.0) as u32 };
@@ -642,6 +762,12 @@ mod tests {
         s.lines().map(str::trim).filter(|l| !l.is_empty()).collect()
     }
 
+    /// The fast path's answer for `e` where `vars` are known (its names
+    /// resolved as [`Plans::new`] would at that place).
+    fn fast(e: &Expression, vars: &Vars) -> Option<Scalar> {
+        compile(e, vars.def, vars.nums.len() - vars.def.metrics.len()).eval(vars)
+    }
+
     /// Wherever the native fast path answers, it answers what CEL does, for
     /// operators on every kind of operand (ints, uints, bools, doubles with
     /// zeros, infinities and NaN, traits of every JSON type, present or
@@ -792,6 +918,12 @@ mod tests {
         let vars = Vars { def: &def, nums: &nums, age: Double::from(1.0), traits: &traits, account: &account };
         for p in def.derived.iter().map(|d| &d.1).chain(def.rules.iter().map(|r| &r.program)).chain(&def.bonus) {
             assert!(fast(p.expression(), &vars).is_some(), "{:?} is not evaluated natively", p.expression());
+        }
+        // And the plans compiled with the definition are those.
+        let plans = def.plans.derived.iter().chain(&def.plans.rules).chain(&def.plans.bonus);
+        assert_eq!(plans.clone().count(), def.derived.len() + def.rules.len() + def.bonus.len());
+        for plan in plans {
+            assert!(plan.eval(&vars).is_some(), "{plan:?} is not evaluated natively");
         }
         assert!(account.get().is_none(), "the traits were converted to a CEL map");
     }

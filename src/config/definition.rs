@@ -426,6 +426,9 @@ pub struct CompiledDefinition {
     pub tiers: Vec<(String, u32)>,
     pub budget: Budget,
     pub env: Arc<Env>,
+    /// The derived numbers, rules and score terms with their names resolved
+    /// for the native fast path.
+    pub plans: crate::detect::Plans,
 }
 
 impl std::fmt::Debug for CompiledDefinition {
@@ -769,7 +772,7 @@ impl DefinitionConfig {
         if !errs.is_empty() {
             return Err(errs);
         }
-        Ok(CompiledDefinition {
+        let mut def = CompiledDefinition {
             version: self.version.clone(),
             fingerprint: self.fingerprint(),
             bucket_seconds: bucket,
@@ -789,7 +792,10 @@ impl DefinitionConfig {
             tiers,
             budget,
             env,
-        })
+            plans: Default::default(),
+        };
+        def.plans = crate::detect::Plans::new(&def);
+        Ok(def)
     }
 }
 
