@@ -3,6 +3,7 @@
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::OnceLock;
 
 use cel::common::ast::{Expr, LiteralValue};
@@ -109,7 +110,12 @@ struct Vars<'a> {
     /// so far (the first `nums.len() - def.metrics.len()` of `def.derived`).
     nums: &'a [Double],
     age: Double,
-    traits: &'a Value,
+    /// The account's traits as a CEL map, made from `acct` ([`account_to_cel`])
+    /// on first use: most evaluations read none (the shipped definition's
+    /// score terms that do run only once a rule fires).
+    traits: &'a OnceLock<Value>,
+    acct: &'a AccountState,
+    free_mail: &'a HashSet<String>,
     /// `traits` as a CEL value, made on first use.
     account: &'a OnceLock<Box<dyn Val>>,
 }
@@ -123,6 +129,10 @@ enum Slot {
 }
 
 impl Vars<'_> {
+    fn traits(&self) -> &Value {
+        self.traits.get_or_init(|| account_to_cel(self.acct, self.free_mail))
+    }
+
     fn slot(&self, name: &str) -> Option<Slot> {
         let n_metrics = self.def.metrics.len();
         let derived = &self.def.derived[..self.nums.len() - n_metrics];
@@ -147,7 +157,7 @@ impl VariableResolver for Vars<'_> {
                 .get_or_init(|| {
                     // As `Context::add_variable_from_value` does; a map from
                     // `traits_to_cel` always converts.
-                    Box::<dyn Val>::try_from(self.traits.clone()).unwrap()
+                    Box::<dyn Val>::try_from(self.traits().clone()).unwrap()
                 })
                 .as_ref(),
         }))
@@ -348,7 +358,7 @@ impl Fast {
             D(d) => Some(d),
             _ => None,
         };
-        let traits = || match vars.traits {
+        let traits = || match vars.traits() {
             Value::Map(map) => Some(map),
             _ => None,
         };
@@ -436,7 +446,8 @@ pub fn evaluate_with(
     traits: &Value,
     now_ms: i64,
 ) -> Evaluation {
-    let mut e = evaluate_unnamed(def, acct, sums, traits, now_ms);
+    let traits = OnceLock::from(traits.clone());
+    let mut e = evaluate_unnamed(def, acct, sums, &traits, &HashSet::new(), now_ms);
     e.name_values(def);
     e
 }
@@ -461,7 +472,8 @@ pub fn evaluate_unnamed(
     def: &CompiledDefinition,
     acct: &AccountState,
     mut sums: Option<&mut WindowSums>,
-    traits: &Value,
+    traits: &OnceLock<Value>,
+    free_mail: &HashSet<String>,
     now_ms: i64,
 ) -> Evaluation {
     let now = bucket_of(now_ms, def.bucket_seconds);
@@ -482,7 +494,7 @@ pub fn evaluate_unnamed(
     // Each derived number sees the metrics and the derived numbers before it.
     for ((_, program), plan) in def.derived.iter().zip(&plans.derived) {
         let v = {
-            let vars = Vars { def, nums: &nums, age: Double::from(age), traits, account: &account };
+            let vars = Vars { def, nums: &nums, age: Double::from(age), traits, acct, free_mail, account: &account };
             match run(program, plan, &vars) {
                 Ok(v) => as_f64(&v).filter(|x| x.is_finite()).unwrap_or(0.0),
                 Err(_) => 0.0,
@@ -491,7 +503,7 @@ pub fn evaluate_unnamed(
         nums.push(Double::from(v));
         values.push((String::new(), v));
     }
-    let vars = Vars { def, nums: &nums, age: Double::from(age), traits, account: &account };
+    let vars = Vars { def, nums: &nums, age: Double::from(age), traits, acct, free_mail, account: &account };
     let mut outcomes = Vec::with_capacity(def.rules.len());
     let mut fired = Vec::new();
     let mut points = 0.0;
@@ -868,7 +880,17 @@ mod tests {
                 let nums: Vec<Double> = (0..def.metrics.len())
                     .map(|i| Double::from(if i % 2 == 0 { x } else { samples[(k + i) % samples.len()] }))
                     .collect();
-                let vars = Vars { def: &def, nums: &nums, age: Double::from(x), traits: &traits, account: &account };
+                let (traits, acct, free_mail) =
+                    (OnceLock::from(traits.clone()), AccountState::default(), HashSet::new());
+                let vars = Vars {
+                    def: &def,
+                    nums: &nums,
+                    age: Double::from(x),
+                    traits: &traits,
+                    acct: &acct,
+                    free_mail: &free_mail,
+                    account: &account,
+                };
                 let mut ctx = Context::with_env(def.env.clone());
                 ctx.set_variable_resolver(&vars);
                 for (i, (src, p)) in exprs.iter().zip(&programs).enumerate() {
@@ -915,7 +937,16 @@ mod tests {
         let traits = traits_to_cel(r#"{"employees":5000}"#);
         let account = OnceLock::new();
         let nums = vec![Double::from(1.0); def.metrics.len() + def.derived.len()];
-        let vars = Vars { def: &def, nums: &nums, age: Double::from(1.0), traits: &traits, account: &account };
+        let (traits, acct, free_mail) = (OnceLock::from(traits), AccountState::default(), HashSet::new());
+        let vars = Vars {
+            def: &def,
+            nums: &nums,
+            age: Double::from(1.0),
+            traits: &traits,
+            acct: &acct,
+            free_mail: &free_mail,
+            account: &account,
+        };
         for p in def.derived.iter().map(|d| &d.1).chain(def.rules.iter().map(|r| &r.program)).chain(&def.bonus) {
             assert!(fast(p.expression(), &vars).is_some(), "{:?} is not evaluated natively", p.expression());
         }

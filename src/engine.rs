@@ -18,10 +18,11 @@ use crate::budget::{bypasses, BudgetClock, Ledger};
 use crate::config::{CompiledDefinition, InputConfig};
 use crate::decode::{Decoder, Event, Kind, Reason, Rejection};
 use crate::definitions::{Agreement, Definitions, VersionStats};
-use crate::detect::{account_to_cel, evaluate_unnamed, Outcome};
+use crate::detect::{evaluate_unnamed, Outcome};
 use crate::emit::{self, Announcement, EventInput, Lead, OutputEvent};
 use crate::state::account::{bucket_of, email_domain, AccountState, Held, SignalHit};
 use crate::state::manifest::Manifest;
+use crate::state::prefetch::{Fetched, Prefetcher};
 use crate::state::store::{CommitStats, Prepared};
 use crate::state::{StateError, StateReader, StateWriter, Store};
 use crate::telemetry::Metrics;
@@ -522,6 +523,27 @@ impl Engine {
         self.process_with(rec, Some(decoded), out)
     }
 
+    /// [`Engine::process_decoded`], with the records read ahead for it by a
+    /// [`Engine::prefetcher`] (see [`crate::state::prefetch`]).
+    pub fn process_fetched(
+        &mut self,
+        rec: &InputRecord<'_>,
+        decoded: Result<Event, Rejection>,
+        fetched: Fetched,
+        out: &mut Output,
+    ) -> Result<(), EngineError> {
+        self.store.set_fetched(fetched);
+        let r = self.process_with(rec, Some(decoded), out);
+        self.store.set_fetched(Fetched::default());
+        r
+    }
+
+    /// A reader of state records ahead of the engine, for the thread that
+    /// decodes its input (see [`Engine::process_fetched`]).
+    pub fn prefetcher(&self) -> Prefetcher {
+        self.store.prefetcher()
+    }
+
     /// The decoder of the input configuration, to decode records
     /// elsewhere (see [`Engine::process_decoded`]); its `now_ms` is the wall
     /// clock.
@@ -998,7 +1020,7 @@ impl Engine {
                     traits.insert(k.clone(), v.clone());
                 }
                 entry.state.traits_json = Value::Object(traits).to_string();
-                entry.traits_cel = None;
+                entry.traits_cel.take();
             }
         }
         if let Some(m) = &merge {
@@ -1039,7 +1061,7 @@ impl Engine {
             for h in entry.state.signals.iter_mut().filter(|h| h.user == m.old) {
                 h.user.clone_from(&ev.user_id);
             }
-            entry.traits_cel = None;
+            entry.traits_cel.take();
         }
         if let Some((key, Some(a), true)) = &link {
             if *a == account {
@@ -1059,7 +1081,7 @@ impl Engine {
                     if let (true, Some(d)) = (new_member, &user_domain) {
                         entry.state.count_email_domain(d, 1);
                     }
-                    entry.traits_cel = None;
+                    entry.traits_cel.take();
                     let gone = reader.member_into(entry, &account, key)?;
                     gone.state = Default::default();
                     gone.dirty = true;
@@ -1099,7 +1121,7 @@ impl Engine {
                 entry.state.move_user(old, idx);
                 if let (true, Some(d)) = (new_member, &user_domain) {
                     entry.state.count_email_domain(d, 1);
-                    entry.traits_cel = None;
+                    entry.traits_cel.take();
                 }
             } else {
                 // The visitor's activity, kept apart (not a user of the
@@ -1119,7 +1141,7 @@ impl Engine {
                 if let Some(d) = new {
                     entry.state.count_email_domain(d, 1);
                 }
-                entry.traits_cel = None;
+                entry.traits_cel.take();
             }
         }
         if ev.anonymous {
@@ -1141,9 +1163,8 @@ impl Engine {
         // state; each with its own cooldown bookkeeping.
         let mut pending: Vec<Pending> = Vec::new();
         for (d, def) in defs.all().enumerate() {
-            let traits =
-                entry.traits_cel.get_or_insert_with(|| account_to_cel(&entry.state, &defs.live.free_mail_domains));
-            let eval = evaluate_unnamed(def, &entry.state, Some(&mut entry.sums), traits, now_ms);
+            let free_mail = &defs.live.free_mail_domains;
+            let eval = evaluate_unnamed(def, &entry.state, Some(&mut entry.sums), &entry.traits_cel, free_mail, now_ms);
             if d == 0 {
                 for (i, o) in eval.outcomes.iter().enumerate() {
                     if let Outcome::Error(e) = o {
@@ -1513,9 +1534,8 @@ impl Engine {
                 if !is_active(&entry.state, d, def) {
                     continue;
                 }
-                let traits =
-                    entry.traits_cel.get_or_insert_with(|| account_to_cel(&entry.state, &defs.live.free_mail_domains));
-                let eval = evaluate_unnamed(def, &entry.state, None, traits, t);
+                let free_mail = &defs.live.free_mail_domains;
+                let eval = evaluate_unnamed(def, &entry.state, None, &entry.traits_cel, free_mail, t);
                 if !eval.fired.is_empty() {
                     continue;
                 }

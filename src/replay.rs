@@ -19,6 +19,7 @@ use crate::definitions::Definitions;
 use crate::emit::OutputEvent;
 use crate::engine::commit::Committer;
 use crate::engine::{Engine, EngineError, InputRecord, Output};
+use crate::state::prefetch::{Fetched, Prefetcher};
 use crate::state::{StateError, Store};
 use crate::telemetry::Metrics;
 
@@ -182,16 +183,19 @@ pub fn replay_definitions(
     // engine, which applies them in order: the same records, the same
     // output.
     let decoder = engine.decoder();
+    // The same thread reads ahead the state records the lines will need that
+    // are probably not cached (see `state::prefetch`).
+    let prefetcher = engine.prefetcher();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, ReplayError>>(4);
     std::thread::scope(|scope| -> Result<(), ReplayError> {
         let in_name = in_name.clone();
-        scope.spawn(move || read_chunks(input, &decoder, &in_name, &tx));
+        scope.spawn(move || read_chunks(input, &decoder, prefetcher, &in_name, &tx));
         for chunk in rx {
             let chunk = chunk?;
-            for (i, decoded) in chunk.decoded.into_iter().enumerate() {
+            for (i, (decoded, fetched)) in chunk.decoded.into_iter().zip(chunk.fetched).enumerate() {
                 let (offset, range) = chunk.lines[i].clone();
                 stats.lines += 1;
-                engine.process_decoded(
+                engine.process_fetched(
                     &InputRecord {
                         topic: REPLAY_TOPIC,
                         partition: 0,
@@ -201,6 +205,7 @@ pub fn replay_definitions(
                         timestamp_ms: None,
                     },
                     decoded,
+                    fetched,
                     &mut output,
                 )?;
                 in_batch += 1;
@@ -254,6 +259,8 @@ struct Chunk {
     /// each non-blank line.
     lines: Vec<(i64, std::ops::Range<usize>)>,
     decoded: Vec<Result<crate::decode::Event, crate::decode::Rejection>>,
+    /// The state records read ahead for each line (none for a rejected one).
+    fetched: Vec<Fetched>,
 }
 
 /// Lines per chunk.
@@ -264,6 +271,7 @@ const CHUNK_LINES: usize = 1024;
 fn read_chunks(
     mut input: Box<dyn BufRead + Send>,
     decoder: &crate::decode::Decoder,
+    mut prefetcher: Prefetcher,
     name: &str,
     tx: &std::sync::mpsc::SyncSender<Result<Chunk, ReplayError>>,
 ) {
@@ -273,6 +281,7 @@ fn read_chunks(
             bytes: Vec::with_capacity(CHUNK_LINES * 512),
             lines: Vec::with_capacity(CHUNK_LINES),
             decoded: Vec::with_capacity(CHUNK_LINES),
+            fetched: Vec::with_capacity(CHUNK_LINES),
         };
         let mut end = false;
         while chunk.lines.len() < CHUNK_LINES {
@@ -298,7 +307,9 @@ fn read_chunks(
                 continue;
             }
             let now = chrono::Utc::now().timestamp_millis();
-            chunk.decoded.push(decoder.decode(Some(&chunk.bytes[start..]), now));
+            let decoded = decoder.decode(Some(&chunk.bytes[start..]), now);
+            chunk.fetched.push(decoded.as_ref().map(|ev| prefetcher.fetch(ev)).unwrap_or_default());
+            chunk.decoded.push(decoded);
             chunk.lines.push((this, start..chunk.bytes.len()));
         }
         if !chunk.lines.is_empty() && tx.send(Ok(chunk)).is_err() {

@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 
 use crate::config::definition::CompiledDefinition;
-use crate::detect::{account_to_cel, evaluate_unnamed};
+use crate::detect::evaluate_unnamed;
 use crate::state::account::{bucket_of, AccountState};
 
 /// At most this many evaluations per call; when they are used up the
@@ -62,14 +62,15 @@ pub fn next_stop(def: &CompiledDefinition, state: &AccountState, from_ms: i64) -
             }
         }
     }
-    let traits = account_to_cel(state, &def.free_mail_domains);
+    // (Made once, on first use, for every evaluation below.)
+    let traits = std::sync::OnceLock::new();
     let mut last = from_ms;
     for (n, &c) in candidates.iter().enumerate() {
         if n == MAX_EVALUATIONS {
             return Stop::Later(last);
         }
         let t = i64::from(c) * bucket_ms;
-        let eval = evaluate_unnamed(def, state, None, &traits, t);
+        let eval = evaluate_unnamed(def, state, None, &traits, &def.free_mail_domains, t);
         if eval.fired.is_empty() {
             return Stop::At(t);
         }

@@ -4,12 +4,14 @@
 //! - [`cf`]: column family names.
 //! - [`account`]: the records and their window arithmetic.
 //! - [`store`]: RocksDB, the cache, atomic commit of state + offsets.
+//! - [`prefetch`]: records read ahead of the engine, on the decoder's thread.
 
 pub mod account;
 pub mod cf;
 pub mod keys;
 pub mod layout;
 pub mod manifest;
+pub mod prefetch;
 pub mod store;
 
 pub use account::{AccountState, MemberState, UserState};

@@ -26,6 +26,7 @@ use serde::Serialize;
 use super::account::{AccountState, MemberState, UserState, WindowSums};
 use super::layout::Layout;
 use super::manifest::{migrate_v1, Manifest};
+use super::prefetch::{self, Fetched, Prefetcher, RecentWrites};
 use super::{cf, keys};
 use crate::config::{CompiledDefinition, StateConfig};
 
@@ -93,7 +94,7 @@ pub struct AccountEntry {
     pub members: hashbrown::HashMap<String, MemberEntry>,
     /// The account traits as a CEL value, derived from `state.traits_json`
     /// on first use (reset when the traits change).
-    pub traits_cel: Option<cel::Value>,
+    pub traits_cel: std::sync::OnceLock<cel::Value>,
     /// Running sums of the account's `events` metrics (derived from
     /// `state`, never stored).
     pub sums: WindowSums,
@@ -273,6 +274,11 @@ impl StateReader {
         Ok(out)
     }
 
+    /// The member record of (account, user) in RocksDB.
+    pub fn member(&self, account: &str, user: &str) -> Result<Option<MemberState>, StateError> {
+        get(&self.db, cf::MEMBERS, &keys::member(account, user), "member")
+    }
+
     /// The member record of (account, user), loaded into the account's
     /// cache entry if it is not there yet.
     pub fn member_into<'e>(
@@ -446,6 +452,12 @@ pub struct Store {
     memory_ids_by_hour: BTreeMap<i64, Vec<[u8; 17]>>,
     /// Whether any message id went to RocksDB.
     ids_on_disk: bool,
+    /// Reading ahead of the engine (see [`prefetch`]): what is shared with
+    /// the readers, what the last commits wrote, and the records read ahead
+    /// for the event being applied.
+    prefetch: Arc<prefetch::Shared>,
+    writes: RecentWrites,
+    fetched: Fetched,
 }
 
 /// A write-back store keeps at most this many message ids in memory (about
@@ -611,6 +623,14 @@ impl Store {
             memory_ids: HashMap::default(),
             memory_ids_by_hour: BTreeMap::new(),
             ids_on_disk: true,
+            prefetch: Arc::new(prefetch::Shared {
+                accounts_on_disk: true.into(),
+                users_on_disk: true.into(),
+                members_on_disk: true.into(),
+                ..Default::default()
+            }),
+            writes: RecentWrites::default(),
+            fetched: Fetched::default(),
         })
         .and_then(|mut s| {
             s.load_schedule()?;
@@ -693,8 +713,6 @@ impl Store {
         }
         Ok(())
     }
-
-    /// The partition an account's sweep key in RocksDB is filed under.
 
     /// Puts the account (after a change of its `sweep_due_ms` or `held`)
     /// in its place in the in-memory indexes, under the input partition
@@ -837,6 +855,7 @@ impl Store {
         if self.legacy_v1 {
             migrate_v1(&self.reader.db, &layout, live)?;
             self.legacy_v1 = false;
+            self.forget_reads();
         }
         let mut manifest = Manifest::next(old.as_ref(), &layout, self.watermark_ms());
         manifest.live = live.version.clone();
@@ -916,6 +935,7 @@ impl Store {
             self.users_on_disk = !empty(cf::USERS);
             self.reader.members_on_disk = !empty(cf::MEMBERS);
             self.ids_on_disk = !empty(cf::DEDUPE);
+            self.share_on_disk();
         }
         self.write_back = on;
         Ok(())
@@ -924,11 +944,21 @@ impl Store {
     /// The account's cache entry (to read or change), loaded from RocksDB or new.
     /// (One hash lookup when it is cached: this is on every event's path.)
     pub fn account(&mut self, id: &str) -> Result<&mut AccountEntry, StateError> {
-        let Store { accounts, spilled_accounts, reader, accounts_on_disk, .. } = self;
+        let Store { accounts, spilled_accounts, reader, accounts_on_disk, fetched, writes, .. } = self;
         let e = accounts.try_get_or_insert_mut_ref(id, || match spilled_accounts.remove(id) {
             // Evicted into the batch in flight: back, unchanged since.
             Some(e) => Ok(e),
-            None => load_account(reader, *accounts_on_disk, id),
+            None => match fetched.account.take_if(|f| f.id == id && writes.holds(fetched.epoch, Some(id), None)) {
+                // Read ahead, and still what RocksDB holds.
+                Some(read) => {
+                    let mut e = account_entry(reader, read.state.unwrap_or_default(), id)?;
+                    if let Some((user, m)) = read.member {
+                        e.members.insert(user, MemberEntry { state: m.unwrap_or_default(), dirty: false });
+                    }
+                    Ok(e)
+                }
+                None => load_account(reader, *accounts_on_disk, id),
+            },
         })?;
         if let Some(layout) = &self.layout {
             if e.generation != layout.generation {
@@ -949,9 +979,14 @@ impl Store {
     /// The user's cache entry (to read or change), loaded from RocksDB or new.
     /// (One hash lookup when it is cached.)
     pub fn user(&mut self, id: &str) -> Result<&mut UserEntry, StateError> {
-        let Store { users, spilled_users, reader, users_on_disk, .. } = self;
+        let Store { users, spilled_users, reader, users_on_disk, fetched, writes, .. } = self;
         let u = users.try_get_or_insert_mut_ref(id, || match spilled_users.remove(id) {
             Some(u) => Ok(u),
+            None if fetched.user.as_ref().is_some_and(|f| f.0 == id && writes.holds(fetched.epoch, None, Some(id))) => {
+                // Read ahead, and still what RocksDB holds.
+                let state = fetched.user.take().and_then(|f| f.1).unwrap_or_default();
+                Ok(UserEntry { state, ..Default::default() })
+            }
             None if *users_on_disk => {
                 Ok::<_, StateError>(UserEntry { state: reader.user(id)?.unwrap_or_default(), ..Default::default() })
             }
@@ -1075,10 +1110,14 @@ impl Store {
         // id; user keys the plain id.
         self.touched_accounts.sort_unstable_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
         self.touched_users.sort_unstable();
+        let (wrote_accounts, wrote_users) = &mut self.writes.pending;
         for id in self.touched_accounts.drain(..) {
             let Some(e) = self.accounts.peek_mut(&id) else { continue };
             e.touched = false;
             let crowded = e.members.len() > 256;
+            if !self.write_back || crowded {
+                wrote_accounts.insert(prefetch::id_hash(&id));
+            }
             if !self.write_back {
                 sink.account(&mut batch, (acf, mcf, meta), &id, e, true);
             } else if crowded {
@@ -1093,6 +1132,7 @@ impl Store {
             let Some(u) = self.users.peek_mut(&id) else { continue };
             u.touched = false;
             if !self.write_back {
+                wrote_users.insert(prefetch::id_hash(&id));
                 sink.user(&mut batch, ucf, &id, u);
             }
         }
@@ -1108,6 +1148,7 @@ impl Store {
             }
             evicted.sort_unstable_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.0.cmp(&b.0)));
             for (id, mut e) in evicted {
+                wrote_accounts.insert(prefetch::id_hash(&id));
                 sink.account(&mut batch, (acf, mcf, meta), &id, &mut e, true);
                 self.accounts_on_disk = true;
                 self.spilled_accounts.insert(id, e);
@@ -1121,6 +1162,7 @@ impl Store {
             }
             evicted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             for (id, mut u) in evicted {
+                wrote_users.insert(prefetch::id_hash(&id));
                 sink.user(&mut batch, ucf, &id, &mut u);
                 self.users_on_disk = true;
                 self.spilled_users.insert(id, u);
@@ -1128,6 +1170,7 @@ impl Store {
             if sink.stats.members > 0 {
                 self.reader.members_on_disk = true;
             }
+            self.share_on_disk();
             // Message ids out of the window leave the memory (an hour
             // whose last millisecond has left it).
             let window = self.dedupe_window.load(Ordering::Relaxed);
@@ -1222,6 +1265,33 @@ impl Store {
         Prepared { batch, changelog, stats, offsets: offsets.to_vec(), oldest_ts: None }
     }
 
+    /// A reader ahead of the engine, for the thread that decodes its input
+    /// (see [`prefetch`]); what it reads is handed back with
+    /// [`Store::set_fetched`].
+    pub fn prefetcher(&self) -> Prefetcher {
+        Prefetcher::new(self.reader.clone(), self.prefetch.clone(), self.capacity)
+    }
+
+    /// The records read ahead for the event about to be applied (what is
+    /// left of the previous event's is dropped).
+    pub fn set_fetched(&mut self, fetched: Fetched) {
+        self.fetched = fetched;
+    }
+
+    /// Records were written other than by a commit: reads ahead so far are refused.
+    fn forget_reads(&mut self) {
+        let epoch = self.writes.forget();
+        self.prefetch.epoch.store(epoch, Ordering::Release);
+        self.fetched = Fetched::default();
+    }
+
+    fn share_on_disk(&self) {
+        let p = &self.prefetch;
+        p.accounts_on_disk.store(self.accounts_on_disk, Ordering::Relaxed);
+        p.users_on_disk.store(self.users_on_disk, Ordering::Relaxed);
+        p.members_on_disk.store(self.reader.members_on_disk, Ordering::Relaxed);
+    }
+
     /// The writer of prepared batches, for another thread.
     pub fn writer(&self) -> StateWriter {
         StateWriter { db: self.reader.db.clone(), sync: self.sync_writes }
@@ -1243,6 +1313,8 @@ impl Store {
     /// touched since may hold changes no write carries yet. (Untouched
     /// entries are the least recently used ones: every touch promotes.)
     pub fn written(&mut self) -> usize {
+        let epoch = self.writes.completed();
+        self.prefetch.epoch.store(epoch, Ordering::Release);
         self.inflight_ids.clear();
         // Write-back: evicted at prepare, and now durable.
         self.spilled_accounts.clear();
@@ -1362,6 +1434,7 @@ impl Store {
         if self.write_back {
             tracing::error!("a write-back state dropped its cache: what it held is lost");
         }
+        self.forget_reads();
         self.pending_ids.clear();
         self.inflight_ids.clear();
         self.spilled_accounts.clear();
@@ -1410,6 +1483,11 @@ impl Store {
 /// An account as RocksDB has it (or new), for the cache.
 fn load_account(reader: &StateReader, on_disk: bool, id: &str) -> Result<AccountEntry, StateError> {
     let state = if on_disk { reader.account(id)?.unwrap_or_default() } else { AccountState::default() };
+    account_entry(reader, state, id)
+}
+
+/// The cache entry of an account as RocksDB has it.
+fn account_entry(reader: &StateReader, state: AccountState, id: &str) -> Result<AccountEntry, StateError> {
     let mark = Mark::of(&state);
     let mem_partition = if mark.due != 0 { reader.sweep_partition(mark.due, id)? } else { 0 };
     Ok(AccountEntry { state, db_mark: mark, mem_mark: mark, mem_partition, ..Default::default() })
@@ -1543,6 +1621,83 @@ mod tests {
         c.dir = dir.to_path_buf();
         c.cache_accounts = 2;
         c
+    }
+
+    /// A record read ahead ([`prefetch`]) is taken only while RocksDB still
+    /// holds it: not once a commit that wrote it has completed, nor after the
+    /// cache was dropped; a record that commit did not write still is.
+    #[test]
+    fn records_read_ahead_are_taken_only_while_rocksdb_still_holds_them() {
+        use crate::decode::{Event, Kind};
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&cfg(dir.path())).unwrap();
+        let set = |s: &mut Store, a: &str, seq: u64| {
+            let e = s.account(a).unwrap();
+            e.state.seq = seq;
+            e.dirty = true;
+            let m = s.reader().member_into(s.account(a).unwrap(), a, "u").unwrap();
+            m.state.first_seen_ms = seq as i64;
+            m.dirty = true;
+            let u = s.user("u").unwrap();
+            u.state.updated_ms = seq as i64;
+            u.dirty = true;
+        };
+        let ev = |a: &str| Event {
+            kind: Kind::Track,
+            user_id: "u".into(),
+            anonymous: false,
+            anonymous_id: None,
+            account_id: Some(a.into()),
+            time_ms: 1,
+            name: None,
+            path: None,
+            traits: None,
+            message_id: None,
+            previous_id: None,
+        };
+        set(&mut s, "a", 1);
+        set(&mut s, "b", 1);
+        s.commit(&[]).unwrap();
+        // Out of the cache (capacity 2), so that the engine would read them.
+        for x in ["x", "y", "z"] {
+            s.account(x).unwrap();
+            s.user(x).unwrap();
+        }
+        s.commit(&[]).unwrap();
+        let mut p = s.prefetcher();
+        let read_a = p.fetch(&ev("a"));
+        assert_eq!(read_a.account.as_ref().and_then(|f| f.state.as_ref()).map(|a| a.seq), Some(1));
+        let read_b = s.prefetcher().fetch(&ev("b"));
+        // A commit writes "a" (and the user) after the reads began.
+        set(&mut s, "a", 2);
+        s.commit(&[]).unwrap();
+        for x in ["x", "y", "z"] {
+            s.account(x).unwrap();
+            s.user(x).unwrap();
+        }
+        s.commit(&[]).unwrap();
+        assert!(!s.accounts.contains("a") && !s.accounts.contains("b") && !s.users.contains("u"));
+        s.set_fetched(read_a);
+        assert_eq!(s.account("a").unwrap().state.seq, 2, "the read ahead of a was refused");
+        let m = s.reader().member_into(s.account("a").unwrap(), "a", "u").unwrap().state.first_seen_ms;
+        assert_eq!(m, 2, "nor was its member record taken");
+        assert_eq!(s.user("u").unwrap().state.updated_ms, 2);
+        // "b" was not written since its read: taken as read (the read is
+        // marked so that taking it shows).
+        let mut read_b = read_b;
+        read_b.account.as_mut().unwrap().state.as_mut().unwrap().seq = 77;
+        s.set_fetched(read_b);
+        assert_eq!(s.account("b").unwrap().state.seq, 77, "the read ahead of b was taken");
+        // A dropped cache refuses every read before it.
+        for x in ["x", "y", "z"] {
+            s.account(x).unwrap();
+        }
+        s.commit(&[]).unwrap();
+        let mut read_b = s.prefetcher().fetch(&ev("b"));
+        read_b.account.as_mut().unwrap().state.as_mut().unwrap().seq = 78;
+        s.discard_cache();
+        s.set_fetched(read_b);
+        assert_eq!(s.account("b").unwrap().state.seq, 1, "refused after the cache was dropped");
     }
 
     /// A write-back store writes only what its cache evicts, reads

@@ -1,0 +1,254 @@
+//! Reading ahead of the engine: the records an event will need that are
+//! probably not cached are read from RocksDB (and decoded) on the thread
+//! that decodes the input, a little ahead of the engine thread, which then
+//! finds them in hand instead of waiting on RocksDB itself. That is the
+//! cache-miss path of a history with more accounts than `state.cache_accounts`
+//! (the long tail, a million accounts), moved to the second core.
+//!
+//! **Why a record read ahead is exact.** The engine takes a record read ahead
+//! only where it would itself read RocksDB (the record is neither cached nor
+//! evicted into the batch in flight), and only if RocksDB cannot have changed
+//! it since: no commit whose batch wrote it has completed after the read
+//! began. Every write of an account, member or user record goes through a
+//! commit; the engine numbers the commits it has seen complete (the *epoch*,
+//! bumped by [`super::store::Store::written`]) and remembers what the last few
+//! wrote ([`RecentWrites`]). A read that began at epoch `e` is taken at epoch
+//! `k` only if every commit `e+1..=k` is remembered and none of them wrote the
+//! record; anything else that writes records directly (a changelog restore, a
+//! migration, a dropped cache) forgets them all, so older reads are refused.
+//! A commit still in flight when the engine takes the record cannot have
+//! written it: what it writes is still in the cache (or, evicted, readable
+//! beside it) until it completes. A refused or missing record is read by
+//! the engine as before: reading ahead changes where the time goes, never
+//! what is read.
+//!
+//! **What is read.** The decoder keeps its own guess of what the engine has
+//! cached ([`Recent`]: the ids seen among the last `cache_accounts` distinct
+//! ones, in a fixed table), so that the dense accounts every event touches
+//! cost no reads; a wrong guess costs a wasted read or a read by the engine,
+//! nothing else.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::account::{AccountState, MemberState, UserState};
+use super::store::StateReader;
+use crate::decode::Event;
+
+/// What the engine shares with the readers ahead.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Commits seen complete (see the module docs).
+    pub epoch: AtomicU64,
+    /// Whether RocksDB may hold records of each kind (a write-back state
+    /// opened empty holds none until its first eviction: nothing to read).
+    pub accounts_on_disk: AtomicBool,
+    pub users_on_disk: AtomicBool,
+    pub members_on_disk: AtomicBool,
+}
+
+/// The records read ahead for one event, at one epoch.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub(crate) epoch: u64,
+    pub(crate) account: Option<AccountRead>,
+    pub(crate) user: Option<(String, Option<UserState>)>,
+}
+
+impl Fetched {
+    pub fn is_empty(&self) -> bool {
+        self.account.is_none() && self.user.is_none()
+    }
+}
+
+/// An account as RocksDB had it, and the event user's member record in it
+/// (`None`: not read).
+#[derive(Debug)]
+pub(crate) struct AccountRead {
+    pub id: String,
+    pub state: Option<AccountState>,
+    pub member: Option<(String, Option<MemberState>)>,
+}
+
+/// Reads ahead (on the decoder's thread); made by [`super::store::Store::prefetcher`].
+pub struct Prefetcher {
+    reader: StateReader,
+    shared: Arc<Shared>,
+    accounts: Recent,
+    users: Recent,
+}
+
+impl Prefetcher {
+    pub(crate) fn new(reader: StateReader, shared: Arc<Shared>, capacity: usize) -> Prefetcher {
+        Prefetcher { reader, shared, accounts: Recent::new(capacity), users: Recent::new(capacity) }
+    }
+
+    /// The records `ev` will need that are probably not cached. Errors are
+    /// left to the engine (it reads those records itself).
+    pub fn fetch(&mut self, ev: &Event) -> Fetched {
+        // Before any read: a commit completing from here on is one the
+        // engine will check the records against.
+        let epoch = self.shared.epoch.load(Ordering::Acquire);
+        let mut f = Fetched { epoch, ..Default::default() };
+        // A visitor's records are keyed otherwise; they are left to the engine.
+        if ev.anonymous {
+            return f;
+        }
+        if let Some(a) = &ev.account_id {
+            if !self.accounts.seen(a) && self.shared.accounts_on_disk.load(Ordering::Relaxed) {
+                if let Ok(state) = self.reader.account(a) {
+                    let member = if self.shared.members_on_disk.load(Ordering::Relaxed) {
+                        self.reader.member(a, &ev.user_id).ok().map(|m| (ev.user_id.clone(), m))
+                    } else {
+                        Some((ev.user_id.clone(), None))
+                    };
+                    f.account = Some(AccountRead { id: a.clone(), state, member });
+                }
+            }
+        }
+        if !self.users.seen(&ev.user_id) && self.shared.users_on_disk.load(Ordering::Relaxed) {
+            if let Ok(state) = self.reader.user(&ev.user_id) {
+                f.user = Some((ev.user_id.clone(), state));
+            }
+        }
+        f
+    }
+}
+
+/// A guess at which ids the engine's cache holds: those seen among the last
+/// `capacity` distinct ids, kept in a fixed table of (hash, when) slots (one
+/// id a slot: a collision forgets the older id, which only means a read
+/// that may not have been needed).
+struct Recent {
+    slots: Vec<(u64, u64)>,
+    /// Distinct ids seen so far (an id not found in the table counts as new).
+    clock: u64,
+    capacity: u64,
+}
+
+impl Recent {
+    fn new(capacity: usize) -> Recent {
+        // About 4 slots an entry of the cache, at most 4 M (64 MiB).
+        let n = (capacity.saturating_mul(4)).clamp(1 << 10, 1 << 22).next_power_of_two();
+        Recent { slots: vec![(0, 0); n], clock: 0, capacity: capacity as u64 }
+    }
+
+    /// Whether `id` was seen recently enough to be cached; notes it as seen now.
+    fn seen(&mut self, id: &str) -> bool {
+        let h = xxhash_rust::xxh3::xxh3_64(id.as_bytes()) | 1;
+        let mask = self.slots.len() - 1;
+        let slot = &mut self.slots[(h as usize) & mask];
+        let cached = slot.0 == h && self.clock - slot.1 < self.capacity;
+        if !cached {
+            self.clock += 1;
+        }
+        *slot = (h, self.clock);
+        cached
+    }
+}
+
+/// What the last few commits wrote (hashes of account and user ids), by
+/// epoch: see the module docs.
+#[derive(Debug, Default)]
+pub(crate) struct RecentWrites {
+    /// (epoch, accounts, users), oldest first.
+    commits: VecDeque<(u64, HashSet<u64>, HashSet<u64>)>,
+    /// What the batch being prepared (or in flight) writes.
+    pub pending: (HashSet<u64>, HashSet<u64>),
+    epoch: u64,
+}
+
+/// Commits remembered: a read ahead older than this is refused.
+const REMEMBERED: usize = 4;
+
+pub(crate) fn id_hash(id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+}
+
+impl RecentWrites {
+    #[cfg(test)]
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// A commit completed: what it wrote is remembered under the next epoch.
+    pub fn completed(&mut self) -> u64 {
+        self.epoch += 1;
+        let (accounts, users) = std::mem::take(&mut self.pending);
+        self.commits.push_back((self.epoch, accounts, users));
+        if self.commits.len() > REMEMBERED {
+            self.commits.pop_front();
+        }
+        self.epoch
+    }
+
+    /// Records were written other than by a commit: every read ahead so far
+    /// is refused.
+    pub fn forget(&mut self) -> u64 {
+        self.epoch += 1;
+        self.commits.clear();
+        self.pending = Default::default();
+        self.epoch
+    }
+
+    /// Whether a read of an account (`account`) or user (`user`) record
+    /// that began at `epoch` still holds.
+    pub fn holds(&self, epoch: u64, account: Option<&str>, user: Option<&str>) -> bool {
+        if epoch == self.epoch {
+            return true;
+        }
+        let since: Vec<_> = self.commits.iter().filter(|c| c.0 > epoch).collect();
+        if epoch > self.epoch || since.len() as u64 != self.epoch - epoch {
+            return false;
+        }
+        let (a, u) = (account.map(id_hash), user.map(id_hash));
+        !since.iter().any(|c| a.is_some_and(|a| c.1.contains(&a)) || u.is_some_and(|u| c.2.contains(&u)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_holds_until_a_commit_that_wrote_its_record_completes() {
+        let mut w = RecentWrites::default();
+        let e0 = w.epoch();
+        assert!(w.holds(e0, Some("a"), Some("u")));
+        w.pending.0.insert(id_hash("a"));
+        w.pending.1.insert(id_hash("v"));
+        // In flight: still the same epoch (the engine has "a" in hand).
+        assert!(w.holds(e0, Some("a"), None));
+        w.completed();
+        assert!(!w.holds(e0, Some("a"), None), "written after the read began");
+        assert!(!w.holds(e0, None, Some("v")));
+        assert!(w.holds(e0, Some("b"), Some("u")), "other records still hold");
+        let e1 = w.epoch();
+        assert!(w.holds(e1, Some("a"), None), "read after the write completed");
+        for _ in 0..REMEMBERED {
+            w.completed();
+        }
+        assert!(!w.holds(e0, Some("b"), None), "older than what is remembered");
+        assert!(w.holds(e1 + 1, Some("b"), None));
+        w.forget();
+        assert!(!w.holds(e1 + 1, Some("b"), None), "records written otherwise");
+        assert!(w.holds(w.epoch(), Some("b"), None));
+        assert!(!w.holds(w.epoch() + 1, Some("b"), None), "a read from the future");
+    }
+
+    #[test]
+    fn recent_ids_are_guessed_cached_until_capacity_newer_ones() {
+        let mut r = Recent::new(3);
+        assert!(!r.seen("a"));
+        assert!(r.seen("a"));
+        for id in ["b", "c"] {
+            assert!(!r.seen(id));
+        }
+        assert!(r.seen("a"), "2 newer distinct ids: still within 3");
+        for id in ["d", "e", "f"] {
+            assert!(!r.seen(id));
+        }
+        assert!(!r.seen("b"), "3 newer distinct ids since b");
+    }
+}
