@@ -52,8 +52,10 @@ pub(crate) struct Shared {
 #[derive(Debug, Default)]
 pub struct Fetched {
     pub(crate) epoch: u64,
-    pub(crate) account: Option<AccountRead>,
-    pub(crate) user: Option<(String, Option<UserState>)>,
+    /// (Boxed: most events need nothing read, and a `Fetched` is moved
+    /// along with every event.)
+    pub(crate) account: Option<Box<AccountRead>>,
+    pub(crate) user: Option<Box<(String, Option<UserState>)>>,
 }
 
 impl Fetched {
@@ -103,13 +105,13 @@ impl Prefetcher {
                     } else {
                         Some((ev.user_id.clone(), None))
                     };
-                    f.account = Some(AccountRead { id: a.clone(), state, member });
+                    f.account = Some(Box::new(AccountRead { id: a.clone(), state, member }));
                 }
             }
         }
         if !self.users.seen(&ev.user_id) && self.shared.users_on_disk.load(Ordering::Relaxed) {
             if let Ok(state) = self.reader.user(&ev.user_id) {
-                f.user = Some((ev.user_id.clone(), state));
+                f.user = Some(Box::new((ev.user_id.clone(), state)));
             }
         }
         f

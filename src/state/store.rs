@@ -951,6 +951,7 @@ impl Store {
             None => match fetched.account.take_if(|f| f.id == id && writes.holds(fetched.epoch, Some(id), None)) {
                 // Read ahead, and still what RocksDB holds.
                 Some(read) => {
+                    let read = *read;
                     let mut e = account_entry(reader, read.state.unwrap_or_default(), id)?;
                     if let Some((user, m)) = read.member {
                         e.members.insert(user, MemberEntry { state: m.unwrap_or_default(), dirty: false });
