@@ -25,7 +25,6 @@ use rdkafka::message::Message;
 
 use crate::decode::{Decoder, Event, Rejection};
 use crate::engine::InputRecord;
-use crate::state::prefetch::{Fetched, Prefetcher};
 
 /// Records per chunk: large enough that handing a chunk over costs little
 /// per record, small enough that the engine starts soon.
@@ -53,9 +52,6 @@ pub struct Chunk {
     topics: Vec<String>,
     raws: Vec<Raw>,
     decoded: Vec<Result<Event, Rejection>>,
-    /// The state records read ahead for each decoded record (see
-    /// [`crate::state::prefetch`]); none for a chunk decoded by the engine.
-    fetched: Vec<Fetched>,
 }
 
 impl Chunk {
@@ -64,7 +60,6 @@ impl Chunk {
         self.topics.clear();
         self.raws.clear();
         self.decoded.clear();
-        self.fetched.clear();
     }
 
     fn is_empty(&self) -> bool {
@@ -99,29 +94,20 @@ impl Chunk {
         });
     }
 
-    fn decode(&mut self, decoder: &Decoder, mut prefetcher: Option<&mut Prefetcher>) {
+    fn decode(&mut self, decoder: &Decoder) {
         let now = chrono::Utc::now().timestamp_millis();
         for r in &self.raws[self.decoded.len()..] {
             let payload = r.payload.clone().map(|p| &self.bytes[p]);
-            let decoded = decoder.decode(payload, now);
-            if let (Some(p), Ok(ev)) = (prefetcher.as_deref_mut(), &decoded) {
-                self.fetched.resize_with(self.decoded.len(), Fetched::default);
-                self.fetched.push(p.fetch(ev));
-            }
-            self.decoded.push(decoded);
+            self.decoded.push(decoder.decode(payload, now));
         }
     }
 
-    /// The records with their decoded events and the state records read
-    /// ahead for them, in order: (record, event, read ahead, when it was
-    /// consumed).
-    pub fn records(
-        &mut self,
-    ) -> impl Iterator<Item = (InputRecord<'_>, Result<Event, Rejection>, Fetched, Instant)> + '_ {
-        let Chunk { bytes, topics, raws, decoded, fetched } = self;
+    /// The records with their decoded events, in order: (record, event,
+    /// when it was consumed).
+    pub fn records(&mut self) -> impl Iterator<Item = (InputRecord<'_>, Result<Event, Rejection>, Instant)> + '_ {
+        let Chunk { bytes, topics, raws, decoded } = self;
         let (bytes, topics) = (&*bytes, &*topics);
-        fetched.resize_with(decoded.len(), Fetched::default);
-        raws.iter().zip(decoded.drain(..).zip(fetched.drain(..))).map(move |(r, (d, f))| {
+        raws.iter().zip(decoded.drain(..)).map(move |(r, d)| {
             let rec = InputRecord {
                 topic: &topics[r.topic],
                 partition: r.partition,
@@ -130,7 +116,7 @@ impl Chunk {
                 payload: r.payload.clone().map(|p| &bytes[p]),
                 timestamp_ms: r.timestamp_ms,
             };
-            (rec, d, f, r.consumed)
+            (rec, d, r.consumed)
         })
     }
 }
@@ -147,18 +133,16 @@ pub struct Ahead {
 }
 
 impl Ahead {
-    /// Starts the decoder thread; with a `prefetcher`, it also reads ahead
-    /// the state records the events will need.
-    pub fn new(decoder: Decoder, prefetcher: Option<Prefetcher>) -> Self {
+    /// Starts the decoder thread.
+    pub fn new(decoder: Decoder) -> Self {
         let (to_decoder, inbox) = sync_channel::<Chunk>(IN_FLIGHT);
         let (outbox, from_decoder) = sync_channel::<Chunk>(IN_FLIGHT);
         let d = decoder.clone();
         let thread = std::thread::Builder::new()
             .name("pqa-decode".into())
             .spawn(move || {
-                let mut prefetcher = prefetcher;
                 for mut chunk in inbox {
-                    chunk.decode(&d, prefetcher.as_mut());
+                    chunk.decode(&d);
                     if outbox.send(chunk).is_err() {
                         return;
                     }
@@ -233,7 +217,7 @@ impl Ahead {
         }
         let next = self.spare.pop_front().unwrap_or_default();
         let mut chunk = std::mem::replace(&mut self.filling, next);
-        chunk.decode(&self.decoder, None);
+        chunk.decode(&self.decoder);
         Some(chunk)
     }
 
@@ -297,12 +281,12 @@ mod tests {
     #[test]
     fn records_come_back_in_order_and_whole() {
         let decoder = Decoder::new(Config::default_config().input);
-        let mut ahead = Ahead::new(decoder.clone(), None);
+        let mut ahead = Ahead::new(decoder.clone());
         let now = chrono::Utc::now().timestamp_millis();
         let total = CHUNK_RECORDS * (IN_FLIGHT + 3) + 17;
         let mut seen = 0usize;
         let check = |chunk: &mut Chunk, seen: &mut usize| {
-            for (rec, decoded, _, _) in chunk.records() {
+            for (rec, decoded, _) in chunk.records() {
                 let m = message(*seen);
                 assert_eq!(rec.topic, m.topic());
                 assert_eq!(rec.partition, m.partition());
@@ -346,7 +330,7 @@ mod tests {
     /// until one comes back, and the consumer loop is told to wait.
     #[test]
     fn the_decoder_holds_at_most_its_limit() {
-        let mut ahead = Ahead::new(Decoder::new(Config::default_config().input), None);
+        let mut ahead = Ahead::new(Decoder::new(Config::default_config().input));
         for i in 0..CHUNK_RECORDS * (IN_FLIGHT + 1) {
             ahead.push(&message(i), Instant::now());
         }

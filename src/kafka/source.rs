@@ -253,9 +253,9 @@ impl Worker {
     }
 
     fn apply(&mut self, mut chunk: super::ahead::Chunk, ctx: &EngineContext) -> Result<(), RunError> {
-        for (rec, decoded, fetched, consumed) in chunk.records() {
+        for (rec, decoded, consumed) in chunk.records() {
             let before = self.out.events.len();
-            self.engine.process_fetched(&rec, decoded, fetched, &mut self.out)?;
+            self.engine.process_decoded(&rec, decoded, &mut self.out)?;
             for e in &mut self.out.events[before..] {
                 e.consumed_at = Some(consumed);
             }
@@ -727,7 +727,7 @@ pub fn run_definitions(
         None
     };
     let mut outcomes = OutcomesReader::new(cfg, &engine, shutdown).map_err(RunError::Consumer)?;
-    let ahead = Ahead::new(engine.decoder(), Some(engine.prefetcher()));
+    let ahead = Ahead::new(engine.decoder());
     let cc = consumer_config(cfg);
     log_config(&cc);
     let consumer: BaseConsumer<EngineContext> = cc

@@ -5,6 +5,11 @@
 //! cache-miss path of a history with more accounts than `state.cache_accounts`
 //! (the long tail, a million accounts), moved to the second core.
 //!
+//! `replay` and `backtest` read ahead (their second core was mostly idle).
+//! `run` does not: tried on the same 2 cores (its `pqa-decode` thread reading
+//! ahead for each chunk), it took 15 % off the engine thread and nothing off
+//! the time, with or without the changelog (BENCHMARKS.md, 2026-12-04).
+//!
 //! **Why a record read ahead is exact.** The engine takes a record read ahead
 //! only where it would itself read RocksDB (the record is neither cached nor
 //! evicted into the batch in flight), and only if RocksDB cannot have changed
