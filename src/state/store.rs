@@ -1656,27 +1656,26 @@ mod tests {
             message_id: None,
             previous_id: None,
         };
+        // Commits, then pushes what it wrote out of the cache (capacity 2),
+        // so that the engine would read it from RocksDB.
+        let commit_and_evict = |s: &mut Store| {
+            s.commit(&[]).unwrap();
+            for x in ["x", "y", "z"] {
+                s.account(x).unwrap();
+                s.user(x).unwrap();
+            }
+            s.commit(&[]).unwrap();
+        };
         set(&mut s, "a", 1);
         set(&mut s, "b", 1);
-        s.commit(&[]).unwrap();
-        // Out of the cache (capacity 2), so that the engine would read them.
-        for x in ["x", "y", "z"] {
-            s.account(x).unwrap();
-            s.user(x).unwrap();
-        }
-        s.commit(&[]).unwrap();
+        commit_and_evict(&mut s);
         let mut p = s.prefetcher();
         let read_a = p.fetch(&ev("a"));
         assert_eq!(read_a.account.as_ref().and_then(|f| f.state.as_ref()).map(|a| a.seq), Some(1));
         let read_b = s.prefetcher().fetch(&ev("b"));
         // A commit writes "a" (and the user) after the reads began.
         set(&mut s, "a", 2);
-        s.commit(&[]).unwrap();
-        for x in ["x", "y", "z"] {
-            s.account(x).unwrap();
-            s.user(x).unwrap();
-        }
-        s.commit(&[]).unwrap();
+        commit_and_evict(&mut s);
         assert!(!s.accounts.contains("a") && !s.accounts.contains("b") && !s.users.contains("u"));
         s.set_fetched(read_a);
         assert_eq!(s.account("a").unwrap().state.seq, 2, "the read ahead of a was refused");
@@ -1690,10 +1689,7 @@ mod tests {
         s.set_fetched(read_b);
         assert_eq!(s.account("b").unwrap().state.seq, 77, "the read ahead of b was taken");
         // A dropped cache refuses every read before it.
-        for x in ["x", "y", "z"] {
-            s.account(x).unwrap();
-        }
-        s.commit(&[]).unwrap();
+        commit_and_evict(&mut s);
         let mut read_b = s.prefetcher().fetch(&ev("b"));
         read_b.account.as_mut().unwrap().state.as_mut().unwrap().seq = 78;
         s.discard_cache();
