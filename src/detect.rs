@@ -134,16 +134,7 @@ impl Vars<'_> {
     }
 
     fn slot(&self, name: &str) -> Option<Slot> {
-        let n_metrics = self.def.metrics.len();
-        let derived = &self.def.derived[..self.nums.len() - n_metrics];
-        if let Some(j) = derived.iter().rposition(|d| d.0 == name) {
-            return Some(Slot::Num(n_metrics + j));
-        }
-        match name {
-            "account_age_days" => Some(Slot::Age),
-            "account" => Some(Slot::Account),
-            _ => self.def.metrics.iter().rposition(|m| m.name == name).map(Slot::Num),
-        }
+        slot_of(self.def, self.nums.len() - self.def.metrics.len(), name)
     }
 }
 
@@ -250,7 +241,7 @@ pub struct Plans {
 }
 
 impl Plans {
-    /// Resolves the names of `def`'s programs as [`Vars::slot`] would at
+    /// Resolves the names of `def`'s programs as [`Vars::slot`] does at
     /// their place: derived number `j` sees the metrics and the derived
     /// numbers before it; rules and score terms see them all.
     pub fn new(def: &CompiledDefinition) -> Plans {
@@ -273,8 +264,9 @@ impl Plans {
     }
 }
 
-/// What `name` stands for where the first `seen` derived numbers are known
-/// (as [`Vars::slot`]).
+/// What `name` stands for where the first `seen` derived numbers are known:
+/// the latest derived number of that name, else `account_age_days` or
+/// `account`, else the latest metric of that name.
 fn slot_of(def: &CompiledDefinition, seen: usize, name: &str) -> Option<Slot> {
     let n_metrics = def.metrics.len();
     if let Some(j) = def.derived[..seen].iter().rposition(|d| d.0 == name) {

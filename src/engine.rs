@@ -728,7 +728,6 @@ impl Engine {
         mut id: String,
         followed: &mut Vec<String>,
     ) -> Result<(String, Option<String>), EngineError> {
-        let mut account = None;
         for _ in 0..MAX_LINK_HOPS {
             let state = &self.store.user(&id)?.state;
             match &state.linked_to {
@@ -737,13 +736,13 @@ impl Engine {
                     followed.push(std::mem::replace(&mut id, next));
                 }
                 _ => {
-                    account.clone_from(&state.account);
+                    let account = state.account.clone();
                     return Ok((id, account));
                 }
             }
         }
         // Too many hops: the last id's record, as it is.
-        account.clone_from(&self.store.user(&id)?.state.account);
+        let account = self.store.user(&id)?.state.account.clone();
         Ok((id, account))
     }
 

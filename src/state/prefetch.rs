@@ -63,12 +63,6 @@ pub struct Fetched {
     pub(crate) user: Option<Box<(String, Option<UserState>)>>,
 }
 
-impl Fetched {
-    pub fn is_empty(&self) -> bool {
-        self.account.is_none() && self.user.is_none()
-    }
-}
-
 /// An account as RocksDB had it, and the event user's member record in it
 /// (`None`: not read).
 #[derive(Debug)]
@@ -205,12 +199,12 @@ impl RecentWrites {
         if epoch == self.epoch {
             return true;
         }
-        let since: Vec<_> = self.commits.iter().filter(|c| c.0 > epoch).collect();
-        if epoch > self.epoch || since.len() as u64 != self.epoch - epoch {
+        let since = || self.commits.iter().filter(|c| c.0 > epoch);
+        if epoch > self.epoch || since().count() as u64 != self.epoch - epoch {
             return false;
         }
         let (a, u) = (account.map(id_hash), user.map(id_hash));
-        !since.iter().any(|c| a.is_some_and(|a| c.1.contains(&a)) || u.is_some_and(|u| c.2.contains(&u)))
+        !since().any(|c| a.is_some_and(|a| c.1.contains(&a)) || u.is_some_and(|u| c.2.contains(&u)))
     }
 }
 
