@@ -221,6 +221,7 @@ impl Engine {
         metrics: Metrics,
     ) -> Result<Engine, EngineError> {
         store.set_dedupe_window_ms(input.dedupe_window_seconds.saturating_mul(1000));
+        store.set_dedupe_memory_ids(input.dedupe_memory_ids);
         let manifest = store.prepare_layout(defs.layout.clone(), &defs.live)?;
         let mut engine = Engine {
             defs: defs.clone(),

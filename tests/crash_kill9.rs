@@ -113,4 +113,30 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_nothing_new() {
     // The state of sampled accounts equals the clean run's.
     let accounts: BTreeSet<&str> = events.iter().map(|e| e.account.as_str()).collect();
     assert_same_state(&state, &clean_state, accounts.iter().step_by(25).copied());
+
+    // Upstream retries of events applied before the kills, within the
+    // dedupe window: each is counted once (its id was made durable with its
+    // batch and read back at every start), and no state moves.
+    let newest = events.iter().map(|e| e.time).max().unwrap();
+    let retries: Vec<_> = events.iter().filter(|e| e.time > newest - 12 * 3600).step_by(5).take(200).cloned().collect();
+    assert!(retries.len() >= 50, "{} retries", retries.len());
+    produce_by_account(&producer, &retries, PARTITIONS, &mut ends);
+    let mut engine = EngineProcess::start(&config, port, dir.path(), KILLS + TERMS + 1);
+    engine.wait_ready(Duration::from_secs(90));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !caught_up(&bootstrap, &ends) {
+        assert!(Instant::now() < deadline, "engine did not catch up with the retries:\n{}", engine.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let metrics = engine.http_get("/metrics").map(|(_, m)| m).unwrap_or_default();
+    let duplicates = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pqa_duplicate_events_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let st = engine.terminate(Duration::from_secs(30));
+    assert!(st.success(), "{st}");
+    drop(engine);
+    assert_eq!(duplicates as usize, retries.len(), "every retry is a duplicate");
+    assert_same_state(&state, &clean_state, accounts.iter().step_by(25).copied());
 }

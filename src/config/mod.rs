@@ -233,8 +233,12 @@ pub struct InputConfig {
     pub max_future_seconds: i64,
     /// Events whose `messageId` was already applied within this much event
     /// time are counted once (upstream retries). 0 turns it off. The ids
-    /// live in RocksDB (16-byte hashes), not in memory.
+    /// (16-byte hashes) are kept in memory up to `dedupe_memory_ids`, made
+    /// durable as one block per batch; past that, in RocksDB one key each.
     pub dedupe_window_seconds: i64,
+    /// At most this many message ids of the dedupe window are kept in
+    /// memory (up to about 70 bytes each); 0 keeps them all in RocksDB.
+    pub dedupe_memory_ids: usize,
     /// Where each field is found; the first pointer that resolves wins.
     pub fields: FieldPointers,
 }

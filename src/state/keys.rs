@@ -14,8 +14,8 @@ pub const OFFSET: u8 = b'o';
 /// Applied message id: `d | xxh3-128(message id)`.
 pub const DEDUPE: u8 = b'd';
 /// The message ids one commit applied from one input partition, as one
-/// changelog record (never a RocksDB key: a restore writes its ids into the
-/// dedupe column family): `b | partition (u32 BE) | newest event time
+/// changelog record (in RocksDB it is the value of its index entry, see
+/// [`DEDUPE_BLOCK_INDEX`]): `b | partition (u32 BE) | newest event time
 /// (i64, sign-flipped BE) | next input offset (i64 BE)` -> `(xxh3-128 of
 /// the id (16 bytes) | event time (i64 BE))*`. Unique per commit; once its
 /// newest id has left the dedupe window, its writer sends a tombstone for it,
@@ -23,7 +23,9 @@ pub const DEDUPE: u8 = b'd';
 pub const DEDUPE_BLOCK: u8 = b'b';
 /// The dedupe blocks a state has written or restored (meta column family),
 /// in the order they expire: `k` followed by the block key without its
-/// first byte -> nothing.
+/// first byte -> the block's ids as in the changelog record (what makes the
+/// store's in-memory ids durable), or nothing (ids kept one key each in the
+/// dedupe column family, or written by an earlier version).
 pub const DEDUPE_BLOCK_INDEX: u8 = b'k';
 /// Next changelog offset this state has seen of a changelog partition:
 /// `c | partition (u32 BE)` (in the meta column family).

@@ -18,7 +18,7 @@ use lru::LruCache;
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, LruCacheOptions, Options,
-    WriteBatch, WriteOptions, DB,
+    ReadOptions, WriteBatch, WriteOptions, DB,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -181,6 +181,16 @@ pub struct ChangeRecord {
 
 /// Bytes per id in a dedupe block: the id's 128-bit hash, its event time.
 const DEDUPE_BLOCK_ENTRY: usize = 16 + 8;
+
+/// Whether column family `name` holds no record. (In total order: the
+/// dedupe column family's hash memtable shows nothing to an iterator in its
+/// default prefix mode.)
+fn cf_is_empty(db: &DB, name: &str) -> bool {
+    let h = db.cf_handle(name).expect("column family");
+    let mut ro = ReadOptions::default();
+    ro.set_total_order_seek(true);
+    db.iterator_cf_opt(h, ro, IteratorMode::Start).next().is_none()
+}
 
 /// A commit encoded but not written yet: the RocksDB batch and, when the
 /// changelog is on, the same records for the changelog topic.
@@ -403,8 +413,12 @@ pub struct Store {
     /// Message ids applied since the last commit (key -> event time, partition).
     pending_ids: HashMap<[u8; 17], (i64, i32), IdHash>,
     /// Ids of the prepared batch not yet known to be written (while a batch
-    /// is written on another thread, the next one must still see them).
-    inflight_ids: HashSet<[u8; 17], IdHash>,
+    /// is written on another thread, the next one must still see them),
+    /// with their event times.
+    inflight_ids: HashMap<[u8; 17], i64, IdHash>,
+    /// The ids in flight go to `memory_ids` once written (their batch
+    /// carries them as blocks, not one key each).
+    inflight_to_memory: bool,
     /// Ids of the cache entries handed out since the last commit (the
     /// only ones that can be dirty).
     touched_accounts: Vec<String>,
@@ -445,12 +459,23 @@ pub struct Store {
     /// not in the cache then needs no read.
     accounts_on_disk: bool,
     users_on_disk: bool,
-    /// Write-back: message ids of the dedupe window kept in memory (id ->
-    /// event time), with the ids filed by the hour of their event time for
-    /// expiry. Ids past [`MEMORY_IDS`] go to RocksDB as without write-back.
-    memory_ids: HashMap<[u8; 17], i64, IdHash>,
-    memory_ids_by_hour: BTreeMap<i64, Vec<[u8; 17]>>,
-    /// Whether any message id went to RocksDB.
+    /// Message ids of the dedupe window kept in memory (id -> event time),
+    /// with the ids filed by the hour of their event time for expiry. What
+    /// makes them durable is a block per commit and input partition (the
+    /// value of its `keys::DEDUPE_BLOCK_INDEX` entry, written with the
+    /// batch's state and offsets), from which they are loaded again when the
+    /// store opens (or drops its cache). A write-back store keeps them in
+    /// memory only. Ids past `memory_ids_cap` go to RocksDB one key each.
+    /// (Keyed by the id's 16-byte hash alone: 24 bytes an entry.)
+    memory_ids: HashMap<[u8; 16], i64, IdHash>,
+    memory_ids_by_hour: BTreeMap<i64, Vec<[u8; 16]>>,
+    memory_ids_cap: usize,
+    /// `memory_ids` holds what the blocks in RocksDB hold (it is loaded on
+    /// the first lookup after opening, a restore or a dropped cache).
+    ids_loaded: bool,
+    /// Whether RocksDB may hold message ids one key each (the dedupe column
+    /// family): ids past the memory's cap, ids restored from an older
+    /// changelog, or a state written by an earlier version.
     ids_on_disk: bool,
     /// Reading ahead of the engine (see [`prefetch`]): what is shared with
     /// the readers, what the last commits wrote, and the records read ahead
@@ -460,9 +485,10 @@ pub struct Store {
     fetched: Fetched,
 }
 
-/// A write-back store keeps at most this many message ids in memory (about
-/// 60 bytes each, so about 120 MiB at most); more go to RocksDB.
-const MEMORY_IDS: usize = 2_000_000;
+/// By default a store keeps at most this many message ids in memory (at
+/// most about 70 bytes each with their table and expiry lists, so about
+/// 70 MiB); more go to RocksDB one key each (`input.dedupe_memory_ids`).
+pub const MEMORY_IDS: usize = 1_000_000;
 
 impl Store {
     /// Opens (or creates) the state directory.
@@ -591,6 +617,7 @@ impl Store {
                 })
             }
         }
+        let ids_on_disk = !cf_is_empty(&db, cf::DEDUPE);
         let reader = StateReader { db: Arc::new(db), members_on_disk: true };
         watermark.store(reader.watermark_ms()?, Ordering::Relaxed);
         Ok(Store {
@@ -601,7 +628,8 @@ impl Store {
             sync_writes: cfg.sync_writes,
             watermark,
             pending_ids: HashMap::default(),
-            inflight_ids: HashSet::default(),
+            inflight_ids: HashMap::default(),
+            inflight_to_memory: false,
             dedupe_window,
             touched_accounts: Vec::new(),
             touched_users: Vec::new(),
@@ -622,7 +650,9 @@ impl Store {
             users_on_disk: true,
             memory_ids: HashMap::default(),
             memory_ids_by_hour: BTreeMap::new(),
-            ids_on_disk: true,
+            memory_ids_cap: MEMORY_IDS,
+            ids_loaded: false,
+            ids_on_disk,
             prefetch: Arc::new(prefetch::Shared {
                 accounts_on_disk: true.into(),
                 users_on_disk: true.into(),
@@ -657,6 +687,58 @@ impl Store {
 
     /// Reads the indexes from RocksDB, dropping keys that disagree with
     /// their account records.
+    /// Files a message id applied at event time `t` in memory (again, if
+    /// it was seen long ago: its old hour's expiry keeps it, see `prepare`).
+    fn remember_id(&mut self, k: [u8; 16], t: i64) {
+        self.memory_ids.insert(k, t);
+        self.memory_ids_by_hour.entry(t.div_euclid(3_600_000)).or_default().push(k);
+    }
+
+    /// Loads the message ids of the dedupe window from the blocks that made
+    /// them durable (see `memory_ids`). Those past the cap are written one
+    /// key each, so that every id of the window is in memory or in the
+    /// dedupe column family.
+    fn load_ids(&mut self) -> Result<(), StateError> {
+        self.ids_loaded = true;
+        self.memory_ids.clear();
+        self.memory_ids_by_hour.clear();
+        let window = self.dedupe_window.load(Ordering::Relaxed);
+        let watermark = self.watermark.load(Ordering::Relaxed);
+        let db = self.reader.db.clone();
+        let meta = db.cf_handle(cf::META).expect("cf");
+        let dcf = db.cf_handle(cf::DEDUPE).expect("cf");
+        let mut past_cap = WriteBatch::default();
+        let prefix = [keys::DEDUPE_BLOCK_INDEX];
+        for item in db.iterator_cf(meta, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            for id in v.chunks_exact(DEDUPE_BLOCK_ENTRY) {
+                let t = i64::from_be_bytes(id[16..].try_into().expect("8 bytes"));
+                if t.saturating_add(window) < watermark {
+                    continue;
+                }
+                let hash: [u8; 16] = id[..16].try_into().expect("16 bytes");
+                if self.memory_ids.len() < self.memory_ids_cap {
+                    self.remember_id(hash, t);
+                } else {
+                    let mut key = [0u8; keys::DEDUPE_KEY_LEN];
+                    key[0] = keys::DEDUPE;
+                    key[1..].copy_from_slice(&hash);
+                    past_cap.put_cf(dcf, key, t.to_be_bytes());
+                }
+            }
+        }
+        if !past_cap.is_empty() {
+            let mut wo = WriteOptions::default();
+            wo.set_sync(self.sync_writes);
+            db.write_opt(past_cap, &wo)?;
+            self.ids_on_disk = true;
+        }
+        Ok(())
+    }
+
     pub fn load_schedule(&mut self) -> Result<(), StateError> {
         let db = &self.reader.db;
         let meta = db.cf_handle(cf::META).expect("meta column family");
@@ -920,21 +1002,18 @@ impl Store {
     /// only what the cache evicts (accounts and users past
     /// `state.cache_accounts`, the members of an account with many cached),
     /// with the offsets; the rest stays in memory, where every read finds
-    /// it. Message ids of the dedupe window are kept in memory too (up to
-    /// [`MEMORY_IDS`]). Until the first eviction of a kind of record,
+    /// it. Message ids of the dedupe window stay in memory only (up to the
+    /// cap, see [`Store::set_dedupe_memory_ids`]). Until the first eviction of a kind of record,
     /// lookups of records not in the cache skip RocksDB, which has none.
     /// RocksDB alone is then not the state: nothing may read it directly
     /// (`discard_cache` would lose changes; only a failed run calls it).
     pub fn set_write_back(&mut self, on: bool) -> Result<(), StateError> {
         if on && !self.write_back {
-            let empty = |name: &str| {
-                let h = self.reader.db.cf_handle(name).expect("column family");
-                self.reader.db.iterator_cf(h, IteratorMode::Start).next().is_none()
-            };
-            self.accounts_on_disk = !empty(cf::ACCOUNTS);
-            self.users_on_disk = !empty(cf::USERS);
-            self.reader.members_on_disk = !empty(cf::MEMBERS);
-            self.ids_on_disk = !empty(cf::DEDUPE);
+            let db = &self.reader.db;
+            self.accounts_on_disk = !cf_is_empty(db, cf::ACCOUNTS);
+            self.users_on_disk = !cf_is_empty(db, cf::USERS);
+            self.reader.members_on_disk = !cf_is_empty(db, cf::MEMBERS);
+            self.ids_on_disk = !cf_is_empty(db, cf::DEDUPE);
             self.share_on_disk();
         }
         self.write_back = on;
@@ -1006,6 +1085,13 @@ impl Store {
         self.dedupe_window.store(ms.max(0), Ordering::Relaxed);
     }
 
+    /// At most this many message ids of the dedupe window are kept in
+    /// memory (the rest go to RocksDB one key each); 0 keeps every id in
+    /// RocksDB.
+    pub fn set_dedupe_memory_ids(&mut self, cap: usize) {
+        self.memory_ids_cap = cap;
+    }
+
     /// Whether `message_id` (of an event at `time_ms`) was already applied
     /// within the dedupe window; if not, remembers it for the next commit.
     pub fn seen_before(&mut self, message_id: &str, time_ms: i64) -> Result<bool, StateError> {
@@ -1013,27 +1099,31 @@ impl Store {
         if window <= 0 {
             return Ok(false);
         }
+        if !self.ids_loaded {
+            self.load_ids()?;
+        }
         let key = keys::dedupe(message_id);
-        if self.pending_ids.contains_key(&key) || self.inflight_ids.contains(&key) {
+        if self.pending_ids.contains_key(&key) || self.inflight_ids.contains_key(&key) {
             return Ok(true);
         }
+        let hash: [u8; 16] = key[1..].try_into().expect("16 bytes");
         let watermark = self.watermark_ms();
-        if self.write_back && !self.ids_on_disk && self.memory_ids.len() < MEMORY_IDS {
+        if self.write_back && !self.ids_on_disk && self.memory_ids.len() < self.memory_ids_cap {
             // The common case of a write-back store, in one probe: every
             // id of the window is in memory.
-            return Ok(match self.memory_ids.entry(key) {
+            return Ok(match self.memory_ids.entry(hash) {
                 std::collections::hash_map::Entry::Occupied(o) if o.get().saturating_add(window) >= watermark => true,
                 entry => {
                     // New, or seen long ago (out of the window): filed
                     // (again) under its hour (an old hour's expiry keeps
                     // it: see `prepare`).
                     entry.insert_entry(time_ms);
-                    self.memory_ids_by_hour.entry(time_ms.div_euclid(3_600_000)).or_default().push(key);
+                    self.memory_ids_by_hour.entry(time_ms.div_euclid(3_600_000)).or_default().push(hash);
                     false
                 }
             });
         }
-        if let Some(seen_at) = self.memory_ids.get(&key) {
+        if let Some(seen_at) = self.memory_ids.get(&hash) {
             if seen_at.saturating_add(window) >= watermark {
                 return Ok(true);
             }
@@ -1047,11 +1137,10 @@ impl Store {
                 }
             }
         }
-        if self.write_back && self.memory_ids.len() < MEMORY_IDS {
+        if self.write_back && self.memory_ids.len() < self.memory_ids_cap {
             // An id seen long ago (out of the window) is filed again, under
             // its new hour (its old hour's expiry keeps it: see `prepare`).
-            self.memory_ids.insert(key, time_ms);
-            self.memory_ids_by_hour.entry(time_ms.div_euclid(3_600_000)).or_default().push(key);
+            self.remember_id(hash, time_ms);
             return Ok(false);
         }
         self.pending_ids.insert(key, (time_ms, self.partition));
@@ -1172,23 +1261,34 @@ impl Store {
                 self.reader.members_on_disk = true;
             }
             self.share_on_disk();
-            // Message ids out of the window leave the memory (an hour
-            // whose last millisecond has left it).
-            let window = self.dedupe_window.load(Ordering::Relaxed);
-            let watermark = self.watermark.load(Ordering::Relaxed);
-            while let Some(entry) = self.memory_ids_by_hour.first_entry() {
-                if (entry.key() + 1) * 3_600_000 - 1 + window >= watermark {
-                    break;
-                }
-                for k in entry.remove() {
-                    if self.memory_ids.get(&k).is_some_and(|t| t.saturating_add(window) < watermark) {
-                        self.memory_ids.remove(&k);
-                    }
+        }
+        // Message ids out of the window leave the memory (an hour whose
+        // last millisecond has left it).
+        let window = self.dedupe_window.load(Ordering::Relaxed);
+        let watermark = self.watermark.load(Ordering::Relaxed);
+        while let Some(entry) = self.memory_ids_by_hour.first_entry() {
+            if (entry.key() + 1) * 3_600_000 - 1 + window >= watermark {
+                break;
+            }
+            for k in entry.remove() {
+                if self.memory_ids.get(&k).is_some_and(|t| t.saturating_add(window) < watermark) {
+                    self.memory_ids.remove(&k);
                 }
             }
         }
         if !self.pending_ids.is_empty() {
-            self.ids_on_disk = true;
+            // Kept in memory once written, and made durable by one block
+            // per input partition (the value of its index entry), unless
+            // that would pass the cap, or an id has no offset of its
+            // partition to name its block: then one key each, as a
+            // write-back store's ids past its cap.
+            let to_memory = !self.write_back
+                && self.memory_ids.len() + self.pending_ids.len() <= self.memory_ids_cap
+                && self.pending_ids.values().all(|(_, p)| offsets.iter().any(|(_, q, _)| q == p));
+            self.inflight_to_memory = to_memory;
+            if !to_memory {
+                self.ids_on_disk = true;
+            }
             let dcf = db.cf_handle(cf::DEDUPE).expect("cf");
             // Per input partition: the newest event time and the ids, for
             // one changelog record (a dedupe block) rather than one per id.
@@ -1196,22 +1296,28 @@ impl Store {
             // No need to sort: the dedupe column family's memtable is a hash
             // table (see `open`).
             for (k, (t, p)) in self.pending_ids.drain() {
-                batch.put_cf(dcf, k, t.to_be_bytes());
-                if self.changelog {
+                if !to_memory {
+                    batch.put_cf(dcf, k, t.to_be_bytes());
+                }
+                if self.changelog || to_memory {
                     let b = blocks.entry(p).or_insert_with(|| (i64::MIN, Vec::new()));
                     b.0 = b.0.max(t);
                     b.1.extend_from_slice(&k[1..]);
                     b.1.extend_from_slice(&t.to_be_bytes());
                 }
-                self.inflight_ids.insert(k);
+                self.inflight_ids.insert(k, t);
             }
             for (p, (newest, ids)) in blocks {
                 match offsets.iter().find(|(_, q, _)| *q == p) {
                     Some((_, _, next)) => {
                         let key = keys::dedupe_block(p, newest, *next);
-                        batch.put_cf(meta, keys::dedupe_block_index(&key), []);
-                        changelog.push(ChangeRecord { partition: p, key, value: ids });
+                        let durable: &[u8] = if to_memory { &ids } else { &[] };
+                        batch.put_cf(meta, keys::dedupe_block_index(&key), durable);
+                        if self.changelog {
+                            changelog.push(ChangeRecord { partition: p, key, value: ids });
+                        }
                     }
+                    None if !self.changelog => {}
                     None => {
                         // Ids without an offset of their partition to name
                         // the block (not from `run`): one record each.
@@ -1224,23 +1330,21 @@ impl Store {
                 }
             }
         }
-        let watermark = self.watermark.load(Ordering::Relaxed);
-        if self.changelog {
-            // Dedupe blocks whose newest id has left the window: a tombstone
-            // each, so that the compacted changelog forgets them (each
-            // partition's own, written before its marker).
-            let window = self.dedupe_window.load(Ordering::Relaxed);
-            for (_, p, _) in offsets {
-                let prefix = keys::dedupe_block_index_prefix(*p);
-                for item in db.iterator_cf(meta, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
-                    let Ok((k, _)) = item else { break };
-                    let Some(newest) = keys::dedupe_block_newest(&k).filter(|_| k.starts_with(&prefix)) else {
-                        break;
-                    };
-                    if window > 0 && newest.saturating_add(window) >= watermark {
-                        break;
-                    }
-                    batch.delete_cf(meta, &k);
+        // Dedupe blocks whose newest id has left the window leave the index
+        // and, with a tombstone each, the compacted changelog (each
+        // partition's own, written before its marker).
+        for (_, p, _) in offsets {
+            let prefix = keys::dedupe_block_index_prefix(*p);
+            for item in db.iterator_cf(meta, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
+                let Ok((k, _)) = item else { break };
+                let Some(newest) = keys::dedupe_block_newest(&k).filter(|_| k.starts_with(&prefix)) else {
+                    break;
+                };
+                if window > 0 && newest.saturating_add(window) >= watermark {
+                    break;
+                }
+                batch.delete_cf(meta, &k);
+                if self.changelog {
                     let mut key = k.to_vec();
                     key[0] = keys::DEDUPE_BLOCK;
                     changelog.push(ChangeRecord { partition: *p, key, value: Vec::new() });
@@ -1316,7 +1420,14 @@ impl Store {
     pub fn written(&mut self) -> usize {
         let epoch = self.writes.completed();
         self.prefetch.epoch.store(epoch, Ordering::Release);
-        self.inflight_ids.clear();
+        if std::mem::take(&mut self.inflight_to_memory) {
+            let ids = std::mem::take(&mut self.inflight_ids);
+            for (k, t) in ids {
+                self.remember_id(k[1..].try_into().expect("16 bytes"), t);
+            }
+        } else {
+            self.inflight_ids.clear();
+        }
         // Write-back: evicted at prepare, and now durable.
         self.spilled_accounts.clear();
         self.spilled_users.clear();
@@ -1367,7 +1478,11 @@ impl Store {
                 Some(&keys::ACCOUNT) => cf::ACCOUNTS,
                 Some(&keys::MEMBER) => cf::MEMBERS,
                 Some(&keys::USER) => cf::USERS,
-                Some(&keys::DEDUPE) => cf::DEDUPE,
+                Some(&keys::DEDUPE) => {
+                    // (Of an earlier version: one record per id.)
+                    self.ids_on_disk = true;
+                    cf::DEDUPE
+                }
                 Some(&keys::DEDUPE_BLOCK) => {
                     // A commit's message ids (or, empty, the tombstone of
                     // one that left the window).
@@ -1375,17 +1490,12 @@ impl Store {
                     if keys::dedupe_block_newest(k).is_none() || v.len() % DEDUPE_BLOCK_ENTRY != 0 {
                         return Err(corrupt("malformed dedupe block"));
                     }
+                    // Kept as the writer keeps it: the block is the value of
+                    // its index entry, loaded into memory on the next lookup.
                     if v.is_empty() {
                         batch.delete_cf(meta, keys::dedupe_block_index(k));
                     } else {
-                        let dcf = db.cf_handle(cf::DEDUPE).expect("cf");
-                        for id in v.chunks_exact(DEDUPE_BLOCK_ENTRY) {
-                            let mut key = [0u8; keys::DEDUPE_KEY_LEN];
-                            key[0] = keys::DEDUPE;
-                            key[1..].copy_from_slice(&id[..16]);
-                            batch.put_cf(dcf, key, &id[16..]);
-                        }
-                        batch.put_cf(meta, keys::dedupe_block_index(k), []);
+                        batch.put_cf(meta, keys::dedupe_block_index(k), v);
                     }
                     continue;
                 }
@@ -1442,6 +1552,9 @@ impl Store {
         self.spilled_users.clear();
         self.memory_ids.clear();
         self.memory_ids_by_hour.clear();
+        // (Read back from their blocks on the next lookup.)
+        self.ids_loaded = false;
+        self.inflight_to_memory = false;
         self.touched_accounts.clear();
         self.touched_users.clear();
         self.accounts.clear();
@@ -1964,5 +2077,105 @@ mod tests {
 
         r.apply_changelog(3, &[tombstone], 6).unwrap();
         assert!(r.meta_prefix_keys(&keys::dedupe_block_index_prefix(3)).is_empty());
+    }
+
+    /// A commit that wrote the batch (prepare, write, written).
+    fn commit_at(s: &mut Store, partition: i32, next: i64) {
+        let p = s.prepare(&[("t".into(), partition, next)]);
+        s.writer().write(p, &[]).unwrap();
+        s.written();
+    }
+
+    fn opened(dir: &Path, window_ms: i64, watermark_ms: i64) -> Store {
+        let mut s = Store::open(&cfg(dir)).unwrap();
+        s.set_dedupe_window_ms(window_ms);
+        s.set_watermark_ms(watermark_ms);
+        s
+    }
+
+    /// Message ids are kept in memory once their batch is written, made
+    /// durable by one block per commit and partition (no key per id), read
+    /// back from the blocks when the store opens again or drops its cache
+    /// (not those of a batch never written), and forgotten, with their
+    /// block, once they leave the window.
+    #[test]
+    fn message_ids_live_in_memory_and_are_durable_as_one_block_per_commit() {
+        let h = 3_600_000i64;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = opened(dir.path(), 24 * h, 100 * h);
+        s.set_partition(2);
+        assert!(!s.seen_before("m1", 99 * h).unwrap());
+        assert!(!s.seen_before("m2", 100 * h).unwrap());
+        commit_at(&mut s, 2, 10);
+        assert!(cf_is_empty(&s.reader.db, cf::DEDUPE), "no key per id");
+        let meta = s.reader.db.cf_handle(cf::META).unwrap();
+        let index = s.meta_prefix_keys(&keys::dedupe_block_index_prefix(2));
+        assert_eq!(index, vec![keys::dedupe_block_index(&keys::dedupe_block(2, 100 * h, 10))]);
+        let block = s.reader.db.get_cf(meta, &index[0]).unwrap().unwrap();
+        assert_eq!(block.len(), 2 * DEDUPE_BLOCK_ENTRY, "the block holds both ids");
+        assert!(s.seen_before("m1", 99 * h).unwrap(), "in memory");
+        drop(s);
+
+        let mut s = opened(dir.path(), 24 * h, 100 * h);
+        s.set_partition(2);
+        assert!(s.seen_before("m1", 99 * h).unwrap(), "read back from its block");
+        assert!(s.seen_before("m2", 100 * h).unwrap());
+        assert!(!s.seen_before("m3", 100 * h).unwrap());
+        // A batch that never becomes durable: its id is forgotten with it
+        // (its event will be applied again), the written ones are not.
+        let _lost = s.prepare(&[("t".into(), 2, 11)]);
+        s.discard_cache();
+        assert!(!s.seen_before("m3", 100 * h).unwrap(), "its batch was dropped");
+        assert!(s.seen_before("m1", 99 * h).unwrap(), "read back after the cache was dropped");
+        commit_at(&mut s, 2, 11);
+
+        // Past the window: out of memory, and the blocks leave the index.
+        s.set_watermark_ms(130 * h);
+        commit_at(&mut s, 2, 12);
+        assert!(s.meta_prefix_keys(&keys::dedupe_block_index_prefix(2)).is_empty());
+        assert!(!s.memory_ids.contains_key(&keys::dedupe("m1")[1..]));
+        assert!(!s.seen_before("m1", 130 * h).unwrap(), "seen more than a window ago");
+        drop(s);
+        let mut s = opened(dir.path(), 24 * h, 130 * h);
+        assert!(!s.seen_before("m2", 130 * h).unwrap());
+        assert!(cf_is_empty(&s.reader.db, cf::DEDUPE));
+    }
+
+    /// Past the memory's cap, ids go to RocksDB one key each: a batch that
+    /// would pass it, and, on opening with a smaller cap, the ids of the
+    /// blocks that do not fit. Every id of the window stays a duplicate.
+    #[test]
+    fn message_ids_past_the_memory_cap_go_to_rocksdb_one_key_each() {
+        let h = 3_600_000i64;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = opened(dir.path(), 24 * h, 100 * h);
+        s.set_dedupe_memory_ids(2);
+        assert!(!s.seen_before("m1", 100 * h).unwrap());
+        assert!(!s.seen_before("m2", 100 * h).unwrap());
+        commit_at(&mut s, 0, 2);
+        assert!(cf_is_empty(&s.reader.db, cf::DEDUPE));
+        assert!(!s.seen_before("m3", 100 * h).unwrap());
+        commit_at(&mut s, 0, 3);
+        assert!(!cf_is_empty(&s.reader.db, cf::DEDUPE), "the third id passed the cap");
+        assert_eq!(s.memory_ids.len(), 2);
+        drop(s);
+
+        let mut s = opened(dir.path(), 24 * h, 100 * h);
+        s.set_dedupe_memory_ids(1);
+        for id in ["m1", "m2", "m3"] {
+            assert!(s.seen_before(id, 100 * h).unwrap(), "{id}");
+        }
+        assert_eq!(s.memory_ids.len(), 1);
+        drop(s);
+        // Nothing in memory at all: every id from RocksDB.
+        let mut s = opened(dir.path(), 24 * h, 100 * h);
+        s.set_dedupe_memory_ids(0);
+        for id in ["m1", "m2", "m3"] {
+            assert!(s.seen_before(id, 100 * h).unwrap(), "{id}");
+        }
+        assert!(!s.seen_before("m4", 100 * h).unwrap());
+        commit_at(&mut s, 0, 4);
+        assert!(s.memory_ids.is_empty());
+        assert!(s.seen_before("m4", 100 * h).unwrap());
     }
 }
