@@ -663,6 +663,7 @@ impl Engine {
         stats.cached_accounts = self.store.written();
         self.metrics.commits.with_label_values(&["state"]).inc();
         self.metrics.cache_accounts.set(stats.cached_accounts as i64);
+        self.metrics.dedupe_ids_in_memory.set(self.store.ids_in_memory() as i64);
         self.metrics.watermark_seconds.set(self.store.watermark_ms() / 1000);
         self.update_warming_gauge();
         self.publish_rule_metrics();

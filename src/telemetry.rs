@@ -50,6 +50,7 @@ pub struct Metrics {
     pub delivery_failures: IntCounter,
     /// Accounts in the in-memory cache.
     pub cache_accounts: IntGauge,
+    pub dedupe_ids_in_memory: IntGauge,
     /// Estimated records and bytes of state.
     pub state_records: IntGauge,
     pub state_bytes: IntGauge,
@@ -280,6 +281,14 @@ impl Metrics {
             cache_accounts: reg(
                 &registry,
                 IntGauge::new("pqa_cache_accounts", "Accounts in the in-memory cache").unwrap(),
+            ),
+            dedupe_ids_in_memory: reg(
+                &registry,
+                IntGauge::new(
+                    "pqa_dedupe_ids_in_memory",
+                    "Message ids of the dedupe window kept in memory (at most input.dedupe_memory_ids)",
+                )
+                .unwrap(),
             ),
             state_records: reg(&registry, IntGauge::new("pqa_state_records", "Estimated records in RocksDB").unwrap()),
             state_bytes: reg(

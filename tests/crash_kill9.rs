@@ -129,14 +129,15 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_nothing_new() {
         std::thread::sleep(Duration::from_millis(300));
     }
     let metrics = engine.http_get("/metrics").map(|(_, m)| m).unwrap_or_default();
-    let duplicates = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("pqa_duplicate_events_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let metric = |name: &str| {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    let duplicates = metric("pqa_duplicate_events_total");
+    let in_memory = metric("pqa_dedupe_ids_in_memory");
     let st = engine.terminate(Duration::from_secs(30));
     assert!(st.success(), "{st}");
     drop(engine);
     assert_eq!(duplicates as usize, retries.len(), "every retry is a duplicate");
+    assert!(in_memory as usize >= retries.len(), "the window's ids are in memory: {in_memory}");
     assert_same_state(&state, &clean_state, accounts.iter().step_by(25).copied());
 }

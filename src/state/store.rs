@@ -1092,6 +1092,11 @@ impl Store {
         self.memory_ids_cap = cap;
     }
 
+    /// Message ids of the dedupe window in memory now.
+    pub fn ids_in_memory(&self) -> usize {
+        self.memory_ids.len()
+    }
+
     /// Whether `message_id` (of an event at `time_ms`) was already applied
     /// within the dedupe window; if not, remembers it for the next commit.
     pub fn seen_before(&mut self, message_id: &str, time_ms: i64) -> Result<bool, StateError> {
@@ -2157,7 +2162,7 @@ mod tests {
         assert!(!s.seen_before("m3", 100 * h).unwrap());
         commit_at(&mut s, 0, 3);
         assert!(!cf_is_empty(&s.reader.db, cf::DEDUPE), "the third id passed the cap");
-        assert_eq!(s.memory_ids.len(), 2);
+        assert_eq!(s.ids_in_memory(), 2);
         drop(s);
 
         let mut s = opened(dir.path(), 24 * h, 100 * h);
@@ -2165,7 +2170,7 @@ mod tests {
         for id in ["m1", "m2", "m3"] {
             assert!(s.seen_before(id, 100 * h).unwrap(), "{id}");
         }
-        assert_eq!(s.memory_ids.len(), 1);
+        assert_eq!(s.ids_in_memory(), 1);
         drop(s);
         // Nothing in memory at all: every id from RocksDB.
         let mut s = opened(dir.path(), 24 * h, 100 * h);
@@ -2175,7 +2180,7 @@ mod tests {
         }
         assert!(!s.seen_before("m4", 100 * h).unwrap());
         commit_at(&mut s, 0, 4);
-        assert!(s.memory_ids.is_empty());
+        assert_eq!(s.ids_in_memory(), 0);
         assert!(s.seen_before("m4", 100 * h).unwrap());
     }
 }
