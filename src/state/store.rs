@@ -488,7 +488,7 @@ pub struct Store {
 /// By default a store keeps at most this many message ids in memory (at
 /// most about 70 bytes each with their table and expiry lists, so about
 /// 70 MiB); more go to RocksDB one key each (`input.dedupe_memory_ids`).
-pub const MEMORY_IDS: usize = 1_000_000;
+const MEMORY_IDS: usize = 1_000_000;
 
 impl Store {
     /// Opens (or creates) the state directory.
@@ -685,8 +685,6 @@ impl Store {
         }
     }
 
-    /// Reads the indexes from RocksDB, dropping keys that disagree with
-    /// their account records.
     /// Files a message id applied at event time `t` in memory (again, if
     /// it was seen long ago: its old hour's expiry keeps it, see `prepare`).
     fn remember_id(&mut self, k: [u8; 16], t: i64) {
@@ -739,6 +737,8 @@ impl Store {
         Ok(())
     }
 
+    /// Reads the indexes from RocksDB, dropping keys that disagree with
+    /// their account records.
     pub fn load_schedule(&mut self) -> Result<(), StateError> {
         let db = &self.reader.db;
         let meta = db.cf_handle(cf::META).expect("meta column family");
@@ -1322,10 +1322,11 @@ impl Store {
                             changelog.push(ChangeRecord { partition: p, key, value: ids });
                         }
                     }
-                    None if !self.changelog => {}
                     None => {
                         // Ids without an offset of their partition to name
-                        // the block (not from `run`): one record each.
+                        // the block (not from `run`): one changelog record
+                        // each. (Only with the changelog: without it, blocks
+                        // are made only when every partition has an offset.)
                         for id in ids.chunks_exact(DEDUPE_BLOCK_ENTRY) {
                             let mut key = vec![keys::DEDUPE];
                             key.extend_from_slice(&id[..16]);
