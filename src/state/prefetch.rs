@@ -51,6 +51,9 @@ pub(crate) struct Shared {
     pub accounts_on_disk: AtomicBool,
     pub users_on_disk: AtomicBool,
     pub members_on_disk: AtomicBool,
+    /// A reader ahead exists: commits note what they write (without one,
+    /// nothing reads ahead and a commit notes only that it wrote unnoted).
+    pub readers: AtomicBool,
 }
 
 /// The records read ahead for one event, at one epoch.
@@ -82,6 +85,7 @@ pub struct Prefetcher {
 
 impl Prefetcher {
     pub(crate) fn new(reader: StateReader, shared: Arc<Shared>, capacity: usize) -> Prefetcher {
+        shared.readers.store(true, Ordering::Release);
         Prefetcher { reader, shared, accounts: Recent::new(capacity), users: Recent::new(capacity) }
     }
 
@@ -153,10 +157,14 @@ impl Recent {
 /// epoch: see the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct RecentWrites {
-    /// (epoch, accounts, users), oldest first.
-    commits: VecDeque<(u64, HashSet<u64>, HashSet<u64>)>,
+    /// (epoch, accounts, users, unnoted), oldest first.
+    commits: VecDeque<(u64, HashSet<u64>, HashSet<u64>, bool)>,
     /// What the batch being prepared (or in flight) writes.
     pub pending: (HashSet<u64>, HashSet<u64>),
+    /// The batch being prepared (or in flight) wrote records it did not
+    /// note (no reader ahead existed when it was prepared): a read across
+    /// it is refused.
+    pub unnoted: bool,
     epoch: u64,
 }
 
@@ -177,7 +185,8 @@ impl RecentWrites {
     pub fn completed(&mut self) -> u64 {
         self.epoch += 1;
         let (accounts, users) = std::mem::take(&mut self.pending);
-        self.commits.push_back((self.epoch, accounts, users));
+        let unnoted = std::mem::take(&mut self.unnoted);
+        self.commits.push_back((self.epoch, accounts, users, unnoted));
         if self.commits.len() > REMEMBERED {
             self.commits.pop_front();
         }
@@ -190,6 +199,7 @@ impl RecentWrites {
         self.epoch += 1;
         self.commits.clear();
         self.pending = Default::default();
+        self.unnoted = false;
         self.epoch
     }
 
@@ -204,7 +214,7 @@ impl RecentWrites {
             return false;
         }
         let (a, u) = (account.map(id_hash), user.map(id_hash));
-        !since().any(|c| a.is_some_and(|a| c.1.contains(&a)) || u.is_some_and(|u| c.2.contains(&u)))
+        !since().any(|c| c.3 || a.is_some_and(|a| c.1.contains(&a)) || u.is_some_and(|u| c.2.contains(&u)))
     }
 }
 
@@ -236,6 +246,14 @@ mod tests {
         assert!(!w.holds(e1 + 1, Some("b"), None), "records written otherwise");
         assert!(w.holds(w.epoch(), Some("b"), None));
         assert!(!w.holds(w.epoch() + 1, Some("b"), None), "a read from the future");
+        // A commit prepared before any reader ahead existed noted nothing:
+        // every read across it is refused.
+        let e2 = w.epoch();
+        w.unnoted = true;
+        assert!(w.holds(e2, Some("b"), None), "still in flight");
+        w.completed();
+        assert!(!w.holds(e2, Some("b"), None), "across a commit that noted nothing");
+        assert!(w.holds(w.epoch(), Some("b"), None));
     }
 
     #[test]

@@ -414,15 +414,18 @@ pub struct Store {
     pending_ids: HashMap<[u8; 17], (i64, i32), IdHash>,
     /// Ids of the prepared batch not yet known to be written (while a batch
     /// is written on another thread, the next one must still see them),
-    /// with their event times.
-    inflight_ids: HashMap<[u8; 17], i64, IdHash>,
+    /// with their event times (and partitions: the map was `pending_ids`).
+    inflight_ids: HashMap<[u8; 17], (i64, i32), IdHash>,
     /// The ids in flight go to `memory_ids` once written (their batch
     /// carries them as blocks, not one key each).
     inflight_to_memory: bool,
     /// Ids of the cache entries handed out since the last commit (the
     /// only ones that can be dirty).
+    /// (A write-back store lists only crowded accounts, see [`CROWDED`].)
     touched_accounts: Vec<String>,
     touched_users: Vec<String>,
+    /// Records were handed out since the last prepared commit.
+    changed: bool,
     /// Input partition of the record being applied.
     partition: i32,
     /// Build changelog records at commit.
@@ -477,6 +480,13 @@ pub struct Store {
     /// family): ids past the memory's cap, ids restored from an older
     /// changelog, or a state written by an earlier version.
     ids_on_disk: bool,
+    /// Per input partition, the oldest newest-id time of its dedupe blocks
+    /// in RocksDB (`i64::MAX`: none), as the last look at the index left
+    /// it and the blocks written since lowered it: while that time is in
+    /// the window, no block has left it and the index is not read. Not
+    /// known (absent) until the index is first read, and forgotten when
+    /// blocks are written otherwise (a restore) or the cache is dropped.
+    oldest_block: HashMap<i32, i64>,
     /// Reading ahead of the engine (see [`prefetch`]): what is shared with
     /// the readers, what the last commits wrote, and the records read ahead
     /// for the event being applied.
@@ -489,6 +499,11 @@ pub struct Store {
 /// most about 70 bytes each with their table and expiry lists, so about
 /// 70 MiB); more go to RocksDB one key each (`input.dedupe_memory_ids`).
 const MEMORY_IDS: usize = 1_000_000;
+
+/// An account with more members cached than this is crowded: its changed
+/// members are written with each commit (also by a write-back store), and
+/// dropped from the cache once durable.
+const CROWDED: usize = 256;
 
 impl Store {
     /// Opens (or creates) the state directory.
@@ -633,6 +648,7 @@ impl Store {
             dedupe_window,
             touched_accounts: Vec::new(),
             touched_users: Vec::new(),
+            changed: false,
             partition: 0,
             changelog: false,
             last_commit_size: (0, 0),
@@ -653,6 +669,7 @@ impl Store {
             memory_ids_cap: MEMORY_IDS,
             ids_loaded: false,
             ids_on_disk,
+            oldest_block: HashMap::new(),
             prefetch: Arc::new(prefetch::Shared {
                 accounts_on_disk: true.into(),
                 users_on_disk: true.into(),
@@ -983,7 +1000,7 @@ impl Store {
     /// Whether records were touched or meta records set since the last
     /// prepared commit.
     pub fn has_changes(&self) -> bool {
-        !self.touched_accounts.is_empty() || !self.touched_users.is_empty() || !self.meta_pending.is_empty()
+        self.changed || !self.meta_pending.is_empty()
     }
 
     /// The input partition set last.
@@ -1007,7 +1024,10 @@ impl Store {
     /// lookups of records not in the cache skip RocksDB, which has none.
     /// RocksDB alone is then not the state: nothing may read it directly
     /// (`discard_cache` would lose changes; only a failed run calls it).
+    /// (Once on, it stays on: entries are then no longer listed for the
+    /// commit when touched.)
     pub fn set_write_back(&mut self, on: bool) -> Result<(), StateError> {
+        debug_assert!(on || !self.write_back, "write-back cannot be turned off");
         if on && !self.write_back {
             let db = &self.reader.db;
             self.accounts_on_disk = !cf_is_empty(db, cf::ACCOUNTS);
@@ -1049,10 +1069,13 @@ impl Store {
             }
         }
         e.partition = self.partition;
-        if !e.touched {
+        // (A write-back store writes only what it evicts, and the members of
+        // crowded accounts: only those are listed for the commit.)
+        if !e.touched && (!self.write_back || e.members.len() > CROWDED) {
             e.touched = true;
             self.touched_accounts.push(id.to_string());
         }
+        self.changed = true;
         Ok(e)
     }
 
@@ -1073,10 +1096,11 @@ impl Store {
             None => Ok(UserEntry::default()),
         })?;
         u.partition = self.partition;
-        if !u.touched {
+        if !u.touched && !self.write_back {
             u.touched = true;
             self.touched_users.push(id.to_string());
         }
+        self.changed = true;
         Ok(u)
     }
 
@@ -1205,12 +1229,17 @@ impl Store {
         // id; user keys the plain id.
         self.touched_accounts.sort_unstable_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
         self.touched_users.sort_unstable();
+        // What is written is noted for the readers ahead (see `prefetch`);
+        // with none, only that the commit noted nothing.
+        self.changed = false;
+        let note = self.prefetch.readers.load(Ordering::Acquire);
+        self.writes.unnoted |= !note;
         let (wrote_accounts, wrote_users) = &mut self.writes.pending;
         for id in self.touched_accounts.drain(..) {
             let Some(e) = self.accounts.peek_mut(&id) else { continue };
             e.touched = false;
-            let crowded = e.members.len() > 256;
-            if !self.write_back || crowded {
+            let crowded = e.members.len() > CROWDED;
+            if note && (!self.write_back || crowded) {
                 wrote_accounts.insert(prefetch::id_hash(&id));
             }
             if !self.write_back {
@@ -1227,7 +1256,9 @@ impl Store {
             let Some(u) = self.users.peek_mut(&id) else { continue };
             u.touched = false;
             if !self.write_back {
-                wrote_users.insert(prefetch::id_hash(&id));
+                if note {
+                    wrote_users.insert(prefetch::id_hash(&id));
+                }
                 sink.user(&mut batch, ucf, &id, u);
             }
         }
@@ -1241,13 +1272,22 @@ impl Store {
                     evicted.push((id, e));
                 }
             }
-            evicted.sort_unstable_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.0.cmp(&b.0)));
-            for (id, mut e) in evicted {
-                wrote_accounts.insert(prefetch::id_hash(&id));
-                sink.account(&mut batch, (acf, mcf, meta), &id, &mut e, true);
+            // (In key order, as above; the order is sorted, not the large
+            // entries themselves.)
+            let mut order: Vec<usize> = (0..evicted.len()).collect();
+            order.sort_unstable_by(|&a, &b| {
+                let (a, b) = (&evicted[a].0, &evicted[b].0);
+                a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+            });
+            for i in order {
+                let (id, e) = &mut evicted[i];
+                if note {
+                    wrote_accounts.insert(prefetch::id_hash(id));
+                }
+                sink.account(&mut batch, (acf, mcf, meta), id, e, true);
                 self.accounts_on_disk = true;
-                self.spilled_accounts.insert(id, e);
             }
+            self.spilled_accounts.extend(evicted);
             let mut evicted: Vec<(String, UserEntry)> = Vec::new();
             while self.users.len() > self.capacity {
                 let Some((id, u)) = self.users.pop_lru() else { break };
@@ -1255,13 +1295,17 @@ impl Store {
                     evicted.push((id, u));
                 }
             }
-            evicted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            for (id, mut u) in evicted {
-                wrote_users.insert(prefetch::id_hash(&id));
-                sink.user(&mut batch, ucf, &id, &mut u);
+            let mut order: Vec<usize> = (0..evicted.len()).collect();
+            order.sort_unstable_by(|&a, &b| evicted[a].0.cmp(&evicted[b].0));
+            for i in order {
+                let (id, u) = &mut evicted[i];
+                if note {
+                    wrote_users.insert(prefetch::id_hash(id));
+                }
+                sink.user(&mut batch, ucf, id, u);
                 self.users_on_disk = true;
-                self.spilled_users.insert(id, u);
             }
+            self.spilled_users.extend(evicted);
             if sink.stats.members > 0 {
                 self.reader.members_on_disk = true;
             }
@@ -1281,6 +1325,8 @@ impl Store {
                 }
             }
         }
+        // The blocks this batch writes: (input partition, newest id's time).
+        let mut new_blocks: Vec<(i32, i64)> = Vec::new();
         if !self.pending_ids.is_empty() {
             // Kept in memory once written, and made durable by one block
             // per input partition (the value of its index entry), unless
@@ -1300,7 +1346,7 @@ impl Store {
             let mut blocks: BTreeMap<i32, (i64, Vec<u8>)> = BTreeMap::new();
             // No need to sort: the dedupe column family's memtable is a hash
             // table (see `open`).
-            for (k, (t, p)) in self.pending_ids.drain() {
+            for (k, &(t, p)) in &self.pending_ids {
                 if !to_memory {
                     batch.put_cf(dcf, k, t.to_be_bytes());
                 }
@@ -1310,7 +1356,13 @@ impl Store {
                     b.1.extend_from_slice(&k[1..]);
                     b.1.extend_from_slice(&t.to_be_bytes());
                 }
-                self.inflight_ids.insert(k, t);
+            }
+            // The pending ids are now in flight: the map itself moves (and
+            // the emptied one, its table kept, takes the next batch's).
+            if self.inflight_ids.is_empty() {
+                std::mem::swap(&mut self.pending_ids, &mut self.inflight_ids);
+            } else {
+                self.inflight_ids.extend(self.pending_ids.drain());
             }
             for (p, (newest, ids)) in blocks {
                 match offsets.iter().find(|(_, q, _)| *q == p) {
@@ -1318,6 +1370,7 @@ impl Store {
                         let key = keys::dedupe_block(p, newest, *next);
                         let durable: &[u8] = if to_memory { &ids } else { &[] };
                         batch.put_cf(meta, keys::dedupe_block_index(&key), durable);
+                        new_blocks.push((p, newest));
                         if self.changelog {
                             changelog.push(ChangeRecord { partition: p, key, value: ids });
                         }
@@ -1339,14 +1392,25 @@ impl Store {
         // Dedupe blocks whose newest id has left the window leave the index
         // and, with a tombstone each, the compacted changelog (each
         // partition's own, written before its marker).
+        let in_window = |newest: i64| window > 0 && newest.saturating_add(window) >= watermark;
         for (_, p, _) in offsets {
+            if self.oldest_block.get(p).is_some_and(|&o| o == i64::MAX || in_window(o)) {
+                continue;
+            }
+            // What is left once the expired blocks are gone (none, unless
+            // the loop stops at one in the window).
+            let mut left = i64::MAX;
             let prefix = keys::dedupe_block_index_prefix(*p);
             for item in db.iterator_cf(meta, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
-                let Ok((k, _)) = item else { break };
+                let Ok((k, _)) = item else {
+                    left = i64::MIN; // (not known: looked at again next time)
+                    break;
+                };
                 let Some(newest) = keys::dedupe_block_newest(&k).filter(|_| k.starts_with(&prefix)) else {
                     break;
                 };
-                if window > 0 && newest.saturating_add(window) >= watermark {
+                if in_window(newest) {
+                    left = newest;
                     break;
                 }
                 batch.delete_cf(meta, &k);
@@ -1355,6 +1419,13 @@ impl Store {
                     key[0] = keys::DEDUPE_BLOCK;
                     changelog.push(ChangeRecord { partition: *p, key, value: Vec::new() });
                 }
+            }
+            self.oldest_block.insert(*p, left);
+        }
+        // (After the look at the index, which cannot see them yet.)
+        for (p, newest) in new_blocks {
+            if let Some(oldest) = self.oldest_block.get_mut(&p) {
+                *oldest = (*oldest).min(newest);
             }
         }
         for (topic, partition, next) in offsets {
@@ -1427,10 +1498,11 @@ impl Store {
         let epoch = self.writes.completed();
         self.prefetch.epoch.store(epoch, Ordering::Release);
         if std::mem::take(&mut self.inflight_to_memory) {
-            let ids = std::mem::take(&mut self.inflight_ids);
-            for (k, t) in ids {
+            let mut ids = std::mem::take(&mut self.inflight_ids);
+            for (k, (t, _)) in ids.drain() {
                 self.remember_id(k[1..].try_into().expect("16 bytes"), t);
             }
+            self.inflight_ids = ids;
         } else {
             self.inflight_ids.clear();
         }
@@ -1457,7 +1529,7 @@ impl Store {
         // the batch wrote can have grown: no walk over the whole cache).
         for id in std::mem::take(&mut self.crowded) {
             if let Some(e) = self.accounts.peek_mut(&id) {
-                if e.members.len() > 256 && !e.touched {
+                if e.members.len() > CROWDED && !e.touched {
                     e.members.clear();
                 }
             }
@@ -1560,9 +1632,11 @@ impl Store {
         self.memory_ids_by_hour.clear();
         // (Read back from their blocks on the next lookup.)
         self.ids_loaded = false;
+        self.oldest_block.clear();
         self.inflight_to_memory = false;
         self.touched_accounts.clear();
         self.touched_users.clear();
+        self.changed = false;
         self.accounts.clear();
         self.users.clear();
         self.meta_pending.clear();
