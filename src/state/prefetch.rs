@@ -64,6 +64,17 @@ pub struct Fetched {
     /// along with every event.)
     pub(crate) account: Option<Box<AccountRead>>,
     pub(crate) user: Option<Box<(String, Option<UserState>)>>,
+    /// The event user's member record in an account probably cached
+    /// without it (a user's first event in the account since it was loaded).
+    pub(crate) member: Option<Box<MemberRead>>,
+}
+
+/// A member record as RocksDB had it (`None`: none).
+#[derive(Debug)]
+pub(crate) struct MemberRead {
+    pub account: String,
+    pub user: String,
+    pub state: Option<MemberState>,
 }
 
 /// An account as RocksDB had it, and the event user's member record in it
@@ -81,12 +92,21 @@ pub struct Prefetcher {
     shared: Arc<Shared>,
     accounts: Recent,
     users: Recent,
+    /// (account, user) pairs: a member stays cached with its account.
+    members: Recent,
 }
 
 impl Prefetcher {
     pub(crate) fn new(reader: StateReader, shared: Arc<Shared>, capacity: usize) -> Prefetcher {
         shared.readers.store(true, Ordering::Release);
-        Prefetcher { reader, shared, accounts: Recent::new(capacity), users: Recent::new(capacity) }
+        Prefetcher {
+            reader,
+            shared,
+            accounts: Recent::new(capacity),
+            users: Recent::new(capacity),
+            // (A pair guessed wrongly costs a read at most.)
+            members: Recent::new(capacity),
+        }
     }
 
     /// The records `ev` will need that are probably not cached. Errors are
@@ -101,7 +121,20 @@ impl Prefetcher {
             return f;
         }
         if let Some(a) = &ev.account_id {
-            if !self.accounts.seen(a) && self.shared.accounts_on_disk.load(Ordering::Relaxed) {
+            let (cached, since) = self.accounts.seen_hash(id_hash(a));
+            // A member is cached with its account from its first event
+            // since the account was loaded (seen since then: the pair is
+            // keyed by that time too).
+            let pair = xxhash_rust::xxh3::xxh3_64_with_seed(ev.user_id.as_bytes(), id_hash(a) ^ u64::from(since));
+            let (member_cached, _) = self.members.seen_hash(pair);
+            if cached {
+                // Cached, probably: its member record may not be.
+                if !member_cached && self.shared.members_on_disk.load(Ordering::Relaxed) {
+                    if let Ok(state) = self.reader.member(a, &ev.user_id) {
+                        f.member = Some(Box::new(MemberRead { account: a.clone(), user: ev.user_id.clone(), state }));
+                    }
+                }
+            } else if self.shared.accounts_on_disk.load(Ordering::Relaxed) {
                 if let Ok(state) = self.reader.account(a) {
                     let member = if self.shared.members_on_disk.load(Ordering::Relaxed) {
                         self.reader.member(a, &ev.user_id).ok().map(|m| (ev.user_id.clone(), m))
@@ -126,30 +159,39 @@ impl Prefetcher {
 /// id a slot: a collision forgets the older id, which only means a read
 /// that may not have been needed).
 struct Recent {
-    slots: Vec<(u64, u64)>,
-    /// Distinct ids seen so far (an id not found in the table counts as new).
-    clock: u64,
-    capacity: u64,
+    /// (hash, when last seen, since when cached): times on `clock`.
+    slots: Vec<(u64, u32, u32)>,
+    /// Distinct ids seen so far (an id not found in the table counts as
+    /// new), wrapping (a wrong guess after 4 G ids costs a read at most).
+    clock: u32,
+    capacity: u32,
 }
 
 impl Recent {
     fn new(capacity: usize) -> Recent {
         // About 4 slots an entry of the cache, at most 4 M (64 MiB).
         let n = (capacity.saturating_mul(4)).clamp(1 << 10, 1 << 22).next_power_of_two();
-        Recent { slots: vec![(0, 0); n], clock: 0, capacity: capacity as u64 }
+        Recent { slots: vec![(0, 0, 0); n], clock: 0, capacity: u32::try_from(capacity).unwrap_or(u32::MAX) }
     }
 
     /// Whether `id` was seen recently enough to be cached; notes it as seen now.
     fn seen(&mut self, id: &str) -> bool {
-        let h = xxhash_rust::xxh3::xxh3_64(id.as_bytes()) | 1;
+        self.seen_hash(id_hash(id)).0
+    }
+
+    /// [`Recent::seen`] of an id's hash, with the time it has been cached
+    /// since (now, if it was not): what it holds was loaded then.
+    fn seen_hash(&mut self, h: u64) -> (bool, u32) {
+        let h = h | 1;
         let mask = self.slots.len() - 1;
         let slot = &mut self.slots[(h as usize) & mask];
-        let cached = slot.0 == h && self.clock - slot.1 < self.capacity;
-        if !cached {
-            self.clock += 1;
+        if slot.0 == h && self.clock.wrapping_sub(slot.1) < self.capacity {
+            slot.1 = self.clock;
+            return (true, slot.2);
         }
-        *slot = (h, self.clock);
-        cached
+        self.clock = self.clock.wrapping_add(1);
+        *slot = (h, self.clock, self.clock);
+        (false, self.clock)
     }
 }
 

@@ -1068,6 +1068,17 @@ impl Store {
                 e.generation = layout.generation;
             }
         }
+        if let Some(read) =
+            self.fetched.member.take_if(|f| f.account == id && self.writes.holds(self.fetched.epoch, Some(id), None))
+        {
+            // The member record read ahead: what RocksDB still holds (its
+            // writes are noted under the account's id), needed unless the
+            // entry has it.
+            let read = *read;
+            e.members
+                .entry(read.user)
+                .or_insert_with(|| MemberEntry { state: read.state.unwrap_or_default(), dirty: false });
+        }
         e.partition = self.partition;
         // (A write-back store writes only what it evicts, and the members of
         // crowded accounts: only those are listed for the commit.)
@@ -1888,6 +1899,34 @@ mod tests {
         s.discard_cache();
         s.set_fetched(read_b);
         assert_eq!(s.account("b").unwrap().state.seq, 1, "refused after the cache was dropped");
+
+        // An account cached without the event user's member record: the
+        // member alone is read ahead, and taken into the entry while
+        // RocksDB still holds it.
+        let as_user = |a: &str, u: &str| Event { user_id: u.into(), ..ev(a) };
+        set(&mut s, "a", 3);
+        commit_and_evict(&mut s);
+        assert_eq!(s.account("a").unwrap().members.len(), 0, "loaded without its members");
+        let mut p = s.prefetcher();
+        assert!(p.fetch(&as_user("a", "v")).account.is_some(), "a not cached yet, as the reader guesses");
+        let mut read = p.fetch(&as_user("a", "u"));
+        assert!(read.account.is_none(), "a is cached now, as the reader guesses");
+        let m = read.member.as_mut().expect("the member alone is read");
+        assert_eq!(m.state.as_ref().map(|m| m.first_seen_ms), Some(3));
+        m.state.as_mut().unwrap().first_seen_ms = 55;
+        assert!(p.fetch(&as_user("a", "u")).member.is_none(), "seen: probably cached now");
+        s.set_fetched(read);
+        let m = s.reader().member_into(s.account("a").unwrap(), "a", "u").unwrap().state.first_seen_ms;
+        assert_eq!(m, 55, "the member read ahead was taken");
+        // Refused once the cache was dropped (the engine reads it itself).
+        let mut read = p.fetch(&as_user("a", "w"));
+        let m = read.member.as_mut().expect("read");
+        assert!(m.state.is_none(), "no such member yet");
+        m.state = Some(MemberState { first_seen_ms: 56, ..Default::default() });
+        s.discard_cache();
+        s.set_fetched(read);
+        let m = s.reader().member_into(s.account("a").unwrap(), "a", "w").unwrap().state.first_seen_ms;
+        assert_eq!(m, 0, "refused after the cache was dropped");
     }
 
     /// A write-back store writes only what its cache evicts, reads
