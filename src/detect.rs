@@ -475,6 +475,7 @@ pub fn evaluate_unnamed(
     for m in &def.metrics {
         let v = match sums.as_deref_mut() {
             Some(sums) if m.kind == MetricKind::Events => sums.events(acct, m, now),
+            Some(sums) if m.kind == MetricKind::ActiveUsers => sums.active_users(acct, m, now),
             _ => acct.metric(m, now, def.bucket_seconds),
         };
         values.push((String::new(), v));

@@ -1040,6 +1040,8 @@ impl Engine {
                     entry.state.remove_user(bucket_of(old.last_seen_ms, layout.bucket_seconds));
                 }
                 entry.state.move_user(before, now);
+                // (Rare: the window sums of users are counted again.)
+                entry.sums.clear();
                 let gone = reader.member_into(entry, &account, &m.old)?;
                 gone.state = Default::default();
                 gone.dirty = true;
@@ -1078,7 +1080,9 @@ impl Engine {
                     member.state.merge(&visitor);
                     member.dirty = true;
                     let now = bucket_of(member.state.last_seen_ms, layout.bucket_seconds);
-                    entry.state.move_user(old, now);
+                    if let Some(moved) = entry.state.move_user(old, now) {
+                        entry.sums.user_moved(moved);
+                    }
                     if let (true, Some(d)) = (new_member, &user_domain) {
                         entry.state.count_email_domain(d, 1);
                     }
@@ -1119,7 +1123,9 @@ impl Engine {
                 // definitions' windows.
                 member.state.prune(ev.time_ms, ((self.retention_ms / 86_400_000) as u32 + 1).max(29));
                 member.dirty = true;
-                entry.state.move_user(old, idx);
+                if let Some(moved) = entry.state.move_user(old, idx) {
+                    entry.sums.user_moved(moved);
+                }
                 if let (true, Some(d)) = (new_member, &user_domain) {
                     entry.state.count_email_domain(d, 1);
                     entry.traits_cel.take();

@@ -370,12 +370,31 @@ pub fn window_range(now: u32, window_buckets: u32, offset_buckets: u32) -> (u32,
 #[derive(Debug, Default, Clone)]
 pub struct WindowSums {
     sums: Vec<Option<(u32, u32, u64)>>,
+    /// The same for `active_users` metrics, by their (window buckets,
+    /// offset buckets): users whose last-seen bucket is in the window.
+    users: Vec<(u32, u32, Option<(u32, u32, u64)>)>,
 }
 
 impl WindowSums {
     /// Forgets every sum.
     pub fn clear(&mut self) {
         self.sums.clear();
+        self.users.clear();
+    }
+
+    /// A user's last-seen bucket moved as [`AccountState::move_user`]
+    /// answered: out of `left` (if they had one counted) into `entered`.
+    pub fn user_moved(&mut self, (left, entered): (Option<u32>, u32)) {
+        for (_, _, s) in &mut self.users {
+            if let Some((lo, hi, sum)) = s {
+                if left.is_some_and(|b| *lo <= b && b <= *hi) {
+                    *sum -= 1;
+                }
+                if *lo <= entered && entered <= *hi {
+                    *sum += 1;
+                }
+            }
+        }
     }
 
     /// One usage event was counted in bucket `idx` under columns `slots`
@@ -394,11 +413,35 @@ impl WindowSums {
 
     /// Buckets before `cutoff` were dropped.
     pub fn pruned(&mut self, cutoff: u32) {
-        for s in &mut self.sums {
+        for s in self.sums.iter_mut().chain(self.users.iter_mut().map(|u| &mut u.2)) {
             if s.is_some_and(|(lo, _, _)| lo < cutoff) {
                 *s = None;
             }
         }
+    }
+
+    /// The value of metric `m` (of kind `active_users`) at bucket `now`.
+    pub fn active_users(&mut self, acct: &AccountState, m: &Metric, now: u32) -> f64 {
+        let (lo, hi) = window_range(now, m.window_buckets, m.offset_buckets);
+        let i = match self.users.iter().position(|u| (u.0, u.1) == (m.window_buckets, m.offset_buckets)) {
+            Some(i) => i,
+            None => {
+                self.users.push((m.window_buckets, m.offset_buckets, None));
+                self.users.len() - 1
+            }
+        };
+        let sum = match self.users[i].2 {
+            Some((l0, h0, s0)) if lo >= l0 && hi >= h0 && lo <= h0.saturating_add(1) => {
+                // Slid forward (or not at all): drop l0..lo, add h0+1..=hi.
+                let left = if lo > l0 { acct.users_between(l0, lo - 1) } else { 0 };
+                let entered = if hi > h0 { acct.users_between(h0 + 1, hi) } else { 0 };
+                s0 - left + entered
+            }
+            _ => acct.users_between(lo, hi),
+        };
+        self.users[i].2 = Some((lo, hi, sum));
+        debug_assert_eq!(sum as f64, acct.metric(m, now, 3600), "window sum of {}", m.name);
+        sum as f64
     }
 
     /// The value of metric `m` (of kind `events`) at bucket `now`.
@@ -461,23 +504,36 @@ impl AccountState {
         exact
     }
 
-    /// A user's last-seen bucket moves from `old` (if they had one) to `new`.
-    pub fn move_user(&mut self, old: Option<u32>, new: u32) {
+    /// A user's last-seen bucket moves from `old` (if they had one) to
+    /// `new`. Answers what changed, if anything (for
+    /// [`WindowSums::user_moved`]): the bucket a user left (`None` when none
+    /// was counted) and the one they entered.
+    pub fn move_user(&mut self, old: Option<u32>, new: u32) -> Option<(Option<u32>, u32)> {
+        let mut left = None;
         if let Some(o) = old {
             if o >= new {
-                return;
+                return None;
             }
             if let Ok(p) = self.user_hist.binary_search_by_key(&o, |e| e.0) {
-                self.user_hist[p].1 = self.user_hist[p].1.saturating_sub(1);
+                // (Counts are never 0: an emptied entry is removed.)
+                self.user_hist[p].1 -= 1;
                 if self.user_hist[p].1 == 0 {
                     self.user_hist.remove(p);
                 }
+                left = Some(o);
             }
         }
         match self.user_hist.binary_search_by_key(&new, |e| e.0) {
             Ok(p) => self.user_hist[p].1 += 1,
             Err(p) => self.user_hist.insert(p, (new, 1)),
         }
+        Some((left, new))
+    }
+
+    /// Users whose last-seen bucket is in `lo..=hi`.
+    pub fn users_between(&self, lo: u32, hi: u32) -> u64 {
+        let start = self.user_hist.partition_point(|e| e.0 < lo);
+        self.user_hist[start..].iter().take_while(|e| e.0 <= hi).map(|e| u64::from(e.1)).sum()
     }
 
     /// A user whose last-seen bucket was `last` is no longer one of the
@@ -537,11 +593,7 @@ impl AccountState {
         let (lo, hi) = window_range(now, m.window_buckets, m.offset_buckets);
         match m.kind {
             MetricKind::Events => self.events_between(m.column, lo, hi) as f64,
-            MetricKind::ActiveUsers => {
-                let start = self.user_hist.partition_point(|e| e.0 < lo);
-                let n: u64 = self.user_hist[start..].iter().take_while(|e| e.0 <= hi).map(|e| u64::from(e.1)).sum();
-                n as f64
-            }
+            MetricKind::ActiveUsers => self.users_between(lo, hi) as f64,
             MetricKind::DistinctFeatures => self.features.iter().filter(|f| f.1 >= lo && f.1 <= hi).count() as f64,
             MetricKind::Signal => self
                 .signals
@@ -861,6 +913,47 @@ mod tests {
             let (lo, hi) = window_range(now, w, 0);
             let brute = last.values().filter(|&&b| b >= lo && b <= hi).count() as f64;
             prop_assert_eq!(a.metric(&metric(MetricKind::ActiveUsers, w, 0), now, H), brute);
+        }
+
+        /// The running sums of active users give what counting afresh
+        /// gives, whatever the moves, prunes and evaluations in between.
+        #[test]
+        fn active_user_sums_equal_counting_afresh(
+            ops in proptest::collection::vec((0u8..4, 0u8..12, 0u32..600), 1..300),
+            windows in proptest::collection::vec((1u32..300, 0u32..100), 1..4),
+        ) {
+            let mut a = AccountState::default();
+            let mut sums = WindowSums::default();
+            let mut last: std::collections::HashMap<u8, u32> = Default::default();
+            let mut now = 0u32;
+            for (op, u, b) in ops {
+                match op {
+                    // A user's event in bucket b (the clock moves forward).
+                    0 | 1 => {
+                        now = now.max(b);
+                        if let Some(moved) = a.move_user(last.get(&u).copied(), b) {
+                            sums.user_moved(moved);
+                        }
+                        let e = last.entry(u).or_insert(b);
+                        *e = (*e).max(b);
+                    }
+                    // Old history dropped.
+                    2 => {
+                        let cutoff = b.min(now);
+                        a.prune(now, now - cutoff, H);
+                        sums.pruned(cutoff);
+                        // (Users keep their last-seen bucket, as members do.)
+                    }
+                    // Evaluated, at the clock or a little before it.
+                    _ => {
+                        let at = now.saturating_sub(u32::from(u));
+                        for &(w, o) in &windows {
+                            let m = metric(MetricKind::ActiveUsers, w, o);
+                            prop_assert_eq!(sums.active_users(&a, &m, at), a.metric(&m, at, H));
+                        }
+                    }
+                }
+            }
         }
 
         #[test]
