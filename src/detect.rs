@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::collections::HashSet;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use cel::common::ast::{Expr, LiteralValue};
 use cel::common::types::CelDouble as Double;
@@ -238,6 +238,135 @@ pub struct Plans {
     derived: Vec<Fast>,
     rules: Vec<Fast>,
     bonus: Vec<Fast>,
+    /// What each of them reads (derived numbers, then rules, then score
+    /// terms): `None` for one with a CEL node, which may read anything.
+    reads: Vec<Option<Reads>>,
+    /// Tells these plans from any other (for [`Memo`]); a clone keeps it.
+    id: u64,
+}
+
+/// The inputs of a plan with no CEL node.
+#[derive(Debug, Clone, Default)]
+struct Reads {
+    nums: Vec<usize>,
+    age: bool,
+    traits: bool,
+}
+
+impl Reads {
+    fn of(f: &Fast) -> Option<Reads> {
+        let mut r = Reads::default();
+        r.add(f).then_some(r)
+    }
+
+    /// Adds what `f` reads; `false` if it has a CEL node.
+    fn add(&mut self, f: &Fast) -> bool {
+        match f {
+            Fast::Lit(_) => true,
+            Fast::Num(i) => {
+                if !self.nums.contains(i) {
+                    self.nums.push(*i);
+                }
+                true
+            }
+            Fast::Age => {
+                self.age = true;
+                true
+            }
+            Fast::Has(_) | Fast::Trait(_) => {
+                self.traits = true;
+                true
+            }
+            Fast::Cond(a) => a.iter().all(|x| self.add(x)),
+            Fast::And(a) | Fast::Or(a) | Fast::Arith(_, a) | Fast::Cmp(_, a) => a.iter().all(|x| self.add(x)),
+            Fast::Not(a) | Fast::Neg(a) => self.add(a),
+            Fast::Cel => false,
+        }
+    }
+}
+
+/// The last result of each plan of one definition for one account, with
+/// the inputs it was computed from (kept with the account in the cache,
+/// never written). A plan whose inputs are what they were gives what it
+/// gave: the fast path is pure, and the inputs are compared exactly (the
+/// bits of every number it reads, and the very map of traits, held here so
+/// that a new map cannot take its address). This is how rules are evaluated
+/// only when an input they read has changed: on dense accounts most events
+/// change the event counts, not the active users, signals or traits that
+/// most rules and score terms read.
+#[derive(Debug, Clone, Default)]
+pub struct Memo {
+    plans: u64,
+    slots: Vec<Option<MemoSlot>>,
+}
+
+/// At most this many numbers of a plan's inputs are kept.
+const MEMO_INPUTS: usize = 8;
+
+#[derive(Debug, Clone)]
+struct MemoSlot {
+    inputs: [u64; MEMO_INPUTS],
+    traits: Option<Value>,
+    result: Memoized,
+}
+
+#[derive(Debug, Clone)]
+enum Memoized {
+    Num(f64),
+    Outcome(Outcome),
+    Term(Option<f64>),
+}
+
+/// The key of a plan's inputs now: their bits (the account's age last),
+/// and whether the traits it reads are those of the slot. `None`: not
+/// memoized (a CEL node, too many inputs).
+fn memo_key(reads: Option<&Reads>, nums: &[Double], age: f64) -> Option<[u64; MEMO_INPUTS]> {
+    let r = reads?;
+    if r.nums.len() + usize::from(r.age) > MEMO_INPUTS {
+        return None;
+    }
+    let mut key = [0u64; MEMO_INPUTS];
+    for (k, &i) in key.iter_mut().zip(&r.nums) {
+        *k = nums.get(i)?.inner().to_bits();
+    }
+    if r.age {
+        key[r.nums.len()] = age.to_bits();
+    }
+    Some(key)
+}
+
+fn same_map(a: &Value, b: &Value) -> bool {
+    matches!((a, b), (Value::Map(a), Value::Map(b)) if Arc::ptr_eq(&a.map, &b.map))
+}
+
+impl Memo {
+    /// Plan `p`'s result for inputs `key` (and `traits`, if it reads them),
+    /// computed by `compute` unless they are those of its last result.
+    fn get_or(
+        &mut self,
+        p: usize,
+        key: Option<[u64; MEMO_INPUTS]>,
+        reads_traits: bool,
+        traits: &OnceLock<Value>,
+        compute: impl FnOnce() -> Memoized,
+    ) -> Memoized {
+        let Some(key) = key else { return compute() };
+        if let Some(Some(slot)) = self.slots.get(p) {
+            let traits_same =
+                !reads_traits || matches!((&slot.traits, traits.get()), (Some(a), Some(b)) if same_map(a, b));
+            if slot.inputs == key && traits_same {
+                return slot.result.clone();
+            }
+        }
+        let result = compute();
+        if self.slots.len() <= p {
+            self.slots.resize(p + 1, None);
+        }
+        // (The traits as they are once computed: read by it, so made.)
+        let traits = if reads_traits { traits.get().cloned() } else { None };
+        self.slots[p] = Some(MemoSlot { inputs: key, traits, result: result.clone() });
+        result
+    }
 }
 
 impl Plans {
@@ -256,11 +385,13 @@ impl Plans {
             }
         };
         let all = def.derived.len();
-        Plans {
-            derived: def.derived.iter().enumerate().map(|(j, d)| plan(&d.1, j)).collect(),
-            rules: def.rules.iter().map(|r| plan(&r.program, all)).collect(),
-            bonus: def.bonus.iter().map(|p| plan(p, all)).collect(),
-        }
+        let derived: Vec<Fast> = def.derived.iter().enumerate().map(|(j, d)| plan(&d.1, j)).collect();
+        let rules: Vec<Fast> = def.rules.iter().map(|r| plan(&r.program, all)).collect();
+        let bonus: Vec<Fast> = def.bonus.iter().map(|p| plan(p, all)).collect();
+        let reads = derived.iter().chain(&rules).chain(&bonus).map(Reads::of).collect();
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Plans { derived, rules, bonus, reads, id }
     }
 }
 
@@ -463,10 +594,24 @@ impl Evaluation {
 pub fn evaluate_unnamed(
     def: &CompiledDefinition,
     acct: &AccountState,
+    sums: Option<&mut WindowSums>,
+    traits: &OnceLock<Value>,
+    free_mail: &HashSet<String>,
+    now_ms: i64,
+) -> Evaluation {
+    evaluate_memoized(def, acct, sums, traits, free_mail, now_ms, None)
+}
+
+/// [`evaluate_unnamed`], reusing the results in `memo` of the plans whose
+/// inputs have not changed since (see [`Memo`]): the same evaluation.
+pub fn evaluate_memoized(
+    def: &CompiledDefinition,
+    acct: &AccountState,
     mut sums: Option<&mut WindowSums>,
     traits: &OnceLock<Value>,
     free_mail: &HashSet<String>,
     now_ms: i64,
+    mut memo: Option<&mut Memo>,
 ) -> Evaluation {
     let now = bucket_of(now_ms, def.bucket_seconds);
     let n = def.metrics.len() + def.derived.len();
@@ -484,13 +629,36 @@ pub fn evaluate_unnamed(
     let age = acct.age_days(now_ms);
     let account = OnceLock::new();
     let plans = &def.plans;
+    if let Some(m) = memo.as_deref_mut() {
+        if m.plans != plans.id {
+            *m = Memo { plans: plans.id, slots: Vec::new() };
+        }
+    }
+    // Plan `p` (derived numbers, rules, score terms, in that order), through
+    // the memo when there is one.
+    let mut through = |p: usize, nums: &[Double], compute: &mut dyn FnMut() -> Memoized| -> Memoized {
+        match memo.as_deref_mut() {
+            Some(m) => {
+                let reads = plans.reads.get(p).and_then(Option::as_ref);
+                let key = memo_key(reads, nums, age);
+                m.get_or(p, key, reads.is_some_and(|r| r.traits), traits, compute)
+            }
+            None => compute(),
+        }
+    };
     // Each derived number sees the metrics and the derived numbers before it.
-    for ((_, program), plan) in def.derived.iter().zip(&plans.derived) {
+    for (j, ((_, program), plan)) in def.derived.iter().zip(&plans.derived).enumerate() {
         let v = {
             let vars = Vars { def, nums: &nums, age: Double::from(age), traits, acct, free_mail, account: &account };
-            match run(program, plan, &vars) {
-                Ok(v) => as_f64(&v).filter(|x| x.is_finite()).unwrap_or(0.0),
-                Err(_) => 0.0,
+            let mut compute = || {
+                Memoized::Num(match run(program, plan, &vars) {
+                    Ok(v) => as_f64(&v).filter(|x| x.is_finite()).unwrap_or(0.0),
+                    Err(_) => 0.0,
+                })
+            };
+            match through(j, &nums, &mut compute) {
+                Memoized::Num(v) => v,
+                _ => unreachable!("a derived number's memo holds a number"),
             }
         };
         nums.push(Double::from(v));
@@ -500,12 +668,19 @@ pub fn evaluate_unnamed(
     let mut outcomes = Vec::with_capacity(def.rules.len());
     let mut fired = Vec::new();
     let mut points = 0.0;
+    let first_rule = def.derived.len();
     for (i, (r, plan)) in def.rules.iter().zip(&plans.rules).enumerate() {
-        let o = match run(&r.program, plan, &vars) {
-            Ok(Value::Bool(true)) => Outcome::Fires,
-            Ok(Value::Bool(false)) => Outcome::DoesNotFire,
-            Ok(other) => Outcome::Error(format!("condition gave {other:?}, not true/false")),
-            Err(e) => Outcome::Error(e.to_string()),
+        let mut compute = || {
+            Memoized::Outcome(match run(&r.program, plan, &vars) {
+                Ok(Value::Bool(true)) => Outcome::Fires,
+                Ok(Value::Bool(false)) => Outcome::DoesNotFire,
+                Ok(other) => Outcome::Error(format!("condition gave {other:?}, not true/false")),
+                Err(e) => Outcome::Error(e.to_string()),
+            })
+        };
+        let o = match through(first_rule + i, &nums, &mut compute) {
+            Memoized::Outcome(o) => o,
+            _ => unreachable!("a rule's memo holds an outcome"),
         };
         if o == Outcome::Fires {
             fired.push(i);
@@ -518,10 +693,19 @@ pub fn evaluate_unnamed(
     let bonus: f64 = if fired.is_empty() {
         0.0
     } else {
+        let first_term = first_rule + def.rules.len();
         def.bonus
             .iter()
             .zip(&plans.bonus)
-            .map(|(p, plan)| run(p, plan, &vars).ok().and_then(|v| as_f64(&v)).filter(|x| x.is_finite()).unwrap_or(0.0))
+            .enumerate()
+            .map(|(k, (p, plan))| {
+                let mut compute =
+                    || Memoized::Term(run(p, plan, &vars).ok().and_then(|v| as_f64(&v)).filter(|x| x.is_finite()));
+                match through(first_term + k, &nums, &mut compute) {
+                    Memoized::Term(v) => v.unwrap_or(0.0),
+                    _ => unreachable!("a score term's memo holds a number"),
+                }
+            })
             .sum()
     };
     let score = if fired.is_empty() { 0 } else { (points + bonus).round().clamp(0.0, 100.0) as u32 };
@@ -735,6 +919,48 @@ mod tests {
             let now = T0 + now_h * H + 1234;
             for def in DEFS.iter() {
                 assert_same(&evaluate(def, &a.state, &traits, now), &reference_evaluate(def, &a.state, &traits, now));
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// An account's evaluations one after another, through a memo kept
+        /// between them (as the engine keeps one per account and definition),
+        /// equal evaluations afresh: whatever changed in between (events,
+        /// features, signals, traits, the clock, nothing).
+        #[test]
+        fn memoized_evaluation_equals_evaluating_afresh(
+            ops in proptest::collection::vec((0u8..6, 0usize..12, 0i64..60 * 24, 0usize..TRAITS.len()), 1..200),
+        ) {
+            use std::sync::LazyLock;
+            static DEFS: LazyLock<[CompiledDefinition; 2]> =
+                LazyLock::new(|| [Config::default_config().validate().unwrap(), extended_definition()]);
+            let mut a = Acct::new();
+            let mut memos = [Memo::default(), Memo::default()];
+            let mut traits = OnceLock::new();
+            let free_mail = HashSet::new();
+            let mut clock = T0;
+            for &(kind, user, h, k) in &ops {
+                let t = T0 + h * H;
+                match kind {
+                    0 => a.event(&format!("u{user}"), t),
+                    1 => a.signal(SIGNALS[k % SIGNALS.len()], t),
+                    2 => {
+                        // New traits: the cached map is dropped, as the engine does.
+                        a.state.traits_json = TRAITS[k].to_string();
+                        traits = OnceLock::new();
+                    }
+                    3 => clock = clock.max(t) + 1234,
+                    _ => {
+                        for (def, memo) in DEFS.iter().zip(&mut memos) {
+                            let got = evaluate_memoized(def, &a.state, None, &traits, &free_mail, clock, Some(memo));
+                            let want = evaluate_unnamed(def, &a.state, None, &OnceLock::new(), &free_mail, clock);
+                            assert_same(&got, &want);
+                        }
+                    }
+                }
             }
         }
     }

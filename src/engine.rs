@@ -18,7 +18,7 @@ use crate::budget::{bypasses, BudgetClock, Ledger};
 use crate::config::{CompiledDefinition, InputConfig};
 use crate::decode::{Decoder, Event, Kind, Reason, Rejection};
 use crate::definitions::{Agreement, Definitions, VersionStats};
-use crate::detect::{evaluate_unnamed, Outcome};
+use crate::detect::{evaluate_memoized, evaluate_unnamed, Outcome};
 use crate::emit::{self, Announcement, EventInput, Lead, OutputEvent};
 use crate::state::account::{bucket_of, email_domain, AccountState, Held, SignalHit};
 use crate::state::manifest::Manifest;
@@ -1171,7 +1171,18 @@ impl Engine {
         let mut pending: Vec<Pending> = Vec::new();
         for (d, def) in defs.all().enumerate() {
             let free_mail = &defs.live.free_mail_domains;
-            let eval = evaluate_unnamed(def, &entry.state, Some(&mut entry.sums), &entry.traits_cel, free_mail, now_ms);
+            if entry.memo.len() <= d {
+                entry.memo.resize_with(d + 1, Default::default);
+            }
+            let eval = evaluate_memoized(
+                def,
+                &entry.state,
+                Some(&mut entry.sums),
+                &entry.traits_cel,
+                free_mail,
+                now_ms,
+                Some(&mut entry.memo[d]),
+            );
             if d == 0 {
                 for (i, o) in eval.outcomes.iter().enumerate() {
                     if let Outcome::Error(e) = o {

@@ -372,8 +372,11 @@ pub struct WindowSums {
     sums: Vec<Option<(u32, u32, u64)>>,
     /// The same for `active_users` metrics, by their (window buckets,
     /// offset buckets): users whose last-seen bucket is in the window.
-    users: Vec<(u32, u32, Option<(u32, u32, u64)>)>,
+    users: Vec<(u32, u32, Option<Sum>)>,
 }
+
+/// A window's sum: (first bucket, last bucket, sum).
+type Sum = (u32, u32, u64);
 
 impl WindowSums {
     /// Forgets every sum.

@@ -98,6 +98,10 @@ pub struct AccountEntry {
     /// Running sums of the account's `events` metrics (derived from
     /// `state`, never stored).
     pub sums: WindowSums,
+    /// The last result of each rule, derived number and score term, per
+    /// running definition (live first), with its inputs: evaluated again
+    /// only when an input changed (see [`crate::detect::Memo`]; never stored).
+    pub memo: Vec<crate::detect::Memo>,
     /// Input partition of the event that last touched the account (its
     /// changelog partition).
     pub partition: i32,
