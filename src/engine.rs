@@ -981,7 +981,9 @@ impl Engine {
         match ev.kind {
             Kind::Track => {
                 let name = ev.name.as_deref().unwrap_or_default();
-                hits.extend(layout.signals.iter().filter(|s| s.track_events.contains(name)).map(|s| s.id));
+                if let Some(t) = layout.track.get(name) {
+                    hits.extend_from_slice(&t.signals);
+                }
             }
             Kind::Page => {
                 if let Some(path) = ev.path.as_deref() {
@@ -1098,8 +1100,8 @@ impl Engine {
             let mut n = 1;
             if ev.kind == Kind::Track {
                 let name = ev.name.as_deref().unwrap_or_default();
-                for (i, c) in layout.counters.iter().enumerate().skip(1) {
-                    if c.as_ref().is_some_and(|set| set.contains(name)) && n < slots.len() {
+                for &i in layout.track.get(name).map_or(&[][..], |t| &t.columns[..]) {
+                    if n < slots.len() {
                         slots[n] = i;
                         n += 1;
                     }

@@ -39,6 +39,19 @@ pub struct Layout {
     /// The versions of the shadow definitions (their cooldown bookkeeping
     /// is kept per account under these names).
     pub shadow_versions: Vec<String>,
+    /// What a `track` event of each name that a counter or signal reads
+    /// counts in and is (one lookup per event, rather than one per counter
+    /// and signal).
+    pub track: hashbrown::HashMap<String, TrackMatch>,
+}
+
+/// What a `track` event name counts in and is.
+#[derive(Debug, Clone, Default)]
+pub struct TrackMatch {
+    /// The counter columns past 0 that count it, in column order.
+    pub columns: Vec<usize>,
+    /// The signals it is, in the layout's order.
+    pub signals: Vec<u64>,
 }
 
 impl Layout {
@@ -54,6 +67,7 @@ impl Layout {
             signals: Vec::new(),
             windows: Vec::new(),
             shadow_versions: defs.iter().skip(1).map(|d| d.version.clone()).collect(),
+            track: Default::default(),
         };
         for def in defs.iter_mut() {
             layout.retention_seconds = layout.retention_seconds.max(def.retention_seconds);
@@ -81,6 +95,7 @@ impl Layout {
                 m.window_slot = slot;
             }
         }
+        layout.index_track_events();
         layout
     }
 
@@ -96,6 +111,7 @@ impl Layout {
             signals: Vec::new(),
             windows: def.windows.clone(),
             shadow_versions: Vec::new(),
+            track: Default::default(),
         };
         for s in &def.signals {
             if !layout.signals.iter().any(|x| x.id == s.id) {
@@ -106,7 +122,24 @@ impl Layout {
             layout.counter_ids[m.column] == m.counter_id
                 && layout.windows[m.window_slot] == (m.column, m.window_buckets, m.offset_buckets)
         }));
+        layout.index_track_events();
         layout
+    }
+
+    /// Fills `track` from the counters and signals.
+    fn index_track_events(&mut self) {
+        let mut track: hashbrown::HashMap<String, TrackMatch> = Default::default();
+        for (i, c) in self.counters.iter().enumerate().skip(1) {
+            for name in c.iter().flatten() {
+                track.entry(name.clone()).or_default().columns.push(i);
+            }
+        }
+        for s in &self.signals {
+            for name in &s.track_events {
+                track.entry(name.clone()).or_default().signals.push(s.id);
+            }
+        }
+        self.track = track;
     }
 
     /// Retention in buckets (what an account keeps behind its clock).
