@@ -285,12 +285,13 @@ impl Reads {
     }
 }
 
-/// The last result of each plan of one definition for one account, with
-/// the inputs it was computed from (kept with the account in the cache,
-/// never written). A plan whose inputs are what they were gives what it
-/// gave: the fast path is pure, and the inputs are compared exactly (the
-/// bits of every number it reads, and the very map of traits, held here so
-/// that a new map cannot take its address). This is how rules are evaluated
+/// The last result of each plan of one definition, with the inputs it was
+/// computed from (the engine keeps a few thousand, each used by the
+/// accounts whose id falls on it; never written). A plan whose inputs are
+/// what they were gives what it gave, for whichever account: the fast path
+/// is pure, and the inputs are compared exactly (the bits of every number it
+/// reads, and the very map of traits, held here so that a new map cannot
+/// take its address; each account's map is its own). This is how rules are evaluated
 /// only when an input they read has changed: on dense accounts most events
 /// change the event counts, not the active users, signals or traits that
 /// most rules and score terms read.

@@ -141,6 +141,12 @@ pub mod commit;
 mod outcomes;
 pub use outcomes::announcements;
 
+/// Memo slots per running definition (see `Engine::memos`).
+const MEMO_SLOTS: usize = 4096;
+
+/// Events an account has had before its evaluations use the memo.
+const MEMO_BUSY: u64 = 64;
+
 /// The engine. Owns the state; one per process (or per partition worker).
 pub struct Engine {
     defs: Arc<Definitions>,
@@ -161,6 +167,13 @@ pub struct Engine {
     /// the labels under a lock, per event).
     kind_counters: [Option<prometheus::IntCounter>; Kind::ALL.len()],
     apply_seconds: Option<prometheus::Histogram>,
+    /// The last results of rules, derived numbers and score terms, in
+    /// [`MEMO_SLOTS`] slots per running definition chosen by the account's
+    /// id (see [`crate::detect::Memo`]): the slot of a busy account keeps its
+    /// results from one event to the next. Exact whoever last used a slot,
+    /// since a result is reused only for the very same inputs (and no
+    /// memory per account: the long tail would only pay for it).
+    memos: Vec<crate::detect::Memo>,
     /// Per definition version: what it announced since it was loaded.
     stats: BTreeMap<String, VersionStats>,
     /// Per definition version: the accounts it qualified since it was
@@ -235,6 +248,7 @@ impl Engine {
             batch_oldest_ts: None,
             kind_counters: Default::default(),
             apply_seconds: None,
+            memos: Vec::new(),
             stats: BTreeMap::new(),
             qualified: HashMap::new(),
             late_for: Vec::new(),
@@ -1171,20 +1185,23 @@ impl Engine {
         // Detect, for the live definition then each shadow, on the same
         // state; each with its own cooldown bookkeeping.
         let mut pending: Vec<Pending> = Vec::new();
+        let busy = entry.state.seq >= MEMO_BUSY;
+        let memo_hash = if busy { xxhash_rust::xxh3::xxh3_64(account.as_bytes()) } else { 0 };
         for (d, def) in defs.all().enumerate() {
             let free_mail = &defs.live.free_mail_domains;
-            if entry.memo.len() <= d {
-                entry.memo.resize_with(d + 1, Default::default);
-            }
-            let eval = evaluate_memoized(
-                def,
-                &entry.state,
-                Some(&mut entry.sums),
-                &entry.traits_cel,
-                free_mail,
-                now_ms,
-                Some(&mut entry.memo[d]),
-            );
+            // Only a busy account's evaluations go through the memo: the
+            // rare ones of the long tail would only pay for it.
+            let memo = if busy {
+                let slot = d * MEMO_SLOTS + (memo_hash as usize & (MEMO_SLOTS - 1));
+                if self.memos.len() <= slot {
+                    self.memos.resize_with((d + 1) * MEMO_SLOTS, Default::default);
+                }
+                Some(&mut self.memos[slot])
+            } else {
+                None
+            };
+            let eval =
+                evaluate_memoized(def, &entry.state, Some(&mut entry.sums), &entry.traits_cel, free_mail, now_ms, memo);
             if d == 0 {
                 for (i, o) in eval.outcomes.iter().enumerate() {
                     if let Outcome::Error(e) = o {
