@@ -925,38 +925,39 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
 
-        /// An account's evaluations one after another, through a memo kept
-        /// between them (as the engine keeps one per account and definition),
-        /// equal evaluations afresh: whatever changed in between (events,
-        /// features, signals, traits, the clock, nothing).
+        /// Two accounts' evaluations one after another, through one memo
+        /// per definition kept between them (as the engine's slot that both
+        /// accounts' ids fall on), equal evaluations afresh: whatever
+        /// changed in between (events, features, signals, traits, the clock,
+        /// nothing, the other account).
         #[test]
         fn memoized_evaluation_equals_evaluating_afresh(
-            ops in proptest::collection::vec((0u8..6, 0usize..12, 0i64..60 * 24, 0usize..TRAITS.len()), 1..200),
+            ops in proptest::collection::vec((0u8..6, 0usize..12, 0i64..60 * 24, 0usize..TRAITS.len(), proptest::bool::ANY), 1..200),
         ) {
             use std::sync::LazyLock;
             static DEFS: LazyLock<[CompiledDefinition; 2]> =
                 LazyLock::new(|| [Config::default_config().validate().unwrap(), extended_definition()]);
-            let mut a = Acct::new();
+            let mut accounts = [(Acct::new(), OnceLock::new()), (Acct::new(), OnceLock::new())];
             let mut memos = [Memo::default(), Memo::default()];
-            let mut traits = OnceLock::new();
             let free_mail = HashSet::new();
             let mut clock = T0;
-            for &(kind, user, h, k) in &ops {
+            for &(kind, user, h, k, second) in &ops {
                 let t = T0 + h * H;
+                let (a, traits) = &mut accounts[usize::from(second)];
                 match kind {
                     0 => a.event(&format!("u{user}"), t),
                     1 => a.signal(SIGNALS[k % SIGNALS.len()], t),
                     2 => {
                         // New traits: the cached map is dropped, as the engine does.
                         a.state.traits_json = TRAITS[k].to_string();
-                        traits = OnceLock::new();
+                        *traits = OnceLock::new();
                     }
                     3 => clock = clock.max(t) + 1234,
                     _ => {
                         for (def, memo) in DEFS.iter().zip(&mut memos) {
-                            let got = evaluate_memoized(def, &a.state, None, &traits, &free_mail, clock, Some(memo));
+                            let got = evaluate_memoized(def, &a.state, None, traits, &free_mail, clock, Some(memo));
                             let want = evaluate_unnamed(def, &a.state, None, &OnceLock::new(), &free_mail, clock);
                             assert_same(&got, &want);
                         }
@@ -964,6 +965,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_memo_follows_new_traits_and_other_accounts() {
+        let def = Config::default_config().validate().unwrap();
+        let free_mail = HashSet::new();
+        let mut memo = Memo::default();
+        let mut a = Acct::new();
+        a.users(9, T0);
+        let now = T0 + H;
+        let score = |a: &Acct, traits: &OnceLock<Value>, memo: &mut Memo| {
+            let got = evaluate_memoized(&def, &a.state, None, traits, &free_mail, now, Some(memo));
+            assert_same(&got, &evaluate_unnamed(&def, &a.state, None, &OnceLock::new(), &free_mail, now));
+            got.score
+        };
+        let traits = OnceLock::new();
+        let before = score(&a, &traits, &mut memo);
+        assert_eq!(score(&a, &traits, &mut memo), before, "the same inputs again");
+        // New traits (the engine drops the cached map): the firmographics
+        // term reads them.
+        a.state.traits_json = r#"{"employees":5000}"#.into();
+        let traits = OnceLock::new();
+        assert_eq!(score(&a, &traits, &mut memo), before + 10);
+        // Another account on the same memo, with the same numbers but no traits.
+        let mut b = Acct::new();
+        b.users(9, T0);
+        assert_eq!(score(&b, &OnceLock::new(), &mut memo), before);
     }
 
     #[test]
