@@ -98,10 +98,6 @@ pub struct AccountEntry {
     /// Running sums of the account's `events` metrics (derived from
     /// `state`, never stored).
     pub sums: WindowSums,
-    /// The last result of each rule, derived number and score term, per
-    /// running definition (live first), with its inputs: evaluated again
-    /// only when an input changed (see [`crate::detect::Memo`]; never stored).
-    pub memo: Vec<crate::detect::Memo>,
     /// Input partition of the event that last touched the account (its
     /// changelog partition).
     pub partition: i32,
@@ -1977,6 +1973,39 @@ mod tests {
         assert_eq!(s.account("a0").unwrap().state.seq, 10);
         assert_eq!(s.account("a1").unwrap().state.seq, 11);
         assert_eq!(s.account("a3").unwrap().state.seq, 13);
+    }
+
+    /// An account with more than [`CROWDED`] members cached has its
+    /// changed members written with the next commit, and dropped from the
+    /// cache once durable (read back from RocksDB when needed), whether the
+    /// store writes back or not (a write-back store finds it crowded when
+    /// the account is handed out).
+    #[test]
+    fn a_crowded_accounts_members_leave_the_cache_once_written() {
+        for write_back in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = if write_back {
+                let mut s = Store::open_ephemeral(&cfg(dir.path())).unwrap();
+                s.set_write_back(true).unwrap();
+                s
+            } else {
+                Store::open(&cfg(dir.path())).unwrap()
+            };
+            let add_members = |s: &mut Store, from: usize, to: usize| {
+                for u in from..to {
+                    let m = s.reader().member_into(s.account("big").unwrap(), "big", &format!("u{u}")).unwrap();
+                    m.state.first_seen_ms = u as i64 + 1;
+                    m.dirty = true;
+                }
+            };
+            add_members(&mut s, 0, CROWDED + 10);
+            s.account("big").unwrap().dirty = true;
+            s.commit(&[]).unwrap();
+            let cached = s.accounts.peek("big").map_or(usize::MAX, |e| e.members.len());
+            assert_eq!(cached, 0, "dropped once written (write-back: {write_back})");
+            let m = s.reader().member_into(s.account("big").unwrap(), "big", "u7").unwrap();
+            assert_eq!(m.state.first_seen_ms, 8, "read back from RocksDB");
+        }
     }
 
     /// A schema-1 directory (counters by position, signals by name) is
