@@ -241,6 +241,10 @@ pub struct Plans {
     /// What each of them reads (derived numbers, then rules, then score
     /// terms): `None` for one with a CEL node, which may read anything.
     reads: Vec<Option<Reads>>,
+    /// Where each one's inputs are kept in a [`Memo`]: `None` for those not
+    /// memoized (a CEL node; the account's age, which is new every event).
+    memo_at: Vec<Option<usize>>,
+    memo_len: usize,
     /// Tells these plans from any other (for [`Memo`]); a clone keeps it.
     id: u64,
 }
@@ -291,24 +295,24 @@ impl Reads {
 /// what they were gives what it gave, for whichever account: the fast path
 /// is pure, and the inputs are compared exactly (the bits of every number it
 /// reads, and the very map of traits, held here so that a new map cannot
-/// take its address; each account's map is its own). This is how rules are evaluated
-/// only when an input they read has changed: on dense accounts most events
-/// change the event counts, not the active users, signals or traits that
-/// most rules and score terms read.
+/// take its address; each account's map is its own). A plan that reads the
+/// account's age, new every event, is not kept. This is how rules are
+/// evaluated only when an input they read has changed: on dense accounts
+/// most events change the event counts, not the active users, signals or
+/// traits that most rules and score terms read.
 #[derive(Debug, Clone, Default)]
 pub struct Memo {
     plans: u64,
-    slots: Vec<Option<MemoSlot>>,
-}
-
-/// At most this many numbers of a plan's inputs are kept.
-const MEMO_INPUTS: usize = 8;
-
-#[derive(Debug, Clone)]
-struct MemoSlot {
-    inputs: [u64; MEMO_INPUTS],
+    /// The numbers each plan last read, one plan after another (at
+    /// `Plans::memo_at`).
+    inputs: Vec<u64>,
+    /// Per plan: its last result, and the generation of `traits` it was
+    /// computed with if it reads traits (`None`: it did not get to read them).
+    results: Vec<Option<(Memoized, Option<u64>)>>,
+    /// The map of traits the latest results that read traits were computed
+    /// with; a new map is a new generation.
     traits: Option<Value>,
-    result: Memoized,
+    traits_gen: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -318,54 +322,62 @@ enum Memoized {
     Term(Option<f64>),
 }
 
-/// The key of a plan's inputs now: their bits (the account's age last),
-/// and whether the traits it reads are those of the slot. `None`: not
-/// memoized (a CEL node, too many inputs).
-fn memo_key(reads: Option<&Reads>, nums: &[Double], age: f64) -> Option<[u64; MEMO_INPUTS]> {
-    let r = reads?;
-    if r.nums.len() + usize::from(r.age) > MEMO_INPUTS {
-        return None;
-    }
-    let mut key = [0u64; MEMO_INPUTS];
-    for (k, &i) in key.iter_mut().zip(&r.nums) {
-        *k = nums.get(i)?.inner().to_bits();
-    }
-    if r.age {
-        key[r.nums.len()] = age.to_bits();
-    }
-    Some(key)
-}
-
 fn same_map(a: &Value, b: &Value) -> bool {
     matches!((a, b), (Value::Map(a), Value::Map(b)) if Arc::ptr_eq(&a.map, &b.map))
 }
 
 impl Memo {
-    /// Plan `p`'s result for inputs `key` (and `traits`, if it reads them),
-    /// computed by `compute` unless they are those of its last result.
+    /// Plan `p`'s result for the numbers `nums` (and `traits`, if it reads
+    /// them), computed by `compute` unless its inputs are those of its last
+    /// result.
     fn get_or(
         &mut self,
+        plans: &Plans,
         p: usize,
-        key: Option<[u64; MEMO_INPUTS]>,
-        reads_traits: bool,
+        nums: &[Double],
         traits: &OnceLock<Value>,
         compute: impl FnOnce() -> Memoized,
     ) -> Memoized {
-        let Some(key) = key else { return compute() };
-        if let Some(Some(slot)) = self.slots.get(p) {
-            let traits_same =
-                !reads_traits || matches!((&slot.traits, traits.get()), (Some(a), Some(b)) if same_map(a, b));
-            if slot.inputs == key && traits_same {
-                return slot.result.clone();
+        let (Some(Some(r)), Some(&Some(start))) = (plans.reads.get(p), plans.memo_at.get(p)) else {
+            return compute();
+        };
+        if self.plans != plans.id {
+            *self = Memo {
+                plans: plans.id,
+                inputs: vec![0; plans.memo_len],
+                results: vec![None; plans.reads.len()],
+                traits: None,
+                traits_gen: 0,
+            };
+        }
+        let bits = |i: usize| nums.get(i).map(|n| n.inner().to_bits());
+        let key = &mut self.inputs[start..start + r.nums.len()];
+        if let Some((result, gen)) = &self.results[p] {
+            let same_nums = r.nums.iter().zip(key.iter()).all(|(&i, &k)| bits(i) == Some(k));
+            let same_traits = !r.traits
+                || (*gen == Some(self.traits_gen)
+                    && matches!((&self.traits, traits.get()), (Some(a), Some(b)) if same_map(a, b)));
+            if same_nums && same_traits {
+                return result.clone();
             }
         }
         let result = compute();
-        if self.slots.len() <= p {
-            self.slots.resize(p + 1, None);
+        for (k, &i) in key.iter_mut().zip(&r.nums) {
+            *k = bits(i).unwrap_or(0);
         }
-        // (The traits as they are once computed: read by it, so made.)
-        let traits = if reads_traits { traits.get().cloned() } else { None };
-        self.slots[p] = Some(MemoSlot { inputs: key, traits, result: result.clone() });
+        // The traits it read (made by reading them): the map the results
+        // that read traits were computed with from now on.
+        let gen = match traits.get().filter(|_| r.traits) {
+            Some(t) => {
+                if !self.traits.as_ref().is_some_and(|m| same_map(m, t)) {
+                    self.traits = Some(t.clone());
+                    self.traits_gen += 1;
+                }
+                Some(self.traits_gen)
+            }
+            None => None,
+        };
+        self.results[p] = Some((result.clone(), gen));
         result
     }
 }
@@ -389,10 +401,19 @@ impl Plans {
         let derived: Vec<Fast> = def.derived.iter().enumerate().map(|(j, d)| plan(&d.1, j)).collect();
         let rules: Vec<Fast> = def.rules.iter().map(|r| plan(&r.program, all)).collect();
         let bonus: Vec<Fast> = def.bonus.iter().map(|p| plan(p, all)).collect();
-        let reads = derived.iter().chain(&rules).chain(&bonus).map(Reads::of).collect();
+        let reads: Vec<Option<Reads>> = derived.iter().chain(&rules).chain(&bonus).map(Reads::of).collect();
+        let mut memo_len = 0;
+        let memo_at = reads
+            .iter()
+            .map(|r| {
+                let r = r.as_ref().filter(|r| !r.age)?;
+                memo_len += r.nums.len();
+                Some(memo_len - r.nums.len())
+            })
+            .collect();
         static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Plans { derived, rules, bonus, reads, id }
+        Plans { derived, rules, bonus, reads, memo_at, memo_len, id }
     }
 }
 
@@ -630,20 +651,11 @@ pub fn evaluate_memoized(
     let age = acct.age_days(now_ms);
     let account = OnceLock::new();
     let plans = &def.plans;
-    if let Some(m) = memo.as_deref_mut() {
-        if m.plans != plans.id {
-            *m = Memo { plans: plans.id, slots: Vec::new() };
-        }
-    }
     // Plan `p` (derived numbers, rules, score terms, in that order), through
     // the memo when there is one.
     let mut through = |p: usize, nums: &[Double], compute: &mut dyn FnMut() -> Memoized| -> Memoized {
         match memo.as_deref_mut() {
-            Some(m) => {
-                let reads = plans.reads.get(p).and_then(Option::as_ref);
-                let key = memo_key(reads, nums, age);
-                m.get_or(p, key, reads.is_some_and(|r| r.traits), traits, compute)
-            }
+            Some(m) => m.get_or(plans, p, nums, traits, compute),
             None => compute(),
         }
     };
