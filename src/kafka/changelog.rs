@@ -44,7 +44,9 @@ use rdkafka::ClientContext;
 
 use crate::config::KafkaConfig;
 
-/// Header naming the state schema of a changelog record (absent: schema 1).
+/// Header naming the state schema of a changelog account record (absent:
+/// schema 1). Only account records carry it (since 2026-12-04; before, every
+/// record did): only they are read by it.
 pub const SCHEMA_HEADER: &str = "pqa-schema";
 
 /// The schema a changelog record was written in (`None`: before records
@@ -349,10 +351,16 @@ impl Changelog {
     }
 
     fn send(&self, r: &ChangeRecord, shutdown: &Shutdown) -> Result<(), ChangelogError> {
-        let schema =
-            OwnedHeaders::new().insert(Header { key: SCHEMA_HEADER, value: Some(crate::state::store::SCHEMA_VERSION) });
         let mut record: BaseRecord<'_, [u8], [u8], ()> =
-            BaseRecord::to(&self.topic).partition(r.partition).key(&r.key[..]).headers(schema);
+            BaseRecord::to(&self.topic).partition(r.partition).key(&r.key[..]);
+        if r.key.first() == Some(&keys::ACCOUNT) {
+            // Only account records are read by their schema (see `restore`);
+            // the others go without headers (one allocation less each).
+            record = record.headers(
+                OwnedHeaders::new()
+                    .insert(Header { key: SCHEMA_HEADER, value: Some(crate::state::store::SCHEMA_VERSION) }),
+            );
+        }
         if !r.value.is_empty() {
             // (Empty: a tombstone, no payload.)
             record = record.payload(&r.value[..]);
