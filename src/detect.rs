@@ -238,15 +238,24 @@ pub struct Plans {
     derived: Vec<Fast>,
     rules: Vec<Fast>,
     bonus: Vec<Fast>,
-    /// What each of them reads (derived numbers, then rules, then score
-    /// terms): `None` for one with a CEL node, which may read anything.
-    reads: Vec<Option<Reads>>,
-    /// Where each one's inputs are kept in a [`Memo`]: `None` for those not
-    /// memoized (a CEL node; the account's age, which is new every event).
-    memo_at: Vec<Option<usize>>,
+    /// How a [`Memo`] keeps each of them (derived numbers, then rules, then
+    /// score terms): `None` for one not kept (a CEL node, which may read
+    /// anything; the account's age, which is new every event).
+    kept: Vec<Option<Kept>>,
+    /// The numbers all the kept ones read.
     memo_len: usize,
     /// Tells these plans from any other (for [`Memo`]); a clone keeps it.
     id: u64,
+}
+
+/// A plan kept by a [`Memo`]: where its inputs start in `Memo::inputs`,
+/// the numbers it reads (indexes into `Vars::nums`), and whether it reads
+/// traits.
+#[derive(Debug, Clone)]
+struct Kept {
+    start: usize,
+    nums: Vec<usize>,
+    traits: bool,
 }
 
 /// The inputs of a plan with no CEL node.
@@ -338,20 +347,18 @@ impl Memo {
         traits: &OnceLock<Value>,
         compute: impl FnOnce() -> Memoized,
     ) -> Memoized {
-        let (Some(Some(r)), Some(&Some(start))) = (plans.reads.get(p), plans.memo_at.get(p)) else {
-            return compute();
-        };
+        let Some(Some(r)) = plans.kept.get(p) else { return compute() };
         if self.plans != plans.id {
             *self = Memo {
                 plans: plans.id,
                 inputs: vec![0; plans.memo_len],
-                results: vec![None; plans.reads.len()],
+                results: vec![None; plans.kept.len()],
                 traits: None,
                 traits_gen: 0,
             };
         }
         let bits = |i: usize| nums.get(i).map(|n| n.inner().to_bits());
-        let key = &mut self.inputs[start..start + r.nums.len()];
+        let key = &mut self.inputs[r.start..r.start + r.nums.len()];
         if let Some((result, gen)) = &self.results[p] {
             let same_nums = r.nums.iter().zip(key.iter()).all(|(&i, &k)| bits(i) == Some(k));
             let same_traits = !r.traits
@@ -401,19 +408,20 @@ impl Plans {
         let derived: Vec<Fast> = def.derived.iter().enumerate().map(|(j, d)| plan(&d.1, j)).collect();
         let rules: Vec<Fast> = def.rules.iter().map(|r| plan(&r.program, all)).collect();
         let bonus: Vec<Fast> = def.bonus.iter().map(|p| plan(p, all)).collect();
-        let reads: Vec<Option<Reads>> = derived.iter().chain(&rules).chain(&bonus).map(Reads::of).collect();
         let mut memo_len = 0;
-        let memo_at = reads
+        let kept = derived
             .iter()
-            .map(|r| {
-                let r = r.as_ref().filter(|r| !r.age)?;
+            .chain(&rules)
+            .chain(&bonus)
+            .map(|f| {
+                let r = Reads::of(f).filter(|r| !r.age)?;
                 memo_len += r.nums.len();
-                Some(memo_len - r.nums.len())
+                Some(Kept { start: memo_len - r.nums.len(), nums: r.nums, traits: r.traits })
             })
             .collect();
         static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Plans { derived, rules, bonus, reads, memo_at, memo_len, id }
+        Plans { derived, rules, bonus, kept, memo_len, id }
     }
 }
 

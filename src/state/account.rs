@@ -378,6 +378,20 @@ pub struct WindowSums {
 /// A window's sum: (first bucket, last bucket, sum).
 type Sum = (u32, u32, u64);
 
+/// The sum over `lo..=hi` from the window's last sum `was`, when the window
+/// only slid forward (or not at all): what left it taken out, what entered
+/// it added (`between` sums a bucket range); else counted afresh.
+fn slide(was: Option<Sum>, lo: u32, hi: u32, between: impl Fn(u32, u32) -> u64) -> u64 {
+    match was {
+        Some((l0, h0, s0)) if lo >= l0 && hi >= h0 && lo <= h0.saturating_add(1) => {
+            let left = if lo > l0 { between(l0, lo - 1) } else { 0 };
+            let entered = if hi > h0 { between(h0 + 1, hi) } else { 0 };
+            s0 - left + entered
+        }
+        _ => between(lo, hi),
+    }
+}
+
 impl WindowSums {
     /// Forgets every sum.
     pub fn clear(&mut self) {
@@ -433,15 +447,7 @@ impl WindowSums {
                 self.users.len() - 1
             }
         };
-        let sum = match self.users[i].2 {
-            Some((l0, h0, s0)) if lo >= l0 && hi >= h0 && lo <= h0.saturating_add(1) => {
-                // Slid forward (or not at all): drop l0..lo, add h0+1..=hi.
-                let left = if lo > l0 { acct.users_between(l0, lo - 1) } else { 0 };
-                let entered = if hi > h0 { acct.users_between(h0 + 1, hi) } else { 0 };
-                s0 - left + entered
-            }
-            _ => acct.users_between(lo, hi),
-        };
+        let sum = slide(self.users[i].2, lo, hi, |a, b| acct.users_between(a, b));
         self.users[i].2 = Some((lo, hi, sum));
         debug_assert_eq!(sum as f64, acct.metric(m, now, 3600), "window sum of {}", m.name);
         sum as f64
@@ -454,15 +460,7 @@ impl WindowSums {
         if self.sums.len() <= i {
             self.sums.resize(i + 1, None);
         }
-        let sum = match self.sums[i] {
-            Some((l0, h0, s0)) if lo >= l0 && hi >= h0 && lo <= h0.saturating_add(1) => {
-                // Slid forward (or not at all): drop l0..lo, add h0+1..=hi.
-                let left = if lo > l0 { acct.events_between(m.column, l0, lo - 1) } else { 0 };
-                let entered = if hi > h0 { acct.events_between(m.column, h0 + 1, hi) } else { 0 };
-                s0 - left + entered
-            }
-            _ => acct.events_between(m.column, lo, hi),
-        };
+        let sum = slide(self.sums[i], lo, hi, |a, b| acct.events_between(m.column, a, b));
         self.sums[i] = Some((lo, hi, sum));
         debug_assert_eq!(sum as f64, acct.metric(m, now, 3600), "window sum of {}", m.name);
         sum as f64
@@ -518,12 +516,15 @@ impl AccountState {
                 return None;
             }
             if let Ok(p) = self.user_hist.binary_search_by_key(&o, |e| e.0) {
-                // (Counts are never 0: an emptied entry is removed.)
-                self.user_hist[p].1 -= 1;
+                // (A count is never 0, an emptied entry being removed; one
+                // read from an odd record stays 0 and counted nowhere.)
+                if self.user_hist[p].1 > 0 {
+                    left = Some(o);
+                }
+                self.user_hist[p].1 = self.user_hist[p].1.saturating_sub(1);
                 if self.user_hist[p].1 == 0 {
                     self.user_hist.remove(p);
                 }
-                left = Some(o);
             }
         }
         match self.user_hist.binary_search_by_key(&new, |e| e.0) {
