@@ -873,6 +873,7 @@ impl Engine {
         // Counted once per messageId, and only once accepted: a retried
         // copy of a rejected event is judged again, not taken for a
         // duplicate of something that never counted.
+        let refresh_ms = self.store.idle_refresh_ms();
         if let Some(id) = &ev.message_id {
             if self.store.seen_before(id, ev.time_ms)? {
                 self.metrics.duplicate_events.inc();
@@ -880,9 +881,10 @@ impl Engine {
             }
         }
         for key in &followed {
-            // A link in use is not idle (refreshed at most daily).
+            // A link in use is not idle (refreshed now and then: see
+            // `idle_refresh_ms`).
             let l = self.store.user(key)?;
-            if ev.time_ms > l.state.updated_ms + 86_400_000 {
+            if ev.time_ms > l.state.updated_ms + refresh_ms {
                 l.state.updated_ms = ev.time_ms;
                 l.dirty = true;
             }
@@ -964,8 +966,9 @@ impl Engine {
                 }
             }
             user_domain = if ev.kind.is_usage() || link.is_some() { user.state.email_domain.clone() } else { None };
-            // Refresh the user's idle-TTL clock at most daily (saves writes).
-            if ev.time_ms > user.state.updated_ms + 86_400_000 {
+            // Refresh the user's idle-TTL clock now and then (each refresh
+            // is a write).
+            if ev.time_ms > user.state.updated_ms + refresh_ms {
                 user.state.updated_ms = ev.time_ms;
                 user.dirty = true;
             }
@@ -978,7 +981,7 @@ impl Engine {
                 a.state.account.clone_from(&account);
                 a.dirty = true;
             }
-            if ev.time_ms > a.state.updated_ms + 86_400_000 {
+            if ev.time_ms > a.state.updated_ms + refresh_ms {
                 a.state.updated_ms = ev.time_ms;
                 a.dirty = true;
             }

@@ -408,6 +408,8 @@ pub struct Store {
     users: LruCache<String, UserEntry>,
     capacity: usize,
     sync_writes: bool,
+    /// See [`idle_refresh_ms`].
+    idle_refresh_ms: i64,
     /// Event-time watermark shared with the compaction filter.
     watermark: Arc<AtomicI64>,
     /// Message ids applied since the last commit (key -> event time, partition).
@@ -504,6 +506,18 @@ const MEMORY_IDS: usize = 1_000_000;
 /// members are written with each commit (also by a write-back store), and
 /// dropped from the cache once durable.
 const CROWDED: usize = 256;
+
+/// How often, in event time, a user's (or a visitor's, or an alias link's)
+/// idle-TTL clock is moved forward by the events that use the record: a
+/// sixteenth of the TTL, 1 to 30 days (25 days at the default 400). Each
+/// refresh is a write (and a changelog record), and in a long tail of
+/// small accounts most events found a user whose clock was over a day old:
+/// 0.76 user writes an event refreshing daily, 0.19 at this interval. The
+/// users' column family keeps records this much longer than the TTL, so
+/// that no record is dropped before `idle_ttl_days` without use.
+pub fn idle_refresh_ms(idle_ttl_days: u32) -> i64 {
+    (i64::from(idle_ttl_days) * 86_400_000 / 16).clamp(86_400_000, 30 * 86_400_000)
+}
 
 impl Store {
     /// Opens (or creates) the state directory.
@@ -604,6 +618,9 @@ impl Store {
                 });
             } else if *name != cf::META {
                 let wm = watermark.clone();
+                // (A user record's clock lags its last use by up to the
+                // refresh interval.)
+                let ttl_ms = if *name == cf::USERS { ttl_ms + idle_refresh_ms(cfg.idle_ttl_days) } else { ttl_ms };
                 o.set_compaction_filter("pqa-idle-ttl", move |_level: u32, _key: &[u8], value: &[u8]| {
                     let w = wm.load(Ordering::Relaxed);
                     match value.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
@@ -658,6 +675,7 @@ impl Store {
             schedule: Schedule::default(),
             meta_pending: BTreeMap::new(),
             ephemeral,
+            idle_refresh_ms: idle_refresh_ms(cfg.idle_ttl_days),
             crowded: Vec::new(),
             write_back: false,
             spilled_accounts: HashMap::new(),
@@ -989,6 +1007,11 @@ impl Store {
 
     pub fn set_watermark_ms(&self, t: i64) {
         self.watermark.fetch_max(t, Ordering::Relaxed);
+    }
+
+    /// See [`idle_refresh_ms`].
+    pub fn idle_refresh_ms(&self) -> i64 {
+        self.idle_refresh_ms
     }
 
     /// Sets the input partition of the record being applied: records
@@ -1826,6 +1849,48 @@ mod tests {
         c.dir = dir.to_path_buf();
         c.cache_accounts = 2;
         c
+    }
+
+    /// Compaction drops what was not used for `state.idle_ttl_days` of
+    /// event time, and nothing sooner: a user record, whose clock the
+    /// engine moves only every [`idle_refresh_ms`], is kept that much
+    /// longer (its last use may be that much later than its clock).
+    #[test]
+    fn idle_records_are_dropped_and_users_kept_through_their_refresh_lag() {
+        const D: i64 = 86_400_000;
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.idle_ttl_days = 160;
+        assert_eq!(idle_refresh_ms(160), 10 * D);
+        assert_eq!(idle_refresh_ms(400), 25 * D);
+        assert_eq!(idle_refresh_ms(8), D);
+        let mut s = Store::open(&c).unwrap();
+        let t0 = 1_000 * D;
+        for (a, seen) in [("idle", t0), ("recent", t0 + 20 * D)] {
+            let e = s.account(a).unwrap();
+            e.state.first_seen_ms = seen;
+            e.state.last_seen_ms = seen;
+            e.dirty = true;
+        }
+        for (u, clock) in [("idle", t0), ("lagging", t0 + 5 * D)] {
+            let e = s.user(u).unwrap();
+            e.state.updated_ms = clock;
+            e.dirty = true;
+        }
+        // 172 days on: past the TTL of the idle account and of the idle
+        // user's clock (and its lag), not of the lagging user's clock and
+        // lag (175 days), nor of the recent account (180).
+        s.set_watermark_ms(t0 + 172 * D);
+        s.commit(&[]).unwrap();
+        let db = &s.reader.db;
+        for name in cf::ALL {
+            db.compact_range_cf(db.cf_handle(name).unwrap(), None::<&[u8]>, None::<&[u8]>);
+        }
+        let r = s.reader();
+        assert!(r.account("idle").unwrap().is_none(), "an account idle past the TTL is dropped");
+        assert!(r.account("recent").unwrap().is_some());
+        assert!(r.user("idle").unwrap().is_none(), "a user idle past the TTL and the refresh lag is dropped");
+        assert!(r.user("lagging").unwrap().is_some(), "a user whose clock lags its use is kept");
     }
 
     /// A record read ahead ([`prefetch`]) is taken only while RocksDB still
