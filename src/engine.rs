@@ -873,13 +873,13 @@ impl Engine {
         // Counted once per messageId, and only once accepted: a retried
         // copy of a rejected event is judged again, not taken for a
         // duplicate of something that never counted.
-        let refresh_ms = self.store.idle_refresh_ms();
         if let Some(id) = &ev.message_id {
             if self.store.seen_before(id, ev.time_ms)? {
                 self.metrics.duplicate_events.inc();
                 return Ok(Ok(()));
             }
         }
+        let refresh_ms = self.store.idle_refresh_ms();
         for key in &followed {
             // A link in use is not idle (refreshed now and then: see
             // `idle_refresh_ms`).

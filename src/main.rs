@@ -373,8 +373,10 @@ struct SimulateArgs {
 /// each page handed back and reused later is faulted in and zeroed again 2
 /// MiB at a time, and the engine's batches (write batches, evicted records,
 /// changelog records) free and reuse tens of MiB every second: `replay` of a
-/// long tail of accounts spent 6.5 % of its engine thread zeroing pages, and
-/// ran 85 k -> 112 k events/s with 10 s (RSS +17 MiB). See BENCHMARKS.md.
+/// long tail of accounts spent 6.5 % of its engine thread zeroing pages.
+/// With 10 s it ran 9 % faster on a quiet machine (a third faster with a
+/// build running beside it), for about 10 MiB more at the peak. See
+/// BENCHMARKS.md.
 const MIMALLOC_PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 
 /// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (the Rust
