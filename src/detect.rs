@@ -312,8 +312,8 @@ impl Reads {
 #[derive(Debug, Clone, Default)]
 pub struct Memo {
     plans: u64,
-    /// The numbers each plan last read, one plan after another (at
-    /// `Plans::memo_at`).
+    /// The numbers each plan last read, one plan after another (from
+    /// `Kept::start`).
     inputs: Vec<u64>,
     /// Per plan: its last result, and the generation of `traits` it was
     /// computed with if it reads traits (`None`: it did not get to read them).

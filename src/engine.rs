@@ -883,11 +883,7 @@ impl Engine {
         for key in &followed {
             // A link in use is not idle (refreshed now and then: see
             // `idle_refresh_ms`).
-            let l = self.store.user(key)?;
-            if ev.time_ms > l.state.updated_ms + refresh_ms {
-                l.state.updated_ms = ev.time_ms;
-                l.dirty = true;
-            }
+            self.store.user(key)?.keep_alive(ev.time_ms, refresh_ms);
         }
         if let Some(m) = &mut merge {
             // The old id becomes the new one: later events under it are
@@ -968,10 +964,7 @@ impl Engine {
             user_domain = if ev.kind.is_usage() || link.is_some() { user.state.email_domain.clone() } else { None };
             // Refresh the user's idle-TTL clock now and then (each refresh
             // is a write).
-            if ev.time_ms > user.state.updated_ms + refresh_ms {
-                user.state.updated_ms = ev.time_ms;
-                user.dirty = true;
-            }
+            user.keep_alive(ev.time_ms, refresh_ms);
         }
         if ev.anonymous {
             // The visitor's record: the account they are active in (kept
@@ -981,10 +974,7 @@ impl Engine {
                 a.state.account.clone_from(&account);
                 a.dirty = true;
             }
-            if ev.time_ms > a.state.updated_ms + refresh_ms {
-                a.state.updated_ms = ev.time_ms;
-                a.dirty = true;
-            }
+            a.keep_alive(ev.time_ms, refresh_ms);
         }
         if let Some((key, _, _)) = &link {
             let a = self.store.user(key)?;

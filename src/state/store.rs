@@ -164,6 +164,17 @@ pub struct UserEntry {
     touched: bool,
 }
 
+impl UserEntry {
+    /// Moves the record's idle-TTL clock to `time_ms` if it is more than
+    /// `every_ms` behind (see [`idle_refresh_ms`]): a refresh is a write.
+    pub fn keep_alive(&mut self, time_ms: i64, every_ms: i64) {
+        if time_ms > self.state.updated_ms + every_ms {
+            self.state.updated_ms = time_ms;
+            self.dirty = true;
+        }
+    }
+}
+
 /// A state record for the changelog topic: the RocksDB key (its first byte
 /// names the kind, see [`keys`]) and value, on the changelog partition equal
 /// to the input partition the record belongs to. A partition's records of
@@ -567,6 +578,7 @@ impl Store {
         let db_opts =
             if ephemeral { db_opts.get_options_from_string("avoid_flush_during_shutdown=true")? } else { db_opts };
         let ttl_ms = i64::from(cfg.idle_ttl_days) * 86_400_000;
+        let refresh_ms = idle_refresh_ms(cfg.idle_ttl_days);
         let cfs = cf::ALL.iter().map(|name| {
             let mut o = Options::default();
             let mut t = BlockBasedOptions::default();
@@ -620,7 +632,7 @@ impl Store {
                 let wm = watermark.clone();
                 // (A user record's clock lags its last use by up to the
                 // refresh interval.)
-                let ttl_ms = if *name == cf::USERS { ttl_ms + idle_refresh_ms(cfg.idle_ttl_days) } else { ttl_ms };
+                let ttl_ms = if *name == cf::USERS { ttl_ms + refresh_ms } else { ttl_ms };
                 o.set_compaction_filter("pqa-idle-ttl", move |_level: u32, _key: &[u8], value: &[u8]| {
                     let w = wm.load(Ordering::Relaxed);
                     match value.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
@@ -675,7 +687,7 @@ impl Store {
             schedule: Schedule::default(),
             meta_pending: BTreeMap::new(),
             ephemeral,
-            idle_refresh_ms: idle_refresh_ms(cfg.idle_ttl_days),
+            idle_refresh_ms: refresh_ms,
             crowded: Vec::new(),
             write_back: false,
             spilled_accounts: HashMap::new(),
