@@ -18,7 +18,7 @@ use crate::budget::{bypasses, BudgetClock, Ledger};
 use crate::config::{CompiledDefinition, InputConfig};
 use crate::decode::{Decoder, Event, Kind, Reason, Rejection};
 use crate::definitions::{Agreement, Definitions, VersionStats};
-use crate::detect::{evaluate_memoized, evaluate_unnamed, Outcome};
+use crate::detect::{evaluate_memoized_into, evaluate_unnamed, Evaluation, Outcome};
 use crate::emit::{self, Announcement, EventInput, Lead, OutputEvent};
 use crate::state::account::{bucket_of, email_domain, AccountState, Held, SignalHit};
 use crate::state::manifest::Manifest;
@@ -174,6 +174,9 @@ pub struct Engine {
     /// since a result is reused only for the very same inputs (and no
     /// memory per account: the long tail would only pay for it).
     memos: Vec<crate::detect::Memo>,
+    /// The evaluation of the event being applied (its vectors reused from
+    /// one event to the next, unless an announcement keeps it).
+    evaluation: Evaluation,
     /// Per definition version: what it announced since it was loaded.
     stats: BTreeMap<String, VersionStats>,
     /// Per definition version: the accounts it qualified since it was
@@ -249,6 +252,7 @@ impl Engine {
             kind_counters: Default::default(),
             apply_seconds: None,
             memos: Vec::new(),
+            evaluation: Evaluation::default(),
             stats: BTreeMap::new(),
             qualified: HashMap::new(),
             late_for: Vec::new(),
@@ -1193,8 +1197,17 @@ impl Engine {
             } else {
                 None
             };
-            let eval =
-                evaluate_memoized(def, &entry.state, Some(&mut entry.sums), &entry.traits_cel, free_mail, now_ms, memo);
+            evaluate_memoized_into(
+                def,
+                &entry.state,
+                Some(&mut entry.sums),
+                &entry.traits_cel,
+                free_mail,
+                now_ms,
+                memo,
+                &mut self.evaluation,
+            );
+            let eval = &self.evaluation;
             if d == 0 {
                 for (i, o) in eval.outcomes.iter().enumerate() {
                     if let Outcome::Error(e) = o {
@@ -1204,10 +1217,11 @@ impl Engine {
                 }
             }
             let announced = announced_mut(&mut entry.state, d, def);
-            let Some((kind, previous_tier)) = emit::decide(def, announced, &eval, now_ms) else {
+            let Some((kind, previous_tier)) = emit::decide(def, announced, eval, now_ms) else {
                 continue;
             };
-            let mut eval = eval;
+            // (Kept with the announcement: the next evaluation starts anew.)
+            let mut eval = std::mem::take(&mut self.evaluation);
             eval.name_values(def);
             let warming_up = def
                 .metrics

@@ -1311,7 +1311,10 @@ impl Store {
         if self.write_back {
             // What the cache holds past its capacity is written now, and
             // stays readable until the batch is durable (see `written`).
-            let mut evicted: Vec<(String, AccountEntry)> = Vec::new();
+            // (Sized at once: entries are large, and a vector grown step by
+            // step copied them again at each step.)
+            let mut evicted: Vec<(String, AccountEntry)> =
+                Vec::with_capacity(self.accounts.len().saturating_sub(self.capacity));
             while self.accounts.len() > self.capacity {
                 let Some((id, e)) = self.accounts.pop_lru() else { break };
                 if e.dirty || e.members.values().any(|m| m.dirty) {
@@ -1334,7 +1337,8 @@ impl Store {
                 self.accounts_on_disk = true;
             }
             self.spilled_accounts.extend(evicted);
-            let mut evicted: Vec<(String, UserEntry)> = Vec::new();
+            let mut evicted: Vec<(String, UserEntry)> =
+                Vec::with_capacity(self.users.len().saturating_sub(self.capacity));
             while self.users.len() > self.capacity {
                 let Some((id, u)) = self.users.pop_lru() else { break };
                 if u.dirty {
