@@ -4,9 +4,11 @@
 //! - [`cf`]: column family names.
 //! - [`account`]: the records and their window arithmetic.
 //! - [`store`]: RocksDB, the cache, atomic commit of state + offsets.
+//! - [`cache`]: the cache's table of records by id, in order of use.
 //! - [`prefetch`]: records read ahead of the engine, on the decoder's thread.
 
 pub mod account;
+pub mod cache;
 pub mod cf;
 pub mod keys;
 pub mod layout;

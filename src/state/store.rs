@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use lru::LruCache;
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, LruCacheOptions, Options,
@@ -24,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::account::{AccountState, MemberState, UserState, WindowSums};
+use super::cache::Records;
 use super::layout::Layout;
 use super::manifest::{migrate_v1, Manifest};
 use super::prefetch::{self, Fetched, Prefetcher, RecentWrites};
@@ -415,8 +415,8 @@ impl StateReader {
 /// The engine's state: RocksDB plus the write-back cache.
 pub struct Store {
     reader: StateReader,
-    accounts: LruCache<String, AccountEntry>,
-    users: LruCache<String, UserEntry>,
+    accounts: Records<AccountEntry>,
+    users: Records<UserEntry>,
     capacity: usize,
     sync_writes: bool,
     /// See [`idle_refresh_ms`].
@@ -666,8 +666,10 @@ impl Store {
         watermark.store(reader.watermark_ms()?, Ordering::Relaxed);
         Ok(Store {
             reader,
-            accounts: LruCache::unbounded(),
-            users: LruCache::unbounded(),
+            // (The cache holds its capacity, and what a batch adds to it
+            // until the commit.)
+            accounts: Records::with_capacity(cfg.cache_accounts.saturating_add(cfg.cache_accounts / 8).min(1 << 22)),
+            users: Records::with_capacity(cfg.cache_accounts.saturating_add(cfg.cache_accounts / 8).min(1 << 22)),
             capacity: cfg.cache_accounts,
             sync_writes: cfg.sync_writes,
             watermark,
@@ -829,7 +831,7 @@ impl Store {
             .accounts
             .iter()
             .filter(|(_, e)| e.db_mark.due != 0)
-            .map(|(id, e)| (id.clone(), e.db_mark.due))
+            .map(|(id, e)| (id.to_string(), e.db_mark.due))
             .collect();
         for (_, e) in self.accounts.iter_mut() {
             e.mem_mark = e.db_mark;
@@ -904,9 +906,9 @@ impl Store {
             // Write-back: the index is written with the account, when it
             // is evicted; accounts still in memory are listed from there.
             let listed: HashSet<String> = found.iter().map(|(a, _)| a.clone()).collect();
-            for (id, e) in self.accounts.iter().chain(self.spilled_accounts.iter()) {
-                if Mark::of(&e.state).heard && !listed.contains(id.as_str()) {
-                    found.push((id.clone(), e.partition));
+            for (id, e) in self.accounts.iter().chain(self.spilled_accounts.iter().map(|(k, e)| (k.as_str(), e))) {
+                if Mark::of(&e.state).heard && !listed.contains(id) {
+                    found.push((id.to_string(), e.partition));
                 }
             }
         }
@@ -1079,7 +1081,7 @@ impl Store {
     /// (One hash lookup when it is cached: this is on every event's path.)
     pub fn account(&mut self, id: &str) -> Result<&mut AccountEntry, StateError> {
         let Store { accounts, spilled_accounts, reader, accounts_on_disk, fetched, writes, .. } = self;
-        let e = accounts.try_get_or_insert_mut_ref(id, || match spilled_accounts.remove(id) {
+        let e = accounts.get_or_try_insert_with(id, || match spilled_accounts.remove(id) {
             // Evicted into the batch in flight: back, unchanged since.
             Some(e) => Ok(e),
             None => match fetched.account.take_if(|f| f.id == id && writes.holds(fetched.epoch, Some(id), None)) {
@@ -1129,7 +1131,7 @@ impl Store {
     /// (One hash lookup when it is cached.)
     pub fn user(&mut self, id: &str) -> Result<&mut UserEntry, StateError> {
         let Store { users, spilled_users, reader, users_on_disk, fetched, writes, .. } = self;
-        let u = users.try_get_or_insert_mut_ref(id, || match spilled_users.remove(id) {
+        let u = users.get_or_try_insert_with(id, || match spilled_users.remove(id) {
             Some(u) => Ok(u),
             None if fetched.user.as_ref().is_some_and(|f| f.0 == id && writes.holds(fetched.epoch, None, Some(id))) => {
                 // Read ahead, and still what RocksDB holds.
@@ -1315,8 +1317,8 @@ impl Store {
             // step copied them again at each step.)
             let mut evicted: Vec<(String, AccountEntry)> =
                 Vec::with_capacity(self.accounts.len().saturating_sub(self.capacity));
-            while self.accounts.len() > self.capacity {
-                let Some((id, e)) = self.accounts.pop_lru() else { break };
+            for i in self.accounts.least_recent(self.accounts.len().saturating_sub(self.capacity)) {
+                let Some((id, e)) = self.accounts.remove_at(i) else { continue };
                 if e.dirty || e.members.values().any(|m| m.dirty) {
                     evicted.push((id, e));
                 }
@@ -1339,8 +1341,8 @@ impl Store {
             self.spilled_accounts.extend(evicted);
             let mut evicted: Vec<(String, UserEntry)> =
                 Vec::with_capacity(self.users.len().saturating_sub(self.capacity));
-            while self.users.len() > self.capacity {
-                let Some((id, u)) = self.users.pop_lru() else { break };
+            for i in self.users.least_recent(self.users.len().saturating_sub(self.capacity)) {
+                let Some((id, u)) = self.users.remove_at(i) else { continue };
                 if u.dirty {
                     evicted.push((id, u));
                 }
@@ -1559,20 +1561,18 @@ impl Store {
         // Write-back: evicted at prepare, and now durable.
         self.spilled_accounts.clear();
         self.spilled_users.clear();
-        while !self.write_back && self.accounts.len() > self.capacity {
-            match self.accounts.peek_lru() {
-                Some((_, e)) if !e.touched => {
-                    self.accounts.pop_lru();
+        if !self.write_back {
+            for i in self.accounts.least_recent(self.accounts.len().saturating_sub(self.capacity)) {
+                if self.accounts.record_at(i).is_none_or(|e| e.touched) {
+                    break;
                 }
-                _ => break,
+                self.accounts.remove_at(i);
             }
-        }
-        while !self.write_back && self.users.len() > self.capacity {
-            match self.users.peek_lru() {
-                Some((_, u)) if !u.touched => {
-                    self.users.pop_lru();
+            for i in self.users.least_recent(self.users.len().saturating_sub(self.capacity)) {
+                if self.users.record_at(i).is_none_or(|u| u.touched) {
+                    break;
                 }
-                _ => break,
+                self.users.remove_at(i);
             }
         }
         // Members of a cached account are bounded with it (only accounts

@@ -1,0 +1,246 @@
+//! The store's in-memory cache of records by id (accounts, users): a hash
+//! index over a slab of slots, each holding its id (inline when short, as
+//! most ids are), the record, and the moment it was last used.
+//!
+//! It replaces an LRU of boxed nodes (the `lru` crate), whose lookup of a
+//! long tail's account or user waited on memory four times in a row (the
+//! index's control bytes, its bucket, the node, the id's bytes behind the
+//! node's `String`) and then moved the node to the front of a linked list
+//! (its two neighbours, two more waits). Here a lookup reads the control
+//! bytes, a 4-byte bucket and the slot, whose id is compared in place, and
+//! a use is a stamp in a dense array beside the slots. The least recently
+//! used entries are found when they are evicted, once a commit, by a
+//! selection over the stamps: the same entries an LRU would evict, in the
+//! same order.
+
+use std::hash::BuildHasher;
+
+use compact_str::CompactString;
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+/// Records by id, with their order of last use.
+pub struct Records<V> {
+    /// Slot numbers, by the id's hash.
+    index: HashTable<u32>,
+    slots: Vec<Slot<V>>,
+    /// Per slot, the clock at its last use (0: a free slot). Apart from the
+    /// slots (which are large, 800 bytes an account), so that finding the
+    /// least recently used reads 8 bytes a slot, in order.
+    used: Vec<u64>,
+    /// Slots free for the next insertion.
+    free: Vec<u32>,
+    /// (stamp, slot) of every record, while the least recent are chosen
+    /// (kept: a fresh vector of this size each commit had its pages
+    /// faulted in anew).
+    order: Vec<(u64, u32)>,
+    /// Uses so far.
+    clock: u64,
+    hasher: DefaultHashBuilder,
+}
+
+struct Slot<V> {
+    hash: u64,
+    key: CompactString,
+    /// `None`: a free slot.
+    value: Option<V>,
+}
+
+impl<V> Default for Records<V> {
+    fn default() -> Self {
+        Records::with_capacity(0)
+    }
+}
+
+impl<V> Records<V> {
+    /// Room for `n` records at once (the slots are not grown, and copied,
+    /// step by step as the cache fills).
+    pub fn with_capacity(n: usize) -> Self {
+        Records {
+            index: HashTable::with_capacity(n),
+            slots: Vec::with_capacity(n),
+            used: Vec::with_capacity(n),
+            free: Vec::new(),
+            order: Vec::new(),
+            clock: 0,
+            hasher: Default::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    fn find(&self, hash: u64, key: &str) -> Option<u32> {
+        let slots = &self.slots;
+        self.index
+            .find(hash, |&i| {
+                let s = &slots[i as usize];
+                s.hash == hash && s.key == key
+            })
+            .copied()
+    }
+
+    /// The record of `key`, marked used now; made with `make` when absent.
+    pub fn get_or_try_insert_with<E>(&mut self, key: &str, make: impl FnOnce() -> Result<V, E>) -> Result<&mut V, E> {
+        let hash = self.hasher.hash_one(key);
+        self.clock += 1;
+        let i = match self.find(hash, key) {
+            Some(i) => {
+                self.used[i as usize] = self.clock;
+                i
+            }
+            None => {
+                let value = make()?;
+                let slot = Slot { hash, key: CompactString::from(key), value: Some(value) };
+                let i = match self.free.pop() {
+                    Some(i) => {
+                        self.slots[i as usize] = slot;
+                        self.used[i as usize] = self.clock;
+                        i
+                    }
+                    None => {
+                        self.slots.push(slot);
+                        self.used.push(self.clock);
+                        u32::try_from(self.slots.len() - 1).expect("fewer than 4 G cached records")
+                    }
+                };
+                let Records { index, slots, .. } = self;
+                index.insert_unique(hash, i, |&j| slots[j as usize].hash);
+                i
+            }
+        };
+        Ok(self.slots[i as usize].value.as_mut().expect("an indexed slot holds a record"))
+    }
+
+    /// The record of `key`, not marked used.
+    pub fn peek(&self, key: &str) -> Option<&V> {
+        let i = self.find(self.hasher.hash_one(key), key)?;
+        self.slots[i as usize].value.as_ref()
+    }
+
+    pub fn peek_mut(&mut self, key: &str) -> Option<&mut V> {
+        let i = self.find(self.hasher.hash_one(key), key)?;
+        self.slots[i as usize].value.as_mut()
+    }
+
+    #[cfg(test)]
+    pub fn contains(&self, key: &str) -> bool {
+        self.peek(key).is_some()
+    }
+
+    /// Every record with its id, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.slots.iter().filter_map(|s| Some((s.key.as_str(), s.value.as_ref()?)))
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut V)> {
+        self.slots.iter_mut().filter_map(|s| Some((s.key.as_str(), s.value.as_mut()?)))
+    }
+
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.slots.clear();
+        self.used.clear();
+        self.free.clear();
+    }
+
+    /// The `n` least recently used entries (all of them if fewer), least
+    /// recent first, as positions for [`Records::record_at`] and
+    /// [`Records::remove_at`] (valid until the next insertion).
+    pub fn least_recent(&mut self, n: usize) -> Vec<u32> {
+        if n == 0 {
+            return Vec::new();
+        }
+        let used = &mut self.order;
+        used.clear();
+        used.extend(self.used.iter().enumerate().filter(|(_, &t)| t != 0).map(|(i, &t)| (t, i as u32)));
+        if n < used.len() {
+            used.select_nth_unstable(n);
+            used.truncate(n);
+        }
+        used.sort_unstable();
+        used.iter().map(|&(_, i)| i).collect()
+    }
+
+    /// The record at a position from [`Records::least_recent`].
+    pub fn record_at(&self, i: u32) -> Option<&V> {
+        self.slots.get(i as usize)?.value.as_ref()
+    }
+
+    /// Removes the record at a position from [`Records::least_recent`].
+    pub fn remove_at(&mut self, i: u32) -> Option<(String, V)> {
+        let slot = self.slots.get_mut(i as usize)?;
+        let value = slot.value.take()?;
+        let key = std::mem::take(&mut slot.key).into_string();
+        self.used[i as usize] = 0;
+        if let Ok(entry) = self.index.find_entry(slot.hash, |&j| j == i) {
+            entry.remove();
+        }
+        self.free.push(i);
+        Some((key, value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(c: &mut Records<u32>, key: &str, v: u32) -> u32 {
+        *c.get_or_try_insert_with(key, || Ok::<_, ()>(v)).unwrap()
+    }
+
+    /// Against an LRU: the same records, evicted in the same order.
+    #[test]
+    fn the_least_recent_are_those_an_lru_evicts() {
+        let mut c: Records<u32> = Records::default();
+        let mut lru: lru::LruCache<String, u32> = lru::LruCache::unbounded();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for n in 0..20_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Short ids and ids too long to be inline.
+            let key = if x % 3 == 0 { format!("{:040}", x % 700) } else { format!("a-{}", x % 900) };
+            let got = get(&mut c, &key, n);
+            let want = *lru.get_or_insert(key.clone(), || n);
+            assert_eq!(got, want, "{key}");
+            if n % 97 == 0 && c.len() > 300 {
+                let excess = c.len() - 300;
+                for i in c.least_recent(excess) {
+                    let (k, v) = c.remove_at(i).unwrap();
+                    assert_eq!(lru.pop_lru(), Some((k, v)));
+                }
+                assert_eq!(c.len(), lru.len());
+            }
+        }
+        let mut ours: Vec<(String, u32)> = c.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let mut theirs: Vec<(String, u32)> = lru.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        ours.sort();
+        theirs.sort();
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn peeking_does_not_count_as_use_and_removed_records_are_gone() {
+        let mut c: Records<u32> = Records::default();
+        for (k, v) in [("a", 1), ("b", 2), ("c", 3)] {
+            get(&mut c, k, v);
+        }
+        assert_eq!(c.peek("a"), Some(&1));
+        *c.peek_mut("a").unwrap() = 10;
+        let oldest = c.least_recent(1);
+        assert_eq!(c.record_at(oldest[0]), Some(&10), "a peek is not a use");
+        assert_eq!(c.remove_at(oldest[0]), Some(("a".to_string(), 10)));
+        assert!(!c.contains("a") && c.contains("b") && c.len() == 2);
+        assert_eq!(get(&mut c, "a", 4), 4, "made again");
+        assert_eq!(c.least_recent(5).len(), 3);
+        let oldest = c.least_recent(1);
+        assert_eq!(c.record_at(oldest[0]), Some(&2));
+        c.clear();
+        assert_eq!((c.len(), c.iter().count()), (0, 0));
+    }
+}
