@@ -629,22 +629,8 @@ pub fn evaluate_unnamed(
     free_mail: &HashSet<String>,
     now_ms: i64,
 ) -> Evaluation {
-    evaluate_memoized(def, acct, sums, traits, free_mail, now_ms, None)
-}
-
-/// [`evaluate_unnamed`], reusing the results in `memo` of the plans whose
-/// inputs have not changed since (see [`Memo`]): the same evaluation.
-pub fn evaluate_memoized(
-    def: &CompiledDefinition,
-    acct: &AccountState,
-    sums: Option<&mut WindowSums>,
-    traits: &OnceLock<Value>,
-    free_mail: &HashSet<String>,
-    now_ms: i64,
-    memo: Option<&mut Memo>,
-) -> Evaluation {
     let mut out = Evaluation::default();
-    evaluate_memoized_into(def, acct, sums, traits, free_mail, now_ms, memo, &mut out);
+    evaluate_memoized_into(def, acct, sums, traits, free_mail, now_ms, None, &mut out);
     out
 }
 
@@ -654,9 +640,11 @@ thread_local! {
     static NUMS: std::cell::Cell<Vec<Double>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// [`evaluate_memoized`] into `out`, whose vectors are reused (an
+/// [`evaluate_unnamed`] into `out`, whose vectors are reused (an
 /// evaluation per event and definition allocated four of them, 3 % of the
-/// engine thread on a long tail).
+/// engine thread on a long tail), reusing the results in `memo` of the
+/// plans whose inputs have not changed since (see [`Memo`]): the same
+/// evaluation.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_memoized_into(
     def: &CompiledDefinition,
@@ -975,6 +963,20 @@ mod tests {
         }
     }
 
+    /// An evaluation through `memo`, as the engine makes it.
+    fn memoized(
+        def: &CompiledDefinition,
+        acct: &AccountState,
+        traits: &OnceLock<Value>,
+        free_mail: &HashSet<String>,
+        now_ms: i64,
+        memo: &mut Memo,
+    ) -> Evaluation {
+        let mut out = Evaluation::default();
+        evaluate_memoized_into(def, acct, None, traits, free_mail, now_ms, Some(memo), &mut out);
+        out
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
 
@@ -1008,7 +1010,7 @@ mod tests {
                     3 => clock = clock.max(t) + 1234,
                     _ => {
                         for (def, memo) in DEFS.iter().zip(&mut memos) {
-                            let got = evaluate_memoized(def, &a.state, None, traits, &free_mail, clock, Some(memo));
+                            let got = memoized(def, &a.state, traits, &free_mail, clock, memo);
                             let want = evaluate_unnamed(def, &a.state, None, &OnceLock::new(), &free_mail, clock);
                             assert_same(&got, &want);
                         }
@@ -1027,7 +1029,7 @@ mod tests {
         a.users(9, T0);
         let now = T0 + H;
         let score = |a: &Acct, traits: &OnceLock<Value>, memo: &mut Memo| {
-            let got = evaluate_memoized(&def, &a.state, None, traits, &free_mail, now, Some(memo));
+            let got = memoized(&def, &a.state, traits, &free_mail, now, memo);
             assert_same(&got, &evaluate_unnamed(&def, &a.state, None, &OnceLock::new(), &free_mail, now));
             got.score
         };
