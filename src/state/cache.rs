@@ -19,7 +19,7 @@ use compact_str::CompactString;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 /// Records by id, with their order of last use.
-pub struct Records<V> {
+pub(crate) struct Records<V> {
     /// Slot numbers, by the id's hash.
     index: HashTable<u32>,
     slots: Vec<Slot<V>>,
@@ -68,10 +68,6 @@ impl<V> Records<V> {
 
     pub fn len(&self) -> usize {
         self.index.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
     }
 
     fn find(&self, hash: u64, key: &str) -> Option<u32> {

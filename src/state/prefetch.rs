@@ -160,8 +160,8 @@ impl Prefetcher {
 
 /// A guess at which ids the engine's cache holds: those with fewer than
 /// `capacity` distinct ids seen since they were last seen (the engine's
-/// LRU trims to its capacity at each commit, keeping the most recently used
-/// ones), kept in a fixed table of slots (two slots a hash: a collision
+/// cache evicts the least recently used, and never below its capacity:
+/// see `store::excess`), kept in a fixed table of slots (two slots a hash: a collision
 /// forgets the id seen longer ago, which only means a read that may not
 /// have been needed).
 ///

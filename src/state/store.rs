@@ -4,8 +4,9 @@
 //! [`Store::commit`] writes every changed record *and* the consumed offsets
 //! of the batch in one `WriteBatch`, so state and progress are atomic: after
 //! a crash the engine resumes exactly at the offsets that produced the state
-//! it finds. After the write, the cache is trimmed back to its capacity, so
-//! memory is bounded by `cache_accounts`, not by the number of accounts.
+//! it finds. After the write, the cache is trimmed back to its capacity
+//! (once a thirty-second over it: see [`excess`]), so memory is bounded by
+//! `cache_accounts`, not by the number of accounts.
 //!
 //! Values are `last_seen_ms (i64 BE) | postcard(record)`: the fixed-width
 //! prefix lets the compaction filter expire idle records without decoding.
