@@ -453,6 +453,16 @@ impl Engine {
         self.part_times.iter().filter(|(p, _)| self.owns(**p)).map(|(_, t)| *t).min().unwrap_or(self.low_ms)
     }
 
+    /// Tells the store which partitions are this engine's (the changelog
+    /// partitions of its tombstones, see `state::expiry`).
+    fn share_owned(&mut self) {
+        if let Some(o) = &self.owned {
+            let mut owned: Vec<i32> = o.iter().copied().collect();
+            owned.sort_unstable();
+            self.store.set_owned(owned);
+        }
+    }
+
     fn owns(&self, partition: i32) -> bool {
         self.owned.as_ref().is_none_or(|o| o.contains(&partition))
     }
@@ -461,6 +471,7 @@ impl Engine {
     /// low watermark, and their accounts' schedules are read again.
     pub fn assigned(&mut self, partitions: &[i32]) -> Result<(), EngineError> {
         self.owned.get_or_insert_with(HashSet::new).extend(partitions.iter().copied());
+        self.share_owned();
         self.store.load_schedule()?;
         self.outcomes_assigned(partitions)?;
         self.metrics.budget_queue_length.set(self.store.schedule().queue.len() as i64);
@@ -718,6 +729,7 @@ impl Engine {
                 o.remove(p);
             }
         }
+        self.share_owned();
         let numbers: Vec<i32> = parts.iter().map(|(_, p)| *p).collect();
         self.outcomes_revoked(&numbers);
     }

@@ -22,6 +22,8 @@
 //! partition (a dedupe block, `keys::DEDUPE_BLOCK`), not one per event; the
 //! writer tombstones each block once its newest id has left the window, so
 //! the compacted topic holds the window's ids, not every id ever applied.
+//! Records RocksDB drops for idleness are tombstoned the same way (see
+//! `state::expiry`), and a restore skips records already idle.
 //!
 //! Limits: the input must be keyed by account (all events of an account in
 //! one partition); a zombie owner (one that lost its group membership but
@@ -532,7 +534,8 @@ impl Changelog {
                     }
                     let key = m.key().unwrap_or_default().to_vec();
                     let mut value = m.payload().unwrap_or_default().to_vec();
-                    if key.first() == Some(&keys::ACCOUNT) && schema_of(&m).is_none() {
+                    // (A tombstone has nothing to convert: see `state::expiry`.)
+                    if key.first() == Some(&keys::ACCOUNT) && !value.is_empty() && schema_of(&m).is_none() {
                         // Written by an engine of schema 1 (before records
                         // named their columns): read it the way a schema-1
                         // state directory is migrated.
@@ -747,6 +750,76 @@ mod tests {
         assert_eq!(kept, Restored::default(), "nothing read");
         assert_eq!(ahead.reader().account("a1").unwrap().unwrap().seq, 99, "the newer local version stays");
         assert_eq!(ahead.reader().offset("events", 1).unwrap(), Some(40));
+    }
+
+    /// A record dropped for idleness by its writer's compaction is
+    /// tombstoned on the changelog, through Kafka, and an instance that
+    /// restores the partition afterwards does not get it back (it did
+    /// before: the compacted topic kept every key ever written).
+    #[test]
+    fn records_dropped_for_idleness_are_tombstoned_and_not_restored() {
+        const D: i64 = 86_400_000;
+        let (cluster, cfg, c) = mock_changelog(1);
+        let (shutdown, health) = (Shutdown::new(), Health::new());
+        let open = |dir: &std::path::Path| {
+            let mut scfg = cfg.state.clone();
+            scfg.dir = dir.to_path_buf();
+            scfg.idle_ttl_days = 40;
+            Store::open(&scfg).unwrap()
+        };
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut writer = open(d1.path());
+        writer.set_changelog(true);
+        writer.set_owned(vec![0]);
+        writer.set_partition(0);
+        let commit = |s: &mut Store, next: i64| {
+            let p = s.prepare(&[("events".into(), 0, next)]);
+            let reached = c.write(&p.changelog, &shutdown, &|_| {}).unwrap();
+            s.write(p, &reached).unwrap();
+        };
+        for (id, seen) in [("old", 100 * D), ("live", 130 * D)] {
+            let e = writer.account(id).unwrap();
+            e.state.last_seen_ms = seen;
+            e.state.partition = Some(0);
+            e.dirty = true;
+        }
+        writer.user("u").unwrap().state.updated_ms = 100 * D;
+        writer.user("u").unwrap().dirty = true;
+        writer.set_watermark_ms(130 * D);
+        commit(&mut writer, 10);
+        writer.discard_cache();
+        // 50 days after "old" was last used (the TTL is 40), 20 after "live".
+        writer.set_watermark_ms(150 * D);
+        writer.compact_all();
+        assert!(writer.reader().account("old").unwrap().is_none());
+        commit(&mut writer, 11);
+
+        let mut other = open(d2.path());
+        c.restore(&mut other, 0, &shutdown, &health).unwrap();
+        assert!(other.reader().account("old").unwrap().is_none(), "an idle record is not restored");
+        assert!(other.reader().user("u").unwrap().is_none());
+        assert!(other.reader().account("live").unwrap().is_some());
+
+        let read: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "unit-read")
+            .set("enable.partition.eof", "true")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("unit-changelog", 0, Offset::Beginning).unwrap();
+        read.assign(&tpl).unwrap();
+        let mut old: Vec<Option<usize>> = Vec::new();
+        loop {
+            match read.poll(Duration::from_secs(10)) {
+                Some(Ok(m)) if m.key() == Some(&keys::account("old")[..]) => old.push(m.payload().map(<[u8]>::len)),
+                Some(Ok(_)) => {}
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                other => panic!("reading the changelog: {other:?}"),
+            }
+        }
+        assert_eq!(old.len(), 2, "the record, then its tombstone: {old:?}");
+        assert_eq!(old[1], None, "a tombstone has no payload");
     }
 
     /// A commit's message ids reach the changelog as one block, a restore

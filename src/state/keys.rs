@@ -80,6 +80,25 @@ pub fn member_user<'k>(key: &'k [u8], prefix: &[u8]) -> Option<&'k str> {
     key.strip_prefix(prefix).and_then(|u| std::str::from_utf8(u).ok())
 }
 
+/// The length-prefixed id after a key's kind byte, and what follows it.
+fn split_len_prefixed(key: &[u8], kind: u8) -> Option<(&str, &[u8])> {
+    let rest = key.strip_prefix(&[kind])?;
+    let len = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+    let id = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
+    Some((id, &rest[2 + len..]))
+}
+
+/// The account id of an account key.
+pub fn parse_account(key: &[u8]) -> Option<&str> {
+    split_len_prefixed(key, ACCOUNT).filter(|(_, rest)| rest.is_empty()).map(|(id, _)| id)
+}
+
+/// The (account, user) of a member key.
+pub fn parse_member(key: &[u8]) -> Option<(&str, &str)> {
+    let (account, user) = split_len_prefixed(key, MEMBER)?;
+    Some((account, std::str::from_utf8(user).ok()?))
+}
+
 pub fn user(user: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + user.len());
     k.push(USER);
@@ -244,6 +263,17 @@ mod tests {
         for (a, b) in cases {
             assert!(a < b, "{a:?} should sort before {b:?}");
         }
+    }
+
+    #[test]
+    fn account_and_member_keys_parse_back() {
+        assert_eq!(parse_account(&account("acct-1")), Some("acct-1"));
+        assert_eq!(parse_account(&account("")), Some(""));
+        assert_eq!(parse_account(&member("acct-1", "u")), None);
+        assert_eq!(parse_account(&[ACCOUNT, 0, 9, b'x']), None, "shorter than its length");
+        assert_eq!(parse_member(&member("acct-1", "u@x")), Some(("acct-1", "u@x")));
+        assert_eq!(parse_member(&member("a", "")), Some(("a", "")));
+        assert_eq!(parse_member(&account("a")), None);
     }
 
     #[test]

@@ -6,10 +6,12 @@
 //! - [`store`]: RocksDB, the cache, atomic commit of state + offsets.
 //! - [`cache`]: the cache's table of records by id, in order of use.
 //! - [`prefetch`]: records read ahead of the engine, on the decoder's thread.
+//! - [`expiry`]: records dropped for idleness, tombstoned on the changelog.
 
 pub mod account;
 pub mod cache;
 pub mod cf;
+pub(crate) mod expiry;
 pub mod keys;
 pub mod layout;
 pub mod manifest;

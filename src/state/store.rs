@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use super::account::{AccountState, MemberState, UserState, WindowSums};
 use super::cache::Records;
+use super::expiry::{self, Expired, Found};
 use super::layout::Layout;
 use super::manifest::{migrate_v1, Manifest};
 use super::prefetch::{self, Fetched, Prefetcher, RecentWrites};
@@ -422,6 +423,15 @@ pub struct Store {
     sync_writes: bool,
     /// See [`idle_refresh_ms`].
     idle_refresh_ms: i64,
+    /// `state.idle_ttl_days` in milliseconds.
+    idle_ttl_ms: i64,
+    /// What the idle-TTL compaction filter dropped, for the changelog's
+    /// tombstones (see [`super::expiry`]).
+    expired: Arc<Expired>,
+    /// The input partitions this instance owns (`run`; `None`: not told,
+    /// as in `replay`): where the tombstones of records without a
+    /// partition of their own go.
+    owned: Option<Vec<i32>>,
     /// Event-time watermark shared with the compaction filter.
     watermark: Arc<AtomicI64>,
     /// Message ids applied since the last commit (key -> event time, partition).
@@ -580,6 +590,7 @@ impl Store {
             if ephemeral { db_opts.get_options_from_string("avoid_flush_during_shutdown=true")? } else { db_opts };
         let ttl_ms = i64::from(cfg.idle_ttl_days) * 86_400_000;
         let refresh_ms = idle_refresh_ms(cfg.idle_ttl_days);
+        let expired = Arc::new(Expired::default());
         let cfs = cf::ALL.iter().map(|name| {
             let mut o = Options::default();
             let mut t = BlockBasedOptions::default();
@@ -634,10 +645,24 @@ impl Store {
                 // (A user record's clock lags its last use by up to the
                 // refresh interval.)
                 let ttl_ms = if *name == cf::USERS { ttl_ms + refresh_ms } else { ttl_ms };
-                o.set_compaction_filter("pqa-idle-ttl", move |_level: u32, _key: &[u8], value: &[u8]| {
+                let expired = expired.clone();
+                let accounts = *name == cf::ACCOUNTS;
+                o.set_compaction_filter("pqa-idle-ttl", move |_level: u32, key: &[u8], value: &[u8]| {
                     let w = wm.load(Ordering::Relaxed);
                     match value.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-                        Some(b) if w > 0 && i64::from_be_bytes(b).saturating_add(ttl_ms) < w => Decision::Remove,
+                        Some(b) if w > 0 && i64::from_be_bytes(b).saturating_add(ttl_ms) < w => {
+                            // Noted for the changelog's tombstone (an account
+                            // names its partition; see `expiry`).
+                            if expired.collecting() {
+                                let partition = if accounts {
+                                    decode_account_value(value).ok().and_then(|a| a.partition)
+                                } else {
+                                    None
+                                };
+                                expired.note(key, partition);
+                            }
+                            Decision::Remove
+                        }
                         _ => Decision::Keep,
                     }
                 });
@@ -692,6 +717,9 @@ impl Store {
             meta_pending: BTreeMap::new(),
             ephemeral,
             idle_refresh_ms: refresh_ms,
+            idle_ttl_ms: ttl_ms,
+            expired,
+            owned: None,
             crowded: Vec::new(),
             write_back: false,
             spilled_accounts: HashMap::new(),
@@ -1050,6 +1078,23 @@ impl Store {
     /// Turns on building changelog records at commit.
     pub fn set_changelog(&mut self, on: bool) {
         self.changelog = on;
+        self.expired.set_collecting(on);
+    }
+
+    /// Compacts every column family now (tests: the idle-TTL filter runs).
+    #[cfg(test)]
+    pub(crate) fn compact_all(&self) {
+        let db = &self.reader.db;
+        for name in cf::ALL {
+            db.compact_range_cf(db.cf_handle(name).expect("cf"), None::<&[u8]>, None::<&[u8]>);
+        }
+    }
+
+    /// The input partitions this instance owns now (`run`, after each
+    /// rebalance): the changelog partitions that get the tombstone of an
+    /// idle record without a partition of its own (see [`super::expiry`]).
+    pub fn set_owned(&mut self, partitions: Vec<i32>) {
+        self.owned = Some(partitions);
     }
 
     /// Turns on write-back, for a state that only this process reads and
@@ -1483,6 +1528,10 @@ impl Store {
                 *oldest = (*oldest).min(newest);
             }
         }
+        if self.changelog {
+            // (Before the markers: a restore applies what precedes one.)
+            self.tombstone_expired(&mut changelog);
+        }
         for (topic, partition, next) in offsets {
             let key = keys::offset(topic, *partition);
             batch.put_cf(meta, &key, next.to_be_bytes());
@@ -1500,6 +1549,108 @@ impl Store {
         // (Capped, so that one unusual batch does not set every next one.)
         self.last_commit_size = (batch.size_in_bytes().min(64 << 20), changelog.len().min(1 << 20));
         Prepared { batch, changelog, stats, offsets: offsets.to_vec(), oldest_ts: None }
+    }
+
+    /// Tombstones on the changelog for the records the idle-TTL filter
+    /// dropped that are really gone (see [`super::expiry`]). On the engine
+    /// thread, with no commit in flight: RocksDB holds every commit's
+    /// writes, and the cache what has been used since.
+    fn tombstone_expired(&self, changelog: &mut Vec<ChangeRecord>) {
+        let lost = self.expired.take_lost();
+        if lost > 0 {
+            tracing::warn!(
+                records = lost,
+                "more idle records dropped at once than are noted; their changelog keys stay (a restore skips them)"
+            );
+        }
+        let found = self.expired.take(expiry::PER_COMMIT);
+        if found.is_empty() {
+            return;
+        }
+        let watermark = self.watermark.load(Ordering::Relaxed);
+        // The partitions of the accounts dropped with them: a member whose
+        // account is gone too goes with it.
+        let dropped: HashMap<&str, i32> =
+            found.iter().filter_map(|f| Some((keys::parse_account(&f.key)?, f.partition?))).collect();
+        let mut again = Vec::new();
+        for mut f in found.iter().cloned() {
+            match self.expired_state(&f, watermark, &dropped) {
+                Ok(Gone::Yes(partition)) => {
+                    let owned = self.owned.as_deref().unwrap_or_default();
+                    let to: &[i32] = match &partition {
+                        Some(p) if owned.contains(p) => std::slice::from_ref(p),
+                        Some(_) => &[],
+                        None => owned,
+                    };
+                    for p in to {
+                        changelog.push(ChangeRecord { partition: *p, key: f.key.clone(), value: Vec::new() });
+                    }
+                }
+                Ok(Gone::NotYet) if f.checks + 1 < expiry::CHECKS => {
+                    f.checks += 1;
+                    again.push(f);
+                }
+                Ok(Gone::NotYet | Gone::Alive) => {}
+                Err(e) => {
+                    tracing::warn!(cause = %e, "cannot tell whether an idle record is gone; its changelog key stays");
+                }
+            }
+        }
+        self.expired.again(again);
+    }
+
+    /// Whether a record the idle-TTL filter dropped is gone, and then the
+    /// input partition it belongs to, when known.
+    fn expired_state(&self, f: &Found, watermark: i64, dropped: &HashMap<&str, i32>) -> Result<Gone, StateError> {
+        let db = &self.reader.db;
+        let idle = |v: &[u8], ttl: i64| {
+            v.get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .is_some_and(|b| i64::from_be_bytes(b).saturating_add(ttl) < watermark)
+        };
+        // (Alive in RocksDB, or still there and idle: its compaction is
+        // not installed yet.)
+        let on_disk = |cf_name: &str, ttl: i64| -> Result<Option<Gone>, StateError> {
+            let h = db.cf_handle(cf_name).expect("cf");
+            Ok(db.get_pinned_cf(h, &f.key)?.map(|v| if idle(&v, ttl) { Gone::NotYet } else { Gone::Alive }))
+        };
+        match f.key.first() {
+            Some(&keys::ACCOUNT) => {
+                let Some(id) = keys::parse_account(&f.key) else { return Ok(Gone::Alive) };
+                if self.accounts.peek(id).is_some() || self.spilled_accounts.contains_key(id) {
+                    return Ok(Gone::Alive);
+                }
+                Ok(on_disk(cf::ACCOUNTS, self.idle_ttl_ms)?.unwrap_or(Gone::Yes(f.partition)))
+            }
+            Some(&keys::MEMBER) => {
+                let Some((account, user)) = keys::parse_member(&f.key) else { return Ok(Gone::Alive) };
+                let cached = self.accounts.peek(account).or_else(|| self.spilled_accounts.get(account));
+                if cached.is_some_and(|e| e.members.contains_key(user)) {
+                    return Ok(Gone::Alive);
+                }
+                if let Some(state) = on_disk(cf::MEMBERS, self.idle_ttl_ms)? {
+                    return Ok(state);
+                }
+                // With its account, wherever that is now.
+                let partition = match cached {
+                    Some(e) => Some(e.partition),
+                    None => self
+                        .reader
+                        .account(account)?
+                        .and_then(|a| a.partition)
+                        .or_else(|| dropped.get(account).copied()),
+                };
+                Ok(Gone::Yes(partition))
+            }
+            Some(&keys::USER) => {
+                let id = std::str::from_utf8(&f.key[1..]).unwrap_or_default();
+                if self.users.peek(id).is_some() || self.spilled_users.contains_key(id) {
+                    return Ok(Gone::Alive);
+                }
+                Ok(on_disk(cf::USERS, self.idle_ttl_ms + self.idle_refresh_ms)?.unwrap_or(Gone::Yes(None)))
+            }
+            _ => Ok(Gone::Alive),
+        }
     }
 
     /// A reader ahead of the engine, for the thread that decodes its input
@@ -1642,7 +1793,22 @@ impl Store {
                 }
                 other => return Err(corrupt(&format!("unknown record kind {other:?}"))),
             };
-            batch.put_cf(db.cf_handle(name).expect("cf"), k, v);
+            let h = db.cf_handle(name).expect("cf");
+            if name != cf::DEDUPE {
+                // A tombstone (its writer's record was dropped for
+                // idleness, see `expiry`), or a record idle past the TTL
+                // already, which compaction would drop: gone here too.
+                let ttl = if name == cf::USERS { self.idle_ttl_ms + self.idle_refresh_ms } else { self.idle_ttl_ms };
+                let idle = v
+                    .get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .is_some_and(|b| watermark > 0 && i64::from_be_bytes(b).saturating_add(ttl) < watermark);
+                if v.is_empty() || idle {
+                    batch.delete_cf(h, k);
+                    continue;
+                }
+            }
+            batch.put_cf(h, k, v);
             if name == cf::ACCOUNTS {
                 // The account's index keys (stale keys of its earlier
                 // versions are dropped by `load_schedule` below).
@@ -1835,6 +2001,18 @@ impl Sink<'_> {
     }
 }
 
+/// What became of a record the idle-TTL filter dropped.
+#[derive(Debug, PartialEq)]
+enum Gone {
+    /// Gone from the cache and RocksDB (with its input partition, when
+    /// known): its changelog key gets a tombstone.
+    Yes(Option<i32>),
+    /// Still in RocksDB and idle (its compaction not installed yet).
+    NotYet,
+    /// In use again, or another version of it is.
+    Alive,
+}
+
 /// What a commit wrote.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CommitStats {
@@ -1936,6 +2114,125 @@ mod tests {
         assert!(r.account("recent").unwrap().is_some());
         assert!(r.user("idle").unwrap().is_none(), "a user idle past the TTL and the refresh lag is dropped");
         assert!(r.user("lagging").unwrap().is_some(), "a user whose clock lags its use is kept");
+    }
+
+    /// A record compaction drops for idleness gets a tombstone on the
+    /// changelog at the next commit (see [`super::expiry`]): on its own
+    /// partition when the record or its account names it and this
+    /// instance owns it, on every owned partition when neither does, on
+    /// none of a partition owned elsewhere; and none while the record is
+    /// in use again or still readable. A restore drops a tombstoned record,
+    /// and one already idle past the TTL.
+    #[test]
+    fn records_dropped_for_idleness_leave_the_changelog() {
+        const D: i64 = 86_400_000;
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.idle_ttl_days = 160;
+        let mut s = Store::open(&c).unwrap();
+        s.set_changelog(true);
+        s.set_owned(vec![0, 1, 2]);
+        let t0 = 1_000 * D;
+        let put = |s: &mut Store, account: &str, partition: i32, seen: i64, user: &str, user_seen: i64| {
+            s.set_partition(partition);
+            let e = s.account(account).unwrap();
+            e.state.first_seen_ms = seen;
+            e.state.last_seen_ms = seen;
+            e.state.partition = Some(partition);
+            e.dirty = true;
+            let m = s.reader().member_into(s.account(account).unwrap(), account, user).unwrap();
+            m.state.first_seen_ms = user_seen;
+            m.state.last_seen_ms = user_seen;
+            m.dirty = true;
+            let u = s.user(user).unwrap();
+            u.state.updated_ms = user_seen;
+            u.dirty = true;
+        };
+        put(&mut s, "idle", 2, t0, "u-idle", t0);
+        put(&mut s, "elsewhere", 5, t0, "u-elsewhere", t0);
+        put(&mut s, "back", 1, t0, "u-back", t0);
+        // A live account with an idle member.
+        put(&mut s, "recent", 0, t0 + 100 * D, "u-gone", t0);
+        let u = s.user("u-fresh").unwrap();
+        u.state.updated_ms = t0 + 100 * D;
+        u.dirty = true;
+        s.set_watermark_ms(t0 + 100 * D);
+        s.commit(&[]).unwrap();
+        s.discard_cache();
+        // 200 days on: everything at t0 is past the TTL; "back" is used
+        // again before its compaction.
+        s.set_watermark_ms(t0 + 200 * D);
+        s.set_partition(1);
+        s.account("back").unwrap();
+        s.user("u-back").unwrap();
+        s.compact_all();
+        let p = s.prepare(&[]);
+        let mut tombstones: Vec<(Vec<u8>, i32)> =
+            p.changelog.iter().filter(|r| r.value.is_empty()).map(|r| (r.key.clone(), r.partition)).collect();
+        tombstones.sort();
+        let all = |k: Vec<u8>| [0, 1, 2].map(|p| (k.clone(), p));
+        // A member goes with its account: cached ("back", used again
+        // without this member), in RocksDB ("recent"), or dropped with it
+        // ("idle"; "elsewhere" is another instance's). A user names no
+        // partition: all owned.
+        let mut want = vec![
+            (keys::account("idle"), 2),
+            (keys::member("idle", "u-idle"), 2),
+            (keys::member("back", "u-back"), 1),
+            (keys::member("recent", "u-gone"), 0),
+        ];
+        for u in ["u-idle", "u-gone", "u-elsewhere"] {
+            want.extend(all(keys::user(u)));
+        }
+        want.sort();
+        assert_eq!(tombstones, want);
+        s.write(p, &[]).unwrap();
+        assert!(s.prepare(&[]).changelog.is_empty(), "each once");
+
+        // Still readable and idle (not compacted): looked at again, not
+        // tombstoned, until given up.
+        put(&mut s, "stale", 1, t0, "u-stale", t0 + 150 * D);
+        s.commit(&[]).unwrap();
+        s.discard_cache();
+        s.expired.note(&keys::account("stale"), Some(1));
+        for _ in 0..expiry::CHECKS + 1 {
+            let p = s.prepare(&[]);
+            assert!(p.changelog.is_empty(), "{:?}", p.changelog);
+            s.write(p, &[]).unwrap();
+        }
+        assert!(s.expired.take(10).is_empty(), "given up after {} looks", expiry::CHECKS);
+
+        // A restore: a tombstone drops the record, and a record idle past
+        // the TTL is not written.
+        let rdir = tempfile::tempdir().unwrap();
+        let mut r = Store::open(&cfg(rdir.path())).unwrap();
+        let mut v = Vec::new();
+        let record = |v: &mut Vec<u8>, seen: i64| {
+            encode_value(v, seen, &AccountState { last_seen_ms: seen, ..Default::default() });
+            v.clone()
+        };
+        let marker = |next: i64, watermark: i64| {
+            let mut m = next.to_be_bytes().to_vec();
+            m.extend_from_slice(&watermark.to_be_bytes());
+            (keys::offset("events", 1), m)
+        };
+        let records = vec![
+            (keys::account("a"), record(&mut v, t0 + 500 * D)),
+            (keys::account("b"), record(&mut v, t0 + 500 * D)),
+            marker(10, t0 + 500 * D),
+        ];
+        r.apply_changelog(1, &records, 3).unwrap();
+        assert!(r.reader().account("a").unwrap().is_some());
+        let records = vec![
+            (keys::account("a"), Vec::new()),
+            (keys::account("old"), record(&mut v, t0)),
+            (keys::account("b"), record(&mut v, t0 + 501 * D)),
+            marker(20, t0 + 501 * D),
+        ];
+        r.apply_changelog(1, &records, 7).unwrap();
+        assert!(r.reader().account("a").unwrap().is_none(), "a tombstone drops the record");
+        assert!(r.reader().account("old").unwrap().is_none(), "idle past the TTL: not restored");
+        assert_eq!(r.reader().account("b").unwrap().map(|b| b.last_seen_ms), Some(t0 + 501 * D));
     }
 
     /// A record read ahead ([`prefetch`]) is taken only while RocksDB still

@@ -165,7 +165,7 @@ dlq_topic = "dlq"
 {}
 [kafka.properties]
 "statistics.interval.ms" = "500"
-
+{}
 [kafka.consumer_properties]
 {}
 [kafka.producer_properties]
@@ -182,6 +182,10 @@ addr = "127.0.0.1:{http_port}"
         } else {
             format!("max_batch_wait_ms = 20\n{}", s.kafka)
         },
+        // librdkafka's debug contexts for every client of the engine, to
+        // find why a run went wrong (`PQA_TEST_KAFKA_DEBUG=broker,topic,cgrp`
+        // with `PQA_TEST_ENGINE_LOG=info,librdkafka=debug`).
+        std::env::var("PQA_TEST_KAFKA_DEBUG").map(|d| format!("\"debug\" = \"{d}\"\n")).unwrap_or_default(),
         with_defaults(
             &[("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500"), ("auto.commit.interval.ms", "500")],
             s.consumer
