@@ -999,7 +999,10 @@ impl Engine {
             a.dirty = true;
         }
         let Some(account) = account else {
-            return Ok(Ok(())); // an identify of a user with no account yet: traits only
+            // An identify (or alias) of a user with no account yet: traits
+            // and links only, an event applied all the same.
+            self.count_applied(ev.kind, started);
+            return Ok(Ok(()));
         };
         match ev.kind {
             Kind::Track => {
@@ -1250,19 +1253,21 @@ impl Engine {
                 warming_up,
             });
         }
-        let kind_counter = &mut self.kind_counters[kind_index(ev.kind)];
-        kind_counter.get_or_insert_with(|| self.metrics.events.with_label_values(&[ev.kind.as_str()])).inc();
-        if pending.is_empty() {
-            self.apply_seconds
-                .get_or_insert_with(|| self.metrics.batch_seconds.with_label_values(&["apply"]))
-                .observe(started.elapsed().as_secs_f64());
-            self.schedule_sweep(&account, now_ms)?;
-            return Ok(Ok(()));
+        if !pending.is_empty() {
+            self.announce(&account, pending, ev.time_ms, now_ms, out)?;
         }
-
-        self.announce(&account, pending, ev.time_ms, now_ms, out)?;
+        self.count_applied(ev.kind, started);
         self.schedule_sweep(&account, now_ms)?;
         Ok(Ok(()))
+    }
+
+    /// `pqa_events_total` for an event applied, and its `apply` time.
+    fn count_applied(&mut self, kind: Kind, started: Instant) {
+        let kind_counter = &mut self.kind_counters[kind_index(kind)];
+        kind_counter.get_or_insert_with(|| self.metrics.events.with_label_values(&[kind.as_str()])).inc();
+        self.apply_seconds
+            .get_or_insert_with(|| self.metrics.batch_seconds.with_label_values(&["apply"]))
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Builds and routes the announcements decided for an account at event
@@ -2291,6 +2296,9 @@ mod tests {
         t.send(r#"{"type":"alias","previousId":"v-9","userId":"n2","timestamp":"2026-01-02T09:00:00Z"}"#);
         assert_eq!(t.out.dead_letters.len(), 2, "{:?}", t.out.dead_letters);
         assert!(t.out.events.is_empty());
+        // Applied, and counted as applied.
+        let applied = |t: &T, kind: &str| t.engine.metrics().events.with_label_values(&[kind]).get();
+        assert_eq!((applied(&t, "identify"), applied(&t, "alias")), (1, 2));
         t.engine.commit().unwrap();
         let r = t.engine.reader();
         assert_eq!(r.user("o1").unwrap().unwrap().linked_to.as_deref(), Some("n1"));
