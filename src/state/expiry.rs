@@ -14,9 +14,9 @@
 //! - not in the cache (the engine may have read it back and used it again
 //!   between the filter's look and the commit: then it is alive);
 //! - not in RocksDB (the filter may have looked at an older version, with a
-//!   newer one elsewhere; or its compaction is not installed yet, then the
-//!   record is still readable and idle, and it is looked at again at the
-//!   next commits, a few times).
+//!   newer one elsewhere; or its compaction is not installed yet: then the
+//!   record is still readable and idle, and it is looked at again about once
+//!   a second, for up to [`PATIENCE`]).
 //!
 //! The partition of a tombstone: an account record names its own; a member
 //! record goes with its account (cached or in RocksDB); a user record, and a
@@ -35,17 +35,22 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Records found by the filter and not yet looked at, at most.
 pub(crate) const MAX_QUEUED: usize = 1 << 20;
 
 /// Records looked at per commit, at most (a compaction can drop hundreds of
-/// thousands at once; the commits that follow spread them).
-pub(crate) const PER_COMMIT: usize = 8192;
+/// thousands at once; the commits that follow spread them, a few
+/// milliseconds of the engine thread each).
+pub(crate) const PER_COMMIT: usize = 4096;
 
-/// Commits at which a record still readable (and idle) is looked at again
-/// before it is given up (its compaction not installed yet).
-pub(crate) const CHECKS: u8 = 16;
+/// How long a record still readable (and idle: its compaction not
+/// installed yet) is looked at again before it is given up.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(600);
+
+/// How often such a record is looked at again.
+pub(crate) const RETRY: Duration = Duration::from_secs(1);
 
 /// A record the filter dropped.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,8 +60,10 @@ pub(crate) struct Found {
     /// The input partition it belongs to, when the record names it (an
     /// account's own).
     pub partition: Option<i32>,
-    /// Commits it has been looked at while still readable.
-    pub checks: u8,
+    /// When the filter dropped it.
+    pub noted: Instant,
+    /// Not looked at again before this (it was still readable).
+    pub retry_at: Option<Instant>,
 }
 
 /// What the compaction filters found, shared with the store.
@@ -92,7 +99,7 @@ impl Expired {
             self.lost.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        q.push_back(Found { key: key.to_vec(), partition, checks: 0 });
+        q.push_back(Found { key: key.to_vec(), partition, noted: Instant::now(), retry_at: None });
     }
 
     /// Up to `n` records to look at, oldest first.
