@@ -281,13 +281,54 @@ pub fn reader(bootstrap: &str, group: &str) -> BaseConsumer {
 
 pub use crate::common::caught_up;
 
-/// Waits until the group committed every partition's end.
+/// Waits until the group committed every partition's end. If it does not,
+/// the panic says which partitions are behind, and the engine's whole log
+/// is kept in the build's test directory (it outlives a CI clone), its
+/// tail in the message.
 pub fn wait_caught_up(bootstrap: &str, ends: &BTreeMap<i32, i64>, timeout: Duration, log: &dyn Fn() -> String) {
     let deadline = Instant::now() + timeout;
     while !caught_up(bootstrap, ends) {
-        assert!(Instant::now() < deadline, "the group did not commit the end of the input:\n{}", log());
+        if Instant::now() >= deadline {
+            let log = log();
+            let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+                "wait_caught_up-{}-{}.log",
+                std::process::id(),
+                chrono::Utc::now().timestamp()
+            ));
+            let kept = match std::fs::write(&kept, &log) {
+                Ok(()) => kept.display().to_string(),
+                Err(e) => format!("(not kept: {e})"),
+            };
+            let lines: Vec<&str> = log.lines().collect();
+            panic!(
+                "the group did not commit the end of the input: (partition, committed, end) {:?}\n\
+                 the engine's log: {kept}; its last 300 lines:\n{}",
+                committed(bootstrap, ends),
+                lines[lines.len().saturating_sub(300)..].join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The `pqa-it` group's committed offset on each partition of `ends`, with
+/// the end (`None`: none committed, or not known).
+fn committed(bootstrap: &str, ends: &BTreeMap<i32, i64>) -> Vec<(i32, Option<i64>, i64)> {
+    let c = reader(bootstrap, GROUP);
+    let mut tpl = TopicPartitionList::new();
+    for p in ends.keys() {
+        tpl.add_partition("events", *p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(5)).ok();
+    ends.iter()
+        .map(|(p, end)| {
+            let at = got.as_ref().and_then(|t| t.find_partition("events", *p)).and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+            (*p, at, *end)
+        })
+        .collect()
 }
 
 /// Sum of every series of a Prometheus metric in a text exposition.
@@ -514,11 +555,22 @@ pub fn compare(out: &[Record], dlq: &[Record], reference: &Reference) -> Compare
 /// Like `EngineProcess::start`, with `RUST_LOG` from `PQA_TEST_ENGINE_LOG`
 /// when set (for diagnosing a failure), else `info`.
 pub fn start_engine(config: &Path, http_port: u16, log_dir: &Path, n: usize) -> crate::common::EngineProcess {
+    start_engine_logging(config, http_port, log_dir, n, "info")
+}
+
+/// [`start_engine`] with another default `RUST_LOG`.
+pub fn start_engine_logging(
+    config: &Path,
+    http_port: u16,
+    log_dir: &Path,
+    n: usize,
+    rust_log: &str,
+) -> crate::common::EngineProcess {
     let stderr_path = log_dir.join(format!("engine-{n}.log"));
     let child = Command::new(BIN)
         .args(["run", "--config"])
         .arg(config)
-        .env("RUST_LOG", std::env::var("PQA_TEST_ENGINE_LOG").unwrap_or_else(|_| "info".into()))
+        .env("RUST_LOG", std::env::var("PQA_TEST_ENGINE_LOG").unwrap_or_else(|_| rust_log.into()))
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
