@@ -8,6 +8,7 @@
 #
 #   bash benches/run_topic.sh BIN TOPIC EVENTS
 #   OUT=other.topic bash benches/run_topic.sh BIN TOPIC EVENTS   # output topic (default bench.out)
+#   KAFKA_TOML='changelog = false' bash benches/run_topic.sh ...  # more lines in the [kafka] table
 #
 # The output and dead-letter topics must exist (benches/broker.sh create-topic).
 # Environment: TANSU_PORT [19092].
@@ -25,6 +26,7 @@ group_id = "run-topic-$(basename "$W")"
 input_topics = ["$TOPIC"]
 output_topic = "${OUT:-bench.out}"
 dlq_topic = "${DLQ:-bench.dlq}"
+${KAFKA_TOML:-}
 [state]
 dir = "$W/state"
 [http]

@@ -677,6 +677,28 @@ mod tests {
     /// A mock cluster with an `events` topic and its changelog
     /// (`unit-changelog`), both of `partitions` partitions, and a config
     /// and a changelog writer for them.
+    /// Every record of the test changelog's partition 0: (key, payload
+    /// length; `None`: a tombstone).
+    fn changelog_partition_0(cluster: &MockCluster<'static, DefaultProducerContext>) -> Vec<(Vec<u8>, Option<usize>)> {
+        let read: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "unit-read")
+            .set("enable.partition.eof", "true")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("unit-changelog", 0, Offset::Beginning).unwrap();
+        read.assign(&tpl).unwrap();
+        let mut records = Vec::new();
+        loop {
+            match read.poll(Duration::from_secs(10)) {
+                Some(Ok(m)) => records.push((m.key().unwrap_or_default().to_vec(), m.payload().map(<[u8]>::len))),
+                Some(Err(KafkaError::PartitionEOF(_))) => return records,
+                other => panic!("reading the changelog: {other:?}"),
+            }
+        }
+    }
+
     fn mock_changelog(partitions: i32) -> (MockCluster<'static, DefaultProducerContext>, Config, Changelog) {
         let cluster = MockCluster::new(1).unwrap();
         let mut cfg = Config::default_config();
@@ -800,24 +822,11 @@ mod tests {
         assert!(other.reader().user("u").unwrap().is_none());
         assert!(other.reader().account("live").unwrap().is_some());
 
-        let read: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("group.id", "unit-read")
-            .set("enable.partition.eof", "true")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset("unit-changelog", 0, Offset::Beginning).unwrap();
-        read.assign(&tpl).unwrap();
-        let mut old: Vec<Option<usize>> = Vec::new();
-        loop {
-            match read.poll(Duration::from_secs(10)) {
-                Some(Ok(m)) if m.key() == Some(&keys::account("old")[..]) => old.push(m.payload().map(<[u8]>::len)),
-                Some(Ok(_)) => {}
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                other => panic!("reading the changelog: {other:?}"),
-            }
-        }
+        let old: Vec<Option<usize>> = changelog_partition_0(&cluster)
+            .into_iter()
+            .filter(|(k, _)| *k == keys::account("old"))
+            .map(|r| r.1)
+            .collect();
         assert_eq!(old.len(), 2, "the record, then its tombstone: {old:?}");
         assert_eq!(old[1], None, "a tombstone has no payload");
     }
@@ -858,27 +867,10 @@ mod tests {
 
         writer.set_watermark_ms(125 * h);
         commit(&mut writer, 11);
-        let read: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("group.id", "unit-read")
-            .set("enable.partition.eof", "true")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset("unit-changelog", 0, Offset::Beginning).unwrap();
-        read.assign(&tpl).unwrap();
-        let mut blocks: Vec<(Vec<u8>, Option<usize>)> = Vec::new();
-        loop {
-            match read.poll(Duration::from_secs(10)) {
-                Some(Ok(m)) => {
-                    if m.key().and_then(|k| k.first()) == Some(&keys::DEDUPE_BLOCK) {
-                        blocks.push((m.key().unwrap().to_vec(), m.payload().map(<[u8]>::len)));
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                other => panic!("reading the changelog: {other:?}"),
-            }
-        }
+        let blocks: Vec<(Vec<u8>, Option<usize>)> = changelog_partition_0(&cluster)
+            .into_iter()
+            .filter(|(k, _)| k.first() == Some(&keys::DEDUPE_BLOCK))
+            .collect();
         assert_eq!(blocks.len(), 2, "the block, then its tombstone: {blocks:?}");
         assert_eq!(blocks[0].0, blocks[1].0);
         assert_eq!(blocks[0].1, Some(2 * 24), "two ids of 24 bytes");
