@@ -2069,6 +2069,14 @@ mod tests {
         c
     }
 
+    /// A store's own cap on message ids in memory is the shipped
+    /// configuration's default (`input.dedupe_memory_ids`): the number is
+    /// written in both places.
+    #[test]
+    fn the_stores_id_cap_is_the_configured_default() {
+        assert_eq!(crate::config::Config::default_config().input.dedupe_memory_ids, MEMORY_IDS);
+    }
+
     /// The cache is trimmed once a thirty-second past its capacity, back to
     /// the capacity; a small one at every commit.
     #[test]
