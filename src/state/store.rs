@@ -1761,6 +1761,16 @@ impl Store {
         let db = &self.reader.db;
         let mut batch = WriteBatch::default();
         let mut watermark = self.watermark.load(Ordering::Relaxed);
+        // What a record's idleness is judged against: the latest watermark
+        // of these commits' markers (in a compacted changelog nearly every
+        // record comes before the one marker left; a record rewritten
+        // later is put again by its later version).
+        let idle_against = records
+            .iter()
+            .filter(|(k, _)| k.first() == Some(&keys::OFFSET))
+            .filter_map(|(_, v)| v.get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()))
+            .map(i64::from_be_bytes)
+            .fold(watermark, i64::max);
         for (k, v) in records {
             let corrupt = |detail: &str| StateError::Corrupt { what: "changelog", detail: detail.to_string() };
             let name = match k.first() {
@@ -1807,7 +1817,7 @@ impl Store {
                 let idle = v
                     .get(..8)
                     .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .is_some_and(|b| watermark > 0 && i64::from_be_bytes(b).saturating_add(ttl) < watermark);
+                    .is_some_and(|b| idle_against > 0 && i64::from_be_bytes(b).saturating_add(ttl) < idle_against);
                 if v.is_empty() || idle {
                     batch.delete_cf(h, k);
                     continue;
@@ -2257,6 +2267,18 @@ mod tests {
         assert!(r.reader().account("a").unwrap().is_none(), "a tombstone drops the record");
         assert!(r.reader().account("old").unwrap().is_none(), "idle past the TTL: not restored");
         assert_eq!(r.reader().account("b").unwrap().map(|b| b.last_seen_ms), Some(t0 + 501 * D));
+        // A compacted changelog read by a new instance: the one marker left
+        // comes after every record, and judges them all.
+        let fresh = tempfile::tempdir().unwrap();
+        let mut r = Store::open(&cfg(fresh.path())).unwrap();
+        let records = vec![
+            (keys::account("old"), record(&mut v, t0)),
+            (keys::account("b"), record(&mut v, t0 + 501 * D)),
+            marker(20, t0 + 501 * D),
+        ];
+        r.apply_changelog(1, &records, 3).unwrap();
+        assert!(r.reader().account("old").unwrap().is_none(), "idle as of the marker after it: not restored");
+        assert!(r.reader().account("b").unwrap().is_some());
     }
 
     /// A record read ahead ([`prefetch`]) is taken only while RocksDB still
