@@ -37,8 +37,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Records found by the filter and not yet looked at, at most.
-pub(crate) const MAX_QUEUED: usize = 1 << 20;
+/// Records found by the filter and not yet looked at, at most: about
+/// 110 bytes each with their keys, so at most about 30 MiB, however many a
+/// compaction drops at once (the commits drain 4,096 each).
+pub(crate) const MAX_QUEUED: usize = 1 << 18;
 
 /// Records looked at per commit, at most (a compaction can drop hundreds of
 /// thousands at once; the commits that follow spread them, a few
