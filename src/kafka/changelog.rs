@@ -674,9 +674,6 @@ mod tests {
         v
     }
 
-    /// A mock cluster with an `events` topic and its changelog
-    /// (`unit-changelog`), both of `partitions` partitions, and a config
-    /// and a changelog writer for them.
     /// Every record of the test changelog's partition 0: (key, payload
     /// length; `None`: a tombstone).
     fn changelog_partition_0(cluster: &MockCluster<'static, DefaultProducerContext>) -> Vec<(Vec<u8>, Option<usize>)> {
@@ -699,6 +696,9 @@ mod tests {
         }
     }
 
+    /// A mock cluster with an `events` topic and its changelog
+    /// (`unit-changelog`), both of `partitions` partitions, and a config
+    /// and a changelog writer for them.
     fn mock_changelog(partitions: i32) -> (MockCluster<'static, DefaultProducerContext>, Config, Changelog) {
         let cluster = MockCluster::new(1).unwrap();
         let mut cfg = Config::default_config();

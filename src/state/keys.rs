@@ -116,10 +116,8 @@ pub fn offset(topic: &str, partition: i32) -> Vec<u8> {
 
 /// Decodes an offset key into (topic, partition).
 pub fn parse_offset(key: &[u8]) -> Option<(String, i32)> {
-    let rest = key.strip_prefix(&[OFFSET])?;
-    let len = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
-    let topic = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
-    let p = u32::from_be_bytes(rest.get(2 + len..6 + len)?.try_into().ok()?);
+    let (topic, rest) = split_len_prefixed(key, OFFSET)?;
+    let p = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
     Some((topic.to_string(), p as i32))
 }
 

@@ -642,29 +642,21 @@ impl Store {
                 });
             } else if *name != cf::META {
                 let wm = watermark.clone();
-                // (A user record's clock lags its last use by up to the
-                // refresh interval.)
-                let ttl_ms = if *name == cf::USERS { ttl_ms + refresh_ms } else { ttl_ms };
+                let ttl_ms = idle_ttl_of(name, ttl_ms, refresh_ms);
                 let expired = expired.clone();
                 let accounts = *name == cf::ACCOUNTS;
                 o.set_compaction_filter("pqa-idle-ttl", move |_level: u32, key: &[u8], value: &[u8]| {
-                    let w = wm.load(Ordering::Relaxed);
-                    match value.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-                        Some(b) if w > 0 && i64::from_be_bytes(b).saturating_add(ttl_ms) < w => {
-                            // Noted for the changelog's tombstone (an account
-                            // names its partition; see `expiry`).
-                            if expired.collecting() {
-                                let partition = if accounts {
-                                    decode_account_value(value).ok().and_then(|a| a.partition)
-                                } else {
-                                    None
-                                };
-                                expired.note(key, partition);
-                            }
-                            Decision::Remove
-                        }
-                        _ => Decision::Keep,
+                    if !idle_past(value, ttl_ms, wm.load(Ordering::Relaxed)) {
+                        return Decision::Keep;
                     }
+                    // Noted for the changelog's tombstone (an account names
+                    // its partition; see `expiry`).
+                    if expired.collecting() {
+                        let partition =
+                            if accounts { decode_account_value(value).ok().and_then(|a| a.partition) } else { None };
+                        expired.note(key, partition);
+                    }
+                    Decision::Remove
                 });
             }
             ColumnFamilyDescriptor::new(*name, o)
@@ -1608,16 +1600,14 @@ impl Store {
     /// input partition it belongs to, when known.
     fn expired_state(&self, f: &Found, watermark: i64, dropped: &HashMap<&str, i32>) -> Result<Gone, StateError> {
         let db = &self.reader.db;
-        let idle = |v: &[u8], ttl: i64| {
-            v.get(..8)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .is_some_and(|b| i64::from_be_bytes(b).saturating_add(ttl) < watermark)
-        };
         // (Alive in RocksDB, or still there and idle: its compaction is
         // not installed yet.)
-        let on_disk = |cf_name: &str, ttl: i64| -> Result<Option<Gone>, StateError> {
+        let on_disk = |cf_name: &str| -> Result<Option<Gone>, StateError> {
             let h = db.cf_handle(cf_name).expect("cf");
-            Ok(db.get_pinned_cf(h, &f.key)?.map(|v| if idle(&v, ttl) { Gone::NotYet } else { Gone::Alive }))
+            let ttl = idle_ttl_of(cf_name, self.idle_ttl_ms, self.idle_refresh_ms);
+            Ok(db
+                .get_pinned_cf(h, &f.key)?
+                .map(|v| if idle_past(&v, ttl, watermark) { Gone::NotYet } else { Gone::Alive }))
         };
         match f.key.first() {
             Some(&keys::ACCOUNT) => {
@@ -1625,7 +1615,7 @@ impl Store {
                 if self.accounts.peek(id).is_some() || self.spilled_accounts.contains_key(id) {
                     return Ok(Gone::Alive);
                 }
-                Ok(on_disk(cf::ACCOUNTS, self.idle_ttl_ms)?.unwrap_or(Gone::Yes(f.partition)))
+                Ok(on_disk(cf::ACCOUNTS)?.unwrap_or(Gone::Yes(f.partition)))
             }
             Some(&keys::MEMBER) => {
                 let Some((account, user)) = keys::parse_member(&f.key) else { return Ok(Gone::Alive) };
@@ -1633,7 +1623,7 @@ impl Store {
                 if cached.is_some_and(|e| e.members.contains_key(user)) {
                     return Ok(Gone::Alive);
                 }
-                if let Some(state) = on_disk(cf::MEMBERS, self.idle_ttl_ms)? {
+                if let Some(state) = on_disk(cf::MEMBERS)? {
                     return Ok(state);
                 }
                 // With its account, wherever that is now.
@@ -1652,7 +1642,7 @@ impl Store {
                 if self.users.peek(id).is_some() || self.spilled_users.contains_key(id) {
                     return Ok(Gone::Alive);
                 }
-                Ok(on_disk(cf::USERS, self.idle_ttl_ms + self.idle_refresh_ms)?.unwrap_or(Gone::Yes(None)))
+                Ok(on_disk(cf::USERS)?.unwrap_or(Gone::Yes(None)))
             }
             _ => Ok(Gone::Alive),
         }
@@ -1813,12 +1803,8 @@ impl Store {
                 // A tombstone (its writer's record was dropped for
                 // idleness, see `expiry`), or a record idle past the TTL
                 // already, which compaction would drop: gone here too.
-                let ttl = if name == cf::USERS { self.idle_ttl_ms + self.idle_refresh_ms } else { self.idle_ttl_ms };
-                let idle = v
-                    .get(..8)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .is_some_and(|b| idle_against > 0 && i64::from_be_bytes(b).saturating_add(ttl) < idle_against);
-                if v.is_empty() || idle {
+                let ttl = idle_ttl_of(name, self.idle_ttl_ms, self.idle_refresh_ms);
+                if v.is_empty() || idle_past(v, ttl, idle_against) {
                     batch.delete_cf(h, k);
                     continue;
                 }
@@ -2013,6 +1999,26 @@ impl Sink<'_> {
             u.dirty = false;
             self.stats.users += 1;
         }
+    }
+}
+
+/// Whether a record value (`last_seen_ms | ...`) has gone unused for more
+/// than `ttl_ms` by `watermark` (none is before any event time is known):
+/// what the idle-TTL filter drops, and what a tombstone and a restore judge.
+fn idle_past(value: &[u8], ttl_ms: i64, watermark: i64) -> bool {
+    value
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .is_some_and(|b| watermark > 0 && i64::from_be_bytes(b).saturating_add(ttl_ms) < watermark)
+}
+
+/// The idle TTL of a column family's records: a user record's clock lags
+/// its last use by up to the refresh interval (see [`idle_refresh_ms`]).
+fn idle_ttl_of(cf_name: &str, ttl_ms: i64, refresh_ms: i64) -> i64 {
+    if cf_name == cf::USERS {
+        ttl_ms + refresh_ms
+    } else {
+        ttl_ms
     }
 }
 
