@@ -1761,6 +1761,9 @@ impl Store {
             .filter_map(|(_, v)| v.get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()))
             .map(i64::from_be_bytes)
             .fold(watermark, i64::max);
+        // User records put (or deleted: `None`) by this call so far (see
+        // the tombstones below).
+        let mut users_now: HashMap<&[u8], Option<&[u8]>> = HashMap::new();
         for (k, v) in records {
             let corrupt = |detail: &str| StateError::Corrupt { what: "changelog", detail: detail.to_string() };
             let name = match k.first() {
@@ -1804,10 +1807,31 @@ impl Store {
                 // idleness, see `expiry`), or a record idle past the TTL
                 // already, which compaction would drop: gone here too.
                 let ttl = idle_ttl_of(name, self.idle_ttl_ms, self.idle_refresh_ms);
+                if v.is_empty() && name == cf::USERS {
+                    // A user's tombstone goes to every partition its writer
+                    // owned (a user record names no partition), so it can
+                    // come after a newer record of the user restored from
+                    // another partition: it deletes only a record idle past
+                    // the TTL (the version it was written for, or one that
+                    // compaction would drop anyway), never a live one.
+                    let live = match users_now.get(&k[..]) {
+                        Some(now) => now.is_some_and(|c| !idle_past(c, ttl, idle_against)),
+                        None => db.get_cf(h, k)?.is_some_and(|c| !idle_past(&c, ttl, idle_against)),
+                    };
+                    if live {
+                        continue;
+                    }
+                }
                 if v.is_empty() || idle_past(v, ttl, idle_against) {
+                    if name == cf::USERS {
+                        users_now.insert(k, None);
+                    }
                     batch.delete_cf(h, k);
                     continue;
                 }
+            }
+            if name == cf::USERS {
+                users_now.insert(k, Some(v));
             }
             batch.put_cf(h, k, v);
             if name == cf::ACCOUNTS {
@@ -2143,6 +2167,54 @@ mod tests {
         assert!(r.account("recent").unwrap().is_some());
         assert!(r.user("idle").unwrap().is_none(), "a user idle past the TTL and the refresh lag is dropped");
         assert!(r.user("lagging").unwrap().is_some(), "a user whose clock lags its use is kept");
+    }
+
+    /// A user's tombstone goes to every partition its writer owned, so a
+    /// restore can meet it after a newer record of the user from another
+    /// partition (the user came back after its record expired): it spares
+    /// that record, and deletes the version it was written for.
+    #[test]
+    fn a_user_tombstone_from_another_partition_spares_a_live_record() {
+        const D: i64 = 86_400_000;
+        let t0 = 1_000 * D;
+        let user = |updated_ms: i64| {
+            let mut v = Vec::new();
+            encode_value(
+                &mut v,
+                updated_ms,
+                &UserState { account: Some("a".into()), updated_ms, ..Default::default() },
+            );
+            (keys::user("u"), v)
+        };
+        let tombstone = || (keys::user("u"), Vec::new());
+        let marker = |partition: i32, next: i64, watermark: i64| {
+            (keys::offset("events", partition), [next.to_be_bytes(), watermark.to_be_bytes()].concat())
+        };
+        let store = |dir: &Path| {
+            let mut c = cfg(dir);
+            c.idle_ttl_days = 30;
+            Store::open(&c).unwrap()
+        };
+        // Came back at t0 + 100 days on partition 1; the tombstone of its
+        // expiry (at t0 + 60 days) is on partition 0, restored after.
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut s = store(a.path());
+        s.apply_changelog(1, &[user(t0 + 100 * D), marker(1, 5, t0 + 100 * D)], 2).unwrap();
+        s.apply_changelog(0, &[tombstone(), marker(0, 7, t0 + 100 * D)], 2).unwrap();
+        let u = s.peek_user("u").unwrap().expect("the live record is spared");
+        assert_eq!(u.updated_ms, t0 + 100 * D);
+
+        // The version the tombstone was written for (last used at t0) goes,
+        // whether it was restored before the tombstone or in the same call.
+        let mut s = store(b.path());
+        s.apply_changelog(1, &[user(t0), marker(1, 5, t0 + 10 * D)], 2).unwrap();
+        assert!(s.peek_user("u").unwrap().is_some());
+        s.apply_changelog(0, &[tombstone(), marker(0, 7, t0 + 60 * D)], 2).unwrap();
+        assert!(s.peek_user("u").unwrap().is_none(), "the expired version is deleted");
+        s.apply_changelog(2, &[user(t0 + 70 * D), tombstone(), marker(2, 1, t0 + 70 * D)], 2).unwrap();
+        assert!(s.peek_user("u").unwrap().is_some(), "put in the same call, live: spared");
+        s.apply_changelog(2, &[user(t0 + 70 * D), tombstone(), marker(2, 2, t0 + 150 * D)], 3).unwrap();
+        assert!(s.peek_user("u").unwrap().is_none(), "put in the same call, idle by then: deleted");
     }
 
     /// A record compaction drops for idleness gets a tombstone on the
