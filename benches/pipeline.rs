@@ -39,6 +39,11 @@
 //!   sign up) are applied before measuring, so the figure is for a populated
 //!   state; it still drifts slowly as state accumulates over the run.
 //!
+//! - after the groups, `allocations`: heap allocations per event in
+//!   [`Engine::process`] and per commit, counted (by a counting wrapper of
+//!   the system allocator, this thread only) over 50k records of the same
+//!   stream once it is populated: the hot path's own allocations.
+//!
 //! Sample sizes and measurement times are set per group and kept small, so
 //! that the whole file (setup included) runs in about a minute on a 2-core
 //! machine; raise them in the code for tighter confidence intervals.
@@ -56,6 +61,88 @@ use pqa_engine::engine::{Engine, InputRecord, Output};
 use pqa_engine::sim::{SimConfig, SimEvent, Simulator};
 use pqa_engine::state::{AccountState, Store};
 use pqa_engine::telemetry::Metrics;
+
+/// The system allocator, counting this thread's allocations (and
+/// reallocations) while `COUNTING` is on: a thread-local count, so the
+/// wrapper costs the timed groups next to nothing.
+struct Counting;
+
+thread_local! {
+    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+thread_local! {
+    /// With `PQA_ALLOC_SITES` set: the engine's function nearest to every
+    /// 256th allocation counted (a backtrace each, so only then).
+    static SITES: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn note_allocation() {
+    // (`try_with`: an allocation may come while the thread's locals are
+    // being torn down.)
+    let _ = COUNTING.try_with(|on| {
+        if on.get() {
+            let n = ALLOCATIONS.try_with(|n| {
+                n.set(n.get() + 1);
+                n.get()
+            });
+            if n.is_ok_and(|n| n % 256 == 0) && SITES.with(|s| s.borrow().is_some()) {
+                on.set(false);
+                let trace = std::backtrace::Backtrace::force_capture().to_string();
+                // The engine's nearest frame, where in the source, and its caller.
+                let lines: Vec<&str> = trace.lines().map(str::trim).collect();
+                let mut frames = lines.iter().enumerate().filter(|(_, l)| {
+                    l.split_once(": ")
+                        .is_some_and(|(_, f)| f.starts_with("pqa_engine::") || f.starts_with("<pqa_engine::"))
+                });
+                let mut site = String::new();
+                if let Some((i, l)) = frames.next() {
+                    site.push_str(l.split_once(": ").map_or(*l, |(_, f)| f));
+                    if let Some(at) = lines.get(i + 1).and_then(|a| a.strip_prefix("at ")) {
+                        site.push_str(&format!(" ({})", at.rsplit('/').next().unwrap_or(at)));
+                    }
+                }
+                if let Some((_, l)) = frames.next() {
+                    site.push_str(" <- ");
+                    site.push_str(l.split_once(": ").map_or(*l, |(_, f)| f));
+                }
+                SITES.with(|s| s.borrow_mut().as_mut().map(|v| v.push(site)));
+                on.set(true);
+            }
+        }
+    });
+}
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note_allocation();
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note_allocation();
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        note_allocation();
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Allocations made on this thread while `f` runs.
+fn allocations_in<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let before = ALLOCATIONS.with(|n| n.get());
+    COUNTING.with(|on| on.set(true));
+    let out = f();
+    COUNTING.with(|on| on.set(false));
+    (out, ALLOCATIONS.with(|n| n.get()) - before)
+}
 
 const DAY_MS: i64 = 86_400_000;
 /// 2026-01-01T00:00:00Z.
@@ -303,6 +390,60 @@ fn bench_engine(c: &mut Criterion) {
         (first_measured_s - START_UNIX) as f64 / 86_400.0,
         (engine.metrics().watermark_seconds.get() - START_UNIX) as f64 / 86_400.0,
     );
+    // Allocations on the populated state: per event in `process`, per
+    // commit (the hot path is `process`; a commit is once a batch).
+    if std::env::var_os("PQA_ALLOC_SITES").is_some() {
+        SITES.with(|s| *s.borrow_mut() = Some(Vec::new()));
+    }
+    let (mut in_process, mut in_commit, mut events) = (0u64, 0u64, 0u64);
+    let mut kinds = std::collections::BTreeMap::<String, u64>::new();
+    for _ in 0..5 {
+        stream.fill(&mut chunk, CHUNK);
+        for payload in &chunk {
+            let rec = InputRecord {
+                topic: "bench",
+                partition: 0,
+                offset,
+                key: None,
+                payload: Some(payload.as_slice()),
+                timestamp_ms: None,
+            };
+            offset += 1;
+            let (r, n) = allocations_in(|| engine.process(&rec, &mut out));
+            r.expect("process");
+            in_process += n;
+            events += 1;
+            if n > 0 {
+                let kind = std::str::from_utf8(payload)
+                    .ok()
+                    .and_then(|j| j.split("\"type\":\"").nth(1))
+                    .and_then(|t| t.split('"').next())
+                    .unwrap_or("?");
+                *kinds.entry(kind.to_string()).or_default() += n;
+            }
+        }
+        let (r, n) = allocations_in(|| engine.commit());
+        r.expect("commit");
+        in_commit += n;
+        out.clear();
+    }
+    eprintln!(
+        "allocations: {:.2} per event in process ({in_process} over {events} events; by call type: {kinds:?}), {:.0} per commit of {CHUNK}",
+        in_process as f64 / events as f64,
+        in_commit as f64 / 5.0,
+    );
+    if let Some(sites) = SITES.with(|s| s.borrow_mut().take()) {
+        let mut counts = std::collections::HashMap::<&str, usize>::new();
+        for site in &sites {
+            *counts.entry(site.as_str()).or_default() += 1;
+        }
+        let mut counts: Vec<_> = counts.into_iter().collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        eprintln!("allocation sites (every 256th, {} sampled, process and commit):", sites.len());
+        for (site, n) in counts.iter().take(25) {
+            eprintln!("{:6.1} %  {site}", *n as f64 * 100.0 / sites.len() as f64);
+        }
+    }
     drop(engine);
     drop(dir);
 }

@@ -75,11 +75,8 @@ pub fn decide(
     let tier_name = &def.tiers[eval.tier].0;
     // Tiers are sorted highest first: a smaller index is a higher tier.
     let tier_rank = |name: &str| def.tiers.iter().position(|t| t.0 == name).unwrap_or(usize::MAX);
-    let prev_tier = announced.tier.as_ref().filter(|t| within(t.1)).map(|t| t.0.clone());
-    let tier_rose = match &prev_tier {
-        Some(p) => eval.tier < tier_rank(p),
-        None => false,
-    };
+    let prev_tier = announced.tier.as_ref().filter(|t| within(t.1)).map(|t| t.0.as_str());
+    let tier_rose = prev_tier.is_some_and(|p| eval.tier < tier_rank(p));
     let kind = if any_new {
         Announcement::Qualified
     } else if tier_rose {
@@ -87,6 +84,8 @@ pub fn decide(
     } else {
         return None;
     };
+    // (Copied only for an announcement: most evaluations make none.)
+    let prev_tier = prev_tier.map(str::to_string);
     for &i in &eval.fired {
         let name = &def.rules[i].name;
         match announced.rules.iter_mut().find(|(r, _)| r == name) {

@@ -842,8 +842,11 @@ impl Engine {
         }
         // So that a login (an identify with no account) can qualify the
         // account the visitor was using.
+        // (Moved, not copied: whether the event named its account is what
+        // is asked of it below.)
+        let named_account = ev.account_id.is_some();
         let account =
-            ev.account_id.clone().or(known).or_else(|| link.as_ref().filter(|l| l.2).and_then(|l| l.1.clone()));
+            ev.account_id.take().or(known).or_else(|| link.as_ref().filter(|l| l.2).and_then(|l| l.1.clone()));
         if ev.anonymous && (account.is_none() || !ev.kind.is_usage()) {
             // Normal traffic, not an error: a visitor of the marketing site
             // with no account, or traits of someone not logged in.
@@ -936,13 +939,14 @@ impl Engine {
         let mut email_change: Option<(Option<String>, Option<String>)> = None;
         // For a user's first usage event in an account (its email domain
         // counts for the account then).
-        let mut user_domain: Option<String> = None;
+        // (Inline: a domain is rarely longer than 24 bytes.)
+        let mut user_domain: Option<compact_str::CompactString> = None;
         // A visitor not logged in (only an anonymousId) has no user record:
         // their events count toward the account's volume and signals, not
         // its users.
         if !ev.anonymous {
             let user = self.store.user(&ev.user_id)?;
-            if let Some(a) = ev.account_id.as_ref().or(account.as_ref().filter(|_| user.state.account.is_none())) {
+            if let Some(a) = account.as_ref().filter(|_| named_account || user.state.account.is_none()) {
                 if user.state.account.as_deref() != Some(a.as_str()) {
                     user.state.account = Some(a.clone());
                     user.dirty = true;
@@ -977,7 +981,11 @@ impl Engine {
                     user.dirty = true;
                 }
             }
-            user_domain = if ev.kind.is_usage() || link.is_some() { user.state.email_domain.clone() } else { None };
+            user_domain = if ev.kind.is_usage() || link.is_some() {
+                user.state.email_domain.as_deref().map(compact_str::CompactString::from)
+            } else {
+                None
+            };
             // Refresh the user's idle-TTL clock now and then (each refresh
             // is a write).
             user.keep_alive(ev.time_ms, refresh_ms);

@@ -14,7 +14,7 @@
 //! qualifies, the next stop is computed from there.
 
 use crate::config::definition::CompiledDefinition;
-use crate::detect::evaluate_unnamed;
+use crate::detect::{evaluate_memoized_into, Evaluation};
 use crate::state::account::{bucket_of, AccountState, WindowSums};
 
 /// At most this many evaluations per call; when they are used up the
@@ -77,6 +77,8 @@ pub fn next_stop(def: &CompiledDefinition, state: &AccountState, from_ms: i64) -
     // counted again at each.)
     let traits = std::sync::OnceLock::new();
     let mut sums = WindowSums::default();
+    // (One evaluation's vectors for every look.)
+    let mut eval = Evaluation::default();
     let mut last = from_ms;
     for n in 0..=MAX_EVALUATIONS {
         let Some(c) = candidates.next() else { break };
@@ -84,7 +86,7 @@ pub fn next_stop(def: &CompiledDefinition, state: &AccountState, from_ms: i64) -
             return Stop::Later(last);
         }
         let t = i64::from(c) * bucket_ms;
-        let eval = evaluate_unnamed(def, state, Some(&mut sums), &traits, &def.free_mail_domains, t);
+        evaluate_memoized_into(def, state, Some(&mut sums), &traits, &def.free_mail_domains, t, None, &mut eval);
         if eval.fired.is_empty() {
             return Stop::At(t);
         }
@@ -97,6 +99,7 @@ pub fn next_stop(def: &CompiledDefinition, state: &AccountState, from_ms: i64) -
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::detect::evaluate_unnamed;
 
     const H: i64 = 3_600_000;
 
