@@ -438,7 +438,7 @@ fn bench_engine(c: &mut Criterion) {
             *counts.entry(site.as_str()).or_default() += 1;
         }
         let mut counts: Vec<_> = counts.into_iter().collect();
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts.sort_by_key(|c| std::cmp::Reverse(c.1));
         eprintln!("allocation sites (every 256th, {} sampled, process and commit):", sites.len());
         for (site, n) in counts.iter().take(25) {
             eprintln!("{:6.1} %  {site}", *n as f64 * 100.0 / sites.len() as f64);
