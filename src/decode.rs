@@ -74,30 +74,35 @@ impl Kind {
     }
 }
 
+/// An id or a name of an event: kept inline up to 24 bytes (most user and
+/// account ids, event names), so decoding an event allocates only for the
+/// longer ones (`compact_str`).
+pub type Id = compact_str::CompactString;
+
 /// A decoded event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub kind: Kind,
     /// The user id; for an anonymous event (no user id, an `anonymousId`),
     /// the anonymous id.
-    pub user_id: String,
+    pub user_id: Id,
     /// No user id, only an `anonymousId` (a visitor not logged in).
     pub anonymous: bool,
     /// The `anonymousId` beside a user id: the user was this visitor
     /// before logging in.
-    pub anonymous_id: Option<String>,
+    pub anonymous_id: Option<Id>,
     /// The account named by the event itself, if any. When `None`, the
     /// engine uses the user's last known account.
-    pub account_id: Option<String>,
+    pub account_id: Option<Id>,
     /// Event time, milliseconds since the Unix epoch.
     pub time_ms: i64,
     /// Track event name, or page name.
-    pub name: Option<String>,
+    pub name: Option<Id>,
     /// Page path (from the path field, else from the URL).
     pub path: Option<String>,
     /// Traits of identify / group calls.
     pub traits: Option<Map<String, Value>>,
-    pub message_id: Option<String>,
+    pub message_id: Option<Id>,
     /// The `previousId` of an `alias` call (always set for one, `None` for
     /// the other kinds): an anonymous id or an earlier user id that is the
     /// user's.
@@ -378,15 +383,15 @@ impl Decoder {
         }
         Ok(Event {
             kind,
-            user_id: user_id.into_owned(),
+            user_id: Id::from(user_id),
             anonymous,
-            anonymous_id: anonymous_id.map(Cow::into_owned),
-            account_id: account_id.map(Cow::into_owned),
+            anonymous_id: anonymous_id.map(Id::from),
+            account_id: account_id.map(Id::from),
             time_ms,
-            name: name.map(Cow::into_owned),
+            name: name.map(Id::from),
             path,
             traits,
-            message_id: message_id.map(Cow::into_owned),
+            message_id: message_id.map(Id::from),
             previous_id: previous_id.map(Cow::into_owned),
         })
     }
@@ -1446,24 +1451,24 @@ mod tests {
             let anonymous_id = anonymous_id.filter(|a| a.len() <= MAX_ID_BYTES && *a != user_id);
             let mut event = Event {
                 kind,
-                user_id,
+                user_id: user_id.into(),
                 anonymous,
-                anonymous_id,
-                account_id,
+                anonymous_id: anonymous_id.map(Id::from),
+                account_id: account_id.map(Id::from),
                 time_ms,
                 name: None,
                 path: None,
                 traits: None,
-                message_id: string_field(v, &f.message_id, "messageId")?,
+                message_id: string_field(v, &f.message_id, "messageId")?.map(Id::from),
                 previous_id,
             };
             match kind {
                 Kind::Track => match string_field(v, &f.event, "event")? {
-                    Some(n) if !n.is_empty() => event.name = Some(n),
+                    Some(n) if !n.is_empty() => event.name = Some(n.into()),
                     _ => return Err(Rejection::new(Reason::MissingEventName, "track call without an `event` name")),
                 },
                 Kind::Page => {
-                    event.name = string_field(v, &f.page_name, "name")?;
+                    event.name = string_field(v, &f.page_name, "name")?.map(Id::from);
                     event.path = match string_field(v, &f.page_path, "path")? {
                         Some(p) => Some(strip_query(&p).to_string()),
                         None => string_field(v, &f.page_url, "url")?.map(|u| url_path(&u).to_string()),

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::budget::{bypasses, BudgetClock, Ledger};
 use crate::config::{CompiledDefinition, InputConfig};
-use crate::decode::{Decoder, Event, Kind, Reason, Rejection};
+use crate::decode::{Decoder, Event, Id, Kind, Reason, Rejection};
 use crate::definitions::{Agreement, Definitions, VersionStats};
 use crate::detect::{evaluate_memoized_into, evaluate_unnamed, Evaluation, Outcome};
 use crate::emit::{self, Announcement, EventInput, Lead, OutputEvent};
@@ -749,7 +749,7 @@ impl Engine {
     /// into (through later aliases too). The link records followed are
     /// added to `followed`.
     fn resolve_user(&mut self, id: String, followed: &mut Vec<String>) -> Result<String, EngineError> {
-        Ok(self.resolve_user_account(id, followed)?.0)
+        Ok(self.resolve_user_account(id.into(), followed)?.0.into())
     }
 
     /// The user an id stands for (following alias links), and the account
@@ -757,24 +757,25 @@ impl Engine {
     /// every event's path).
     fn resolve_user_account(
         &mut self,
-        mut id: String,
+        mut id: Id,
         followed: &mut Vec<String>,
-    ) -> Result<(String, Option<String>), EngineError> {
+    ) -> Result<(Id, Option<Id>), EngineError> {
         for _ in 0..MAX_LINK_HOPS {
             let state = &self.store.user(&id)?.state;
             match &state.linked_to {
                 Some(next) if *next != id => {
-                    let next = next.clone();
-                    followed.push(std::mem::replace(&mut id, next));
+                    let next = Id::from(next.as_str());
+                    followed.push(std::mem::replace(&mut id, next).into());
                 }
                 _ => {
-                    let account = state.account.clone();
+                    // (Inline, as the event's own ids: no allocation.)
+                    let account = state.account.as_deref().map(Id::from);
                     return Ok((id, account));
                 }
             }
         }
         // Too many hops: the last id's record, as it is.
-        let account = self.store.user(&id)?.state.account.clone();
+        let account = self.store.user(&id)?.state.account.as_deref().map(Id::from);
         Ok((id, account))
     }
 
@@ -791,8 +792,8 @@ impl Engine {
         // carried both ids): their anonymous events are the user's.
         if ev.anonymous {
             let key = anon_key(&ev.user_id);
-            if let Some(u) = self.store.user(&key)?.state.linked_to.clone() {
-                ev.user_id = u;
+            if let Some(u) = self.store.user(&key)?.state.linked_to.as_deref() {
+                ev.user_id = Id::from(u);
                 ev.anonymous = false;
                 followed.push(key);
             }
@@ -822,7 +823,7 @@ impl Engine {
                 Some(o) if o == ev.user_id => {} // already one person
                 Some(o) => merge = Some(Merge { old: o, old_domain: None, domain_before: None, domain_after: None }),
                 None if p == ev.user_id => {}
-                None => ev.anonymous_id = Some(p),
+                None => ev.anonymous_id = Some(p.into()),
             }
         }
         // A user id with the anonymous id they had before logging in: the
@@ -838,15 +839,18 @@ impl Engine {
         }
         if let (None, Some(m)) = (&known, &merge) {
             // The new id of a user who changed ids: the old one's account.
-            known = self.store.user(&m.old)?.state.account.clone();
+            known = self.store.user(&m.old)?.state.account.as_deref().map(Id::from);
         }
         // So that a login (an identify with no account) can qualify the
         // account the visitor was using.
         // (Moved, not copied: whether the event named its account is what
         // is asked of it below.)
         let named_account = ev.account_id.is_some();
-        let account =
-            ev.account_id.take().or(known).or_else(|| link.as_ref().filter(|l| l.2).and_then(|l| l.1.clone()));
+        let account = ev
+            .account_id
+            .take()
+            .or(known)
+            .or_else(|| link.as_ref().filter(|l| l.2).and_then(|l| l.1.as_deref().map(Id::from)));
         if ev.anonymous && (account.is_none() || !ev.kind.is_usage()) {
             // Normal traffic, not an error: a visitor of the marketing site
             // with no account, or traits of someone not logged in.
@@ -909,7 +913,7 @@ impl Engine {
             // redirected (above), and what is known of the user carries
             // over where the new id knows nothing.
             let old = self.store.user(&m.old)?;
-            old.state.linked_to = Some(ev.user_id.clone());
+            old.state.linked_to = Some(ev.user_id.to_string());
             old.state.updated_ms = old.state.updated_ms.max(ev.time_ms);
             old.dirty = true;
             let old = old.state.clone();
@@ -948,7 +952,7 @@ impl Engine {
             let user = self.store.user(&ev.user_id)?;
             if let Some(a) = account.as_ref().filter(|_| named_account || user.state.account.is_none()) {
                 if user.state.account.as_deref() != Some(a.as_str()) {
-                    user.state.account = Some(a.clone());
+                    user.state.account = Some(a.to_string());
                     user.dirty = true;
                 }
             }
@@ -994,15 +998,15 @@ impl Engine {
             // The visitor's record: the account they are active in (kept
             // with an idle TTL like a user's).
             let a = self.store.user(&anon_key(&ev.user_id))?;
-            if a.state.account != account {
-                a.state.account.clone_from(&account);
+            if a.state.account.as_deref() != account.as_deref() {
+                a.state.account = account.as_deref().map(String::from);
                 a.dirty = true;
             }
             a.keep_alive(ev.time_ms, refresh_ms);
         }
         if let Some((key, _, _)) = &link {
             let a = self.store.user(key)?;
-            a.state.linked_to = Some(ev.user_id.clone());
+            a.state.linked_to = Some(ev.user_id.to_string());
             a.state.updated_ms = a.state.updated_ms.max(ev.time_ms);
             a.dirty = true;
         }
@@ -1098,7 +1102,8 @@ impl Engine {
                 }
             }
             for h in entry.state.signals.iter_mut().filter(|h| h.user == m.old) {
-                h.user.clone_from(&ev.user_id);
+                h.user.clear();
+                h.user.push_str(&ev.user_id);
             }
             entry.traits_cel.take();
         }

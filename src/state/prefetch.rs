@@ -135,23 +135,24 @@ impl Prefetcher {
                 // Cached, probably: its member record may not be.
                 if !member_cached && self.shared.members_on_disk.load(Ordering::Relaxed) {
                     if let Ok(state) = self.reader.member(a, &ev.user_id) {
-                        f.member = Some(Box::new(MemberRead { account: a.clone(), user: ev.user_id.clone(), state }));
+                        f.member =
+                            Some(Box::new(MemberRead { account: a.to_string(), user: ev.user_id.to_string(), state }));
                     }
                 }
             } else if self.shared.accounts_on_disk.load(Ordering::Relaxed) {
                 if let Ok(state) = self.reader.account(a) {
                     let member = if self.shared.members_on_disk.load(Ordering::Relaxed) {
-                        self.reader.member(a, &ev.user_id).ok().map(|m| (ev.user_id.clone(), m))
+                        self.reader.member(a, &ev.user_id).ok().map(|m| (ev.user_id.to_string(), m))
                     } else {
-                        Some((ev.user_id.clone(), None))
+                        Some((ev.user_id.to_string(), None))
                     };
-                    f.account = Some(Box::new(AccountRead { id: a.clone(), state, member }));
+                    f.account = Some(Box::new(AccountRead { id: a.to_string(), state, member }));
                 }
             }
         }
         if !self.users.seen(&ev.user_id) && self.shared.users_on_disk.load(Ordering::Relaxed) {
             if let Ok(state) = self.reader.user(&ev.user_id) {
-                f.user = Some(Box::new((ev.user_id.clone(), state)));
+                f.user = Some(Box::new((ev.user_id.to_string(), state)));
             }
         }
         f
