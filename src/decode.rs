@@ -74,9 +74,9 @@ impl Kind {
     }
 }
 
-/// An id or a name of an event: kept inline up to 24 bytes (most user and
-/// account ids, event names), so decoding an event allocates only for the
-/// longer ones (`compact_str`).
+/// An id, a name or a page path of an event: kept inline up to 24 bytes
+/// (most user and account ids, event names, paths), so decoding an event
+/// allocates only for the longer ones (`compact_str`).
 pub type Id = compact_str::CompactString;
 
 /// A decoded event.
@@ -99,7 +99,7 @@ pub struct Event {
     /// Track event name, or page name.
     pub name: Option<Id>,
     /// Page path (from the path field, else from the URL).
-    pub path: Option<String>,
+    pub path: Option<Id>,
     /// Traits of identify / group calls.
     pub traits: Option<Map<String, Value>>,
     pub message_id: Option<Id>,
@@ -340,8 +340,8 @@ impl Decoder {
             Kind::Page => {
                 name = self.string(&mut caps, Field::PageName, "name")?;
                 path = match self.string(&mut caps, Field::PagePath, "path")? {
-                    Some(p) => Some(strip_query(&p).to_string()),
-                    None => self.string(&mut caps, Field::PageUrl, "url")?.map(|u| url_path(&u).to_string()),
+                    Some(p) => Some(Id::from(strip_query(&p))),
+                    None => self.string(&mut caps, Field::PageUrl, "url")?.map(|u| Id::from(url_path(&u))),
                 };
             }
             Kind::Identify | Kind::Group => {
@@ -1470,8 +1470,8 @@ mod tests {
                 Kind::Page => {
                     event.name = string_field(v, &f.page_name, "name")?.map(Id::from);
                     event.path = match string_field(v, &f.page_path, "path")? {
-                        Some(p) => Some(strip_query(&p).to_string()),
-                        None => string_field(v, &f.page_url, "url")?.map(|u| url_path(&u).to_string()),
+                        Some(p) => Some(Id::from(strip_query(&p))),
+                        None => string_field(v, &f.page_url, "url")?.map(|u| Id::from(url_path(&u))),
                     };
                 }
                 Kind::Identify | Kind::Group => {
