@@ -486,11 +486,20 @@ impl AccountState {
     /// [`AccountState::add_event`]; `false` if some count was already at
     /// its maximum (and so did not change).
     pub fn add_event_exact(&mut self, idx: u32, slots: &[usize], n_counters: usize) -> bool {
-        let pos = match self.buckets.binary_search_by_key(&idx, |b| b.idx) {
-            Ok(p) => p,
-            Err(p) => {
-                self.buckets.insert(p, Bucket { idx, counts: vec![0; n_counters] });
-                p
+        // Events come mostly in time order: the latest bucket, or a new
+        // one after it, is checked before searching.
+        let pos = match self.buckets.last() {
+            Some(b) if b.idx == idx => self.buckets.len() - 1,
+            Some(b) if b.idx > idx => match self.buckets.binary_search_by_key(&idx, |b| b.idx) {
+                Ok(p) => p,
+                Err(p) => {
+                    self.buckets.insert(p, Bucket { idx, counts: vec![0; n_counters] });
+                    p
+                }
+            },
+            _ => {
+                self.buckets.push(Bucket { idx, counts: vec![0; n_counters] });
+                self.buckets.len() - 1
             }
         };
         let b = &mut self.buckets[pos];
@@ -527,9 +536,14 @@ impl AccountState {
                 }
             }
         }
-        match self.user_hist.binary_search_by_key(&new, |e| e.0) {
-            Ok(p) => self.user_hist[p].1 += 1,
-            Err(p) => self.user_hist.insert(p, (new, 1)),
+        // (Mostly the latest bucket, or one after it.)
+        match self.user_hist.last_mut() {
+            Some(e) if e.0 == new => e.1 += 1,
+            Some(e) if e.0 > new => match self.user_hist.binary_search_by_key(&new, |e| e.0) {
+                Ok(p) => self.user_hist[p].1 += 1,
+                Err(p) => self.user_hist.insert(p, (new, 1)),
+            },
+            _ => self.user_hist.push((new, 1)),
         }
         Some((left, new))
     }
@@ -583,13 +597,23 @@ impl AccountState {
         self.kept_from = self.kept_from.max(cutoff);
         // `buckets`, `user_hist` and `signals` are sorted (by bucket, by
         // bucket, by time): what goes is a prefix.
-        let n = self.buckets.partition_point(|b| b.idx < cutoff);
-        self.buckets.drain(..n);
-        let n = self.user_hist.partition_point(|e| e.0 < cutoff);
-        self.user_hist.drain(..n);
-        self.features.retain(|f| f.1 >= cutoff);
-        let n = self.signals.partition_point(|h| bucket_of(h.at_ms, bucket_seconds) < cutoff);
-        self.signals.drain(..n);
+        // (Mostly nothing goes: the first entry is looked at before
+        // searching.)
+        if self.buckets.first().is_some_and(|b| b.idx < cutoff) {
+            let n = self.buckets.partition_point(|b| b.idx < cutoff);
+            self.buckets.drain(..n);
+        }
+        if self.user_hist.first().is_some_and(|e| e.0 < cutoff) {
+            let n = self.user_hist.partition_point(|e| e.0 < cutoff);
+            self.user_hist.drain(..n);
+        }
+        if self.features.iter().any(|f| f.1 < cutoff) {
+            self.features.retain(|f| f.1 >= cutoff);
+        }
+        if self.signals.first().is_some_and(|h| bucket_of(h.at_ms, bucket_seconds) < cutoff) {
+            let n = self.signals.partition_point(|h| bucket_of(h.at_ms, bucket_seconds) < cutoff);
+            self.signals.drain(..n);
+        }
     }
 
     /// The value of a metric at bucket `now`.
@@ -760,9 +784,14 @@ impl MemberState {
     /// Counts one usage event at `time_ms`.
     pub fn add_event(&mut self, time_ms: i64) {
         let day = (time_ms.max(0) / 86_400_000) as u32;
-        match self.days.binary_search_by_key(&day, |d| d.0) {
-            Ok(p) => self.days[p].1 = self.days[p].1.saturating_add(1),
-            Err(p) => self.days.insert(p, (day, 1)),
+        // (Mostly the latest day, or one after it.)
+        match self.days.last_mut() {
+            Some(d) if d.0 == day => d.1 = d.1.saturating_add(1),
+            Some(d) if d.0 > day => match self.days.binary_search_by_key(&day, |d| d.0) {
+                Ok(p) => self.days[p].1 = self.days[p].1.saturating_add(1),
+                Err(p) => self.days.insert(p, (day, 1)),
+            },
+            _ => self.days.push((day, 1)),
         }
         if self.first_seen_ms == 0 || time_ms < self.first_seen_ms {
             self.first_seen_ms = time_ms;
@@ -795,7 +824,9 @@ impl MemberState {
     pub fn prune(&mut self, now_ms: i64, keep_days: u32) {
         let today = (now_ms.max(0) / 86_400_000) as u32;
         let from = today.saturating_sub(keep_days);
-        self.days.retain(|d| d.0 >= from);
+        if self.days.first().is_some_and(|d| d.0 < from) {
+            self.days.retain(|d| d.0 >= from);
+        }
     }
 }
 
@@ -958,6 +989,38 @@ mod tests {
                     }
                 }
             }
+        }
+
+        /// Events in any order (mostly forward, as they come, with late
+        /// ones): buckets and a member's days stay sorted and unique, and
+        /// count what a brute-force count gives, before and after a prune.
+        #[test]
+        fn counts_in_any_order_equal_a_brute_force_count(
+            events in proptest::collection::vec((0u32..400, proptest::bool::ANY), 1..300),
+            keep in 1u32..400,
+        ) {
+            let mut a = AccountState::default();
+            let mut m = MemberState::default();
+            let mut brute: std::collections::BTreeMap<u32, u32> = Default::default();
+            let mut now = 0u32;
+            for (b, late) in events {
+                // Forward from the clock, or late by up to b buckets.
+                let idx = if late { now.saturating_sub(b) } else { now + b % 3 };
+                now = now.max(idx);
+                prop_assert!(a.add_event_exact(idx, &[0], 1));
+                m.add_event(i64::from(idx) * 86_400_000 + 1);
+                *brute.entry(idx).or_default() += 1;
+            }
+            let got: Vec<(u32, u32)> = a.buckets.iter().map(|b| (b.idx, b.counts[0])).collect();
+            prop_assert_eq!(&got, &brute.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>());
+            prop_assert_eq!(&m.days, &got);
+            a.prune(now, keep, 86_400);
+            m.prune(i64::from(now) * 86_400_000, keep);
+            let cutoff = now.saturating_sub(keep);
+            let kept: Vec<(u32, u32)> = brute.range(cutoff..).map(|(k, v)| (*k, *v)).collect();
+            let got: Vec<(u32, u32)> = a.buckets.iter().map(|b| (b.idx, b.counts[0])).collect();
+            prop_assert_eq!(&got, &kept);
+            prop_assert_eq!(&m.days, &kept);
         }
 
         #[test]
