@@ -14,7 +14,7 @@
 //! qualifies, the next stop is computed from there.
 
 use crate::config::definition::CompiledDefinition;
-use crate::detect::{evaluate_memoized_into, Evaluation};
+use crate::detect::{evaluate_memoized_into, Evaluation, Memo};
 use crate::state::account::{bucket_of, AccountState, WindowSums};
 
 /// At most this many evaluations per call; when they are used up the
@@ -77,8 +77,11 @@ pub fn next_stop(def: &CompiledDefinition, state: &AccountState, from_ms: i64) -
     // counted again at each.)
     let traits = std::sync::OnceLock::new();
     let mut sums = WindowSums::default();
-    // (One evaluation's vectors for every look.)
+    // (One evaluation's vectors for every look; from one boundary to the
+    // next most of what rules read is unchanged, so they go through a memo
+    // of this search's own.)
     let mut eval = Evaluation::default();
+    let mut memo = Memo::default();
     let mut last = from_ms;
     for n in 0..=MAX_EVALUATIONS {
         let Some(c) = candidates.next() else { break };
@@ -86,7 +89,16 @@ pub fn next_stop(def: &CompiledDefinition, state: &AccountState, from_ms: i64) -
             return Stop::Later(last);
         }
         let t = i64::from(c) * bucket_ms;
-        evaluate_memoized_into(def, state, Some(&mut sums), &traits, &def.free_mail_domains, t, None, &mut eval);
+        evaluate_memoized_into(
+            def,
+            state,
+            Some(&mut sums),
+            &traits,
+            &def.free_mail_domains,
+            t,
+            Some(&mut memo),
+            &mut eval,
+        );
         if eval.fired.is_empty() {
             return Stop::At(t);
         }
