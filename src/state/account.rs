@@ -27,8 +27,14 @@ pub const MAX_SIGNAL_HITS: usize = 64;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Bucket {
     pub idx: u32,
-    pub counts: Vec<u32>,
+    /// Inline up to four columns (the shipped definition has one): a new
+    /// bucket, on the long tail one nearly every event, allocates nothing.
+    /// Encoded as a `Vec` is (a length, then the counts).
+    pub counts: Counts,
 }
+
+/// A bucket's counts, one per column.
+pub type Counts = smallvec::SmallVec<[u32; 4]>;
 
 /// One occurrence of a signal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -493,12 +499,12 @@ impl AccountState {
             Some(b) if b.idx > idx => match self.buckets.binary_search_by_key(&idx, |b| b.idx) {
                 Ok(p) => p,
                 Err(p) => {
-                    self.buckets.insert(p, Bucket { idx, counts: vec![0; n_counters] });
+                    self.buckets.insert(p, Bucket { idx, counts: smallvec::smallvec![0; n_counters] });
                     p
                 }
             },
             _ => {
-                self.buckets.push(Bucket { idx, counts: vec![0; n_counters] });
+                self.buckets.push(Bucket { idx, counts: smallvec::smallvec![0; n_counters] });
                 self.buckets.len() - 1
             }
         };
@@ -919,6 +925,25 @@ mod tests {
         }
         assert_eq!(a.signals.len(), MAX_SIGNAL_HITS);
         assert!(a.signals.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+    }
+
+    /// A bucket's counts are encoded as the `Vec` they were: records
+    /// written before they were held inline read the same, both ways.
+    #[test]
+    fn inline_counts_encode_as_a_vec_did() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Before {
+            idx: u32,
+            counts: Vec<u32>,
+        }
+        for counts in [vec![], vec![3], vec![1, 2, 3, 4], vec![1, 2, 3, 4, 5, u32::MAX]] {
+            let now = Bucket { idx: 7, counts: counts.iter().copied().collect() };
+            let before = Before { idx: 7, counts };
+            let bytes = postcard::to_allocvec(&now).unwrap();
+            assert_eq!(bytes, postcard::to_allocvec(&before).unwrap());
+            assert_eq!(postcard::from_bytes::<Bucket>(&bytes).unwrap(), now);
+            assert_eq!(postcard::from_bytes::<Before>(&bytes).unwrap(), before);
+        }
     }
 
     #[test]

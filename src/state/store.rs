@@ -2578,7 +2578,10 @@ mod tests {
                 first_seen_ms: 1000 * h,
                 last_seen_ms: 1010 * h,
                 seq: 9,
-                buckets: vec![Bucket { idx: 1000, counts: vec![5, 2] }, Bucket { idx: 1010, counts: vec![4, 0] }],
+                buckets: vec![
+                    Bucket { idx: 1000, counts: [5, 2].into_iter().collect() },
+                    Bucket { idx: 1010, counts: [4, 0].into_iter().collect() },
+                ],
                 user_hist: vec![(1010, 3)],
                 features: vec![("File Uploaded".into(), 1000)],
                 signals: vec![
@@ -2605,7 +2608,7 @@ mod tests {
             [crate::config::definition::counter_id(None), uploads]
         );
         assert!(a.columns.iter().all(|c| c.from == 0), "held from the start");
-        assert_eq!(a.buckets[0].counts, [5, 2]);
+        assert_eq!(a.buckets[0].counts[..], [5, 2]);
         let hand_raise = def.signals.iter().find(|x| x.name == "hand_raise").unwrap().id;
         assert_eq!(
             a.signals.iter().map(|h| h.signal).collect::<Vec<_>>(),
