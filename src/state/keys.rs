@@ -69,6 +69,18 @@ pub fn member_prefix(account: &str) -> Vec<u8> {
     k
 }
 
+/// [`member`], on the stack when it is short (as most are): the key of a
+/// lookup, built without allocating.
+pub fn member_lookup(account: &str, user: &str) -> smallvec::SmallVec<[u8; 96]> {
+    let mut k = smallvec::SmallVec::new();
+    k.push(MEMBER);
+    let account = &account.as_bytes()[..account.len().min(u16::MAX as usize)];
+    k.extend_from_slice(&(account.len() as u16).to_be_bytes());
+    k.extend_from_slice(account);
+    k.extend_from_slice(user.as_bytes());
+    k
+}
+
 pub fn member(account: &str, user: &str) -> Vec<u8> {
     let mut k = member_prefix(account);
     k.extend_from_slice(user.as_bytes());
@@ -240,6 +252,15 @@ pub fn heard(account: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_lookup_key_is_the_member_key() {
+        let long = "x".repeat(300);
+        for (a, u) in [("acct-1", "u-1"), ("", ""), (long.as_str(), "u"), ("a", long.as_str())] {
+            assert_eq!(member_lookup(a, u)[..], member(a, u)[..]);
+        }
+    }
+
     use proptest::prelude::*;
 
     #[test]

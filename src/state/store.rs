@@ -313,7 +313,7 @@ impl StateReader {
 
     /// The member record of (account, user) in RocksDB.
     pub fn member(&self, account: &str, user: &str) -> Result<Option<MemberState>, StateError> {
-        get(&self.db, cf::MEMBERS, &keys::member(account, user), "member")
+        get(&self.db, cf::MEMBERS, &keys::member_lookup(account, user), "member")
     }
 
     /// The member record of (account, user), loaded into the account's
@@ -328,7 +328,7 @@ impl StateReader {
             hashbrown::hash_map::EntryRef::Occupied(o) => Ok(o.into_mut()),
             hashbrown::hash_map::EntryRef::Vacant(v) => {
                 let state: Option<MemberState> = if self.members_on_disk {
-                    get(&self.db, cf::MEMBERS, &keys::member(account, user), "member")?
+                    get(&self.db, cf::MEMBERS, &keys::member_lookup(account, user), "member")?
                 } else {
                     None
                 };
@@ -460,8 +460,10 @@ pub struct Store {
     /// Ids of the cache entries handed out since the last commit (the
     /// only ones that can be dirty).
     /// (A write-back store lists only crowded accounts, see [`CROWDED`].)
-    touched_accounts: Vec<String>,
-    touched_users: Vec<String>,
+    /// (Ids inline when short, as in the cache: a first touch in a batch
+    /// allocates nothing.)
+    touched_accounts: Vec<compact_str::CompactString>,
+    touched_users: Vec<compact_str::CompactString>,
     /// Records were handed out since the last prepared commit.
     changed: bool,
     /// Input partition of the record being applied.
@@ -1174,7 +1176,7 @@ impl Store {
         // crowded accounts: only those are listed for the commit.)
         if !e.touched && (!self.write_back || e.members.len() > CROWDED) {
             e.touched = true;
-            self.touched_accounts.push(id.to_string());
+            self.touched_accounts.push(id.into());
         }
         self.changed = true;
         Ok(e)
@@ -1199,7 +1201,7 @@ impl Store {
         u.partition = self.partition;
         if !u.touched && !self.write_back {
             u.touched = true;
-            self.touched_users.push(id.to_string());
+            self.touched_users.push(id.into());
         }
         self.changed = true;
         Ok(u)
@@ -1350,7 +1352,7 @@ impl Store {
                 sink.account(&mut batch, (acf, mcf, meta), &id, e, false);
             }
             if crowded {
-                self.crowded.push(id);
+                self.crowded.push(id.into());
             }
         }
         for id in self.touched_users.drain(..) {
