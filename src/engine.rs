@@ -119,9 +119,9 @@ const MAX_LINK_HOPS: usize = 32;
 /// account's count of members by domain.
 struct Merge {
     old: String,
-    old_domain: Option<String>,
-    domain_before: Option<String>,
-    domain_after: Option<String>,
+    old_domain: Option<Id>,
+    domain_before: Option<Id>,
+    domain_after: Option<Id>,
 }
 
 /// An announcement decided for one definition, built once the account's
@@ -769,13 +769,13 @@ impl Engine {
                 }
                 _ => {
                     // (Inline, as the event's own ids: no allocation.)
-                    let account = state.account.as_deref().map(Id::from);
+                    let account = state.account.clone();
                     return Ok((id, account));
                 }
             }
         }
         // Too many hops: the last id's record, as it is.
-        let account = self.store.user(&id)?.state.account.as_deref().map(Id::from);
+        let account = self.store.user(&id)?.state.account.clone();
         Ok((id, account))
     }
 
@@ -829,7 +829,7 @@ impl Engine {
         // A user id with the anonymous id they had before logging in: the
         // link, and the account that visitor was active in (not yet linked
         // to this user: its activity becomes the user's below).
-        let mut link: Option<(String, Option<String>, bool)> = None;
+        let mut link: Option<(String, Option<Id>, bool)> = None;
         if let (false, Some(x)) = (ev.anonymous, &ev.anonymous_id) {
             let key = anon_key(x);
             let a = &self.store.user(&key)?.state;
@@ -839,7 +839,7 @@ impl Engine {
         }
         if let (None, Some(m)) = (&known, &merge) {
             // The new id of a user who changed ids: the old one's account.
-            known = self.store.user(&m.old)?.state.account.as_deref().map(Id::from);
+            known = self.store.user(&m.old)?.state.account.clone();
         }
         // So that a login (an identify with no account) can qualify the
         // account the visitor was using.
@@ -940,7 +940,7 @@ impl Engine {
         // definition: signals are matched once, for the layout).
         let mut hits: Vec<u64> = Vec::new();
         // An email domain that changed with this identify: (old, new).
-        let mut email_change: Option<(Option<String>, Option<String>)> = None;
+        let mut email_change: Option<(Option<Id>, Option<Id>)> = None;
         // For a user's first usage event in an account (its email domain
         // counts for the account then).
         // (Inline: a domain is rarely longer than 24 bytes.)
@@ -952,7 +952,7 @@ impl Engine {
             let user = self.store.user(&ev.user_id)?;
             if let Some(a) = account.as_ref().filter(|_| named_account || user.state.account.is_none()) {
                 if user.state.account.as_deref() != Some(a.as_str()) {
-                    user.state.account = Some(a.to_string());
+                    user.state.account = Some(a.clone());
                     user.dirty = true;
                 }
             }
@@ -975,7 +975,7 @@ impl Engine {
                         traits.insert(k.clone(), v.clone());
                     }
                     if new.contains_key("email") {
-                        let domain = traits.get("email").and_then(Value::as_str).and_then(email_domain);
+                        let domain = traits.get("email").and_then(Value::as_str).and_then(email_domain).map(Id::from);
                         if domain != user.state.email_domain {
                             email_change = Some((user.state.email_domain.clone(), domain.clone()));
                             user.state.email_domain = domain;
@@ -985,11 +985,7 @@ impl Engine {
                     user.dirty = true;
                 }
             }
-            user_domain = if ev.kind.is_usage() || link.is_some() {
-                user.state.email_domain.as_deref().map(compact_str::CompactString::from)
-            } else {
-                None
-            };
+            user_domain = if ev.kind.is_usage() || link.is_some() { user.state.email_domain.clone() } else { None };
             // Refresh the user's idle-TTL clock now and then (each refresh
             // is a write).
             user.keep_alive(ev.time_ms, refresh_ms);
@@ -999,7 +995,7 @@ impl Engine {
             // with an idle TTL like a user's).
             let a = self.store.user(&anon_key(&ev.user_id))?;
             if a.state.account.as_deref() != account.as_deref() {
-                a.state.account = account.as_deref().map(String::from);
+                a.state.account.clone_from(&account);
                 a.dirty = true;
             }
             a.keep_alive(ev.time_ms, refresh_ms);

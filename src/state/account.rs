@@ -331,13 +331,15 @@ pub struct MemberState {
 /// A user: the account they belong to, and their traits.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserState {
-    pub account: Option<String>,
+    /// (Inline when short, as most ids are: read at every event of the
+    /// user, without a second memory access. Encoded as a `String` is.)
+    pub account: Option<compact_str::CompactString>,
     /// Traits from `identify` calls, as a JSON object.
     pub traits_json: String,
     pub updated_ms: i64,
     /// The domain of the `email` trait, lower-case (kept apart so that
     /// usage events need not parse the traits).
-    pub email_domain: Option<String>,
+    pub email_domain: Option<compact_str::CompactString>,
     /// For the record of an anonymous id: the user it turned out to be.
     pub linked_to: Option<String>,
 }
@@ -936,6 +938,8 @@ mod tests {
             idx: u32,
             counts: Vec<u32>,
         }
+        // (No larger than with a `Vec`.)
+        assert_eq!(std::mem::size_of::<Bucket>(), 32);
         for counts in [vec![], vec![3], vec![1, 2, 3, 4], vec![1, 2, 3, 4, 5, u32::MAX]] {
             let now = Bucket { idx: 7, counts: counts.iter().copied().collect() };
             let before = Before { idx: 7, counts };
@@ -943,6 +947,45 @@ mod tests {
             assert_eq!(bytes, postcard::to_allocvec(&before).unwrap());
             assert_eq!(postcard::from_bytes::<Bucket>(&bytes).unwrap(), now);
             assert_eq!(postcard::from_bytes::<Before>(&bytes).unwrap(), before);
+        }
+    }
+
+    /// A user's account and email domain (inline when short) are encoded
+    /// as the `String`s they were, both ways, in records and in JSON.
+    #[test]
+    fn a_users_inline_ids_encode_as_strings_did() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Before {
+            account: Option<String>,
+            traits_json: String,
+            updated_ms: i64,
+            email_domain: Option<String>,
+            linked_to: Option<String>,
+        }
+        let long = "a-company-whose-id-is-longer-than-24-bytes".to_string();
+        for (account, domain) in [
+            (None, None),
+            (Some("acct-1".to_string()), Some("example.com".to_string())),
+            (Some(long.clone()), Some(long)),
+        ] {
+            let before = Before {
+                account: account.clone(),
+                traits_json: "{}".into(),
+                updated_ms: 7,
+                email_domain: domain.clone(),
+                linked_to: None,
+            };
+            let now = UserState {
+                account: account.map(Into::into),
+                traits_json: "{}".into(),
+                updated_ms: 7,
+                email_domain: domain.map(Into::into),
+                linked_to: None,
+            };
+            let bytes = postcard::to_allocvec(&now).unwrap();
+            assert_eq!(bytes, postcard::to_allocvec(&before).unwrap());
+            assert_eq!(postcard::from_bytes::<UserState>(&bytes).unwrap(), now);
+            assert_eq!(serde_json::to_string(&now).unwrap(), serde_json::to_string(&before).unwrap());
         }
     }
 

@@ -81,6 +81,7 @@ impl<V> Records<V> {
     }
 
     /// The record of `key`, marked used now; made with `make` when absent.
+    #[inline(always)]
     pub fn get_or_try_insert_with<E>(&mut self, key: &str, make: impl FnOnce() -> Result<V, E>) -> Result<&mut V, E> {
         let hash = self.hasher.hash_one(key);
         self.clock += 1;
