@@ -846,11 +846,8 @@ impl Engine {
         // (Moved, not copied: whether the event named its account is what
         // is asked of it below.)
         let named_account = ev.account_id.is_some();
-        let account = ev
-            .account_id
-            .take()
-            .or(known)
-            .or_else(|| link.as_ref().filter(|l| l.2).and_then(|l| l.1.as_deref().map(Id::from)));
+        let account =
+            ev.account_id.take().or(known).or_else(|| link.as_ref().filter(|l| l.2).and_then(|l| l.1.clone()));
         if ev.anonymous && (account.is_none() || !ev.kind.is_usage()) {
             // Normal traffic, not an error: a visitor of the marketing site
             // with no account, or traits of someone not logged in.
@@ -944,14 +941,14 @@ impl Engine {
         // For a user's first usage event in an account (its email domain
         // counts for the account then).
         // (Inline: a domain is rarely longer than 24 bytes.)
-        let mut user_domain: Option<compact_str::CompactString> = None;
+        let mut user_domain: Option<Id> = None;
         // A visitor not logged in (only an anonymousId) has no user record:
         // their events count toward the account's volume and signals, not
         // its users.
         if !ev.anonymous {
             let user = self.store.user(&ev.user_id)?;
             if let Some(a) = account.as_ref().filter(|_| named_account || user.state.account.is_none()) {
-                if user.state.account.as_deref() != Some(a.as_str()) {
+                if user.state.account.as_ref() != Some(a) {
                     user.state.account = Some(a.clone());
                     user.dirty = true;
                 }
@@ -994,7 +991,7 @@ impl Engine {
             // The visitor's record: the account they are active in (kept
             // with an idle TTL like a user's).
             let a = self.store.user(&anon_key(&ev.user_id))?;
-            if a.state.account.as_deref() != account.as_deref() {
+            if a.state.account != account {
                 a.state.account.clone_from(&account);
                 a.dirty = true;
             }

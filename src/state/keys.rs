@@ -49,9 +49,17 @@ pub const HEARD: u8 = b'h';
 pub const MAX_ID_BYTES: usize = 1024;
 
 fn push_len_prefixed(k: &mut Vec<u8>, s: &str) {
+    let (len, bytes) = len_prefixed(s);
+    k.extend_from_slice(&len);
+    k.extend_from_slice(bytes);
+}
+
+/// A variable-length part of a key: its length (u16, big-endian) and its
+/// bytes (at most `u16::MAX` of them).
+fn len_prefixed(s: &str) -> ([u8; 2], &[u8]) {
     debug_assert!(s.len() <= u16::MAX as usize);
-    k.extend_from_slice(&(s.len().min(u16::MAX as usize) as u16).to_be_bytes());
-    k.extend_from_slice(&s.as_bytes()[..s.len().min(u16::MAX as usize)]);
+    let bytes = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    ((bytes.len() as u16).to_be_bytes(), bytes)
 }
 
 pub fn account(account: &str) -> Vec<u8> {
@@ -72,10 +80,10 @@ pub fn member_prefix(account: &str) -> Vec<u8> {
 /// [`member`], on the stack when it is short (as most are): the key of a
 /// lookup, built without allocating.
 pub fn member_lookup(account: &str, user: &str) -> smallvec::SmallVec<[u8; 96]> {
+    let (len, account) = len_prefixed(account);
     let mut k = smallvec::SmallVec::new();
     k.push(MEMBER);
-    let account = &account.as_bytes()[..account.len().min(u16::MAX as usize)];
-    k.extend_from_slice(&(account.len() as u16).to_be_bytes());
+    k.extend_from_slice(&len);
     k.extend_from_slice(account);
     k.extend_from_slice(user.as_bytes());
     k
