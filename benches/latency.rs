@@ -43,6 +43,12 @@
 //!
 //! Environment (defaults in brackets):
 //! - `LAT_BOOTSTRAP` [127.0.0.1:$TANSU_PORT, else 127.0.0.1:19092]
+//! - `LAT_BROKER` [unset] `mock`: no outside broker; this process starts
+//!   librdkafka's mock cluster (the real Kafka protocol on loopback, the one
+//!   the tests use) and the engine, the producer and the reader all connect
+//!   to it over TCP. It measures what the engine and its clients add when the
+//!   broker hands a record on at once (tansu holds one about 90 ms);
+//!   `LAT_BOOTSTRAP` is then ignored
 //! - `PQA_BIN` [$CARGO_TARGET_DIR/release/pqa-engine, else target/release/pqa-engine]
 //! - `LAT_RATE` [50000] input events per second
 //! - `LAT_WARMUP_S` [10] seconds whose PQAs are discarded; `LAT_MEASURE_S` [60] then measured
@@ -448,7 +454,18 @@ struct Sample {
 }
 
 fn main() {
-    let s = Settings::from_env();
+    let mut s = Settings::from_env();
+    // (Kept alive to the end of the run: dropping it stops the brokers.)
+    let _mock = match std::env::var("LAT_BROKER").as_deref() {
+        Ok("mock") => {
+            let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+            s.bootstrap = cluster.bootstrap_servers();
+            eprintln!("latency: librdkafka's mock cluster at {}", s.bootstrap);
+            Some(cluster)
+        }
+        Ok("") | Err(_) => None,
+        Ok(other) => panic!("LAT_BROKER={other}: only `mock` is known (unset: the broker at LAT_BOOTSTRAP)"),
+    };
     assert!(s.bin.exists(), "no pqa-engine binary at {} (cargo build --release, or set PQA_BIN)", s.bin.display());
     if let Some(dir) = s.out.parent() {
         std::fs::create_dir_all(dir).expect("output directory");
@@ -457,7 +474,18 @@ fn main() {
     let input = format!("lat.events.{stamp}");
     let output = format!("lat.out.{stamp}");
     let dlq = format!("lat.dlq.{stamp}");
-    create_topics(&s.bootstrap, &[(&input, s.partitions), (&output, 1), (&dlq, 1)]);
+    match &_mock {
+        // (The mock cluster's topics are made through its own interface.)
+        Some(cluster) => {
+            // (The engine's changelog too: `{group_id}-changelog`, as many
+            // partitions as the input.)
+            let changelog = format!("pqa-lat-{stamp}-changelog");
+            for (t, n) in [(&input, s.partitions), (&output, 1), (&dlq, 1), (&changelog, s.partitions)] {
+                cluster.create_topic(t, n, 1).expect("topic on the mock cluster");
+            }
+        }
+        None => create_topics(&s.bootstrap, &[(&input, s.partitions), (&output, 1), (&dlq, 1)]),
+    }
 
     let work = tempfile::Builder::new().prefix("pqa-latency").tempdir().expect("temp dir");
     let port = free_port();
@@ -664,6 +692,15 @@ fn main() {
     let mut summary = String::new();
     use std::fmt::Write as _;
     let _ = writeln!(summary, "label: {}", s.label);
+    let _ = writeln!(
+        summary,
+        "broker: {}",
+        if _mock.is_some() {
+            format!("librdkafka's mock cluster (in this process), {}", s.bootstrap)
+        } else {
+            s.bootstrap.clone()
+        }
+    );
     let _ = writeln!(
         summary,
         "engine settings: {}",

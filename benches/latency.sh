@@ -6,12 +6,14 @@
 #
 #   bash benches/latency.sh                                   # 50 k events/s, 1 run, shipped defaults
 #   RUNS=3 LABEL=wait5 PQA_KAFKA__MAX_BATCH_WAIT_MS=5 bash benches/latency.sh
+#   RUNS=3 LABEL=mock20k LAT_BROKER=mock LAT_RATE=20000 bash benches/latency.sh   # no outside broker
 #   python3 benches/plot.py latency <stem>.csv                # the plot (see benches/plot.py)
 #
 # Environment (defaults in brackets): RUNS [1]; LABEL [defaults] (names the
 # outputs $PQA_BENCH_HOME/results/latency-LABEL-<time>-RUN.{txt,csv}, -lag.csv);
 # TANSU_PORT [19092] (a broker already running there is reused and left
-# running, else one is started and stopped); PQA_BIN (default: cargo build
+# running, else one is started and stopped); LAT_BROKER=mock: no tansu, the
+# benchmark starts librdkafka's mock cluster itself; PQA_BIN (default: cargo build
 # --release); every LAT_* and PQA_* variable reaches benches/latency.rs.
 set -euo pipefail
 
@@ -35,7 +37,9 @@ fi
 cargo bench --bench latency --no-run --quiet
 
 STARTED_BROKER=0
-if ! bash benches/broker.sh status >/dev/null 2>&1; then
+if [[ "${LAT_BROKER:-}" == mock ]]; then
+    log "broker: librdkafka's mock cluster, started by the benchmark itself"
+elif ! bash benches/broker.sh status >/dev/null 2>&1; then
     bash benches/broker.sh start
     STARTED_BROKER=1
 fi
@@ -54,7 +58,7 @@ done
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 field() { # NAME: the figure after "NAME " on the latency line of each summary
     for s in "${stems[@]}"; do
-        grep '^latency' "$s.txt" | sed -n "s/.* $1 \([0-9.]*\) ms.*/\1/p"
+        grep '^latency (produce' "$s.txt" | sed -n "s/.* $1 \([0-9.]*\) ms.*/\1/p"
     done | median
 }
 echo "median over $RUNS run(s) ($LABEL): p50 $(field p50) ms, p90 $(field p90) ms, p99 $(field p99) ms, p99.9 $(field p99.9) ms, max $(field max) ms"
