@@ -48,7 +48,9 @@
 //!   the tests use) and the engine, the producer and the reader all connect
 //!   to it over TCP. It measures what the engine and its clients add when the
 //!   broker hands a record on at once (tansu holds one about 90 ms);
-//!   `LAT_BOOTSTRAP` is then ignored
+//!   `LAT_BOOTSTRAP` is then ignored. (It keeps only the last 5 MiB of each
+//!   partition: enough for a paced run read as it is produced, not for a
+//!   topic loaded ahead.)
 //! - `PQA_BIN` [$CARGO_TARGET_DIR/release/pqa-engine, else target/release/pqa-engine]
 //! - `LAT_RATE` [50000] input events per second
 //! - `LAT_WARMUP_S` [10] seconds whose PQAs are discarded; `LAT_MEASURE_S` [60] then measured
