@@ -458,7 +458,7 @@ struct Sample {
 fn main() {
     let mut s = Settings::from_env();
     // (Kept alive to the end of the run: dropping it stops the brokers.)
-    let _mock = match std::env::var("LAT_BROKER").as_deref() {
+    let mock = match std::env::var("LAT_BROKER").as_deref() {
         Ok("mock") => {
             let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
             s.bootstrap = cluster.bootstrap_servers();
@@ -476,12 +476,13 @@ fn main() {
     let input = format!("lat.events.{stamp}");
     let output = format!("lat.out.{stamp}");
     let dlq = format!("lat.dlq.{stamp}");
-    match &_mock {
+    let group = format!("pqa-lat-{stamp}");
+    match &mock {
         // (The mock cluster's topics are made through its own interface.)
         Some(cluster) => {
             // (The engine's changelog too: `{group_id}-changelog`, as many
             // partitions as the input.)
-            let changelog = format!("pqa-lat-{stamp}-changelog");
+            let changelog = format!("{group}-changelog");
             for (t, n) in [(&input, s.partitions), (&output, 1), (&dlq, 1), (&changelog, s.partitions)] {
                 cluster.create_topic(t, n, 1).expect("topic on the mock cluster");
             }
@@ -497,7 +498,7 @@ fn main() {
     std::fs::write(
         &cfg,
         format!(
-            "kafka.bootstrap_servers = \"{}\"\nkafka.group_id = \"pqa-lat-{stamp}\"\nkafka.input_topics = [\"{input}\"]\n\
+            "kafka.bootstrap_servers = \"{}\"\nkafka.group_id = \"{group}\"\nkafka.input_topics = [\"{input}\"]\n\
              kafka.output_topic = \"{output}\"\nkafka.dlq_topic = \"{dlq}\"\nstate.dir = \"{}\"\n\
              http.addr = \"127.0.0.1:{port}\"\n{extra}\n",
             s.bootstrap,
@@ -697,7 +698,7 @@ fn main() {
     let _ = writeln!(
         summary,
         "broker: {}",
-        if _mock.is_some() {
+        if mock.is_some() {
             format!("librdkafka's mock cluster (in this process), {}", s.bootstrap)
         } else {
             s.bootstrap.clone()
