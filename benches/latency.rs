@@ -476,19 +476,22 @@ fn main() {
     let input = format!("lat.events.{stamp}");
     let output = format!("lat.out.{stamp}");
     let dlq = format!("lat.dlq.{stamp}");
-    let group = format!("pqa-lat-{stamp}");
-    match &mock {
-        // (The mock cluster's topics are made through its own interface.)
+    // The engine's configuration lines for this broker.
+    let broker_toml = match &mock {
+        // (The mock cluster's topics are made through its own interface,
+        // the engine's changelog too: the mock has no CreateTopics.)
         Some(cluster) => {
-            // (The engine's changelog too: `{group_id}-changelog`, as many
-            // partitions as the input.)
-            let changelog = format!("{group}-changelog");
+            let changelog = format!("lat.changelog.{stamp}");
             for (t, n) in [(&input, s.partitions), (&output, 1), (&dlq, 1), (&changelog, s.partitions)] {
                 cluster.create_topic(t, n, 1).expect("topic on the mock cluster");
             }
+            format!("kafka.changelog_topic = \"{changelog}\"\n")
         }
-        None => create_topics(&s.bootstrap, &[(&input, s.partitions), (&output, 1), (&dlq, 1)]),
-    }
+        None => {
+            create_topics(&s.bootstrap, &[(&input, s.partitions), (&output, 1), (&dlq, 1)]);
+            String::new()
+        }
+    };
 
     let work = tempfile::Builder::new().prefix("pqa-latency").tempdir().expect("temp dir");
     let port = free_port();
@@ -498,9 +501,9 @@ fn main() {
     std::fs::write(
         &cfg,
         format!(
-            "kafka.bootstrap_servers = \"{}\"\nkafka.group_id = \"{group}\"\nkafka.input_topics = [\"{input}\"]\n\
+            "kafka.bootstrap_servers = \"{}\"\nkafka.group_id = \"pqa-lat-{stamp}\"\nkafka.input_topics = [\"{input}\"]\n\
              kafka.output_topic = \"{output}\"\nkafka.dlq_topic = \"{dlq}\"\nstate.dir = \"{}\"\n\
-             http.addr = \"127.0.0.1:{port}\"\n{extra}\n",
+             http.addr = \"127.0.0.1:{port}\"\n{broker_toml}{extra}\n",
             s.bootstrap,
             work.path().join("state").display()
         ),
