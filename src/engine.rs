@@ -23,7 +23,7 @@ use crate::emit::{self, Announcement, EventInput, Lead, OutputEvent};
 use crate::state::account::{bucket_of, email_domain, AccountState, Held, SignalHit};
 use crate::state::manifest::Manifest;
 use crate::state::prefetch::{Fetched, Prefetcher};
-use crate::state::store::{CommitStats, Prepared};
+use crate::state::store::{AccountEntry, CommitStats, Prepared};
 use crate::state::{StateError, StateReader, StateWriter, Store};
 use crate::telemetry::Metrics;
 
@@ -135,13 +135,48 @@ struct Pending {
     warming_up: Vec<String>,
 }
 
+/// What the identity phase found for an event (see
+/// [`Engine::resolve_identity`]).
+// (Moved once an event, never kept: boxing the large variant would allocate
+// an event.)
+#[allow(clippy::large_enum_variant)]
+enum Identity {
+    /// Not applied, and not an error: a visitor with no account, traits of
+    /// someone not logged in, an upstream retry.
+    Skipped,
+    /// Applied to users only: an identify or alias of a user with no
+    /// account yet.
+    UsersOnly,
+    /// To be applied to an account.
+    Account(Resolved),
+}
+
+/// The account an accepted event belongs to, and what its users' side
+/// changed that the account's side follows.
+struct Resolved {
+    account: Id,
+    /// An alias that merged an earlier user into this one.
+    merge: Option<Merge>,
+    /// A login: the visitor's record, the account it was active in, and
+    /// whether it was not linked to a user before.
+    link: Option<(String, Option<Id>, bool)>,
+    /// Signals the event's traits changed into (more are added from the
+    /// event itself on the account's side).
+    hits: Vec<u64>,
+    /// An email domain that changed with this identify: (old, new).
+    email_change: Option<(Option<Id>, Option<Id>)>,
+    /// The user's email domain, for a user's first usage event in the
+    /// account (it counts for the account then).
+    user_domain: Option<Id>,
+}
+
 #[path = "engine_commit.rs"]
 pub mod commit;
 #[path = "engine_outcomes.rs"]
 mod outcomes;
 pub use outcomes::announcements;
 
-/// Memo slots per running definition (see `Engine::memos`).
+/// Memo slots per running definition (see `Detector::memos`).
 const MEMO_SLOTS: usize = 4096;
 
 /// Events an account has had before its evaluations use the memo.
@@ -167,16 +202,8 @@ pub struct Engine {
     /// the labels under a lock, per event).
     kind_counters: [Option<prometheus::IntCounter>; Kind::ALL.len()],
     apply_seconds: Option<prometheus::Histogram>,
-    /// The last results of rules, derived numbers and score terms, in
-    /// [`MEMO_SLOTS`] slots per running definition chosen by the account's
-    /// id (see [`crate::detect::Memo`]): the slot of a busy account keeps its
-    /// results from one event to the next. Exact whoever last used a slot,
-    /// since a result is reused only for the very same inputs (and no
-    /// memory per account: the long tail would only pay for it).
-    memos: Vec<crate::detect::Memo>,
-    /// The evaluation of the event being applied (its vectors reused from
-    /// one event to the next, unless an announcement keeps it).
-    evaluation: Evaluation,
+    /// The definitions' decisions, with their memos.
+    detector: Detector,
     /// Per definition version: what it announced since it was loaded.
     stats: BTreeMap<String, VersionStats>,
     /// Per definition version: the accounts it qualified since it was
@@ -208,6 +235,97 @@ pub struct Engine {
     next_release_ms: i64,
     /// Outcomes from sales and the per-rule counts.
     feedback: outcomes::Feedback,
+}
+
+/// The definitions' decisions on an account (see [`Detector::decide`]),
+/// with what they keep from one event to the next.
+#[derive(Default)]
+struct Detector {
+    /// The last results of rules, derived numbers and score terms, in
+    /// [`MEMO_SLOTS`] slots per running definition chosen by the account's
+    /// id (see [`crate::detect::Memo`]): the slot of a busy account keeps its
+    /// results from one event to the next. Exact whoever last used a slot,
+    /// since a result is reused only for the very same inputs (and no
+    /// memory per account: the long tail would only pay for it).
+    memos: Vec<crate::detect::Memo>,
+    /// The evaluation of the event being applied (its vectors reused from
+    /// one event to the next, unless an announcement keeps it).
+    evaluation: Evaluation,
+}
+
+impl Detector {
+    /// Each running definition's decision on an account just changed (the
+    /// live definition, then each shadow, on the same state; each with its
+    /// own cooldown bookkeeping): the announcements to make.
+    fn decide(
+        &mut self,
+        defs: &Definitions,
+        entry: &mut AccountEntry,
+        metrics: &Metrics,
+        account: &str,
+        now_ms: i64,
+    ) -> Vec<Pending> {
+        let layout = &defs.layout;
+        let now_bucket = bucket_of(now_ms, layout.bucket_seconds);
+        let mut pending: Vec<Pending> = Vec::new();
+        let busy = entry.state.seq >= MEMO_BUSY;
+        let memo_hash = if busy { xxhash_rust::xxh3::xxh3_64(account.as_bytes()) } else { 0 };
+        for (d, def) in defs.all().enumerate() {
+            let free_mail = &defs.live.free_mail_domains;
+            // Only a busy account's evaluations go through the memo: the
+            // rare ones of the long tail would only pay for it.
+            let memo = if busy {
+                let slot = d * MEMO_SLOTS + (memo_hash as usize & (MEMO_SLOTS - 1));
+                if self.memos.len() <= slot {
+                    self.memos.resize_with((d + 1) * MEMO_SLOTS, Default::default);
+                }
+                Some(&mut self.memos[slot])
+            } else {
+                None
+            };
+            evaluate_memoized_into(
+                def,
+                &entry.state,
+                Some(&mut entry.sums),
+                &entry.traits_cel,
+                free_mail,
+                now_ms,
+                memo,
+                &mut self.evaluation,
+            );
+            let eval = &self.evaluation;
+            if d == 0 {
+                for (i, o) in eval.outcomes.iter().enumerate() {
+                    if let Outcome::Error(e) = o {
+                        metrics.rule_errors.with_label_values(&[&def.rules[i].name]).inc();
+                        tracing::debug!(rule = %def.rules[i].name, account = %account, cause = %e, "rule could not be evaluated");
+                    }
+                }
+            }
+            let announced = announced_mut(&mut entry.state, d, def);
+            let Some((kind, previous_tier)) = emit::decide(def, announced, eval, now_ms) else {
+                continue;
+            };
+            // (Kept with the announcement: the next evaluation starts anew.)
+            let mut eval = std::mem::take(&mut self.evaluation);
+            eval.name_values(def);
+            let warming_up = def
+                .metrics
+                .iter()
+                .filter(|m| entry.state.warming_up(m, now_bucket, layout.bucket_seconds))
+                .map(|m| m.name.clone())
+                .collect();
+            pending.push(Pending {
+                definition: d,
+                kind,
+                previous_tier,
+                eval,
+                signals: entry.state.live_signals(def, now_bucket).cloned().collect(),
+                warming_up,
+            });
+        }
+        pending
+    }
 }
 
 /// What the budget did for a definition's announcement.
@@ -251,8 +369,7 @@ impl Engine {
             batch_oldest_ts: None,
             kind_counters: Default::default(),
             apply_seconds: None,
-            memos: Vec::new(),
-            evaluation: Evaluation::default(),
+            detector: Detector::default(),
             stats: BTreeMap::new(),
             qualified: HashMap::new(),
             late_for: Vec::new(),
@@ -779,12 +896,46 @@ impl Engine {
         Ok((id, account))
     }
 
+    /// Applies one decoded event: [`Engine::resolve_identity`] (which
+    /// account, is it acceptable, the users' side), then
+    /// [`Engine::apply_to_account`] (the account's side), then the
+    /// definitions' decisions on the account, announced.
     fn apply(&mut self, mut ev: Event, out: &mut Output) -> Result<Result<(), Rejection>, EngineError> {
         let started = Instant::now();
         let defs = self.defs.clone();
+        let r = match self.resolve_identity(&defs, &mut ev)? {
+            Err(rej) => return Ok(Err(rej)),
+            Ok(Identity::Skipped) => return Ok(Ok(())),
+            Ok(Identity::UsersOnly) => {
+                self.count_applied(ev.kind, started);
+                return Ok(Ok(()));
+            }
+            Ok(Identity::Account(r)) => r,
+        };
+        let (account, now_ms, pending) = self.apply_to_account(&defs, &ev, r)?;
+        if !pending.is_empty() {
+            self.announce(&account, pending, ev.time_ms, now_ms, out)?;
+        }
+        self.count_applied(ev.kind, started);
+        self.schedule_sweep(&account, now_ms)?;
+        Ok(Ok(()))
+    }
+
+    /// The identity phase of [`Engine::apply`]: which account the event
+    /// belongs to (following the user's links), whether it is acceptable
+    /// (lateness, a retried message), and its users' side: the user's
+    /// account link, traits and trait-change signals, an alias's merge, a
+    /// login's link to the visitor it was. Decided before anything is
+    /// changed, so a rejected event leaves no trace in state.
+    ///
+    /// Reads of the account's side: its latest event time (lateness), and
+    /// for a merged id, the account the old id's record names.
+    fn resolve_identity(
+        &mut self,
+        defs: &Definitions,
+        ev: &mut Event,
+    ) -> Result<Result<Identity, Rejection>, EngineError> {
         let layout = &defs.layout;
-        // Which account, and is the event acceptable at all? Decided before
-        // anything is changed, so a rejected event leaves no trace in state.
         // The link records followed (their idle-TTL clock is refreshed
         // once the event is accepted).
         let mut followed: Vec<String> = Vec::new();
@@ -853,7 +1004,7 @@ impl Engine {
             // with no account, or traits of someone not logged in.
             let reason = if ev.kind.is_usage() { "anonymous_without_account" } else { "anonymous_traits" };
             self.metrics.events_skipped.with_label_values(&[reason]).inc();
-            return Ok(Ok(()));
+            return Ok(Ok(Identity::Skipped));
         }
         match &account {
             None if !matches!(ev.kind, Kind::Identify | Kind::Alias) => {
@@ -896,7 +1047,7 @@ impl Engine {
         if let Some(id) = &ev.message_id {
             if self.store.seen_before(id, ev.time_ms)? {
                 self.metrics.duplicate_events.inc();
-                return Ok(Ok(()));
+                return Ok(Ok(Identity::Skipped));
             }
         }
         let refresh_ms = self.store.idle_refresh_ms();
@@ -1006,9 +1157,23 @@ impl Engine {
         let Some(account) = account else {
             // An identify (or alias) of a user with no account yet: traits
             // and links only, an event applied all the same.
-            self.count_applied(ev.kind, started);
-            return Ok(Ok(()));
+            return Ok(Ok(Identity::UsersOnly));
         };
+        Ok(Ok(Identity::Account(Resolved { account, merge, link, hits, email_change, user_domain })))
+    }
+
+    /// The account phase of [`Engine::apply`]: the event's signals, then the
+    /// account's clock, buckets, members and signal hits, then the
+    /// definitions' decisions on it. Returns the account, its event time
+    /// after the event, and the announcements to make.
+    fn apply_to_account(
+        &mut self,
+        defs: &Definitions,
+        ev: &Event,
+        r: Resolved,
+    ) -> Result<(Id, i64, Vec<Pending>), EngineError> {
+        let Resolved { account, merge, link, mut hits, email_change, user_domain } = r;
+        let layout = &defs.layout;
         match ev.kind {
             Kind::Track => {
                 let name = ev.name.as_deref().unwrap_or_default();
@@ -1199,72 +1364,8 @@ impl Engine {
         let now_bucket = bucket_of(now_ms, layout.bucket_seconds);
         entry.state.prune(now_bucket, self.retention_buckets, layout.bucket_seconds);
         entry.sums.pruned(now_bucket.saturating_sub(self.retention_buckets));
-
-        // Detect, for the live definition then each shadow, on the same
-        // state; each with its own cooldown bookkeeping.
-        let mut pending: Vec<Pending> = Vec::new();
-        let busy = entry.state.seq >= MEMO_BUSY;
-        let memo_hash = if busy { xxhash_rust::xxh3::xxh3_64(account.as_bytes()) } else { 0 };
-        for (d, def) in defs.all().enumerate() {
-            let free_mail = &defs.live.free_mail_domains;
-            // Only a busy account's evaluations go through the memo: the
-            // rare ones of the long tail would only pay for it.
-            let memo = if busy {
-                let slot = d * MEMO_SLOTS + (memo_hash as usize & (MEMO_SLOTS - 1));
-                if self.memos.len() <= slot {
-                    self.memos.resize_with((d + 1) * MEMO_SLOTS, Default::default);
-                }
-                Some(&mut self.memos[slot])
-            } else {
-                None
-            };
-            evaluate_memoized_into(
-                def,
-                &entry.state,
-                Some(&mut entry.sums),
-                &entry.traits_cel,
-                free_mail,
-                now_ms,
-                memo,
-                &mut self.evaluation,
-            );
-            let eval = &self.evaluation;
-            if d == 0 {
-                for (i, o) in eval.outcomes.iter().enumerate() {
-                    if let Outcome::Error(e) = o {
-                        self.metrics.rule_errors.with_label_values(&[&def.rules[i].name]).inc();
-                        tracing::debug!(rule = %def.rules[i].name, account = %account, cause = %e, "rule could not be evaluated");
-                    }
-                }
-            }
-            let announced = announced_mut(&mut entry.state, d, def);
-            let Some((kind, previous_tier)) = emit::decide(def, announced, eval, now_ms) else {
-                continue;
-            };
-            // (Kept with the announcement: the next evaluation starts anew.)
-            let mut eval = std::mem::take(&mut self.evaluation);
-            eval.name_values(def);
-            let warming_up = def
-                .metrics
-                .iter()
-                .filter(|m| entry.state.warming_up(m, now_bucket, layout.bucket_seconds))
-                .map(|m| m.name.clone())
-                .collect();
-            pending.push(Pending {
-                definition: d,
-                kind,
-                previous_tier,
-                eval,
-                signals: entry.state.live_signals(def, now_bucket).cloned().collect(),
-                warming_up,
-            });
-        }
-        if !pending.is_empty() {
-            self.announce(&account, pending, ev.time_ms, now_ms, out)?;
-        }
-        self.count_applied(ev.kind, started);
-        self.schedule_sweep(&account, now_ms)?;
-        Ok(Ok(()))
+        let pending = self.detector.decide(defs, entry, &self.metrics, &account, now_ms);
+        Ok((account, now_ms, pending))
     }
 
     /// `pqa_events_total` for an event applied, and its `apply` time.
