@@ -8,14 +8,14 @@
 //! input was cut into batches: a crash and a restart with other batch
 //! boundaries give the same announcements with the same ids.
 //!
-//! An event is applied in three phases ([`Engine::apply`]): its identity
+//! An event is applied in three phases (`Engine::apply`): its identity
 //! (which account, following the user's links; is it acceptable; the
 //! users' side: account link, traits, an alias's merge, a login's link),
 //! then its account (clock, buckets, members, signals), then each running
 //! definition's decision on the account. The identity phase reads one
 //! thing of the account's side (its latest event time, to judge lateness
 //! before any user record changes); the account phase reads nothing of the
-//! users' side but what the identity phase hands it ([`Resolved`]); the
+//! users' side but what the identity phase hands it (`Resolved`); the
 //! announcements then read users' traits for their leads. These are the
 //! seams along which the work would be split between threads.
 
