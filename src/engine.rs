@@ -14,7 +14,8 @@
 //! then its account (clock, buckets, members, signals), then each running
 //! definition's decision on the account. The identity phase reads one
 //! thing of the account's side (its latest event time, to judge lateness
-//! before any user record changes); the account phase reads nothing of the
+//! before any user record changes) and files the message id in the dedupe
+//! filter all partitions share; the account phase reads nothing of the
 //! users' side but what the identity phase hands it (`Resolved`); the
 //! announcements then read users' traits for their leads. These are the
 //! seams along which the work would be split between threads.
@@ -939,8 +940,9 @@ impl Engine {
     /// login's link to the visitor it was. Decided before anything is
     /// changed, so a rejected event leaves no trace in state.
     ///
-    /// Reads of the account's side: its latest event time (lateness), and
-    /// for a merged id, the account the old id's record names.
+    /// Its one read of the account's side is the account's latest event
+    /// time (lateness); it also files the event's message id in the
+    /// dedupe filter, which all partitions share.
     fn resolve_identity(
         &mut self,
         defs: &Definitions,
