@@ -158,7 +158,7 @@ fn flush(engine: &mut Engine, changelog: &Arc<Changelog>, shutdown: &Shutdown, r
             engine,
             Box::new(move |prepared| {
                 let n = prepared.changelog.len();
-                let b = prepared.changelog.iter().map(|r| r.key.len() + r.value.len()).sum::<usize>();
+                let b = prepared.changelog.bytes();
                 let next = changelog.write(&prepared.changelog, &shutdown, &|_| {}).expect("changelog write");
                 Ok((next, (n, b)))
             }),

@@ -61,7 +61,7 @@ use crate::health::{Health, Source};
 use crate::kafka::produce::{self, SendError, Transient};
 use crate::shutdown::Shutdown;
 use crate::state::keys;
-use crate::state::store::ChangeRecord;
+use crate::state::store::{ChangeRecord, ChangeRecords};
 use crate::state::{StateError, Store};
 use crate::telemetry::Metrics;
 
@@ -295,7 +295,7 @@ impl Changelog {
     /// (records then marker), so a marker never stands for missing records.
     pub fn write(
         &self,
-        records: &[ChangeRecord],
+        records: &ChangeRecords,
         shutdown: &Shutdown,
         not_ready: &dyn Fn(Option<&str>),
     ) -> Result<Vec<(i32, i64)>, ChangelogError> {
@@ -308,7 +308,7 @@ impl Changelog {
         let mut degraded = false;
         loop {
             for r in records.iter().filter(|r| resend.as_ref().is_none_or(|s| s.contains(&r.partition))) {
-                self.send(r, shutdown)?;
+                self.send(&r, shutdown)?;
             }
             let deadline = Instant::now() + Duration::from_secs(30);
             let mut waited = Instant::now();
@@ -352,9 +352,8 @@ impl Changelog {
         Ok(acked.into_iter().collect())
     }
 
-    fn send(&self, r: &ChangeRecord, shutdown: &Shutdown) -> Result<(), ChangelogError> {
-        let mut record: BaseRecord<'_, [u8], [u8], ()> =
-            BaseRecord::to(&self.topic).partition(r.partition).key(&r.key[..]);
+    fn send(&self, r: &ChangeRecord<'_>, shutdown: &Shutdown) -> Result<(), ChangelogError> {
+        let mut record: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&self.topic).partition(r.partition).key(r.key);
         if r.key.first() == Some(&keys::ACCOUNT) {
             // Only account records are read by their schema (see `restore`);
             // the others go without headers (one allocation less each).
@@ -365,7 +364,7 @@ impl Changelog {
         }
         if !r.value.is_empty() {
             // (Empty: a tombstone, no payload.)
-            record = record.payload(&r.value[..]);
+            record = record.payload(r.value);
         }
         let mut logged = false;
         let mut log = |e: &KafkaError| {
@@ -657,14 +656,21 @@ mod tests {
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::DefaultProducerContext;
 
-    fn record(partition: i32, key: Vec<u8>, value: &[u8]) -> ChangeRecord {
-        ChangeRecord { partition, key, value: value.to_vec() }
+    /// A record: (partition, key, value).
+    type Owned = (i32, Vec<u8>, Vec<u8>);
+
+    fn record(partition: i32, key: Vec<u8>, value: &[u8]) -> Owned {
+        (partition, key, value.to_vec())
     }
 
-    fn marker(partition: i32, next: i64, watermark: i64) -> ChangeRecord {
+    fn marker(partition: i32, next: i64, watermark: i64) -> Owned {
         let mut v = next.to_be_bytes().to_vec();
         v.extend_from_slice(&watermark.to_be_bytes());
         record(partition, keys::offset("events", partition), &v)
+    }
+
+    fn records(list: &[Owned]) -> ChangeRecords {
+        list.iter().map(|(partition, key, value)| ChangeRecord { partition: *partition, key, value }).collect()
     }
 
     fn account_value(seq: u64) -> Vec<u8> {
@@ -722,15 +728,15 @@ mod tests {
         // Partition 1: a complete commit (a1, marker 10), another (a1 again,
         // a2, marker 25), then a writer died after a3 but before its marker.
         let first = [record(1, keys::account("a1"), &account_value(1)), marker(1, 10, 5_000)];
-        let next = c.write(&first, &shutdown, &|_| {}).unwrap();
+        let next = c.write(&records(&first), &shutdown, &|_| {}).unwrap();
         assert_eq!(next, vec![(1, 2)]);
         let second = [
             record(1, keys::account("a1"), &account_value(2)),
             record(1, keys::account("a2"), &account_value(7)),
             marker(1, 25, 9_000),
         ];
-        c.write(&second, &shutdown, &|_| {}).unwrap();
-        c.write(&[record(1, keys::account("a3"), &account_value(1))], &shutdown, &|_| {}).unwrap();
+        c.write(&records(&second), &shutdown, &|_| {}).unwrap();
+        c.write(&records(&[record(1, keys::account("a3"), &account_value(1))]), &shutdown, &|_| {}).unwrap();
 
         let dir = tempfile::tempdir().unwrap();
         let mut scfg = cfg.state.clone();
@@ -750,7 +756,7 @@ mod tests {
 
         // The dead writer's successor completes the commit; a second restore
         // reads only what came after this state's position.
-        c.write(&[record(1, keys::account("a3"), &account_value(3)), marker(1, 31, 9_500)], &shutdown, &|_| {})
+        c.write(&records(&[record(1, keys::account("a3"), &account_value(3)), marker(1, 31, 9_500)]), &shutdown, &|_| {})
             .unwrap();
         let again = c.restore(&mut store, 1, &shutdown, &health).unwrap();
         assert_eq!(again.records, 3, "the old tail, the new record and its marker");

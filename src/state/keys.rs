@@ -64,9 +64,15 @@ fn len_prefixed(s: &str) -> ([u8; 2], &[u8]) {
 
 pub fn account(account: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(3 + account.len());
-    k.push(ACCOUNT);
-    push_len_prefixed(&mut k, account);
+    account_to(&mut k, account);
     k
+}
+
+/// [`account`], into `k` (cleared first): a buffer reused from key to key.
+pub fn account_to(k: &mut Vec<u8>, account: &str) {
+    k.clear();
+    k.push(ACCOUNT);
+    push_len_prefixed(k, account);
 }
 
 /// Prefix of every member key of `account`.
@@ -95,6 +101,14 @@ pub fn member(account: &str, user: &str) -> Vec<u8> {
     k
 }
 
+/// [`member`], into `k` (cleared first).
+pub fn member_to(k: &mut Vec<u8>, account: &str, user: &str) {
+    k.clear();
+    k.push(MEMBER);
+    push_len_prefixed(k, account);
+    k.extend_from_slice(user.as_bytes());
+}
+
 /// The user part of a member key that starts with `prefix`.
 pub fn member_user<'k>(key: &'k [u8], prefix: &[u8]) -> Option<&'k str> {
     key.strip_prefix(prefix).and_then(|u| std::str::from_utf8(u).ok())
@@ -121,9 +135,15 @@ pub fn parse_member(key: &[u8]) -> Option<(&str, &str)> {
 
 pub fn user(user: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + user.len());
+    user_to(&mut k, user);
+    k
+}
+
+/// [`user`], into `k` (cleared first).
+pub fn user_to(k: &mut Vec<u8>, user: &str) {
+    k.clear();
     k.push(USER);
     k.extend_from_slice(user.as_bytes());
-    k
 }
 
 pub fn offset(topic: &str, partition: i32) -> Vec<u8> {
@@ -266,6 +286,22 @@ mod tests {
         let long = "x".repeat(300);
         for (a, u) in [("acct-1", "u-1"), ("", ""), (long.as_str(), "u"), ("a", long.as_str())] {
             assert_eq!(member_lookup(a, u)[..], member(a, u)[..]);
+        }
+    }
+
+    /// A key built into a reused buffer is the key built afresh, whatever
+    /// the buffer held before.
+    #[test]
+    fn keys_built_into_a_reused_buffer_are_the_keys() {
+        let long = "x".repeat(300);
+        let mut k = b"left over from a longer key before".to_vec();
+        for (a, u) in [("acct-1", "u-1"), ("", ""), (long.as_str(), "u"), ("a", long.as_str())] {
+            account_to(&mut k, a);
+            assert_eq!(k, account(a));
+            member_to(&mut k, a, u);
+            assert_eq!(k, member(a, u));
+            user_to(&mut k, u);
+            assert_eq!(k, user(u));
         }
     }
 

@@ -261,11 +261,80 @@ impl UserEntry {
 ///
 /// An empty value is a tombstone (sent with no payload): no record of the
 /// state has an empty value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChangeRecord {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeRecord<'a> {
     pub partition: i32,
-    pub key: Vec<u8>,
-    pub value: Vec<u8>,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+}
+
+/// A commit's [`ChangeRecord`]s, in order, their keys and values in one
+/// buffer: a commit of thousands of small records allocates a few times,
+/// not twice a record.
+#[derive(Default, Clone, PartialEq, Eq)]
+pub struct ChangeRecords {
+    bytes: Vec<u8>,
+    /// Per record: its partition, and where its key starts, its value
+    /// starts and its value ends in `bytes`.
+    spans: Vec<(i32, usize, usize, usize)>,
+}
+
+impl ChangeRecords {
+    /// Room for `records` records of `bytes` bytes in all.
+    pub fn with_capacity(records: usize, bytes: usize) -> Self {
+        ChangeRecords { bytes: Vec::with_capacity(bytes), spans: Vec::with_capacity(records) }
+    }
+
+    /// Adds a record (an empty `value`: a tombstone).
+    pub fn push(&mut self, partition: i32, key: &[u8], value: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(key);
+        let split = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        self.spans.push((partition, start, split, self.bytes.len()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The bytes of every key and value.
+    pub fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn at(&self, &(partition, start, split, end): &(i32, usize, usize, usize)) -> ChangeRecord<'_> {
+        ChangeRecord { partition, key: &self.bytes[start..split], value: &self.bytes[split..end] }
+    }
+
+    /// The records, in the order they were added.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = ChangeRecord<'_>> + ExactSizeIterator + '_ {
+        self.spans.iter().map(|s| self.at(s))
+    }
+
+    pub fn last(&self) -> Option<ChangeRecord<'_>> {
+        self.spans.last().map(|s| self.at(s))
+    }
+}
+
+impl std::fmt::Debug for ChangeRecords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<'a> FromIterator<ChangeRecord<'a>> for ChangeRecords {
+    fn from_iter<I: IntoIterator<Item = ChangeRecord<'a>>>(records: I) -> Self {
+        let mut all = ChangeRecords::default();
+        for r in records {
+            all.push(r.partition, r.key, r.value);
+        }
+        all
+    }
 }
 
 /// Bytes per id in a dedupe block: the id's 128-bit hash, its event time.
@@ -299,7 +368,7 @@ fn cf_is_empty(db: &DB, name: &str) -> bool {
 /// changelog is on, the same records for the changelog topic.
 pub struct Prepared {
     batch: WriteBatch,
-    pub changelog: Vec<ChangeRecord>,
+    pub changelog: ChangeRecords,
     stats: CommitStats,
     /// The consumed offsets it commits: (topic, partition, next offset).
     pub offsets: Vec<(String, i32, i64)>,
@@ -549,7 +618,7 @@ pub struct Store {
     /// The size of the previous commit's write batch (bytes) and changelog
     /// (records): the next one is allocated at that size at once, rather
     /// than grown (and copied, and its fresh pages zeroed) step by step.
-    last_commit_size: (usize, usize),
+    last_commit_size: (usize, usize, usize),
     /// Shared with the dedupe compaction filter.
     dedupe_window: Arc<AtomicI64>,
     /// What account records are conformed to when they are handed out.
@@ -793,7 +862,7 @@ impl Store {
             changed: false,
             partition: 0,
             changelog: false,
-            last_commit_size: (0, 0),
+            last_commit_size: (0, 0, 0),
             layout: None,
             legacy_v1,
             dir: cfg.dir.display().to_string(),
@@ -1392,12 +1461,17 @@ impl Store {
             db.cf_handle(cf::USERS).expect("cf"),
             db.cf_handle(cf::META).expect("cf"),
         );
-        let (batch_bytes, changelog_len) = self.last_commit_size;
+        let (batch_bytes, changelog_len, changelog_bytes) = self.last_commit_size;
         let mut batch = WriteBatch::with_capacity_bytes(batch_bytes);
         let mut stats = CommitStats::default();
-        let mut changelog = Vec::with_capacity(changelog_len);
-        let mut buf = Vec::with_capacity(4096);
-        let mut sink = Sink { changelog: self.changelog.then_some(&mut changelog), buf: &mut buf, stats: &mut stats };
+        let mut changelog = ChangeRecords::with_capacity(changelog_len, changelog_bytes);
+        let (mut buf, mut key) = (Vec::with_capacity(4096), Vec::with_capacity(256));
+        let mut sink = Sink {
+            changelog: self.changelog.then_some(&mut changelog),
+            buf: &mut buf,
+            key: &mut key,
+            stats: &mut stats,
+        };
         // Records go into the batch in key order, per column family: the
         // memtable skiplist then inserts each next to the previous one
         // (it starts from the last insert's position). Account keys are
@@ -1553,7 +1627,7 @@ impl Store {
                         batch.put_cf(meta, keys::dedupe_block_index(&key), durable);
                         new_blocks.push((p, newest));
                         if self.changelog {
-                            changelog.push(ChangeRecord { partition: p, key, value: ids });
+                            changelog.push(p, &key, &ids);
                         }
                     }
                     None => {
@@ -1561,10 +1635,10 @@ impl Store {
                         // the block (not from `run`): one changelog record
                         // each. (Only with the changelog: without it, blocks
                         // are made only when every partition has an offset.)
+                        let mut key = [keys::DEDUPE; 17];
                         for id in ids.chunks_exact(DEDUPE_BLOCK_ENTRY) {
-                            let mut key = vec![keys::DEDUPE];
-                            key.extend_from_slice(&id[..16]);
-                            changelog.push(ChangeRecord { partition: p, key, value: id[16..].to_vec() });
+                            key[1..].copy_from_slice(&id[..16]);
+                            changelog.push(p, &key, &id[16..]);
                         }
                     }
                 }
@@ -1582,24 +1656,31 @@ impl Store {
             // the loop stops at one in the window).
             let mut left = i64::MAX;
             let prefix = keys::dedupe_block_index_prefix(*p);
-            for item in db.iterator_cf(meta, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
-                let Ok((k, _)) = item else {
-                    left = i64::MIN; // (not known: looked at again next time)
+            // Keys only: an index entry's value holds its block's ids (a
+            // block of a batch in memory), which this has no use for.
+            let mut it = db.raw_iterator_cf(meta);
+            it.seek(prefix);
+            loop {
+                let Some(k) = it.key() else {
+                    if it.status().is_err() {
+                        left = i64::MIN; // (not known: looked at again next time)
+                    }
                     break;
                 };
-                let Some(newest) = keys::dedupe_block_newest(&k).filter(|_| k.starts_with(&prefix)) else {
+                let Some(newest) = keys::dedupe_block_newest(k).filter(|_| k.starts_with(&prefix)) else {
                     break;
                 };
                 if in_window(newest) {
                     left = newest;
                     break;
                 }
-                batch.delete_cf(meta, &k);
+                batch.delete_cf(meta, k);
                 if self.changelog {
                     let mut key = k.to_vec();
                     key[0] = keys::DEDUPE_BLOCK;
-                    changelog.push(ChangeRecord { partition: *p, key, value: Vec::new() });
+                    changelog.push(*p, &key, &[]);
                 }
+                it.next();
             }
             self.oldest_block.insert(*p, left);
         }
@@ -1618,9 +1699,10 @@ impl Store {
             batch.put_cf(meta, &key, next.to_be_bytes());
             if self.changelog {
                 // The marker goes last: it completes the partition's records.
-                let mut value = next.to_be_bytes().to_vec();
-                value.extend_from_slice(&watermark.to_be_bytes());
-                changelog.push(ChangeRecord { partition: *partition, key, value });
+                let mut value = [0u8; 16];
+                value[..8].copy_from_slice(&next.to_be_bytes());
+                value[8..].copy_from_slice(&watermark.to_be_bytes());
+                changelog.push(*partition, &key, &value);
             }
         }
         batch.put_cf(meta, keys::meta("watermark"), watermark.to_be_bytes());
@@ -1628,7 +1710,8 @@ impl Store {
             batch.put_cf(meta, keys::meta(&name), v);
         }
         // (Capped, so that one unusual batch does not set every next one.)
-        self.last_commit_size = (batch.size_in_bytes().min(64 << 20), changelog.len().min(1 << 20));
+        self.last_commit_size =
+            (batch.size_in_bytes().min(64 << 20), changelog.len().min(1 << 20), changelog.bytes().min(64 << 20));
         Prepared { batch, changelog, stats, offsets: offsets.to_vec(), oldest_ts: None }
     }
 
@@ -1636,7 +1719,7 @@ impl Store {
     /// dropped that are really gone (see [`super::expiry`]). On the engine
     /// thread, with no commit in flight: RocksDB holds every commit's
     /// writes, and the cache what has been used since.
-    fn tombstone_expired(&self, changelog: &mut Vec<ChangeRecord>) {
+    fn tombstone_expired(&self, changelog: &mut ChangeRecords) {
         let lost = self.expired.take_lost();
         if lost > 0 {
             tracing::warn!(
@@ -1669,7 +1752,7 @@ impl Store {
                         None => owned,
                     };
                     for p in to {
-                        changelog.push(ChangeRecord { partition: *p, key: f.key.clone(), value: Vec::new() });
+                        changelog.push(*p, &f.key, &[]);
                     }
                 }
                 Ok(Gone::NotYet) if now.duration_since(f.noted) < expiry::PATIENCE => {
@@ -2039,16 +2122,19 @@ fn account_entry(reader: &StateReader, state: AccountState, id: &str) -> Result<
 /// Where [`Store::prepare`] puts records: the batch, and the changelog
 /// when it is on.
 struct Sink<'a> {
-    changelog: Option<&'a mut Vec<ChangeRecord>>,
+    changelog: Option<&'a mut ChangeRecords>,
+    /// The value being written, and its key (reused record to record).
     buf: &'a mut Vec<u8>,
+    key: &'a mut Vec<u8>,
     stats: &'a mut CommitStats,
 }
 
 impl Sink<'_> {
-    fn put(&mut self, batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, key: Vec<u8>, partition: i32) {
-        batch.put_cf(cf, &key, &self.buf);
+    /// Writes `buf` under `key`.
+    fn put(&mut self, batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, partition: i32) {
+        batch.put_cf(cf, &self.key, &self.buf);
         if let Some(c) = self.changelog.as_deref_mut() {
-            c.push(ChangeRecord { partition, key, value: self.buf.clone() });
+            c.push(partition, self.key, self.buf);
         }
     }
 
@@ -2064,7 +2150,8 @@ impl Sink<'_> {
     ) {
         if record && e.dirty {
             encode_value(self.buf, e.state.last_seen_ms, &e.state);
-            self.put(batch, acf, keys::account(id), e.partition);
+            keys::account_to(self.key, id);
+            self.put(batch, acf, e.partition);
             e.dirty = false;
             self.stats.accounts += 1;
             // The indexes follow the record (derived: not in the
@@ -2098,7 +2185,8 @@ impl Sink<'_> {
         dirty_members.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (user, m) in dirty_members {
             encode_value(self.buf, m.state.last_seen_ms.max(m.state.first_seen_ms), &m.state);
-            self.put(batch, mcf, keys::member(id, user), e.partition);
+            keys::member_to(self.key, id, user);
+            self.put(batch, mcf, e.partition);
             m.dirty = false;
             self.stats.members += 1;
         }
@@ -2108,7 +2196,8 @@ impl Sink<'_> {
     fn user(&mut self, batch: &mut WriteBatch, ucf: &rocksdb::ColumnFamily, id: &str, u: &mut UserEntry) {
         if u.dirty {
             encode_value(self.buf, u.state.updated_ms, &u.state);
-            self.put(batch, ucf, keys::user(id), u.partition);
+            keys::user_to(self.key, id);
+            self.put(batch, ucf, u.partition);
             u.dirty = false;
             self.stats.users += 1;
         }
@@ -2385,7 +2474,7 @@ mod tests {
         s.compact_all();
         let p = s.prepare(&[]);
         let mut tombstones: Vec<(Vec<u8>, i32)> =
-            p.changelog.iter().filter(|r| r.value.is_empty()).map(|r| (r.key.clone(), r.partition)).collect();
+            p.changelog.iter().filter(|r| r.value.is_empty()).map(|r| (r.key.to_vec(), r.partition)).collect();
         tombstones.sort();
         let all = |k: Vec<u8>| [0, 1, 2].map(|p| (k.clone(), p));
         // A member goes with its account: cached ("back", used again
@@ -2835,7 +2924,7 @@ mod tests {
         s.set_partition(4);
         assert!(!s.seen_before("m3", 100 * h).unwrap());
         let mut first = s.prepare(&[("t".into(), 3, 10), ("t".into(), 4, 7)]);
-        let blocks: Vec<&ChangeRecord> =
+        let blocks: Vec<ChangeRecord<'_>> =
             first.changelog.iter().filter(|r| r.key.first() == Some(&keys::DEDUPE_BLOCK)).collect();
         assert_eq!(blocks.len(), 2, "one block per partition: {:?}", first.changelog);
         assert!(!first.changelog.iter().any(|r| r.key.first() == Some(&keys::DEDUPE)), "no record per id");
@@ -2843,8 +2932,8 @@ mod tests {
         assert_eq!(b3.key, keys::dedupe_block(3, 100 * h, 10));
         assert_eq!(b3.value.len(), 2 * DEDUPE_BLOCK_ENTRY);
         let records: Vec<(Vec<u8>, Vec<u8>)> =
-            first.changelog.iter().filter(|r| r.partition == 3).map(|r| (r.key.clone(), r.value.clone())).collect();
-        let block_key = b3.key.clone();
+            first.changelog.iter().filter(|r| r.partition == 3).map(|r| (r.key.to_vec(), r.value.to_vec())).collect();
+        let block_key = b3.key.to_vec();
         let changelog = std::mem::take(&mut first.changelog);
         s.writer().write(first, &[]).unwrap();
         s.written();
@@ -2867,11 +2956,11 @@ mod tests {
         s.written();
         s.set_watermark_ms(125 * h);
         let p = s.prepare(&[("t".into(), 3, 12)]);
-        let tombstones: Vec<&ChangeRecord> = p.changelog.iter().filter(|r| r.value.is_empty()).collect();
+        let tombstones: Vec<ChangeRecord<'_>> = p.changelog.iter().filter(|r| r.value.is_empty()).collect();
         assert_eq!(tombstones.len(), 1, "{:?}", p.changelog);
         assert_eq!(tombstones[0].key, block_key);
         assert_eq!(p.changelog.last().unwrap().key.first(), Some(&keys::OFFSET), "the marker ends the commit");
-        let tombstone = (tombstones[0].key.clone(), Vec::new());
+        let tombstone = (tombstones[0].key.to_vec(), Vec::new());
         s.writer().write(p, &[]).unwrap();
         assert!(s.meta_prefix_keys(&keys::dedupe_block_index_prefix(3)).is_empty(), "the index forgets it");
         assert!(changelog.iter().any(|r| r.partition == 4), "partition 4's block is still indexed");
