@@ -179,6 +179,12 @@ pub struct AccountEntry {
     /// Input partition of the event that last touched the account (its
     /// changelog partition).
     pub partition: i32,
+    /// RocksDB may hold member records of the account: its record was read
+    /// from there, or members were written and left the cache. Not so for
+    /// an account new to RocksDB (on the long tail, a quarter of the
+    /// events): its users' member records are looked up in its entry only
+    /// (see [`StateReader::member_into`]).
+    members_on_disk: bool,
     /// Listed in the store's touched list for the next commit.
     touched: bool,
     /// The layout `state` was last conformed to.
@@ -472,7 +478,14 @@ impl StateReader {
         match entry.members.entry_ref(user) {
             hashbrown::hash_map::EntryRef::Occupied(o) => Ok(o.into_mut()),
             hashbrown::hash_map::EntryRef::Vacant(v) => {
-                let state: Option<MemberState> = if self.members_on_disk {
+                // A member record is written with its account's record or
+                // after it, and never outlives it (its clock is never ahead
+                // of the account's, and a restore's tombstone of an account
+                // takes its members): an account with no record in RocksDB
+                // has no members there. (Unless both are idle past the TTL
+                // and compaction has dropped the account's first: then the
+                // member's record is as good as gone, and is not read.)
+                let state: Option<MemberState> = if self.members_on_disk && entry.members_on_disk {
                     get(&self.db, cf::MEMBERS, &keys::member_lookup(account, user), "member")?
                 } else {
                     None
@@ -1288,7 +1301,7 @@ impl Store {
                 // Read ahead, and still what RocksDB holds.
                 Some(read) => {
                     let read = *read;
-                    let mut e = account_entry(reader, read.state.unwrap_or_default(), id)?;
+                    let mut e = account_entry(reader, read.state, id)?;
                     if let Some((user, m)) = read.member {
                         e.members.insert(user, MemberEntry { state: m.unwrap_or_default(), dirty: false });
                     }
@@ -1903,7 +1916,10 @@ impl Store {
         for id in std::mem::take(&mut self.crowded) {
             if let Some(e) = self.accounts.peek_mut(&id) {
                 if e.members.len() > CROWDED && !e.touched {
+                    // (Written by the batch just made durable: read back
+                    // from RocksDB when needed again.)
                     e.members.clear();
+                    e.members_on_disk = true;
                 }
             }
         }
@@ -2094,8 +2110,7 @@ impl Store {
 
 /// An account as RocksDB has it (or new), for the cache.
 fn load_account(reader: &StateReader, on_disk: bool, id: &str) -> Result<AccountEntry, StateError> {
-    let state = if on_disk { reader.account(id)?.unwrap_or_default() } else { AccountState::default() };
-    account_entry(reader, state, id)
+    account_entry(reader, if on_disk { reader.account(id)? } else { None }, id)
 }
 
 /// How many of `cached` records to evict: none until the cache is a
@@ -2112,11 +2127,13 @@ fn excess(capacity: usize, cached: usize) -> usize {
     }
 }
 
-/// The cache entry of an account as RocksDB has it.
-fn account_entry(reader: &StateReader, state: AccountState, id: &str) -> Result<AccountEntry, StateError> {
+/// The cache entry of an account as RocksDB has it (`None`: no record).
+fn account_entry(reader: &StateReader, state: Option<AccountState>, id: &str) -> Result<AccountEntry, StateError> {
+    let members_on_disk = state.is_some();
+    let state = state.unwrap_or_default();
     let mark = Mark::of(&state);
     let mem_partition = if mark.due != 0 { reader.sweep_partition(mark.due, id)? } else { 0 };
-    Ok(AccountEntry { state, db_mark: mark, mem_mark: mark, mem_partition, ..Default::default() })
+    Ok(AccountEntry { state, db_mark: mark, mem_mark: mark, mem_partition, members_on_disk, ..Default::default() })
 }
 
 /// Where [`Store::prepare`] puts records: the batch, and the changelog
@@ -2742,6 +2759,32 @@ mod tests {
             let m = s.reader().member_into(s.account("big").unwrap(), "big", "u7").unwrap();
             assert_eq!(m.state.first_seen_ms, 8, "read back from RocksDB");
         }
+    }
+
+    /// An account with no record in RocksDB has no members there: its
+    /// users are looked up in its cache entry only, so a member record left
+    /// behind without its account (as when compaction drops an idle
+    /// account's record before its members') is not read. An account read
+    /// from RocksDB reads its members there.
+    #[test]
+    fn a_new_accounts_members_are_looked_up_in_its_entry_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&cfg(dir.path())).unwrap();
+        for a in ["kept", "dropped"] {
+            let m = s.reader().member_into(s.account(a).unwrap(), a, "u1").unwrap();
+            m.state.first_seen_ms = 7;
+            m.dirty = true;
+            s.account(a).unwrap().dirty = true;
+        }
+        s.commit(&[]).unwrap();
+        let acf = s.reader.db.cf_handle(cf::ACCOUNTS).unwrap();
+        s.reader.db.delete_cf(acf, keys::account("dropped")).unwrap();
+        s.discard_cache();
+        assert!(s.reader().member("dropped", "u1").unwrap().is_some(), "the member record is still there");
+        let m = s.reader().member_into(s.account("dropped").unwrap(), "dropped", "u1").unwrap();
+        assert_eq!(m.state.first_seen_ms, 0, "a new account's member is new");
+        let m = s.reader().member_into(s.account("kept").unwrap(), "kept", "u1").unwrap();
+        assert_eq!(m.state.first_seen_ms, 7, "read back with its account");
     }
 
     /// A schema-1 directory (counters by position, signals by name) is
