@@ -80,9 +80,19 @@ impl<V> Records<V> {
             .copied()
     }
 
-    /// The record of `key`, marked used now; made with `make` when absent.
-    #[inline(always)]
+    #[cfg(test)]
     pub fn get_or_try_insert_with<E>(&mut self, key: &str, make: impl FnOnce() -> Result<V, E>) -> Result<&mut V, E> {
+        Ok(self.get_or_try_insert_at(key, make)?.1)
+    }
+
+    /// The record of `key`, marked used now; made with `make` when absent.
+    /// With its slot (see [`Records::at_mut`]).
+    #[inline(always)]
+    pub fn get_or_try_insert_at<E>(
+        &mut self,
+        key: &str,
+        make: impl FnOnce() -> Result<V, E>,
+    ) -> Result<(u32, &mut V), E> {
         let hash = self.hasher.hash_one(key);
         self.clock += 1;
         let i = match self.find(hash, key) {
@@ -110,7 +120,18 @@ impl<V> Records<V> {
                 i
             }
         };
-        Ok(self.slots[i as usize].value.as_mut().expect("an indexed slot holds a record"))
+        Ok((i, self.slots[i as usize].value.as_mut().expect("an indexed slot holds a record")))
+    }
+
+    /// The record of `key`, not marked used, read straight from slot `i`
+    /// (where it was put) when the record there is still `key`'s (as it is
+    /// until removed), so
+    /// without hashing and probing for it; else looked up.
+    pub fn at_mut(&mut self, i: u32, key: &str) -> Option<&mut V> {
+        if self.slots.get(i as usize).is_some_and(|s| s.value.is_some() && s.key == key) {
+            return self.slots[i as usize].value.as_mut();
+        }
+        self.peek_mut(key)
     }
 
     /// The record of `key`, not marked used.
@@ -188,6 +209,25 @@ mod tests {
 
     fn get(c: &mut Records<u32>, key: &str, v: u32) -> u32 {
         *c.get_or_try_insert_with(key, || Ok::<_, ()>(v)).unwrap()
+    }
+
+    /// A record is found at its slot while it is there, and by its id
+    /// once its slot holds another or nothing.
+    #[test]
+    fn a_record_is_found_at_its_slot_or_by_its_id() {
+        let mut c: Records<u32> = Records::default();
+        let (a, _) = c.get_or_try_insert_at("a", || Ok::<_, ()>(1)).unwrap();
+        let (b, _) = c.get_or_try_insert_at("b", || Ok::<_, ()>(2)).unwrap();
+        assert_eq!(c.at_mut(a, "a").copied(), Some(1));
+        assert_eq!(c.at_mut(a, "b").copied(), Some(2), "another's slot: looked up");
+        assert_eq!(c.at_mut(99, "b").copied(), Some(2), "no such slot: looked up");
+        c.remove_at(a);
+        assert_eq!(c.at_mut(a, "a"), None, "removed");
+        let (again, _) = c.get_or_try_insert_at("c", || Ok::<_, ()>(3)).unwrap();
+        assert_eq!(again, a, "the slot is reused");
+        assert_eq!(c.at_mut(a, "a"), None, "its slot holds another");
+        assert_eq!(c.at_mut(a, "c").copied(), Some(3));
+        assert_eq!(c.at_mut(b, "b").copied(), Some(2));
     }
 
     /// Against an LRU: the same records, evicted in the same order.

@@ -620,8 +620,8 @@ pub struct Store {
     /// (A write-back store lists only crowded accounts, see [`CROWDED`].)
     /// (Ids inline when short, as in the cache: a first touch in a batch
     /// allocates nothing.)
-    touched_accounts: Vec<compact_str::CompactString>,
-    touched_users: Vec<compact_str::CompactString>,
+    touched_accounts: Vec<(compact_str::CompactString, u32)>,
+    touched_users: Vec<(compact_str::CompactString, u32)>,
     /// Records were handed out since the last prepared commit.
     changed: bool,
     /// Input partition of the record being applied.
@@ -1294,7 +1294,7 @@ impl Store {
     /// (One hash lookup when it is cached: this is on every event's path.)
     pub fn account(&mut self, id: &str) -> Result<&mut AccountEntry, StateError> {
         let Store { accounts, spilled_accounts, reader, accounts_on_disk, fetched, writes, .. } = self;
-        let e = accounts.get_or_try_insert_with(id, || match spilled_accounts.remove(id) {
+        let (slot, e) = accounts.get_or_try_insert_at(id, || match spilled_accounts.remove(id) {
             // Evicted into the batch in flight: back, unchanged since.
             Some(e) => Ok(e),
             None => match fetched.account.take_if(|f| f.id == id && writes.holds(fetched.epoch, Some(id), None)) {
@@ -1334,7 +1334,7 @@ impl Store {
         // crowded accounts: only those are listed for the commit.)
         if !e.touched && (!self.write_back || e.members.len() > CROWDED) {
             e.touched = true;
-            self.touched_accounts.push(id.into());
+            self.touched_accounts.push((id.into(), slot));
         }
         self.changed = true;
         Ok(e)
@@ -1344,7 +1344,7 @@ impl Store {
     /// (One hash lookup when it is cached.)
     pub fn user(&mut self, id: &str) -> Result<&mut UserEntry, StateError> {
         let Store { users, spilled_users, reader, users_on_disk, fetched, writes, .. } = self;
-        let u = users.get_or_try_insert_with(id, || match spilled_users.remove(id) {
+        let (slot, u) = users.get_or_try_insert_at(id, || match spilled_users.remove(id) {
             Some(u) => Ok(u),
             None if fetched.user.as_ref().is_some_and(|f| f.0 == id && writes.holds(fetched.epoch, None, Some(id))) => {
                 // Read ahead, and still what RocksDB holds.
@@ -1359,7 +1359,7 @@ impl Store {
         u.partition = self.partition;
         if !u.touched && !self.write_back {
             u.touched = true;
-            self.touched_users.push(id.into());
+            self.touched_users.push((id.into(), slot));
         }
         self.changed = true;
         Ok(u)
@@ -1490,16 +1490,18 @@ impl Store {
         // (it starts from the last insert's position). Account keys are
         // length-prefixed ids; member keys the account's key then the user
         // id; user keys the plain id.
-        self.touched_accounts.sort_unstable_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
-        self.touched_users.sort_unstable();
+        // (Each with its cache slot, where it is read without a lookup: a
+        // touched record stays in the cache until written.)
+        self.touched_accounts.sort_unstable_by(|(a, _), (b, _)| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+        self.touched_users.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         // What is written is noted for the readers ahead (see `prefetch`);
         // with none, only that the commit noted nothing.
         self.changed = false;
         let note = self.prefetch.readers.load(Ordering::Acquire);
         self.writes.unnoted |= !note;
         let (wrote_accounts, wrote_users) = &mut self.writes.pending;
-        for id in self.touched_accounts.drain(..) {
-            let Some(e) = self.accounts.peek_mut(&id) else { continue };
+        for (id, slot) in self.touched_accounts.drain(..) {
+            let Some(e) = self.accounts.at_mut(slot, &id) else { continue };
             e.touched = false;
             let crowded = e.members.len() > CROWDED;
             if note && (!self.write_back || crowded) {
@@ -1515,8 +1517,8 @@ impl Store {
                 self.crowded.push(id.into());
             }
         }
-        for id in self.touched_users.drain(..) {
-            let Some(u) = self.users.peek_mut(&id) else { continue };
+        for (id, slot) in self.touched_users.drain(..) {
+            let Some(u) = self.users.at_mut(slot, &id) else { continue };
             u.touched = false;
             if !self.write_back {
                 if note {
