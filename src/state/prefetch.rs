@@ -8,7 +8,9 @@
 //! `replay` and `backtest` read ahead (their second core was mostly idle).
 //! `run` does not: tried on the same 2 cores (its `pqa-decode` thread reading
 //! ahead for each chunk), it took 15 % off the engine thread and nothing off
-//! the time, with or without the changelog (BENCHMARKS.md, 2026-12-04).
+//! the time, with or without the changelog (BENCHMARKS.md, 2026-12-04);
+//! tried again on a faster VM (2026-12-05, evening), the rate fell about
+//! 5 %: the decoder's reads cost more CPU than the engine thread's saved.
 //!
 //! **Why a record read ahead is exact.** The engine takes a record read ahead
 //! only where it would itself read RocksDB (the record is neither cached nor

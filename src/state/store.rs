@@ -2199,7 +2199,8 @@ impl Sink<'_> {
             }
             e.db_mark = now;
         }
-        let mut dirty_members: Vec<(&String, &mut MemberEntry)> =
+        // (Inline up to a few: most accounts have one or two users.)
+        let mut dirty_members: smallvec::SmallVec<[(&String, &mut MemberEntry); 4]> =
             e.members.iter_mut().filter(|(_, m)| m.dirty).collect();
         dirty_members.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (user, m) in dirty_members {
