@@ -163,15 +163,26 @@ enum Identity {
     Account(Resolved),
 }
 
+/// A login: a user id with the anonymous id the user had before, not yet
+/// linked to that user.
+struct Login {
+    /// The visitor's user record (its key among users).
+    visitor: String,
+    /// The account the visitor was active in.
+    account: Option<Id>,
+    /// The visitor was linked to no user before (only then does its
+    /// account become the user's, and its activity the user's).
+    first: bool,
+}
+
 /// The account an accepted event belongs to, and what its users' side
 /// changed that the account's side follows.
 struct Resolved {
     account: Id,
     /// An alias that merged an earlier user into this one.
     merge: Option<Merge>,
-    /// A login: the visitor's record, the account it was active in, and
-    /// whether it was not linked to a user before.
-    link: Option<(String, Option<Id>, bool)>,
+    /// A login's link of a visitor to the user.
+    link: Option<Login>,
     /// Signals the event's traits changed into (more are added from the
     /// event itself on the account's side).
     hits: Vec<u64>,
@@ -993,12 +1004,12 @@ impl Engine {
         // A user id with the anonymous id they had before logging in: the
         // link, and the account that visitor was active in (not yet linked
         // to this user: its activity becomes the user's below).
-        let mut link: Option<(String, Option<Id>, bool)> = None;
+        let mut link: Option<Login> = None;
         if let (false, Some(x)) = (ev.anonymous, &ev.anonymous_id) {
             let key = anon_key(x);
             let a = &self.store.user(&key)?.state;
             if a.linked_to.as_deref() != Some(ev.user_id.as_str()) {
-                link = Some((key, a.account.clone(), a.linked_to.is_none()));
+                link = Some(Login { visitor: key, account: a.account.clone(), first: a.linked_to.is_none() });
             }
         }
         if let (None, Some(m)) = (&known, &merge) {
@@ -1011,7 +1022,7 @@ impl Engine {
         // is asked of it below.)
         let named_account = ev.account_id.is_some();
         let account =
-            ev.account_id.take().or(known).or_else(|| link.as_ref().filter(|l| l.2).and_then(|l| l.1.clone()));
+            ev.account_id.take().or(known).or_else(|| link.as_ref().filter(|l| l.first).and_then(|l| l.account.clone()));
         if ev.anonymous && (account.is_none() || !ev.kind.is_usage()) {
             // Normal traffic, not an error: a visitor of the marketing site
             // with no account, or traits of someone not logged in.
@@ -1161,8 +1172,8 @@ impl Engine {
             }
             a.keep_alive(ev.time_ms, refresh_ms);
         }
-        if let Some((key, _, _)) = &link {
-            let a = self.store.user(key)?;
+        if let Some(Login { visitor, .. }) = &link {
+            let a = self.store.user(visitor)?;
             a.state.linked_to = Some(ev.user_id.to_string());
             a.state.updated_ms = a.state.updated_ms.max(ev.time_ms);
             a.dirty = true;
@@ -1278,7 +1289,7 @@ impl Engine {
             }
             entry.traits_cel.take();
         }
-        if let Some((key, Some(a), true)) = &link {
+        if let Some(Login { visitor: key, account: Some(a), first: true }) = &link {
             if *a == account {
                 // The user was this visitor: their activity in the account
                 // becomes the user's, who is an active user from now on
