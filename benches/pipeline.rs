@@ -39,6 +39,12 @@
 //!   sign up) are applied before measuring, so the figure is for a populated
 //!   state; it still drifts slowly as state accumulates over the run.
 //!
+//! - `encode/account_long_tail`, `encode/member`: [`encode_value`] of an
+//!   account record as the long tail's look at a commit (seven hourly
+//!   buckets, two features, a user, the shipped definition's one counter
+//!   and three signals: about 150 bytes) and of a member record, what `run`
+//!   does for each record it writes.
+//!
 //! - after the groups, `allocations`: heap allocations per event in
 //!   [`Engine::process`] and per commit, counted (by a counting wrapper of
 //!   the system allocator, this thread only) over 50k records of the same
@@ -448,5 +454,53 @@ fn bench_engine(c: &mut Criterion) {
     drop(dir);
 }
 
-criterion_group!(benches, bench_decode, bench_detect, bench_engine);
+fn bench_encode(c: &mut Criterion) {
+    use pqa_engine::state::account::{Bucket, Column};
+    use pqa_engine::state::store::encode_value;
+    use pqa_engine::state::{AccountState, MemberState};
+    let hour = 497_000u32;
+    let account = AccountState {
+        first_seen_ms: 1_789_000_000_000,
+        last_seen_ms: 1_789_300_000_000,
+        seq: 7,
+        columns: vec![Column { id: 0x8d87_b592_df28_cfc0, from: 0 }],
+        buckets: (0..7).map(|i| Bucket { idx: hour + 40 * i, counts: [1u32].into_iter().collect() }).collect(),
+        user_hist: vec![(hour + 240, 1)],
+        features: vec![("Dashboard Opened".into(), hour + 40), ("Search Performed".into(), hour + 200)],
+        signal_columns: [0xd3ef_acd0_808e_a993u64, 0x26bd_83fa_d7de_c9a7, 0xb590_a1b0_96cc_bbd9]
+            .into_iter()
+            .map(|id| Column { id, from: 0 })
+            .collect(),
+        kept_from: hour - 2_000,
+        partition: Some(1),
+        ..Default::default()
+    };
+    let member = MemberState {
+        first_seen_ms: 1_789_000_000_000,
+        last_seen_ms: 1_789_300_000_000,
+        days: vec![(20_706, 3), (20_709, 1)],
+    };
+    let mut buf = Vec::with_capacity(4096);
+    encode_value(&mut buf, account.last_seen_ms, &account);
+    let mut g = c.benchmark_group("encode");
+    g.sample_size(50).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    g.throughput(Throughput::Bytes(buf.len() as u64));
+    g.bench_function("account_long_tail", |b| {
+        b.iter(|| {
+            encode_value(&mut buf, account.last_seen_ms, black_box(&account));
+            black_box(buf.len())
+        })
+    });
+    encode_value(&mut buf, member.last_seen_ms, &member);
+    g.throughput(Throughput::Bytes(buf.len() as u64));
+    g.bench_function("member", |b| {
+        b.iter(|| {
+            encode_value(&mut buf, member.last_seen_ms, black_box(&member));
+            black_box(buf.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_decode, bench_detect, bench_engine, bench_encode);
 criterion_main!(benches);
