@@ -2273,31 +2273,8 @@ pub fn encode_value<T: Serialize>(buf: &mut Vec<u8>, last_seen_ms: i64, record: 
     buf.extend_from_slice(&last_seen_ms.to_be_bytes());
     // postcard into a Vec cannot fail for these plain records. Straight
     // into `buf`, not through a Vec of its own.
-    postcard::serialize_with_flavor(record, Appending(buf)).expect("state records serialise");
-}
-
-/// postcard's output appended to a `Vec` by slices (its own `Vec` flavor
-/// extends it byte by byte through an iterator).
-struct Appending<'a>(&'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for Appending<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
-        self.0.push(b);
-        Ok(())
-    }
-
-    #[inline(always)]
-    fn try_extend(&mut self, b: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(b);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
+    let out = postcard::to_extend(record, std::mem::take(buf)).expect("state records serialise");
+    *buf = out;
 }
 
 pub(crate) fn decode_value<T: DeserializeOwned>(v: &[u8], what: &'static str) -> Result<T, StateError> {
