@@ -941,6 +941,9 @@ impl Engine {
         }
         self.count_applied(ev.kind, started);
         self.schedule_sweep(&account, now_ms)?;
+        // Done with the account for this event: its records are encoded
+        // while they are hot (see `Store::encode_early`).
+        self.store.encode_early(&account);
         Ok(Ok(()))
     }
 

@@ -185,6 +185,13 @@ pub struct AccountEntry {
     /// events): its users' member records are looked up in its entry only
     /// (see [`StateReader::member_into`]).
     members_on_disk: bool,
+    /// Its record and changed members, encoded at the end of the event
+    /// that changed them (see [`Store::encode_early`]): these records of
+    /// [`Store::early`] (first, count), written as they are by the commit.
+    early: Option<(u32, u32)>,
+    /// Handed out again after its early encoding in the batch being made:
+    /// encoded by the commit.
+    late: bool,
     /// Listed in the store's touched list for the next commit.
     touched: bool,
     /// The layout `state` was last conformed to.
@@ -324,6 +331,16 @@ impl ChangeRecords {
 
     pub fn last(&self) -> Option<ChangeRecord<'_>> {
         self.spans.last().map(|s| self.at(s))
+    }
+
+    /// The `i`th record.
+    pub fn get(&self, i: usize) -> ChangeRecord<'_> {
+        self.at(&self.spans[i])
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
     }
 }
 
@@ -648,6 +665,12 @@ pub struct Store {
     /// Accounts written in the batch in flight with many members cached:
     /// their member cache is dropped once the batch is durable.
     crowded: Vec<String>,
+    /// Records of accounts encoded early in the batch being made (see
+    /// [`Store::encode_early`]), and the slot of the account handed out
+    /// last.
+    early: ChangeRecords,
+    early_buf: (Vec<u8>, Vec<u8>),
+    last_slot: u32,
     /// Write-back (see [`Store::set_write_back`]): changed records stay in
     /// the cache and are written only when evicted.
     write_back: bool,
@@ -702,6 +725,10 @@ const MEMORY_IDS: usize = 1_000_000;
 /// members are written with each commit (also by a write-back store), and
 /// dropped from the cache once durable.
 const CROWDED: usize = 256;
+
+/// Accounts with at most this many cached members are encoded early (see
+/// [`Store::encode_early`]).
+const EARLY_MEMBERS: usize = 4;
 
 /// How often, in event time, a user's (or a visitor's, or an alias link's)
 /// idle-TTL clock is moved forward by the events that use the record: a
@@ -887,6 +914,9 @@ impl Store {
             expired,
             owned: None,
             crowded: Vec::new(),
+            early: ChangeRecords::default(),
+            early_buf: (Vec::with_capacity(4096), Vec::with_capacity(256)),
+            last_slot: u32::MAX,
             write_back: false,
             spilled_accounts: HashMap::new(),
             spilled_users: HashMap::new(),
@@ -1330,6 +1360,11 @@ impl Store {
                 .or_insert_with(|| MemberEntry { state: read.state.unwrap_or_default(), dirty: false });
         }
         e.partition = self.partition;
+        if e.early.take().is_some() {
+            // To be changed again: what was encoded early is out of date.
+            e.late = true;
+        }
+        self.last_slot = slot;
         // (A write-back store writes only what it evicts, and the members of
         // crowded accounts: only those are listed for the commit.)
         if !e.touched && (!self.write_back || e.members.len() > CROWDED) {
@@ -1338,6 +1373,47 @@ impl Store {
         }
         self.changed = true;
         Ok(e)
+    }
+
+    /// Encodes the account's record and its changed members now, at the
+    /// end of the event that changed them, while they are still in the
+    /// processor's caches: the commit writes these bytes as they are,
+    /// unless the account is handed out again before it (then the commit
+    /// encodes it, once, as before). A long tail's account changes once a
+    /// batch, and encoding it at the commit read it back from memory
+    /// (BENCHMARKS.md: `run` of the long tail, the engine thread -7 %).
+    /// Only for a store that writes every change (not write-back), and
+    /// accounts with a few members (a busy account changes many times a
+    /// batch).
+    ///
+    /// **Why the bytes are never stale.** Outside this module an account's
+    /// entry is reached only through [`Store::account`], which drops what
+    /// was encoded early (the entry is then `late` until the commit); in
+    /// here, nothing else changes an entry's record or members before the
+    /// commit (the schedule's marks are not in the record, and a crowded
+    /// account's members leave its entry only after a commit).
+    pub fn encode_early(&mut self, id: &str) {
+        if self.write_back {
+            return;
+        }
+        let Store { accounts, early, early_buf: (buf, key), last_slot, .. } = self;
+        let Some(e) = accounts.at_mut(*last_slot, id) else { return };
+        if e.late || e.early.is_some() || !e.dirty || !e.touched || e.members.len() > EARLY_MEMBERS {
+            return;
+        }
+        let first = early.len();
+        encode_value(buf, e.state.last_seen_ms, &e.state);
+        keys::account_to(key, id);
+        early.push(e.partition, key, buf);
+        let mut dirty: smallvec::SmallVec<[(&String, &MemberEntry); EARLY_MEMBERS]> =
+            e.members.iter().filter(|(_, m)| m.dirty).collect();
+        dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (user, m) in dirty {
+            encode_value(buf, m.state.last_seen_ms.max(m.state.first_seen_ms), &m.state);
+            keys::member_to(key, id, user);
+            early.push(e.partition, key, buf);
+        }
+        e.early = Some((first as u32, (early.len() - first) as u32));
     }
 
     /// The user's cache entry (to read or change), loaded from RocksDB or new.
@@ -1503,11 +1579,14 @@ impl Store {
         for (id, slot) in self.touched_accounts.drain(..) {
             let Some(e) = self.accounts.at_mut(slot, &id) else { continue };
             e.touched = false;
+            e.late = false;
             let crowded = e.members.len() > CROWDED;
             if note && (!self.write_back || crowded) {
                 wrote_accounts.insert(prefetch::id_hash(&id));
             }
-            if !self.write_back {
+            if let Some((first, n)) = e.early.take() {
+                sink.early(&mut batch, (acf, mcf, meta), &id, e, &self.early, first, n);
+            } else if !self.write_back {
                 sink.account(&mut batch, (acf, mcf, meta), &id, e, true);
             } else if crowded {
                 // Only its members, so that they can leave the cache.
@@ -1517,6 +1596,7 @@ impl Store {
                 self.crowded.push(id.into());
             }
         }
+        self.early.clear();
         for (id, slot) in self.touched_users.drain(..) {
             let Some(u) = self.users.at_mut(slot, &id) else { continue };
             u.touched = false;
@@ -2072,6 +2152,7 @@ impl Store {
         self.inflight_to_memory = false;
         self.touched_accounts.clear();
         self.touched_users.clear();
+        self.early.clear();
         self.changed = false;
         self.accounts.clear();
         self.users.clear();
@@ -2173,31 +2254,7 @@ impl Sink<'_> {
             self.put(batch, acf, e.partition);
             e.dirty = false;
             self.stats.accounts += 1;
-            // The indexes follow the record (derived: not in the
-            // changelog, whose account records carry the same).
-            let now = Mark::of(&e.state);
-            let was = e.db_mark;
-            let p = e.partition.to_be_bytes();
-            if now.due != was.due {
-                if was.due != 0 {
-                    batch.delete_cf(meta, keys::sweep(was.due, id));
-                }
-                if now.due != 0 {
-                    batch.put_cf(meta, keys::sweep(now.due, id), p);
-                }
-            }
-            if now.queue != was.queue {
-                if let Some(q) = was.queue {
-                    batch.delete_cf(meta, keys::queue(q, id));
-                }
-                if let Some(q) = now.queue {
-                    batch.put_cf(meta, keys::queue(q, id), p);
-                }
-            }
-            if now.heard && !was.heard {
-                batch.put_cf(meta, keys::heard(id), p);
-            }
-            e.db_mark = now;
+            Self::indexes(batch, meta, id, e);
         }
         // (Inline up to a few: most accounts have one or two users.)
         let mut dirty_members: smallvec::SmallVec<[(&String, &mut MemberEntry); 4]> =
@@ -2210,6 +2267,65 @@ impl Sink<'_> {
             m.dirty = false;
             self.stats.members += 1;
         }
+    }
+
+    /// The account's records encoded early (see [`Store::encode_early`]):
+    /// `n` records of `early` from `first`, its record then its changed
+    /// members, nothing changed since.
+    #[allow(clippy::too_many_arguments)]
+    fn early(
+        &mut self,
+        batch: &mut WriteBatch,
+        (acf, mcf, meta): (&rocksdb::ColumnFamily, &rocksdb::ColumnFamily, &rocksdb::ColumnFamily),
+        id: &str,
+        e: &mut AccountEntry,
+        early: &ChangeRecords,
+        first: u32,
+        n: u32,
+    ) {
+        for i in first..first + n {
+            let r = early.get(i as usize);
+            let (cf, what) = if i == first { (acf, &mut self.stats.accounts) } else { (mcf, &mut self.stats.members) };
+            batch.put_cf(cf, r.key, r.value);
+            if let Some(c) = self.changelog.as_deref_mut() {
+                c.push(r.partition, r.key, r.value);
+            }
+            *what += 1;
+        }
+        e.dirty = false;
+        Self::indexes(batch, meta, id, e);
+        for m in e.members.values_mut() {
+            m.dirty = false;
+        }
+    }
+
+    /// The account's place in the sweep, queue and heard indexes, as its
+    /// record now has it (derived: not in the changelog, whose account
+    /// records carry the same).
+    fn indexes(batch: &mut WriteBatch, meta: &rocksdb::ColumnFamily, id: &str, e: &mut AccountEntry) {
+        let now = Mark::of(&e.state);
+        let was = e.db_mark;
+        let p = e.partition.to_be_bytes();
+        if now.due != was.due {
+            if was.due != 0 {
+                batch.delete_cf(meta, keys::sweep(was.due, id));
+            }
+            if now.due != 0 {
+                batch.put_cf(meta, keys::sweep(now.due, id), p);
+            }
+        }
+        if now.queue != was.queue {
+            if let Some(q) = was.queue {
+                batch.delete_cf(meta, keys::queue(q, id));
+            }
+            if let Some(q) = now.queue {
+                batch.put_cf(meta, keys::queue(q, id), p);
+            }
+        }
+        if now.heard && !was.heard {
+            batch.put_cf(meta, keys::heard(id), p);
+        }
+        e.db_mark = now;
     }
 
     /// The user's record when it changed.
@@ -2791,6 +2907,48 @@ mod tests {
         assert_eq!(m.state.first_seen_ms, 0, "a new account's member is new");
         let m = s.reader().member_into(s.account("kept").unwrap(), "kept", "u1").unwrap();
         assert_eq!(m.state.first_seen_ms, 7, "read back with its account");
+    }
+
+    /// An account encoded early (at the end of its event) is written as
+    /// encoded; one handed out again before the commit is written as it is
+    /// last, in RocksDB and on the changelog alike, once each.
+    #[test]
+    fn an_account_encoded_early_is_written_as_it_is_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&cfg(dir.path())).unwrap();
+        s.set_changelog(true);
+        let change = |s: &mut Store, a: &str, seq: u64, seen: i64| {
+            let e = s.account(a).unwrap();
+            e.state.seq = seq;
+            e.dirty = true;
+            let m = s.reader().member_into(s.account(a).unwrap(), a, "u1").unwrap();
+            m.state.first_seen_ms = seen;
+            m.dirty = true;
+            s.encode_early(a);
+        };
+        change(&mut s, "once", 1, 5);
+        change(&mut s, "twice", 1, 5);
+        assert!(s.accounts.peek("twice").unwrap().early.is_some(), "encoded early");
+        change(&mut s, "twice", 2, 9);
+        assert!(s.accounts.peek("twice").unwrap().early.is_none(), "changed again: left to the commit");
+        let p = s.prepare(&[]);
+        let records = |key: Vec<u8>| p.changelog.iter().filter(|r| r.key == key).map(|r| r.value.to_vec()).collect::<Vec<_>>();
+        for (a, seq, seen) in [("once", 1, 5), ("twice", 2, 9)] {
+            let accounts = records(keys::account(a));
+            assert_eq!(accounts.len(), 1, "{a}: one record");
+            assert_eq!(decode_account_value(&accounts[0]).unwrap().seq, seq, "{a}");
+            let members = records(keys::member(a, "u1"));
+            assert_eq!(members.len(), 1, "{a}: one member record");
+            assert_eq!(decode_value::<MemberState>(&members[0], "member").unwrap().first_seen_ms, seen, "{a}");
+        }
+        s.writer().write(p, &[]).unwrap();
+        s.written();
+        s.discard_cache();
+        for (a, seq, seen) in [("once", 1, 5), ("twice", 2, 9)] {
+            assert_eq!(s.reader().account(a).unwrap().unwrap().seq, seq, "{a} in RocksDB");
+            assert_eq!(s.reader().member(a, "u1").unwrap().unwrap().first_seen_ms, seen, "{a} in RocksDB");
+        }
+        assert!(s.early.is_empty(), "nothing left over for the next batch");
     }
 
     /// A schema-1 directory (counters by position, signals by name) is
