@@ -646,8 +646,9 @@ pub struct Store {
     /// Build changelog records at commit.
     changelog: bool,
     /// The size of the previous commit's write batch (bytes) and changelog
-    /// (records): the next one is allocated at that size at once, rather
-    /// than grown (and copied, and its fresh pages zeroed) step by step.
+    /// (records, bytes): the next one is allocated at that size at once,
+    /// rather than grown (and copied, and its fresh pages zeroed) step by
+    /// step.
     last_commit_size: (usize, usize, usize),
     /// Shared with the dedupe compaction filter.
     dedupe_window: Arc<AtomicI64>,
