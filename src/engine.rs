@@ -1024,8 +1024,11 @@ impl Engine {
         // (Moved, not copied: whether the event named its account is what
         // is asked of it below.)
         let named_account = ev.account_id.is_some();
-        let account =
-            ev.account_id.take().or(known).or_else(|| link.as_ref().filter(|l| l.first).and_then(|l| l.account.clone()));
+        let account = ev
+            .account_id
+            .take()
+            .or(known)
+            .or_else(|| link.as_ref().filter(|l| l.first).and_then(|l| l.account.clone()));
         if ev.anonymous && (account.is_none() || !ev.kind.is_usage()) {
             // Normal traffic, not an error: a visitor of the marketing site
             // with no account, or traits of someone not logged in.

@@ -756,8 +756,12 @@ mod tests {
 
         // The dead writer's successor completes the commit; a second restore
         // reads only what came after this state's position.
-        c.write(&records(&[record(1, keys::account("a3"), &account_value(3)), marker(1, 31, 9_500)]), &shutdown, &|_| {})
-            .unwrap();
+        c.write(
+            &records(&[record(1, keys::account("a3"), &account_value(3)), marker(1, 31, 9_500)]),
+            &shutdown,
+            &|_| {},
+        )
+        .unwrap();
         let again = c.restore(&mut store, 1, &shutdown, &health).unwrap();
         assert_eq!(again.records, 3, "the old tail, the new record and its marker");
         assert_eq!(store.reader().account("a3").unwrap().unwrap().seq, 3);

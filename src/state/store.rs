@@ -2933,7 +2933,8 @@ mod tests {
         change(&mut s, "twice", 2, 9);
         assert!(s.accounts.peek("twice").unwrap().early.is_none(), "changed again: left to the commit");
         let p = s.prepare(&[]);
-        let records = |key: Vec<u8>| p.changelog.iter().filter(|r| r.key == key).map(|r| r.value.to_vec()).collect::<Vec<_>>();
+        let records =
+            |key: Vec<u8>| p.changelog.iter().filter(|r| r.key == key).map(|r| r.value.to_vec()).collect::<Vec<_>>();
         for (a, seq, seen) in [("once", 1, 5), ("twice", 2, 9)] {
             let accounts = records(keys::account(a));
             assert_eq!(accounts.len(), 1, "{a}: one record");
