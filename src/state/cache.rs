@@ -123,10 +123,9 @@ impl<V> Records<V> {
         Ok((i, self.slots[i as usize].value.as_mut().expect("an indexed slot holds a record")))
     }
 
-    /// The record of `key`, not marked used, read straight from slot `i`
-    /// (where it was put) when the record there is still `key`'s (as it is
-    /// until removed), so
-    /// without hashing and probing for it; else looked up.
+    /// The record of `key`, not marked used: read straight from slot `i`
+    /// (where it was put), without hashing and probing, while the record
+    /// there is still `key`'s (as it is until removed); else looked up.
     pub fn at_mut(&mut self, i: u32, key: &str) -> Option<&mut V> {
         if self.slots.get(i as usize).is_some_and(|s| s.value.is_some() && s.key == key) {
             return self.slots[i as usize].value.as_mut();

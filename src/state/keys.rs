@@ -96,8 +96,8 @@ pub fn member_lookup(account: &str, user: &str) -> smallvec::SmallVec<[u8; 96]> 
 }
 
 pub fn member(account: &str, user: &str) -> Vec<u8> {
-    let mut k = member_prefix(account);
-    k.extend_from_slice(user.as_bytes());
+    let mut k = Vec::with_capacity(3 + account.len() + user.len());
+    member_to(&mut k, account, user);
     k
 }
 

@@ -1403,15 +1403,13 @@ impl Store {
             return;
         }
         let first = early.len();
-        encode_value(buf, e.state.last_seen_ms, &e.state);
-        keys::account_to(key, id);
+        encode_account(buf, key, id, &e.state);
         early.push(e.partition, key, buf);
         let mut dirty: smallvec::SmallVec<[(&String, &MemberEntry); EARLY_MEMBERS]> =
             e.members.iter().filter(|(_, m)| m.dirty).collect();
         dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (user, m) in dirty {
-            encode_value(buf, m.state.last_seen_ms.max(m.state.first_seen_ms), &m.state);
-            keys::member_to(key, id, user);
+            encode_member(buf, key, id, user, &m.state);
             early.push(e.partition, key, buf);
         }
         e.early = Some((first as u32, (early.len() - first) as u32));
@@ -2233,9 +2231,24 @@ struct Sink<'a> {
 impl Sink<'_> {
     /// Writes `buf` under `key`.
     fn put(&mut self, batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, partition: i32) {
-        batch.put_cf(cf, &self.key, &self.buf);
-        if let Some(c) = self.changelog.as_deref_mut() {
-            c.push(partition, self.key, self.buf);
+        Self::write(
+            self.changelog.as_deref_mut(),
+            batch,
+            cf,
+            ChangeRecord { partition, key: self.key, value: self.buf },
+        );
+    }
+
+    /// A record into the batch, and onto the changelog when it is on.
+    fn write(
+        changelog: Option<&mut ChangeRecords>,
+        batch: &mut WriteBatch,
+        cf: &rocksdb::ColumnFamily,
+        r: ChangeRecord<'_>,
+    ) {
+        batch.put_cf(cf, r.key, r.value);
+        if let Some(c) = changelog {
+            c.push(r.partition, r.key, r.value);
         }
     }
 
@@ -2250,8 +2263,7 @@ impl Sink<'_> {
         record: bool,
     ) {
         if record && e.dirty {
-            encode_value(self.buf, e.state.last_seen_ms, &e.state);
-            keys::account_to(self.key, id);
+            encode_account(self.buf, self.key, id, &e.state);
             self.put(batch, acf, e.partition);
             e.dirty = false;
             self.stats.accounts += 1;
@@ -2262,8 +2274,7 @@ impl Sink<'_> {
             e.members.iter_mut().filter(|(_, m)| m.dirty).collect();
         dirty_members.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (user, m) in dirty_members {
-            encode_value(self.buf, m.state.last_seen_ms.max(m.state.first_seen_ms), &m.state);
-            keys::member_to(self.key, id, user);
+            encode_member(self.buf, self.key, id, user, &m.state);
             self.put(batch, mcf, e.partition);
             m.dirty = false;
             self.stats.members += 1;
@@ -2285,12 +2296,8 @@ impl Sink<'_> {
         n: u32,
     ) {
         for i in first..first + n {
-            let r = early.get(i as usize);
             let (cf, what) = if i == first { (acf, &mut self.stats.accounts) } else { (mcf, &mut self.stats.members) };
-            batch.put_cf(cf, r.key, r.value);
-            if let Some(c) = self.changelog.as_deref_mut() {
-                c.push(r.partition, r.key, r.value);
-            }
+            Self::write(self.changelog.as_deref_mut(), batch, cf, early.get(i as usize));
             *what += 1;
         }
         e.dirty = false;
@@ -2392,6 +2399,19 @@ pub fn encode_value<T: Serialize>(buf: &mut Vec<u8>, last_seen_ms: i64, record: 
     // into `buf`, not through a Vec of its own.
     let out = postcard::to_extend(record, std::mem::take(buf)).expect("state records serialise");
     *buf = out;
+}
+
+/// An account's record: its key into `key`, its value into `buf`.
+fn encode_account(buf: &mut Vec<u8>, key: &mut Vec<u8>, id: &str, state: &AccountState) {
+    encode_value(buf, state.last_seen_ms, state);
+    keys::account_to(key, id);
+}
+
+/// A member's record: its key into `key`, its value into `buf` (its clock
+/// the later of its first and latest use).
+fn encode_member(buf: &mut Vec<u8>, key: &mut Vec<u8>, account: &str, user: &str, state: &MemberState) {
+    encode_value(buf, state.last_seen_ms.max(state.first_seen_ms), state);
+    keys::member_to(key, account, user);
 }
 
 pub(crate) fn decode_value<T: DeserializeOwned>(v: &[u8], what: &'static str) -> Result<T, StateError> {
