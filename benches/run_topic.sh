@@ -3,7 +3,8 @@
 # (benches/broker.sh), with a fresh state and consumer group: prints where the
 # batch time went (the engine's own histograms), the CPU seconds of each busy
 # thread and of the whole process, and the steady rate (events / time from
-# the first processed event to the last, as benches/compare.sh counts it).
+# the first processed event to the last, as benches/compare.sh counts it),
+# with the batches cut and the process's peak RSS.
 # For A/B runs of two binaries on the same topic without reloading it.
 #
 #   bash benches/run_topic.sh BIN TOPIC EVENTS
@@ -45,10 +46,13 @@ while :; do
     sleep 0.05
 done
 curl -sf "http://127.0.0.1:$port/metrics" |
-    awk '/^pqa_batch_duration_seconds_sum/ { match($1, /stage="[^"]*"/); printf "%s=%.2fs ", substr($1, RSTART + 7, RLENGTH - 8), $2 } END { print "" }'
+    awk '/^pqa_batch_duration_seconds_sum/ { match($1, /stage="[^"]*"/); printf "%s=%.2fs ", substr($1, RSTART + 7, RLENGTH - 8), $2 }
+         $1 == "pqa_batch_messages_count" { printf "batches=%d ", $2 }
+         $1 == "pqa_changelog_records_total" { printf "changelog_records=%d ", $2 } END { print "" }'
 clk="$(getconf CLK_TCK)"
 for t in /proc/"$P"/task/*; do
     awk -v c="$clk" '{ s = ($14 + $15) / c; if (s > 0.2) printf "%s %.2f\n", $2, s }' "$t/stat" 2>/dev/null
 done | sort -k2 -nr | head -8 | tr '\n' ' '
-awk -v c="$clk" '{ printf "| process cpu %.2f s\n", ($14 + $15) / c }' "/proc/$P/stat"
+awk -v c="$clk" '{ printf "| process cpu %.2f s", ($14 + $15) / c }' "/proc/$P/stat"
+awk '$1 == "VmHWM:" { printf ", max rss %d MiB\n", $2 / 1024 }' "/proc/$P/status"
 awk -v n="$N" -v nf="$n_first" -v tf="$t_first" -v tl="$t_last" 'BEGIN { printf "rate %.0f events/s\n", (n - nf) / (tl - tf) }'
