@@ -307,6 +307,20 @@ impl From<AccountStateV2> for AccountState {
     }
 }
 
+/// Decodes the postcard body of an account record, of either shape, and
+/// returns what follows the account (the members a record keeps inside it,
+/// see `store::INLINE_MEMBERS`; nothing after a record of an older shape).
+pub fn decode_account_rest(body: &[u8]) -> Result<(AccountState, &[u8]), postcard::Error> {
+    match postcard::take_from_bytes::<AccountState>(body) {
+        Ok(s) => Ok(s),
+        Err(e) => postcard::from_bytes::<AccountStateV3>(body)
+            .map(AccountState::from)
+            .or_else(|_| postcard::from_bytes::<AccountStateV2>(body).map(AccountState::from))
+            .map(|s| (s, &[][..]))
+            .map_err(|_| e),
+    }
+}
+
 /// Decodes the postcard body of an account record, of either shape.
 pub fn decode_account(body: &[u8]) -> Result<AccountState, postcard::Error> {
     match postcard::from_bytes::<AccountState>(body) {

@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::account::{AccountState, MemberState, UserState};
-use super::store::StateReader;
+use super::store::{InlineMembers, StateReader};
 use crate::decode::Event;
 
 /// What the engine shares with the readers ahead.
@@ -84,7 +84,9 @@ pub(crate) struct MemberRead {
 #[derive(Debug)]
 pub(crate) struct AccountRead {
     pub id: String,
-    pub state: Option<AccountState>,
+    /// Its record, with the members inside it if it keeps them there.
+    pub record: Option<(AccountState, Option<InlineMembers>)>,
+    /// (Not read when the record holds the members.)
     pub member: Option<(String, Option<MemberState>)>,
 }
 
@@ -136,19 +138,21 @@ impl Prefetcher {
             if cached {
                 // Cached, probably: its member record may not be.
                 if !member_cached && self.shared.members_on_disk.load(Ordering::Relaxed) {
-                    if let Ok(state) = self.reader.member(a, &ev.user_id) {
+                    if let Ok(state) = self.reader.member_record(a, &ev.user_id) {
                         f.member =
                             Some(Box::new(MemberRead { account: a.to_string(), user: ev.user_id.to_string(), state }));
                     }
                 }
             } else if self.shared.accounts_on_disk.load(Ordering::Relaxed) {
-                if let Ok(state) = self.reader.account(a) {
-                    let member = if self.shared.members_on_disk.load(Ordering::Relaxed) {
-                        self.reader.member(a, &ev.user_id).ok().map(|m| (ev.user_id.to_string(), m))
+                if let Ok(record) = self.reader.account_record(a) {
+                    let member = if matches!(record, Some((_, Some(_)))) {
+                        None
+                    } else if self.shared.members_on_disk.load(Ordering::Relaxed) {
+                        self.reader.member_record(a, &ev.user_id).ok().map(|m| (ev.user_id.to_string(), m))
                     } else {
                         Some((ev.user_id.to_string(), None))
                     };
-                    f.account = Some(Box::new(AccountRead { id: a.to_string(), state, member }));
+                    f.account = Some(Box::new(AccountRead { id: a.to_string(), record, member }));
                 }
             }
         }

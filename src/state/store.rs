@@ -54,8 +54,13 @@ pub enum StateError {
 /// rather than misreading state. Version 1 (before account records listed
 /// the ids of their columns) is migrated in place on start
 /// ([`Store::prepare_layout`]).
-pub const SCHEMA_VERSION: &[u8] = b"2";
+pub const SCHEMA_VERSION: &[u8] = b"3";
 const SCHEMA_V1: &[u8] = b"1";
+/// Schema 2: every member in a record of its own. Schema 3 reads it as it
+/// is (an account record without members inside it is one of those) and
+/// marks the state 3 at open, so that an engine of schema 2, which would
+/// not see the members inside the records this one writes, refuses it.
+const SCHEMA_V2: &[u8] = b"2";
 
 /// (topic, partition).
 pub type TopicPartition = (String, i32);
@@ -451,10 +456,16 @@ impl StateReader {
     }
 
     pub fn account(&self, id: &str) -> Result<Option<AccountState>, StateError> {
+        Ok(self.account_record(id)?.map(|(state, _)| state))
+    }
+
+    /// The account's record, with its members when they are kept inside it
+    /// (see [`INLINE_MEMBERS`]; `None`: each in a record of its own).
+    pub fn account_record(&self, id: &str) -> Result<Option<(AccountState, Option<InlineMembers>)>, StateError> {
         let cf = self.db.cf_handle(cf::ACCOUNTS).expect("accounts column family");
         match self.db.get_pinned_cf(cf, keys::account(id))? {
             None => Ok(None),
-            Some(v) => decode_account_value(&v).map(Some),
+            Some(v) => decode_account_record(&v).map(Some),
         }
     }
 
@@ -462,8 +473,12 @@ impl StateReader {
         get(&self.db, cf::USERS, &keys::user(id), "user")
     }
 
-    /// Every member record of an account in RocksDB.
+    /// Every member of an account in RocksDB: inside its record, or in
+    /// records of their own.
     pub fn members(&self, account: &str) -> Result<Vec<(String, MemberState)>, StateError> {
+        if let Some((_, Some(inline))) = self.account_record(account)? {
+            return Ok(inline);
+        }
         let prefix = keys::member_prefix(account);
         let cf = self.db.cf_handle(cf::MEMBERS).expect("members column family");
         let mut out = Vec::new();
@@ -479,8 +494,20 @@ impl StateReader {
         Ok(out)
     }
 
-    /// The member record of (account, user) in RocksDB.
+    /// The member (account, user) in RocksDB: in a record of its own, or
+    /// inside its account's.
     pub fn member(&self, account: &str, user: &str) -> Result<Option<MemberState>, StateError> {
+        if let Some(m) = self.member_record(account, user)? {
+            return Ok(Some(m));
+        }
+        Ok(match self.account_record(account)? {
+            Some((_, Some(inline))) => inline.into_iter().find(|(u, _)| u == user).map(|(_, m)| m),
+            _ => None,
+        })
+    }
+
+    /// The record of its own of the member (account, user), if it has one.
+    pub fn member_record(&self, account: &str, user: &str) -> Result<Option<MemberState>, StateError> {
         get(&self.db, cf::MEMBERS, &keys::member_lookup(account, user), "member")
     }
 
@@ -621,6 +648,8 @@ pub struct Store {
     /// as in `replay`): where the tombstones of records without a
     /// partition of their own go.
     owned: Option<Vec<i32>>,
+    /// [`INLINE_MEMBERS`] (tests of members in records of their own set 0).
+    inline_members: usize,
     /// Event-time watermark shared with the compaction filter.
     watermark: Arc<AtomicI64>,
     /// Message ids applied since the last commit (key -> event time, partition).
@@ -730,6 +759,23 @@ const CROWDED: usize = 256;
 /// Accounts with at most this many cached members are encoded early (see
 /// [`Store::encode_early`]).
 const EARLY_MEMBERS: usize = 4;
+
+/// An account with at most this many members keeps them inside its own
+/// record, not in records of their own: one record written a batch where
+/// there were two (on a long tail of small accounts, nearly every event
+/// changed an account and one of its members), and one read when the
+/// account comes back into the cache. Once it has more, its members move
+/// to records of their own, for good (an account never goes back: it need
+/// not know which of its members are on disk). The members inside a record
+/// are all of them, in user order, and expire with it.
+pub const INLINE_MEMBERS: usize = EARLY_MEMBERS;
+
+/// The members kept inside an account's record: (user, member), by user.
+pub type InlineMembers = Vec<(String, MemberState)>;
+
+/// What follows the account in a record with its members inside: then
+/// the members (postcard, a sequence of (user, member)).
+const INLINE_MARK: u8 = 1;
 
 /// How often, in event time, a user's (or a visitor's, or an alias link's)
 /// idle-TTL clock is moved forward by the events that use the record: a
@@ -869,6 +915,7 @@ impl Store {
         match db.get_cf(meta, keys::meta("schema"))? {
             None => db.put_cf(meta, keys::meta("schema"), SCHEMA_VERSION)?,
             Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) if v == SCHEMA_V2 => db.put_cf(meta, keys::meta("schema"), SCHEMA_VERSION)?,
             Some(v) if v == SCHEMA_V1 => legacy_v1 = true,
             Some(v) => {
                 return Err(StateError::Dir {
@@ -914,6 +961,7 @@ impl Store {
             idle_ttl_ms: ttl_ms,
             expired,
             owned: None,
+            inline_members: INLINE_MEMBERS,
             crowded: Vec::new(),
             early: ChangeRecords::default(),
             early_buf: (Vec::with_capacity(4096), Vec::with_capacity(256)),
@@ -1287,6 +1335,14 @@ impl Store {
         }
     }
 
+    /// Members in records of their own from the first (for the tests of
+    /// those: a store otherwise keeps up to [`INLINE_MEMBERS`] inside the
+    /// account's record).
+    #[cfg(test)]
+    pub(crate) fn members_apart(&mut self) {
+        self.inline_members = 0;
+    }
+
     /// The input partitions this instance owns now (`run`, after each
     /// rebalance): the changelog partitions that get the tombstone of an
     /// idle record without a partition of its own (see [`super::expiry`]).
@@ -1332,9 +1388,10 @@ impl Store {
                 // Read ahead, and still what RocksDB holds.
                 Some(read) => {
                     let read = *read;
-                    let mut e = account_entry(reader, read.state, id)?;
+                    let mut e = account_entry(reader, read.record, id)?;
                     if let Some((user, m)) = read.member {
-                        e.members.insert(user, MemberEntry { state: m.unwrap_or_default(), dirty: false });
+                        // (Not over a member the record holds inside it.)
+                        e.members.entry(user).or_insert(MemberEntry { state: m.unwrap_or_default(), dirty: false });
                     }
                     Ok(e)
                 }
@@ -1397,12 +1454,25 @@ impl Store {
         if self.write_back {
             return;
         }
-        let Store { accounts, early, early_buf: (buf, key), last_slot, .. } = self;
+        let Store { accounts, early, early_buf: (buf, key), last_slot, inline_members, .. } = self;
         let Some(e) = accounts.at_mut(*last_slot, id) else { return };
-        if e.late || e.early.is_some() || !e.dirty || !e.touched || e.members.len() > EARLY_MEMBERS {
+        if e.late || e.early.is_some() || !e.touched || e.members.len() > EARLY_MEMBERS {
             return;
         }
         let first = early.len();
+        if keeps_members_inside(e, *inline_members) {
+            if !e.dirty && !e.members.values().any(|m| m.dirty) {
+                return;
+            }
+            encode_account_with_members(buf, key, id, e);
+            early.push(e.partition, key, buf);
+            e.early = Some((first as u32, 1));
+            return;
+        }
+        if !e.dirty || !e.members_on_disk {
+            // (Leaving the members inside is the commit's to write.)
+            return;
+        }
         encode_account(buf, key, id, &e.state);
         early.push(e.partition, key, buf);
         let mut dirty: smallvec::SmallVec<[(&String, &MemberEntry); EARLY_MEMBERS]> =
@@ -1559,6 +1629,7 @@ impl Store {
             buf: &mut buf,
             key: &mut key,
             stats: &mut stats,
+            inline_members: self.inline_members,
         };
         // Records go into the batch in key order, per column family: the
         // memtable skiplist then inserts each next to the previous one
@@ -2192,7 +2263,7 @@ impl Store {
 
 /// An account as RocksDB has it (or new), for the cache.
 fn load_account(reader: &StateReader, on_disk: bool, id: &str) -> Result<AccountEntry, StateError> {
-    account_entry(reader, if on_disk { reader.account(id)? } else { None }, id)
+    account_entry(reader, if on_disk { reader.account_record(id)? } else { None }, id)
 }
 
 /// How many of `cached` records to evict: none until the cache is a
@@ -2209,13 +2280,33 @@ fn excess(capacity: usize, cached: usize) -> usize {
     }
 }
 
-/// The cache entry of an account as RocksDB has it (`None`: no record).
-fn account_entry(reader: &StateReader, state: Option<AccountState>, id: &str) -> Result<AccountEntry, StateError> {
-    let members_on_disk = state.is_some();
+/// The cache entry of an account as RocksDB has it (`None`: no record),
+/// with the members its record holds, if it holds them.
+fn account_entry(
+    reader: &StateReader,
+    record: Option<(AccountState, Option<InlineMembers>)>,
+    id: &str,
+) -> Result<AccountEntry, StateError> {
+    let (state, inline) = record.map_or((None, None), |(s, m)| (Some(s), m));
+    // (A record with its members inside has them all: none on disk.)
+    let members_on_disk = state.is_some() && inline.is_none();
     let state = state.unwrap_or_default();
     let mark = Mark::of(&state);
     let mem_partition = if mark.due != 0 { reader.sweep_partition(mark.due, id)? } else { 0 };
-    Ok(AccountEntry { state, db_mark: mark, mem_mark: mark, mem_partition, members_on_disk, ..Default::default() })
+    let members = inline
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(user, state)| (user, MemberEntry { state, dirty: false }))
+        .collect();
+    Ok(AccountEntry {
+        state,
+        members,
+        db_mark: mark,
+        mem_mark: mark,
+        mem_partition,
+        members_on_disk,
+        ..Default::default()
+    })
 }
 
 /// Where [`Store::prepare`] puts records: the batch, and the changelog
@@ -2226,6 +2317,8 @@ struct Sink<'a> {
     buf: &'a mut Vec<u8>,
     key: &'a mut Vec<u8>,
     stats: &'a mut CommitStats,
+    /// [`Store::inline_members`].
+    inline_members: usize,
 }
 
 impl Sink<'_> {
@@ -2260,8 +2353,34 @@ impl Sink<'_> {
         (acf, mcf, meta): (&rocksdb::ColumnFamily, &rocksdb::ColumnFamily, &rocksdb::ColumnFamily),
         id: &str,
         e: &mut AccountEntry,
-        record: bool,
+        mut record: bool,
     ) {
+        if keeps_members_inside(e, self.inline_members) {
+            // One record, its members inside (a crowded account, whose
+            // members alone are written, keeps none inside).
+            if e.dirty || e.members.values().any(|m| m.dirty) {
+                encode_account_with_members(self.buf, self.key, id, e);
+                self.put(batch, acf, e.partition);
+                e.dirty = false;
+                for m in e.members.values_mut() {
+                    m.dirty = false;
+                }
+                self.stats.accounts += 1;
+                Self::indexes(batch, meta, id, e);
+            }
+            return;
+        }
+        if !e.members_on_disk {
+            // Past the members a record keeps inside: every member (the
+            // entry has them all) into a record of its own, and the
+            // account's record without them, in this batch.
+            for m in e.members.values_mut() {
+                m.dirty = true;
+            }
+            e.dirty = true;
+            e.members_on_disk = true;
+            record = true;
+        }
         if record && e.dirty {
             encode_account(self.buf, self.key, id, &e.state);
             self.put(batch, acf, e.partition);
@@ -2405,6 +2524,42 @@ pub fn encode_value<T: Serialize>(buf: &mut Vec<u8>, last_seen_ms: i64, record: 
 fn encode_account(buf: &mut Vec<u8>, key: &mut Vec<u8>, id: &str, state: &AccountState) {
     encode_value(buf, state.last_seen_ms, state);
     keys::account_to(key, id);
+}
+
+/// Whether the account's record keeps its members inside it: all of them
+/// are cached (none has a record of its own), and they are few.
+fn keeps_members_inside(e: &AccountEntry, inline_members: usize) -> bool {
+    !e.members_on_disk && e.members.len() <= inline_members
+}
+
+/// An account's record with its members inside (see [`INLINE_MEMBERS`]):
+/// the account's record, [`INLINE_MARK`], then its members by user. Its
+/// clock is the account's (no member's is later: every use of a member is
+/// one of its account).
+fn encode_account_with_members(buf: &mut Vec<u8>, key: &mut Vec<u8>, id: &str, e: &AccountEntry) {
+    encode_account(buf, key, id, &e.state);
+    let mut members: smallvec::SmallVec<[(&str, &MemberState); INLINE_MEMBERS]> =
+        e.members.iter().map(|(u, m)| (u.as_str(), &m.state)).collect();
+    members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    buf.push(INLINE_MARK);
+    let out = postcard::to_extend(&members, std::mem::take(buf)).expect("state records serialise");
+    *buf = out;
+}
+
+/// An account record's value: the account, and its members when they are
+/// inside it.
+pub(crate) fn decode_account_record(v: &[u8]) -> Result<(AccountState, Option<InlineMembers>), StateError> {
+    let corrupt = |detail: String| StateError::Corrupt { what: "account", detail };
+    let body = v.get(8..).ok_or_else(|| corrupt("shorter than its header".into()))?;
+    let (state, rest) = super::account::decode_account_rest(body).map_err(|e| corrupt(e.to_string()))?;
+    match rest.split_first() {
+        Some((&INLINE_MARK, members)) => {
+            let members: InlineMembers =
+                postcard::from_bytes(members).map_err(|e| corrupt(format!("its members: {e}")))?;
+            Ok((state, Some(members)))
+        }
+        _ => Ok((state, None)),
+    }
 }
 
 /// A member's record: its key into `key`, its value into `buf` (its clock
@@ -2596,6 +2751,8 @@ mod tests {
         let mut c = cfg(dir.path());
         c.idle_ttl_days = 160;
         let mut s = Store::open(&c).unwrap();
+        // (Members in records of their own, which expire on their own.)
+        s.members_apart();
         s.set_changelog(true);
         s.set_owned(vec![0, 1, 2]);
         let t0 = 1_000 * D;
@@ -2732,6 +2889,8 @@ mod tests {
         use crate::decode::{Event, Kind};
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&cfg(dir.path())).unwrap();
+        // (Members read ahead on their own.)
+        s.members_apart();
         let set = |s: &mut Store, a: &str, seq: u64| {
             let e = s.account(a).unwrap();
             e.state.seq = seq;
@@ -2771,7 +2930,7 @@ mod tests {
         commit_and_evict(&mut s);
         let mut p = s.prefetcher();
         let read_a = p.fetch(&ev("a"));
-        assert_eq!(read_a.account.as_ref().and_then(|f| f.state.as_ref()).map(|a| a.seq), Some(1));
+        assert_eq!(read_a.account.as_ref().and_then(|f| f.record.as_ref()).map(|(a, _)| a.seq), Some(1));
         let read_b = s.prefetcher().fetch(&ev("b"));
         // A commit writes "a" (and the user) after the reads began.
         set(&mut s, "a", 2);
@@ -2785,13 +2944,13 @@ mod tests {
         // "b" was not written since its read: taken as read (the read is
         // marked so that taking it shows).
         let mut read_b = read_b;
-        read_b.account.as_mut().unwrap().state.as_mut().unwrap().seq = 77;
+        read_b.account.as_mut().unwrap().record.as_mut().unwrap().0.seq = 77;
         s.set_fetched(read_b);
         assert_eq!(s.account("b").unwrap().state.seq, 77, "the read ahead of b was taken");
         // A dropped cache refuses every read before it.
         commit_and_evict(&mut s);
         let mut read_b = s.prefetcher().fetch(&ev("b"));
-        read_b.account.as_mut().unwrap().state.as_mut().unwrap().seq = 78;
+        read_b.account.as_mut().unwrap().record.as_mut().unwrap().0.seq = 78;
         s.discard_cache();
         s.set_fetched(read_b);
         assert_eq!(s.account("b").unwrap().state.seq, 1, "refused after the cache was dropped");
@@ -2913,6 +3072,8 @@ mod tests {
     fn a_new_accounts_members_are_looked_up_in_its_entry_only() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&cfg(dir.path())).unwrap();
+        // (Members in records of their own, as an account with many has.)
+        s.members_apart();
         for a in ["kept", "dropped"] {
             let m = s.reader().member_into(s.account(a).unwrap(), a, "u1").unwrap();
             m.state.first_seen_ms = 7;
@@ -2937,6 +3098,9 @@ mod tests {
     fn an_account_encoded_early_is_written_as_it_is_last() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&cfg(dir.path())).unwrap();
+        // (Its member in a record of its own; inside it, see
+        // `an_accounts_few_members_are_kept_inside_its_record`.)
+        s.members_apart();
         s.set_changelog(true);
         let change = |s: &mut Store, a: &str, seq: u64, seen: i64| {
             let e = s.account(a).unwrap();
@@ -2947,6 +3111,11 @@ mod tests {
             m.dirty = true;
             s.encode_early(a);
         };
+        // (Members written apart from the start: accounts already written.)
+        for a in ["once", "twice"] {
+            change(&mut s, a, 0, 1);
+        }
+        s.commit(&[]).unwrap();
         change(&mut s, "once", 1, 5);
         change(&mut s, "twice", 1, 5);
         assert!(s.accounts.peek("twice").unwrap().early.is_some(), "encoded early");
@@ -2973,9 +3142,101 @@ mod tests {
         assert!(s.early.is_empty(), "nothing left over for the next batch");
     }
 
+    /// An account with at most [`INLINE_MEMBERS`] members keeps them
+    /// inside its one record (in RocksDB and on the changelog, where a
+    /// restore brings them along); encoded early, it is that one record;
+    /// past the limit its members move to records of their own, all in the
+    /// batch that passes it, and the record no longer holds them.
+    #[test]
+    fn an_accounts_few_members_are_kept_inside_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&cfg(dir.path())).unwrap();
+        s.set_changelog(true);
+        let add = |s: &mut Store, a: &str, user: &str, seen: i64| {
+            s.account(a).unwrap().dirty = true;
+            let m = s.reader().member_into(s.account(a).unwrap(), a, user).unwrap();
+            m.state.first_seen_ms = seen;
+            m.dirty = true;
+            s.encode_early(a);
+        };
+        add(&mut s, "small", "u2", 2);
+        add(&mut s, "small", "u1", 1);
+        add(&mut s, "early", "u1", 3);
+        assert_eq!(s.accounts.peek("early").unwrap().early.map(|(_, n)| n), Some(1), "one record, encoded early");
+        assert!(s.accounts.peek("small").unwrap().late, "handed out again: encoded by the commit");
+        let p = s.prepare(&[]);
+        let keys_written: Vec<Vec<u8>> = p.changelog.iter().map(|r| r.key.to_vec()).collect();
+        assert_eq!(keys_written, vec![keys::account("early"), keys::account("small")], "no member records");
+        let restore: Vec<(Vec<u8>, Vec<u8>)> = p.changelog.iter().map(|r| (r.key.to_vec(), r.value.to_vec())).collect();
+        s.write(p, &[]).unwrap();
+        s.written();
+        let members_cf = s.reader.db.cf_handle(cf::MEMBERS).unwrap();
+        assert!(s.reader.db.iterator_cf(members_cf, IteratorMode::Start).next().is_none(), "none in RocksDB either");
+        s.discard_cache();
+        let by_user = |m: Vec<(String, MemberState)>| m.into_iter().map(|(u, m)| (u, m.first_seen_ms)).collect::<Vec<_>>();
+        assert_eq!(by_user(s.reader().members("small").unwrap()), vec![("u1".into(), 1), ("u2".into(), 2)]);
+        assert_eq!(s.reader().member("early", "u1").unwrap().unwrap().first_seen_ms, 3);
+        let m = s.reader().member_into(s.account("small").unwrap(), "small", "u2").unwrap();
+        assert_eq!(m.state.first_seen_ms, 2, "loaded with its account");
+        assert!(!s.accounts.peek("small").unwrap().members_on_disk);
+
+        // Restored from the changelog elsewhere: the members come along.
+        let other = tempfile::tempdir().unwrap();
+        let mut r = Store::open(&cfg(other.path())).unwrap();
+        r.apply_changelog(0, &restore, 1).unwrap();
+        assert_eq!(by_user(r.reader().members("small").unwrap()), vec![("u1".into(), 1), ("u2".into(), 2)]);
+
+        // Past the limit: every member apart, the record without them.
+        for i in 0..INLINE_MEMBERS {
+            add(&mut s, "small", &format!("v{i}"), 10 + i as i64);
+        }
+        let p = s.prepare(&[]);
+        let members_written = p.changelog.iter().filter(|r| r.key.first() == Some(&keys::MEMBER)).count();
+        assert_eq!(members_written, INLINE_MEMBERS + 2, "all its members, in records of their own");
+        let account = p.changelog.iter().find(|r| r.key == keys::account("small")).unwrap().value.to_vec();
+        assert_eq!(decode_account_record(&account).unwrap().1, None, "the record without them");
+        s.write(p, &[]).unwrap();
+        s.written();
+        s.discard_cache();
+        assert_eq!(s.reader().member_record("small", "u2").unwrap().unwrap().first_seen_ms, 2);
+        assert_eq!(s.reader().members("small").unwrap().len(), INLINE_MEMBERS + 2);
+        let m = s.reader().member_into(s.account("small").unwrap(), "small", "u1").unwrap();
+        assert_eq!(m.state.first_seen_ms, 1, "read from its own record");
+        assert!(s.accounts.peek("small").unwrap().members_on_disk);
+    }
+
+    /// A schema-2 directory (each member in a record of its own) is read as
+    /// it is, and marked with the current schema at open (an engine of
+    /// schema 2 would not see members inside records).
+    #[test]
+    fn a_schema_2_directory_is_read_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Store::open(&cfg(dir.path())).unwrap();
+            s.members_apart();
+            s.account("a").unwrap().dirty = true;
+            let m = s.reader().member_into(s.account("a").unwrap(), "a", "u").unwrap();
+            m.state.first_seen_ms = 4;
+            m.dirty = true;
+            s.commit(&[]).unwrap();
+            let db = &s.reader.db;
+            db.put_cf(db.cf_handle(cf::META).unwrap(), keys::meta("schema"), SCHEMA_V2).unwrap();
+        }
+        let mut s = Store::open(&cfg(dir.path())).unwrap();
+        assert_eq!(s.reader().schema().unwrap().as_bytes(), SCHEMA_VERSION);
+        let m = s.reader().member_into(s.account("a").unwrap(), "a", "u").unwrap();
+        assert_eq!(m.state.first_seen_ms, 4);
+        // Changed, it stays as it is on disk: its member apart.
+        m.state.first_seen_ms = 5;
+        m.dirty = true;
+        s.account("a").unwrap().dirty = true;
+        s.commit(&[]).unwrap();
+        assert_eq!(s.reader().member_record("a", "u").unwrap().unwrap().first_seen_ms, 5);
+    }
+
     /// A schema-1 directory (counters by position, signals by name) is
     /// migrated in place on start: counts land in the columns of the same
-    /// meaning, signals by name, and the schema is 2 afterwards.
+    /// meaning, signals by name, and the schema is the current one afterwards.
     #[test]
     fn a_schema_1_directory_is_migrated_in_place() {
         use crate::state::account::{Announced, Bucket};
@@ -3020,7 +3281,7 @@ mod tests {
         let mut s = Store::open(&cfg(dir.path())).unwrap();
         assert!(s.reader().needs_migration().unwrap());
         s.prepare_layout(Arc::new(Layout::single(&def)), &def).unwrap();
-        assert_eq!(s.reader().schema().unwrap(), "2");
+        assert_eq!(s.reader().schema().unwrap().as_bytes(), SCHEMA_VERSION);
         let a = s.reader().account("acme").unwrap().unwrap();
         let uploads = crate::config::definition::counter_id(Some(&["File Uploaded".to_string()].into_iter().collect()));
         assert_eq!(
@@ -3067,7 +3328,7 @@ mod tests {
             s.set_watermark_ms(777);
             let stats = s.commit(&[("t".into(), 3, 42)]).unwrap();
             assert_eq!(stats.accounts, 5);
-            assert_eq!(stats.members, 1);
+            assert_eq!(stats.members, 0, "a1's one member is inside its record");
             assert_eq!(stats.cached_accounts, 2, "cache trimmed to capacity");
         }
         let s = Store::open(&cfg(dir.path())).unwrap();
@@ -3078,6 +3339,7 @@ mod tests {
         assert_eq!(r.offsets().unwrap(), vec![(("t".to_string(), 3), 42)]);
         assert_eq!(s.watermark_ms(), 777);
         assert_eq!(r.user("u1").unwrap().unwrap().account.as_deref(), Some("a1"));
+        assert_eq!(r.member("a1", "u1").unwrap().unwrap().days, vec![(1, 2)]);
         let members = r.members("a1").unwrap();
         assert_eq!(members.len(), 1);
         assert_eq!(members[0].1.days, vec![(1, 2)]);
