@@ -533,8 +533,22 @@ impl Changelog {
                     }
                     let key = m.key().unwrap_or_default().to_vec();
                     let mut value = m.payload().unwrap_or_default().to_vec();
+                    let schema = if key.first() == Some(&keys::ACCOUNT) { schema_of(&m) } else { None };
+                    if let Some(v) = schema.as_deref().filter(|v| !crate::state::store::schema_readable(v)) {
+                        // Written by a newer engine, in a shape this one
+                        // would misread: stop rather than restore it wrong.
+                        break Err(crate::state::StateError::Corrupt {
+                            what: "changelog",
+                            detail: format!(
+                                "an account record of schema {} (this engine reads up to {}): run the newer version",
+                                String::from_utf8_lossy(v),
+                                String::from_utf8_lossy(crate::state::store::SCHEMA_VERSION)
+                            ),
+                        }
+                        .into());
+                    }
                     // (A tombstone has nothing to convert: see `state::expiry`.)
-                    if key.first() == Some(&keys::ACCOUNT) && !value.is_empty() && schema_of(&m).is_none() {
+                    if key.first() == Some(&keys::ACCOUNT) && !value.is_empty() && schema.is_none() {
                         // Written by an engine of schema 1 (before records
                         // named their columns): read it the way a schema-1
                         // state directory is migrated.
@@ -782,6 +796,32 @@ mod tests {
         assert_eq!(kept, Restored::default(), "nothing read");
         assert_eq!(ahead.reader().account("a1").unwrap().unwrap().seq, 99, "the newer local version stays");
         assert_eq!(ahead.reader().offset("events", 1).unwrap(), Some(40));
+    }
+
+    /// An account record of a schema newer than this engine's (its members
+    /// could be somewhere this engine does not look) stops the restore,
+    /// naming the schema, instead of being restored wrong.
+    #[test]
+    fn an_account_record_of_a_newer_schema_is_not_restored() {
+        let (cluster, cfg, c) = mock_changelog(1);
+        let (shutdown, health) = (Shutdown::new(), Health::new());
+        health.set_live(true);
+        health.set_assigned(true);
+        let newer: BaseProducer =
+            ClientConfig::new().set("bootstrap.servers", cluster.bootstrap_servers()).create().unwrap();
+        let (key, value) = (keys::account("a1"), account_value(1));
+        let headers = OwnedHeaders::new().insert(Header { key: SCHEMA_HEADER, value: Some(b"99".as_slice()) });
+        newer.send(BaseRecord::to("unit-changelog").partition(0).key(&key).payload(&value).headers(headers)).unwrap();
+        newer.flush(Duration::from_secs(10)).unwrap();
+        c.write(&records(&[marker(0, 10, 5_000)]), &shutdown, &|_| {}).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut scfg = cfg.state.clone();
+        scfg.dir = dir.path().to_path_buf();
+        let mut store = Store::open(&scfg).unwrap();
+        let err = c.restore(&mut store, 0, &shutdown, &health).unwrap_err().to_string();
+        assert!(err.contains("schema 99"), "{err}");
+        assert!(store.reader().account("a1").unwrap().is_none(), "nothing restored");
     }
 
     /// A record dropped for idleness by its writer's compaction is

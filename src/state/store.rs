@@ -62,6 +62,12 @@ const SCHEMA_V1: &[u8] = b"1";
 /// not see the members inside the records this one writes, refuses it.
 const SCHEMA_V2: &[u8] = b"2";
 
+/// Whether this engine reads records of the named schema (a changelog
+/// account record names its own).
+pub fn schema_readable(schema: &[u8]) -> bool {
+    [SCHEMA_VERSION, SCHEMA_V2, SCHEMA_V1].contains(&schema)
+}
+
 /// (topic, partition).
 pub type TopicPartition = (String, i32);
 
@@ -3173,7 +3179,8 @@ mod tests {
         let members_cf = s.reader.db.cf_handle(cf::MEMBERS).unwrap();
         assert!(s.reader.db.iterator_cf(members_cf, IteratorMode::Start).next().is_none(), "none in RocksDB either");
         s.discard_cache();
-        let by_user = |m: Vec<(String, MemberState)>| m.into_iter().map(|(u, m)| (u, m.first_seen_ms)).collect::<Vec<_>>();
+        let by_user =
+            |m: Vec<(String, MemberState)>| m.into_iter().map(|(u, m)| (u, m.first_seen_ms)).collect::<Vec<_>>();
         assert_eq!(by_user(s.reader().members("small").unwrap()), vec![("u1".into(), 1), ("u2".into(), 2)]);
         assert_eq!(s.reader().member("early", "u1").unwrap().unwrap().first_seen_ms, 3);
         let m = s.reader().member_into(s.account("small").unwrap(), "small", "u2").unwrap();
