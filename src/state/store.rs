@@ -191,10 +191,11 @@ pub struct AccountEntry {
     /// changelog partition).
     pub partition: i32,
     /// RocksDB may hold member records of the account: its record was read
-    /// from there, or members were written and left the cache. Not so for
-    /// an account new to RocksDB (on the long tail, a quarter of the
-    /// events): its users' member records are looked up in its entry only
-    /// (see [`StateReader::member_into`]).
+    /// from there without its members inside, or its members were written
+    /// apart. Not so for an account new to RocksDB (on the long tail, a
+    /// quarter of the events), nor for one whose record holds its members
+    /// (see [`INLINE_MEMBERS`]): the entry has all its members, and its
+    /// users are looked up there only (see [`StateReader::member_into`]).
     members_on_disk: bool,
     /// Its record and changed members, encoded at the end of the event
     /// that changed them (see [`Store::encode_early`]): these records of
