@@ -323,13 +323,7 @@ pub fn decode_account_rest(body: &[u8]) -> Result<(AccountState, &[u8]), postcar
 
 /// Decodes the postcard body of an account record, of either shape.
 pub fn decode_account(body: &[u8]) -> Result<AccountState, postcard::Error> {
-    match postcard::from_bytes::<AccountState>(body) {
-        Ok(s) => Ok(s),
-        Err(e) => postcard::from_bytes::<AccountStateV3>(body)
-            .map(AccountState::from)
-            .or_else(|_| postcard::from_bytes::<AccountStateV2>(body).map(AccountState::from))
-            .map_err(|_| e),
-    }
+    decode_account_rest(body).map(|(s, _)| s)
 }
 
 /// A user's activity inside one account.

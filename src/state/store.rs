@@ -216,6 +216,13 @@ pub struct AccountEntry {
     mem_partition: i32,
 }
 
+impl AccountEntry {
+    /// Its record or one of its cached members changed since written.
+    fn changed(&self) -> bool {
+        self.dirty || self.members.values().any(|m| m.dirty)
+    }
+}
+
 /// An account's place in the schedule indexes: its sweep time (0: none)
 /// and its queue priority.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -1468,7 +1475,7 @@ impl Store {
         }
         let first = early.len();
         if keeps_members_inside(e, *inline_members) {
-            if !e.dirty && !e.members.values().any(|m| m.dirty) {
+            if !e.changed() {
                 return;
             }
             encode_account_with_members(buf, key, id, e);
@@ -1589,8 +1596,13 @@ impl Store {
     /// Members of an account: RocksDB overlaid with the cached (possibly
     /// unflushed) ones.
     pub fn members(&self, account: &str) -> Result<Vec<(String, MemberState)>, StateError> {
-        let mut all: HashMap<String, MemberState> = self.reader.members(account)?.into_iter().collect();
-        if let Some(e) = self.accounts.peek(account).or_else(|| self.spilled_accounts.get(account)) {
+        let cached = self.accounts.peek(account).or_else(|| self.spilled_accounts.get(account));
+        let mut all: HashMap<String, MemberState> = match cached {
+            // The entry has them all (see `AccountEntry::members_on_disk`).
+            Some(e) if !e.members_on_disk => HashMap::new(),
+            _ => self.reader.members(account)?.into_iter().collect(),
+        };
+        if let Some(e) = cached {
             for (u, m) in &e.members {
                 all.insert(u.clone(), m.state.clone());
             }
@@ -1694,7 +1706,7 @@ impl Store {
             let mut evicted: Vec<(String, AccountEntry)> = Vec::with_capacity(n);
             for i in self.accounts.least_recent(n) {
                 let Some((id, e)) = self.accounts.remove_at(i) else { continue };
-                if e.dirty || e.members.values().any(|m| m.dirty) {
+                if e.changed() {
                     evicted.push((id, e));
                 }
             }
@@ -2365,7 +2377,7 @@ impl Sink<'_> {
         if keeps_members_inside(e, self.inline_members) {
             // One record, its members inside (a crowded account, whose
             // members alone are written, keeps none inside).
-            if e.dirty || e.members.values().any(|m| m.dirty) {
+            if e.changed() {
                 encode_account_with_members(self.buf, self.key, id, e);
                 self.put(batch, acf, e.partition);
                 e.dirty = false;
