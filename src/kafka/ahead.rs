@@ -28,10 +28,10 @@ use crate::engine::InputRecord;
 
 /// Records per chunk: large enough that handing a chunk over costs little
 /// per record, small enough that the engine starts soon.
-const CHUNK_RECORDS: usize = 64;
+const CHUNK_RECORDS: usize = 256;
 
 /// Chunks handed to the decoder and not yet applied, at most.
-const IN_FLIGHT: usize = 2;
+const IN_FLIGHT: usize = 4;
 
 /// One consumed record, its bytes in its chunk's buffer.
 struct Raw {
