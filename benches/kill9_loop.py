@@ -119,7 +119,7 @@ def main():
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--kills", type=int, default=5)
-    ap.add_argument("--pause", type=float, default=47.0, help="seconds after each kill")
+    ap.add_argument("--pause", type=float, default=47.0, help="seconds after each kill (15 or more on tansu 0.6.0: see kill9_loop.sh)")
     ap.add_argument("--changelog", choices=["true", "false"], default="true")
     ap.add_argument("--sample", type=int, default=300, help="accounts whose state is compared")
     ap.add_argument("--work", required=True)

@@ -4,7 +4,14 @@
 #
 #   bash benches/kill9_loop.sh --runs 10                          # tansu, sqlite storage
 #   TANSU_STORAGE=memory bash benches/kill9_loop.sh --runs 10     # tansu 0.6.0 memory storage (skips mid-batch)
-#   bash benches/kill9_loop.sh --runs 1 --events 200000 --accounts 20000 --pause 10   # a quick try
+#   bash benches/kill9_loop.sh --runs 1 --events 200000 --accounts 20000 --pause 15   # a quick try
+#
+# Keep --pause at 15 s or more on tansu 0.6.0: a member that rejoins before
+# tansu has expired the killed one (the shipped session.timeout.ms is 10 s)
+# can get an empty assignment that tansu never revises (BENCHMARKS.md,
+# "Effectively once across processes"). On its SQLite storage a release
+# build writes the changelog faster than tansu stores it: heartbeats then
+# time out and the last instance can stall; TANSU_STORAGE=memory does not.
 #
 # Flags go to kill9_loop.py (--runs, --events, --accounts, --partitions,
 # --kills, --pause, --changelog true|false, --sample, --seed).
