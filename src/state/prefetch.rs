@@ -11,6 +11,10 @@
 //! the time, with or without the changelog (BENCHMARKS.md, 2026-12-04);
 //! tried again on a faster VM (2026-12-05, evening), the rate fell about
 //! 5 %: the decoder's reads cost more CPU than the engine thread's saved.
+//! A third time (2026-12-05, late: chunks of 1,024 records, and no longer
+//! idle behind librdkafka's fetch backoff): the decoder thread went from
+//! 0.46 s to 2.2 s of CPU for 0.4 s off the engine thread's 6.9 s, and the
+//! rate fell 8 % (3 alternated pairs on the long tail through tansu).
 //!
 //! **Why a record read ahead is exact.** The engine takes a record read ahead
 //! only where it would itself read RocksDB (the record is neither cached nor
