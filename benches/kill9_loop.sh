@@ -11,7 +11,7 @@
 # can get an empty assignment that tansu never revises (BENCHMARKS.md,
 # "Effectively once across processes"). On its SQLite storage a release
 # build writes the changelog faster than tansu stores it: heartbeats then
-# time out and the last instance can stall; TANSU_STORAGE=memory does not.
+# time out and the last instance can stall (2026-12-05); use TANSU_STORAGE=memory.
 #
 # Flags go to kill9_loop.py (--runs, --events, --accounts, --partitions,
 # --kills, --pause, --changelog true|false, --sample, --seed).

@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """How fast a consumer alone can read a topic from the benchmark broker: the
 ceiling any `run` through that broker has. librdkafka (confluent-kafka),
-batches of 10,000, no processing.
+batches of 10,000, no processing, with the fetch settings `pqa-engine run`
+uses (`fetch.wait.max.ms=50`, `fetch.queue.backoff.ms=20`): with
+librdkafka's own (500 ms, 1 s) this read a 2-partition topic at about
+100 k events/s, which is librdkafka's backoff, not the broker
+(BENCHMARKS.md, "`run` idle behind librdkafka's fetch backoff").
 
     python benches/peers/consume_only.py TOPIC EVENTS [librdkafka.property=value ...]
 """
@@ -20,6 +24,8 @@ def main() -> int:
         "group.id": "consume-only-" + uuid.uuid4().hex,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
+        "fetch.wait.max.ms": "50",
+        "fetch.queue.backoff.ms": "20",
         **extra,
     })
     c.subscribe([topic])
