@@ -624,6 +624,12 @@ impl Engine {
         self.release(out)
     }
 
+    /// The account and user records changed since the last commit (see
+    /// `kafka.max_batch_records`).
+    pub fn touched_records(&self) -> usize {
+        self.store.touched_records()
+    }
+
     /// Whether anything was changed since the last commit.
     pub fn has_changes(&self) -> bool {
         self.store.has_changes() || self.part_times_changed

@@ -284,3 +284,49 @@ fn broker_outage_makes_it_unready_then_it_resumes_without_loss() {
     assert_eq!(qualified_pairs(&out), want, "{}", engine.log());
     assert!(engine.terminate(Duration::from_secs(30)).success());
 }
+
+/// A batch closes once it changed about `kafka.max_batch_records` records,
+/// however many messages it may still take: 30,000 events of 30,000 new
+/// accounts (two records each: the account and its user) with room for a
+/// million messages and 3 s a batch make batches of about 1,000 applied
+/// events, plus the few thousand decoded ahead of the engine. Without the
+/// bound they are one or two batches.
+#[test]
+fn a_batch_closes_at_max_batch_records() {
+    const EVENTS: usize = 30_000;
+    let (_cluster, bootstrap) = mock_kafka(1);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), &bootstrap, &dir.path().join("state"), port, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "max_batch_wait_ms = 20",
+        "max_batch_wait_ms = 3000\nmax_batch_messages = 1000000\nmax_batch_records = 2000",
+    );
+    std::fs::write(&config, text).unwrap();
+
+    let p = producer(&bootstrap);
+    let recs: Vec<(String, Vec<u8>)> = (0..EVENTS)
+        .map(|i| {
+            let account = format!("acct-{i:05}");
+            let body = track(&format!("u-{i:05}"), Some(&account), "Card Moved", "2026-01-06T12:00:00Z");
+            (account, body)
+        })
+        .collect();
+    let recs: Vec<(Option<&str>, Option<Vec<u8>>)> = recs.iter().map(|(k, v)| (Some(k.as_str()), Some(v.clone()))).collect();
+    produce(&p, "events", &recs);
+
+    let mut engine = EngineProcess::start(&config, port, dir.path(), 1);
+    engine.wait_ready(Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while engine.metric("pqa_batch_messages_sum") < EVENTS as f64 {
+        assert!(Instant::now() < deadline, "not every event in a closed batch: {}", engine.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let batches = engine.metric("pqa_batch_messages_count");
+    let per_batch = EVENTS as f64 / batches;
+    // At most 2,000 records (about 1,000 events) applied, then what the
+    // decoder holds: 4 chunks of 1,024 and the one filling.
+    assert!(batches >= 5.0 && per_batch <= 6_200.0, "{batches} batches of {per_batch:.0} messages on average");
+    assert_eq!(engine.metric("pqa_events_total"), EVENTS as f64);
+    assert!(engine.terminate(Duration::from_secs(30)).success());
+}

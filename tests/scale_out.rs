@@ -27,15 +27,7 @@ const EVENTS: usize = 30_000;
 const PARTITIONS: i32 = 6;
 
 fn metric(engine: &EngineProcess, name: &str) -> f64 {
-    engine
-        .http_get("/metrics")
-        .map(|(_, m)| {
-            m.lines()
-                .filter(|l| l.starts_with(name) && (l.len() == name.len() || l[name.len()..].starts_with([' ', '{'])))
-                .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-                .sum()
-        })
-        .unwrap_or(0.0)
+    engine.metric(name)
 }
 
 fn wait_caught_up(bootstrap: &str, ends: &BTreeMap<i32, i64>, engines: &[&EngineProcess], timeout: Duration) {

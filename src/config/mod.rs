@@ -152,6 +152,14 @@ pub struct KafkaConfig {
     /// A batch is closed after this long even if not full.
     #[serde(default = "default_max_batch_wait_ms")]
     pub max_batch_wait_ms: u64,
+    /// A batch is closed once the records it changed (accounts and users)
+    /// reach about this many: each is written whole at the commit and stays
+    /// cached until then, so this bounds a batch's memory and its write,
+    /// whatever the number of messages. (Checked as records are applied:
+    /// the records decoded ahead, up to a few thousand messages, still join
+    /// the batch.)
+    #[serde(default = "default_max_batch_records")]
+    pub max_batch_records: usize,
     /// Keep a compacted changelog topic of the state (the Kafka Streams
     /// way): when a partition moves to another instance of the group, its
     /// state is restored from the changelog before it is processed. Needs
@@ -216,10 +224,13 @@ impl KafkaConfig {
 }
 
 const fn default_max_batch_messages() -> usize {
-    10_000
+    50_000
 }
 const fn default_max_batch_wait_ms() -> u64 {
-    50
+    250
+}
+const fn default_max_batch_records() -> usize {
+    20_000
 }
 
 /// Input handling: field locations (JSON pointers, RFC 6901) and limits.
@@ -454,6 +465,9 @@ impl Config {
         }
         if self.kafka.max_batch_messages == 0 {
             errs.push(ConfigError::new("kafka.max_batch_messages", "must be at least 1"));
+        }
+        if self.kafka.max_batch_records == 0 {
+            errs.push(ConfigError::new("kafka.max_batch_records", "must be at least 1"));
         }
         if self.input.max_message_bytes == 0 {
             errs.push(ConfigError::new("input.max_message_bytes", "must be at least 1"));

@@ -1,7 +1,8 @@
 //! Source: the Kafka consumer loop behind `pqa-engine run`.
 //!
 //! One thread owns the consumer and the engine and works in batches: poll up
-//! to `max_batch_messages` (or `max_batch_wait_ms`), apply them, then hand
+//! to `max_batch_messages` (or `max_batch_wait_ms`, or until they changed
+//! `max_batch_records` records), apply them, then hand
 //! the batch to a commit thread that delivers its output, writes its
 //! changelog records, and commits state and offsets to RocksDB in one write,
 //! while the next batch is applied. One batch is in flight at most: before
@@ -572,7 +573,7 @@ pub fn consumer_config(cfg: &Config) -> ClientConfig {
         .set("partition.assignment.strategy", "cooperative-sticky")
         // A broker may hold a fetch for this long even with data waiting
         // (tansu does); librdkafka's 500 ms default then dominates the
-        // latency of every event. 50 ms matches `max_batch_wait_ms`.
+        // latency of every event.
         .set("fetch.wait.max.ms", "50")
         // Once a partition's prefetch queue is past its thresholds,
         // librdkafka waits this long before fetching it again (1 s by
@@ -768,6 +769,7 @@ pub fn run_definitions(
 
     let ctx = consumer.context();
     let max_batch = cfg.kafka.max_batch_messages;
+    let max_records = cfg.kafka.max_batch_records;
     let max_wait = Duration::from_millis(cfg.kafka.max_batch_wait_ms);
     let mut last_size_report = Instant::now();
     let mut last_publish = Instant::now();
@@ -806,6 +808,11 @@ pub fn run_definitions(
                             break 'run;
                         }
                         n += 1;
+                        if w.engine.touched_records() >= max_records {
+                            // Enough records to write whole at the commit
+                            // (and to keep cached until then).
+                            break;
+                        }
                     }
                 }
                 Err(KafkaError::PartitionEOF(_)) => {}

@@ -1323,6 +1323,12 @@ impl Store {
         self.partition = partition;
     }
 
+    /// The account and user records touched since the last prepared
+    /// commit (each is written at that commit).
+    pub fn touched_records(&self) -> usize {
+        self.touched_accounts.len() + self.touched_users.len()
+    }
+
     /// Whether records were touched or meta records set since the last
     /// prepared commit.
     pub fn has_changes(&self) -> bool {

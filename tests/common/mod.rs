@@ -109,6 +109,19 @@ impl EngineProcess {
         http_get(self.http_port, path)
     }
 
+    /// The sum of a metric's samples (every label set) on `/metrics`; 0
+    /// when it is absent or HTTP does not answer.
+    pub fn metric(&self, name: &str) -> f64 {
+        self.http_get("/metrics")
+            .map(|(_, m)| {
+                m.lines()
+                    .filter(|l| l.starts_with(name) && (l.len() == name.len() || l[name.len()..].starts_with([' ', '{'])))
+                    .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+                    .sum()
+            })
+            .unwrap_or(0.0)
+    }
+
     /// Waits until `/readyz` answers 200.
     pub fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
