@@ -312,7 +312,8 @@ fn a_batch_closes_at_max_batch_records() {
             (account, body)
         })
         .collect();
-    let recs: Vec<(Option<&str>, Option<Vec<u8>>)> = recs.iter().map(|(k, v)| (Some(k.as_str()), Some(v.clone()))).collect();
+    let recs: Vec<(Option<&str>, Option<Vec<u8>>)> =
+        recs.iter().map(|(k, v)| (Some(k.as_str()), Some(v.clone()))).collect();
     produce(&p, "events", &recs);
 
     let mut engine = EngineProcess::start(&config, port, dir.path(), 1);

@@ -115,7 +115,9 @@ impl EngineProcess {
         self.http_get("/metrics")
             .map(|(_, m)| {
                 m.lines()
-                    .filter(|l| l.starts_with(name) && (l.len() == name.len() || l[name.len()..].starts_with([' ', '{'])))
+                    .filter(|l| {
+                        l.starts_with(name) && (l.len() == name.len() || l[name.len()..].starts_with([' ', '{']))
+                    })
                     .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
                     .sum()
             })
