@@ -227,7 +227,7 @@ const fn default_max_batch_messages() -> usize {
     50_000
 }
 const fn default_max_batch_wait_ms() -> u64 {
-    250
+    50
 }
 const fn default_max_batch_records() -> usize {
     20_000
