@@ -624,6 +624,12 @@ impl Engine {
         self.release(out)
     }
 
+    /// Takes back a written batch's changelog buffers (see
+    /// [`crate::state::store::Store::recycle`]).
+    pub fn recycle(&mut self, spare: crate::state::store::ChangeRecords) {
+        self.store.recycle(spare);
+    }
+
     /// The account and user records changed since the last commit (see
     /// `kafka.max_batch_records`).
     pub fn touched_records(&self) -> usize {

@@ -19,7 +19,7 @@
 use std::thread::JoinHandle;
 
 use super::{Engine, EngineError};
-use crate::state::store::{CommitStats, Prepared};
+use crate::state::store::{ChangeRecords, CommitStats, Prepared};
 use crate::state::StateError;
 
 /// What the caller does with a prepared batch before its state is written:
@@ -39,6 +39,10 @@ pub struct Settled<X> {
 
 struct Durable<X> {
     stats: CommitStats,
+    /// The batch's changelog records, written: their buffers go back to the
+    /// store for the next batch (a fresh one of megabytes is faulted in and
+    /// zeroed page by page on the engine thread).
+    spare: ChangeRecords,
     oldest_ts: Option<i64>,
     written_ms: i64,
     extra: X,
@@ -64,10 +68,11 @@ fn make_durable<X, E: From<StateError>>(
 ) -> Result<Durable<X>, E> {
     let (changelog_next, extra) = before(&mut prepared)?;
     let oldest_ts = prepared.oldest_ts;
+    let spare = std::mem::take(&mut prepared.changelog);
     let writing = std::time::Instant::now();
     let stats = writer.write(prepared, &changelog_next)?;
     timer.observe(writing.elapsed().as_secs_f64());
-    Ok(Durable { stats, oldest_ts, written_ms: chrono::Utc::now().timestamp_millis(), extra })
+    Ok(Durable { stats, spare, oldest_ts, written_ms: chrono::Utc::now().timestamp_millis(), extra })
 }
 
 impl<X: Send + 'static, E: From<StateError> + Send + 'static> Committer<X, E> {
@@ -94,6 +99,7 @@ impl<X: Send + 'static, E: From<StateError> + Send + 'static> Committer<X, E> {
     fn finish(engine: &mut Engine, done: Result<Durable<X>, E>) -> Result<Settled<X>, E> {
         match done {
             Ok(d) => {
+                engine.recycle(d.spare);
                 let stats = engine.committed(d.stats, d.oldest_ts, d.written_ms);
                 Ok(Settled { stats, extra: d.extra })
             }
