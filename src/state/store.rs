@@ -1660,13 +1660,9 @@ impl Store {
         let (batch_bytes, changelog_len, changelog_bytes) = self.last_commit_size;
         let mut batch = WriteBatch::with_capacity_bytes(batch_bytes);
         let mut stats = CommitStats::default();
-        let mut changelog = match self.spare_changelog.take() {
-            Some(mut c) => {
-                c.clear();
-                c
-            }
-            None => ChangeRecords::with_capacity(changelog_len, changelog_bytes),
-        };
+        // (The last written batch's buffers, cleared, if they came back.)
+        let mut changelog =
+            self.spare_changelog.take().unwrap_or_else(|| ChangeRecords::with_capacity(changelog_len, changelog_bytes));
         let (mut buf, mut key) = (Vec::with_capacity(4096), Vec::with_capacity(256));
         let mut sink = Sink {
             changelog: self.changelog.then_some(&mut changelog),
