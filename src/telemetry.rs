@@ -46,6 +46,9 @@ pub struct Metrics {
     pub commits: IntCounterVec,
     /// Messages per batch.
     pub batch_messages: Histogram,
+    /// Batches the consumer loop closed, by the limit that closed them
+    /// (`messages`, `records`, `wait`; `error` after a consumer error).
+    pub batches_closed: IntCounterVec,
     /// Producer delivery failures (retried).
     pub delivery_failures: IntCounter,
     /// Accounts in the in-memory cache.
@@ -267,6 +270,17 @@ impl Metrics {
                 Histogram::with_opts(
                     HistogramOpts::new("pqa_batch_messages", "Messages per batch")
                         .buckets(prometheus::exponential_buckets(1.0, 4.0, 9).unwrap()),
+                )
+                .unwrap(),
+            ),
+            batches_closed: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pqa_batches_closed_total",
+                        "Batches the consumer loop closed, by what closed them (messages, records, wait, error)",
+                    ),
+                    &["by"],
                 )
                 .unwrap(),
             ),

@@ -328,6 +328,10 @@ fn a_batch_closes_at_max_batch_records() {
     // At most 2,000 records (about 1,000 events) applied, then what the
     // decoder holds: 4 chunks of 1,024 and the one filling.
     assert!(batches >= 5.0 && per_batch <= 6_200.0, "{batches} batches of {per_batch:.0} messages on average");
+    // Every batch but the last closed by the records it changed; the last
+    // by the wait (nothing more came).
+    assert_eq!(engine.metric(r#"pqa_batches_closed_total{by="records"}"#), batches - 1.0);
+    assert_eq!(engine.metric(r#"pqa_batches_closed_total{by="wait"}"#), 1.0);
     assert_eq!(engine.metric("pqa_events_total"), EVENTS as f64);
     assert!(engine.terminate(Duration::from_secs(30)).success());
 }

@@ -780,6 +780,8 @@ pub fn run_definitions(
         let started = Instant::now();
         let mut n = 0usize;
         let mut timeout = Duration::from_millis(100);
+        // Which limit closes this batch (`pqa_batches_closed_total`).
+        let mut closed_by = "messages";
         while n < max_batch {
             // Never hold the worker across `poll`: rebalance callbacks run
             // inside it and take the worker themselves.
@@ -795,7 +797,10 @@ pub fn run_definitions(
                 drop(guard);
                 msg = consumer.poll(timeout);
             }
-            let Some(msg) = msg else { break };
+            let Some(msg) = msg else {
+                closed_by = "wait";
+                break;
+            };
             match msg {
                 Ok(m) => {
                     // A broker answered.
@@ -811,6 +816,7 @@ pub fn run_definitions(
                         if w.engine.touched_records() >= max_records {
                             // Enough records to write whole at the commit
                             // (and to keep cached until then).
+                            closed_by = "records";
                             break;
                         }
                     }
@@ -824,14 +830,19 @@ pub fn run_definitions(
                         last_error_log = Instant::now();
                     }
                     shutdown.sleep(Duration::from_millis(100));
+                    closed_by = "error";
                     break;
                 }
             }
             let spent = started.elapsed();
             if spent >= max_wait {
+                closed_by = "wait";
                 break;
             }
             timeout = max_wait - spent;
+        }
+        if n > 0 {
+            ctx.metrics.batches_closed.with_label_values(&[closed_by]).inc();
         }
         let mut guard = ctx.worker.lock().expect("lock");
         let w = guard.as_mut().expect("worker");
