@@ -30,7 +30,7 @@ use crate::engine::InputRecord;
 /// per record, small enough that the engine starts soon. Each hand-over
 /// wakes the decoder, and on 2 cores the woken thread often takes the
 /// engine's core for a moment: with 64 records a chunk, the engine thread
-/// spent about 1.1 s of a 9 s run over a backlog waiting at hand-overs;
+/// spent about 1.1 s of a 10 s run over a backlog waiting at hand-overs;
 /// 1,024 made `run` 4-7 % faster than 256 (BENCHMARKS.md). It adds no
 /// wait when the input is slow: whatever is in hand is applied whenever
 /// the consumer has nothing more (see the module docs).
