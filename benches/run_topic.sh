@@ -4,12 +4,14 @@
 # batch time went (the engine's own histograms), the CPU seconds of each busy
 # thread and of the whole process, and the steady rate (events / time from
 # the first processed event to the last, as benches/compare.sh counts it),
-# with the batches cut and the process's peak RSS.
+# with the batches cut and the process's peak RSS, and the rate over the second half of
+# the events (after the first touch of most of the working set).
 # For A/B runs of two binaries on the same topic without reloading it.
 #
 #   bash benches/run_topic.sh BIN TOPIC EVENTS
 #   OUT=other.topic bash benches/run_topic.sh BIN TOPIC EVENTS   # output topic (default bench.out)
 #   KAFKA_TOML='changelog = false' bash benches/run_topic.sh ...  # more lines in the [kafka] table
+#   STATE_TOML="cache_accounts = 250000" bash benches/run_topic.sh ...  # more lines in the [state] table
 #
 # The output and dead-letter topics must exist (benches/broker.sh create-topic).
 # Environment: TANSU_PORT [19092].
@@ -30,18 +32,20 @@ dlq_topic = "${DLQ:-bench.dlq}"
 ${KAFKA_TOML:-}
 [state]
 dir = "$W/state"
+${STATE_TOML:-}
 [http]
 addr = "127.0.0.1:$port"
 TOML
 now() { date +%s.%N; }
 RUST_LOG=warn "$BIN" run --config "$W/c.toml" 2>"$W/log" &
 P=$!
-t_first="" n_first=0
+t_first="" n_first=0 t_half="" n_half=0
 while :; do
     kill -0 "$P" 2>/dev/null || { echo "run-topic: the engine exited:" >&2; cat "$W/log" >&2; exit 1; }
     n="$(curl -sf "http://127.0.0.1:$port/metrics" | awk '$1 == "pqa_batch_messages_sum" { print $2 }')"
     n="${n:-0}"; n="${n%.*}"
     if [[ -z "$t_first" && "$n" -gt 0 ]]; then t_first="$(now)"; n_first="$n"; fi
+    if [[ -z "$t_half" && "$n" -ge $((N / 2)) ]]; then t_half="$(now)"; n_half="$n"; fi
     if [[ "$n" -ge "$N" ]]; then t_last="$(now)"; break; fi
     sleep 0.05
 done
@@ -55,4 +59,5 @@ for t in /proc/"$P"/task/*; do
 done | sort -k2 -nr | head -8 | tr '\n' ' '
 awk -v c="$clk" '{ printf "| process cpu %.2f s", ($14 + $15) / c }' "/proc/$P/stat"
 awk '$1 == "VmHWM:" { printf ", max rss %d MiB\n", $2 / 1024 }' "/proc/$P/status"
-awk -v n="$N" -v nf="$n_first" -v tf="$t_first" -v tl="$t_last" 'BEGIN { printf "rate %.0f events/s\n", (n - nf) / (tl - tf) }'
+awk -v n="$N" -v nf="$n_first" -v tf="$t_first" -v nh="$n_half" -v th="$t_half" -v tl="$t_last" \
+    'BEGIN { printf "rate %.0f events/s (second half %.0f)\n", (n - nf) / (tl - tf), (n - nh) / (tl - th) }'

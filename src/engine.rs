@@ -121,6 +121,12 @@ pub fn anon_key(anonymous_id: &str) -> String {
     format!("\u{0}anon\u{0}{anonymous_id}")
 }
 
+/// How many events ahead of the one being applied the loops over decoded
+/// input call [`Engine::prefetch`]: far enough for memory to answer
+/// (about a microsecond of applying), near enough that what it brought is
+/// still in the processor's caches. Measured in BENCHMARKS.md.
+pub const PREFETCH_AHEAD: usize = 16;
+
 /// Links followed from one id to the next at most this many times (an
 /// alias of an alias...): a longer chain is cut there.
 const MAX_LINK_HOPS: usize = 32;
@@ -718,6 +724,28 @@ impl Engine {
         let r = self.process_with(rec, Some(decoded), out);
         self.store.set_fetched(Fetched::default());
         r
+    }
+
+    /// Brings what the events after the one about to be applied will need
+    /// of the cache into the processor's caches, so that their lookups do
+    /// not wait on memory (on the long tail, nearly every account and user
+    /// is a miss of the processor's caches). In two steps:
+    /// [`PREFETCH_AHEAD`] events ahead the cached records themselves (see
+    /// [`Records::prefetch`](crate::state::cache::Records::prefetch)), half
+    /// as far ahead what an account's record points at. `upcoming`: the
+    /// decoded events that follow, in order. Changes nothing.
+    #[inline]
+    pub fn prefetch(&self, upcoming: &[Result<Event, Rejection>]) {
+        if let Some(Ok(ev)) = upcoming.get(PREFETCH_AHEAD.wrapping_sub(1)) {
+            if !ev.anonymous {
+                self.store.prefetch(ev.account_id.as_deref(), &ev.user_id);
+            }
+        }
+        if let Some(Ok(ev)) = upcoming.get((PREFETCH_AHEAD / 2).wrapping_sub(1)) {
+            if let Some(a) = ev.account_id.as_deref() {
+                self.store.prefetch_deep(a);
+            }
+        }
     }
 
     /// A reader of state records ahead of the engine, for the thread that

@@ -192,7 +192,12 @@ pub fn replay_definitions(
         scope.spawn(move || read_chunks(input, &decoder, prefetcher, &in_name, &tx));
         for chunk in rx {
             let chunk = chunk?;
-            for (i, (decoded, fetched)) in chunk.decoded.into_iter().zip(chunk.fetched).enumerate() {
+            let mut decoded_it = chunk.decoded.into_iter();
+            let mut fetched_it = chunk.fetched.into_iter();
+            for i in 0.. {
+                let Some(decoded) = decoded_it.next() else { break };
+                let fetched = fetched_it.next().unwrap_or_default();
+                engine.prefetch(decoded_it.as_slice());
                 let (offset, range) = chunk.lines[i].clone();
                 stats.lines += 1;
                 engine.process_fetched(

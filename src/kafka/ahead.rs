@@ -110,10 +110,18 @@ impl Chunk {
 
     /// The records with their decoded events, in order: (record, event,
     /// when it was consumed).
-    pub fn records(&mut self) -> impl Iterator<Item = (InputRecord<'_>, Result<Event, Rejection>, Instant)> + '_ {
+    /// Hands each record to `f` in order, as it came and as decoded, with
+    /// the decoded records that follow it in the chunk (for
+    /// [`Engine::prefetch`](crate::engine::Engine::prefetch)). Stops at
+    /// `f`'s first error.
+    pub fn each_record<E>(
+        &mut self,
+        mut f: impl FnMut(InputRecord<'_>, Result<Event, Rejection>, Instant, &[Result<Event, Rejection>]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let Chunk { bytes, topics, raws, decoded } = self;
-        let (bytes, topics) = (&*bytes, &*topics);
-        raws.iter().zip(decoded.drain(..)).map(move |(r, d)| {
+        let mut decoded = decoded.drain(..);
+        for r in raws.iter() {
+            let Some(d) = decoded.next() else { break };
             let rec = InputRecord {
                 topic: &topics[r.topic],
                 partition: r.partition,
@@ -122,8 +130,9 @@ impl Chunk {
                 payload: r.payload.clone().map(|p| &bytes[p]),
                 timestamp_ms: r.timestamp_ms,
             };
-            (rec, d, r.consumed)
-        })
+            f(rec, d, r.consumed, decoded.as_slice())?;
+        }
+        Ok(())
     }
 }
 
@@ -291,8 +300,9 @@ mod tests {
         let now = chrono::Utc::now().timestamp_millis();
         let total = CHUNK_RECORDS * (IN_FLIGHT + 3) + 17;
         let mut seen = 0usize;
-        let check = |chunk: &mut Chunk, seen: &mut usize| {
-            for (rec, decoded, _) in chunk.records() {
+        let mut looked_ahead = 0usize;
+        let mut check = |chunk: &mut Chunk, seen: &mut usize| {
+            let r: Result<(), ()> = chunk.each_record(|rec, decoded, _, upcoming| {
                 let m = message(*seen);
                 assert_eq!(rec.topic, m.topic());
                 assert_eq!(rec.partition, m.partition());
@@ -302,8 +312,15 @@ mod tests {
                 assert_eq!(rec.timestamp_ms, Some(*seen as i64));
                 let want = decoder.decode(m.payload(), now);
                 assert_eq!(decoded, want, "record {seen}");
+                // And the records after it in the chunk.
+                for (k, later) in upcoming.iter().enumerate().take(3) {
+                    assert_eq!(later, &decoder.decode(message(*seen + 1 + k).payload(), now), "{k} after {seen}");
+                    looked_ahead += 1;
+                }
                 *seen += 1;
-            }
+                Ok(())
+            });
+            r.expect("no error");
         };
         for i in 0..total {
             ahead.push(&message(i), Instant::now());
@@ -328,6 +345,7 @@ mod tests {
         let mut last = ahead.take_filling().expect("the newest records in hand");
         check(&mut last, &mut seen);
         assert_eq!(seen, total);
+        assert!(looked_ahead > total, "{looked_ahead} events seen ahead of {total}");
         assert!(ahead.is_empty());
         assert!(ahead.take_filling().is_none());
     }

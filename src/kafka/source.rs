@@ -254,17 +254,18 @@ impl Worker {
     }
 
     fn apply(&mut self, mut chunk: super::ahead::Chunk, ctx: &EngineContext) -> Result<(), RunError> {
-        for (rec, decoded, consumed) in chunk.records() {
+        let r = chunk.each_record(|rec, decoded, consumed, upcoming| {
+            self.engine.prefetch(upcoming);
             let before = self.out.events.len();
             self.engine.process_decoded(&rec, decoded, &mut self.out)?;
             for e in &mut self.out.events[before..] {
                 e.consumed_at = Some(consumed);
             }
             self.batch_len += 1;
-            self.send_output(ctx)?;
-        }
+            self.send_output(ctx)
+        });
         self.ahead.recycle(chunk);
-        Ok(())
+        r
     }
 
     /// Hands what the engine decided to the producer now, not when the

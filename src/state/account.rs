@@ -415,6 +415,14 @@ fn slide(was: Option<Sum>, lo: u32, hi: u32, between: impl Fn(u32, u32) -> u64) 
 }
 
 impl WindowSums {
+    /// Asks the processor for the sums' vectors (see
+    /// [`Store::prefetch_deep`](super::store::Store::prefetch_deep)).
+    #[inline]
+    pub fn prefetch(&self) {
+        super::cache::prefetch(self.sums.as_ptr().cast());
+        super::cache::prefetch(self.edges.as_ptr().cast());
+        super::cache::prefetch(self.users.as_ptr().cast());
+    }
     /// Forgets every sum.
     pub fn clear(&mut self) {
         self.sums.clear();

@@ -18,6 +18,23 @@ use std::hash::BuildHasher;
 use compact_str::CompactString;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
+/// How much of a slot [`Records::prefetch`] brings in.
+const PREFETCH_BYTES: usize = 1024;
+
+/// A hint to the processor that `p` will be read soon (nothing where no
+/// such instruction is used). Never faults, whatever `p` points at.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it reads nothing the program sees and
+    // does not fault on any address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Records by id, with their order of last use.
 pub(crate) struct Records<V> {
     /// Slot numbers, by the id's hash.
@@ -83,6 +100,23 @@ impl<V> Records<V> {
     #[cfg(test)]
     pub fn get_or_try_insert_with<E>(&mut self, key: &str, make: impl FnOnce() -> Result<V, E>) -> Result<&mut V, E> {
         Ok(self.get_or_try_insert_at(key, make)?.1)
+    }
+
+    /// Asks the processor to bring `key`'s slot (and its use stamp) into
+    /// its caches now, so that a lookup of `key` a few events later does
+    /// not wait on memory. Reads the index only: the slot is the first
+    /// whose hash bits match, nearly always `key`'s (another is harmless).
+    #[inline]
+    pub fn prefetch(&self, key: &str) {
+        let hash = self.hasher.hash_one(key);
+        if let Some(&i) = self.index.find(hash, |_| true) {
+            let slot = self.slots.as_ptr().wrapping_add(i as usize).cast::<u8>();
+            let lines = std::mem::size_of::<Slot<V>>().min(PREFETCH_BYTES);
+            for off in (0..lines).step_by(64) {
+                prefetch(slot.wrapping_add(off));
+            }
+            prefetch(self.used.as_ptr().wrapping_add(i as usize).cast());
+        }
     }
 
     /// The record of `key`, marked used now; made with `make` when absent.

@@ -2032,6 +2032,31 @@ impl Store {
         Prefetcher::new(self.reader.clone(), self.prefetch.clone(), self.capacity)
     }
 
+    /// Brings the cached records of an event a few events ahead into the
+    /// processor's caches (see [`Records::prefetch`](super::cache::Records::prefetch)): its account, when
+    /// the event names one, and its user.
+    #[inline]
+    pub fn prefetch(&self, account: Option<&str>, user: &str) {
+        if let Some(a) = account {
+            self.accounts.prefetch(a);
+        }
+        self.users.prefetch(user);
+    }
+
+    /// The second step of [`Store::prefetch`], nearer the event: what the
+    /// account's cached record points at (its latest buckets, its running
+    /// sums), now that the record itself is in the processor's caches.
+    #[inline]
+    pub fn prefetch_deep(&self, account: &str) {
+        if let Some(e) = self.accounts.peek(account) {
+            let b = &e.state.buckets;
+            super::cache::prefetch(b.as_ptr().wrapping_add(b.len().saturating_sub(2)).cast());
+            e.sums.prefetch();
+            let h = &e.state.user_hist;
+            super::cache::prefetch(h.as_ptr().wrapping_add(h.len().saturating_sub(1)).cast());
+        }
+    }
+
     /// The records read ahead for the event about to be applied (what is
     /// left of the previous event's is dropped).
     pub fn set_fetched(&mut self, fetched: Fetched) {
