@@ -729,22 +729,27 @@ impl Engine {
     /// Brings what the events after the one about to be applied will need
     /// of the cache into the processor's caches, so that their lookups do
     /// not wait on memory (on the long tail, nearly every account and user
-    /// is a miss of the processor's caches). In two steps:
-    /// [`PREFETCH_AHEAD`] events ahead the cached records themselves (see
-    /// [`Records::prefetch`](crate::state::cache::Records::prefetch)), half
-    /// as far ahead what an account's record points at. `upcoming`: the
+    /// is a miss of the processor's caches). In three steps, each asking
+    /// for what the one before brought in: [`PREFETCH_AHEAD`] events ahead
+    /// where the index holds their records, half as far ahead the cached
+    /// records themselves (see
+    /// [`Records::prefetch`](crate::state::cache::Records::prefetch)), a
+    /// quarter as far what an account's record points at. `upcoming`: the
     /// decoded events that follow, in order. Changes nothing.
     #[inline]
     pub fn prefetch(&self, upcoming: &[Result<Event, Rejection>]) {
-        if let Some(Ok(ev)) = upcoming.get(PREFETCH_AHEAD.wrapping_sub(1)) {
-            if !ev.anonymous {
-                self.store.prefetch(ev.account_id.as_deref(), &ev.user_id);
-            }
+        let at = |n: usize| match upcoming.get(n.wrapping_sub(1)) {
+            Some(Ok(ev)) if !ev.anonymous => Some(ev),
+            _ => None,
+        };
+        if let Some(ev) = at(PREFETCH_AHEAD) {
+            self.store.prefetch_index(ev.account_id.as_deref(), &ev.user_id);
         }
-        if let Some(Ok(ev)) = upcoming.get((PREFETCH_AHEAD / 2).wrapping_sub(1)) {
-            if let Some(a) = ev.account_id.as_deref() {
-                self.store.prefetch_deep(a);
-            }
+        if let Some(ev) = at(PREFETCH_AHEAD / 2) {
+            self.store.prefetch(ev.account_id.as_deref(), &ev.user_id);
+        }
+        if let Some(a) = at(PREFETCH_AHEAD / 4).and_then(|ev| ev.account_id.as_deref()) {
+            self.store.prefetch_deep(a);
         }
     }
 

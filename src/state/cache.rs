@@ -16,7 +16,9 @@
 use std::hash::BuildHasher;
 
 use compact_str::CompactString;
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::DefaultHashBuilder;
+
+use super::index::Index;
 
 /// How much of a slot [`Records::prefetch`] brings in.
 const PREFETCH_BYTES: usize = 1024;
@@ -38,7 +40,7 @@ pub(crate) fn prefetch(p: *const u8) {
 /// Records by id, with their order of last use.
 pub(crate) struct Records<V> {
     /// Slot numbers, by the id's hash.
-    index: HashTable<u32>,
+    index: Index,
     slots: Vec<Slot<V>>,
     /// Per slot, the clock at its last use (0: a free slot). Apart from the
     /// slots (which are large, 800 bytes an account), so that finding the
@@ -73,7 +75,7 @@ impl<V> Records<V> {
     /// step by step as the cache fills).
     pub fn with_capacity(n: usize) -> Self {
         Records {
-            index: HashTable::with_capacity(n),
+            index: Index::with_capacity(n),
             slots: Vec::with_capacity(n),
             used: Vec::with_capacity(n),
             free: Vec::new(),
@@ -89,12 +91,10 @@ impl<V> Records<V> {
 
     fn find(&self, hash: u64, key: &str) -> Option<u32> {
         let slots = &self.slots;
-        self.index
-            .find(hash, |&i| {
-                let s = &slots[i as usize];
-                s.hash == hash && s.key == key
-            })
-            .copied()
+        self.index.find(hash, |i| {
+            let s = &slots[i as usize];
+            s.hash == hash && s.key == key
+        })
     }
 
     #[cfg(test)]
@@ -102,14 +102,21 @@ impl<V> Records<V> {
         Ok(self.get_or_try_insert_at(key, make)?.1)
     }
 
-    /// Asks the processor to bring `key`'s slot (and its use stamp) into
-    /// its caches now, so that a lookup of `key` a few events later does
-    /// not wait on memory. Reads the index only: the slot is the first
-    /// whose hash bits match, nearly always `key`'s (another is harmless).
+    /// First of two steps that ask the processor for `key`'s record a few
+    /// events before it is looked up: the index's cache line where its
+    /// probe starts. Reads nothing.
+    #[inline]
+    pub fn prefetch_index(&self, key: &str) {
+        self.index.prefetch(self.hasher.hash_one(key));
+    }
+
+    /// Second step (see [`Records::prefetch_index`]), once that line is
+    /// in: `key`'s slot and its use stamp. Reads the index only: the slot
+    /// is the first whose hash bits match, nearly always `key`'s (another
+    /// is harmless).
     #[inline]
     pub fn prefetch(&self, key: &str) {
-        let hash = self.hasher.hash_one(key);
-        if let Some(&i) = self.index.find(hash, |_| true) {
+        if let Some(i) = self.index.first(self.hasher.hash_one(key)) {
             let slot = self.slots.as_ptr().wrapping_add(i as usize).cast::<u8>();
             let lines = std::mem::size_of::<Slot<V>>().min(PREFETCH_BYTES);
             for off in (0..lines).step_by(64) {
@@ -149,8 +156,7 @@ impl<V> Records<V> {
                         u32::try_from(self.slots.len() - 1).expect("fewer than 4 G cached records")
                     }
                 };
-                let Records { index, slots, .. } = self;
-                index.insert_unique(hash, i, |&j| slots[j as usize].hash);
+                self.index.insert(hash, i);
                 i
             }
         };
@@ -228,9 +234,7 @@ impl<V> Records<V> {
         let value = slot.value.take()?;
         let key = std::mem::take(&mut slot.key).into_string();
         self.used[i as usize] = 0;
-        if let Ok(entry) = self.index.find_entry(slot.hash, |&j| j == i) {
-            entry.remove();
-        }
+        self.index.remove(slot.hash, i);
         self.free.push(i);
         Some((key, value))
     }

@@ -2032,9 +2032,20 @@ impl Store {
         Prefetcher::new(self.reader.clone(), self.prefetch.clone(), self.capacity)
     }
 
-    /// Brings the cached records of an event a few events ahead into the
-    /// processor's caches (see [`Records::prefetch`](super::cache::Records::prefetch)): its account, when
-    /// the event names one, and its user.
+    /// The first step of bringing the cached records of an event a few
+    /// events ahead into the processor's caches: where the index holds its
+    /// account (when the event names one) and its user (see
+    /// [`Records::prefetch_index`](super::cache::Records::prefetch_index)).
+    #[inline]
+    pub fn prefetch_index(&self, account: Option<&str>, user: &str) {
+        if let Some(a) = account {
+            self.accounts.prefetch_index(a);
+        }
+        self.users.prefetch_index(user);
+    }
+
+    /// The second step: their records (see
+    /// [`Records::prefetch`](super::cache::Records::prefetch)).
     #[inline]
     pub fn prefetch(&self, account: Option<&str>, user: &str) {
         if let Some(a) = account {
@@ -2043,7 +2054,7 @@ impl Store {
         self.users.prefetch(user);
     }
 
-    /// The second step of [`Store::prefetch`], nearer the event: what the
+    /// The third step, nearer the event: what the
     /// account's cached record points at (its latest buckets, its running
     /// sums), now that the record itself is in the processor's caches.
     #[inline]
