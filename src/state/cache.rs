@@ -6,9 +6,12 @@
 //! long tail's account or user waited on memory four times in a row (the
 //! index's control bytes, its bucket, the node, the id's bytes behind the
 //! node's `String`) and then moved the node to the front of a linked list
-//! (its two neighbours, two more waits). Here a lookup reads the control
-//! bytes, a 4-byte bucket and the slot, whose id is compared in place, and
-//! a use is a stamp in a dense array beside the slots. The least recently
+//! (its two neighbours, two more waits). Here a lookup reads an 8-byte
+//! entry of the index (see [`super::index`]) and the slot, whose id is
+//! compared in place, and a use is a stamp in a dense array beside the
+//! slots. The engine asks the processor for both a few events ahead (see
+//! [`Records::prefetch_index`] and `Engine::prefetch`), so that on a long
+//! tail a lookup seldom waits on memory at all. The least recently
 //! used entries are found when they are evicted, once a commit, by a
 //! selection over the stamps: the same entries an LRU would evict, in the
 //! same order.
