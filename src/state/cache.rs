@@ -120,13 +120,21 @@ impl<V> Records<V> {
     #[inline]
     pub fn prefetch(&self, key: &str) {
         if let Some(i) = self.index.first(self.hasher.hash_one(key)) {
-            let slot = self.slots.as_ptr().wrapping_add(i as usize).cast::<u8>();
-            let lines = std::mem::size_of::<Slot<V>>().min(PREFETCH_BYTES);
-            for off in (0..lines).step_by(64) {
-                prefetch(slot.wrapping_add(off));
-            }
-            prefetch(self.used.as_ptr().wrapping_add(i as usize).cast());
+            self.prefetch_slot(i);
         }
+    }
+
+    /// Asks the processor for slot `i` (a position from
+    /// [`Records::get_or_try_insert_at`] or [`Records::least_recent`]) and
+    /// its use stamp, for a loop over slots to ask a few ahead.
+    #[inline]
+    pub fn prefetch_slot(&self, i: u32) {
+        let slot = self.slots.as_ptr().wrapping_add(i as usize).cast::<u8>();
+        let lines = std::mem::size_of::<Slot<V>>().min(PREFETCH_BYTES);
+        for off in (0..lines).step_by(64) {
+            prefetch(slot.wrapping_add(off));
+        }
+        prefetch(self.used.as_ptr().wrapping_add(i as usize).cast());
     }
 
     /// The record of `key`, marked used now; made with `make` when absent.

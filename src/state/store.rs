@@ -174,6 +174,10 @@ impl IdMap {
     }
 }
 
+/// How many records ahead a commit's loops over cached records ask the
+/// processor for the next one's slot (see [`Records::prefetch_slot`]).
+const SLOTS_AHEAD: usize = 4;
+
 /// A cached account with the members touched while it was cached.
 #[derive(Debug, Default)]
 pub struct AccountEntry {
@@ -1686,7 +1690,13 @@ impl Store {
         let note = self.prefetch.readers.load(Ordering::Acquire);
         self.writes.unnoted |= !note;
         let (wrote_accounts, wrote_users) = &mut self.writes.pending;
-        for (id, slot) in self.touched_accounts.drain(..) {
+        // (Each slot asked of the processor a few records ahead: on a long
+        // tail they are far apart in memory.)
+        let mut touched = self.touched_accounts.drain(..);
+        while let Some((id, slot)) = touched.next() {
+            if let Some(&(_, ahead)) = touched.as_slice().get(SLOTS_AHEAD) {
+                self.accounts.prefetch_slot(ahead);
+            }
             let Some(e) = self.accounts.at_mut(slot, &id) else { continue };
             e.touched = false;
             e.late = false;
@@ -1706,8 +1716,13 @@ impl Store {
                 self.crowded.push(id.into());
             }
         }
+        drop(touched);
         self.early.clear();
-        for (id, slot) in self.touched_users.drain(..) {
+        let mut touched = self.touched_users.drain(..);
+        while let Some((id, slot)) = touched.next() {
+            if let Some(&(_, ahead)) = touched.as_slice().get(SLOTS_AHEAD) {
+                self.users.prefetch_slot(ahead);
+            }
             let Some(u) = self.users.at_mut(slot, &id) else { continue };
             u.touched = false;
             if !self.write_back {
@@ -1717,6 +1732,7 @@ impl Store {
                 sink.user(&mut batch, ucf, &id, u);
             }
         }
+        drop(touched);
         if self.write_back {
             // What the cache holds past its capacity (once it is past it
             // by a margin: see [`excess`]) is written now, and stays
@@ -1725,7 +1741,11 @@ impl Store {
             // step copied them again at each step.)
             let n = excess(self.capacity, self.accounts.len());
             let mut evicted: Vec<(String, AccountEntry)> = Vec::with_capacity(n);
-            for i in self.accounts.least_recent(n) {
+            let least = self.accounts.least_recent(n);
+            for (k, &i) in least.iter().enumerate() {
+                if let Some(&ahead) = least.get(k + SLOTS_AHEAD) {
+                    self.accounts.prefetch_slot(ahead);
+                }
                 let Some((id, e)) = self.accounts.remove_at(i) else { continue };
                 if e.changed() {
                     evicted.push((id, e));
@@ -1749,7 +1769,11 @@ impl Store {
             self.spilled_accounts.extend(evicted);
             let n = excess(self.capacity, self.users.len());
             let mut evicted: Vec<(String, UserEntry)> = Vec::with_capacity(n);
-            for i in self.users.least_recent(n) {
+            let least = self.users.least_recent(n);
+            for (k, &i) in least.iter().enumerate() {
+                if let Some(&ahead) = least.get(k + SLOTS_AHEAD) {
+                    self.users.prefetch_slot(ahead);
+                }
                 let Some((id, u)) = self.users.remove_at(i) else { continue };
                 if u.dirty {
                     evicted.push((id, u));
