@@ -122,9 +122,10 @@ pub fn anon_key(anonymous_id: &str) -> String {
 }
 
 /// How many events ahead of the one being applied the loops over decoded
-/// input call [`Engine::prefetch`]: far enough for memory to answer
-/// (about a microsecond of applying), near enough that what it brought is
-/// still in the processor's caches. Measured in BENCHMARKS.md.
+/// input call [`Engine::prefetch`]: far enough for memory to have answered
+/// (an event takes microseconds to apply, memory a tenth of one), near
+/// enough that what it brought is still in the processor's caches. 8 and
+/// 32 measured the same (BENCHMARKS.md).
 pub const PREFETCH_AHEAD: usize = 16;
 
 /// Links followed from one id to the next at most this many times (an

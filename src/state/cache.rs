@@ -107,7 +107,7 @@ impl<V> Records<V> {
 
     /// First of two steps that ask the processor for `key`'s record a few
     /// events before it is looked up: the index's cache line where its
-    /// probe starts. Reads nothing.
+    /// probe starts. Reads nothing of the cache.
     #[inline]
     pub fn prefetch_index(&self, key: &str) {
         self.index.prefetch(self.hasher.hash_one(key));
