@@ -193,10 +193,8 @@ pub fn replay_definitions(
         for chunk in rx {
             let chunk = chunk?;
             let mut decoded_it = chunk.decoded.into_iter();
-            let mut fetched_it = chunk.fetched.into_iter();
-            for i in 0.. {
+            for (i, fetched) in chunk.fetched.into_iter().enumerate() {
                 let Some(decoded) = decoded_it.next() else { break };
-                let fetched = fetched_it.next().unwrap_or_default();
                 engine.prefetch(decoded_it.as_slice());
                 let (offset, range) = chunk.lines[i].clone();
                 stats.lines += 1;

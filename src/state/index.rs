@@ -9,14 +9,17 @@
 //! reads it without waiting (the engine does both; see
 //! `Engine::prefetch`). An entry holds the low 32 bits of the hash, which
 //! give its home without reading the slot (growing and removing never
-//! touch the slots), and the slot number.
+//! touch the slots), and the slot number plus one. An unused entry is 0,
+//! so the table is allocated zeroed: its pages are not touched until
+//! entries land there (a large `state.cache_accounts` costs no memory up
+//! front).
 
-/// An unused entry (no slot has this number: the cache holds fewer than
-/// 4 G records).
-const EMPTY: u64 = u64::MAX;
+/// An unused entry (no entry of a slot is 0: it holds the slot number
+/// plus one).
+const EMPTY: u64 = 0;
 
 pub(crate) struct Index {
-    /// `EMPTY`, or the hash's low 32 bits, then the slot number.
+    /// `EMPTY`, or the hash's low 32 bits, then the slot number plus one.
     table: Vec<u64>,
     /// The table's length (a power of two, at least 16) minus one.
     mask: usize,
@@ -24,11 +27,12 @@ pub(crate) struct Index {
 }
 
 fn entry(hash: u64, slot: u32) -> u64 {
-    (hash & 0xffff_ffff) << 32 | u64::from(slot)
+    debug_assert!(slot < u32::MAX, "fewer than 4 G cached records");
+    (hash & 0xffff_ffff) << 32 | u64::from(slot + 1)
 }
 
 fn slot_of(e: u64) -> u32 {
-    e as u32
+    (e as u32).wrapping_sub(1)
 }
 
 /// Whether the entry's hash bits are those of `hash`.
