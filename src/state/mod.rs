@@ -13,6 +13,7 @@ pub mod cache;
 pub mod cf;
 pub(crate) mod expiry;
 mod index;
+pub mod members;
 pub mod keys;
 pub mod layout;
 pub mod manifest;

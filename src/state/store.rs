@@ -27,6 +27,7 @@ use super::account::{AccountState, MemberState, UserState, WindowSums};
 use super::cache::Records;
 use super::expiry::{self, Expired, Found};
 use super::layout::Layout;
+use super::members::Members;
 use super::manifest::{migrate_v1, Manifest};
 use super::prefetch::{self, Fetched, Prefetcher, RecentWrites};
 use super::{cf, keys};
@@ -183,8 +184,9 @@ const SLOTS_AHEAD: usize = 4;
 pub struct AccountEntry {
     pub state: AccountState,
     pub dirty: bool,
-    /// (hashbrown's map: a lookup by `&str` that allocates only to insert.)
-    pub members: hashbrown::HashMap<String, MemberEntry>,
+    /// (A short list inside the entry for a few members; see
+    /// [`super::members`].)
+    pub members: Members,
     /// The account traits as a CEL value, derived from `state.traits_json`
     /// on first use (reset when the traits change).
     pub traits_cel: std::sync::OnceLock<cel::Value>,
@@ -537,24 +539,22 @@ impl StateReader {
         account: &str,
         user: &str,
     ) -> Result<&'e mut MemberEntry, StateError> {
-        match entry.members.entry_ref(user) {
-            hashbrown::hash_map::EntryRef::Occupied(o) => Ok(o.into_mut()),
-            hashbrown::hash_map::EntryRef::Vacant(v) => {
-                // A member record is written with its account's record or
-                // after it, and never outlives it (its clock is never ahead
-                // of the account's, and a restore's tombstone of an account
-                // takes its members): an account with no record in RocksDB
-                // has no members there. (Unless both are idle past the TTL
-                // and compaction has dropped the account's first: then the
-                // member's record is as good as gone, and is not read.)
-                let state: Option<MemberState> = if self.members_on_disk && entry.members_on_disk {
-                    get(&self.db, cf::MEMBERS, &keys::member_lookup(account, user), "member")?
-                } else {
-                    None
-                };
-                Ok(v.insert(MemberEntry { state: state.unwrap_or_default(), dirty: false }))
-            }
-        }
+        let on_disk = self.members_on_disk && entry.members_on_disk;
+        entry.members.try_get_or_insert_with(user, || {
+            // A member record is written with its account's record or
+            // after it, and never outlives it (its clock is never ahead
+            // of the account's, and a restore's tombstone of an account
+            // takes its members): an account with no record in RocksDB
+            // has no members there. (Unless both are idle past the TTL
+            // and compaction has dropped the account's first: then the
+            // member's record is as good as gone, and is not read.)
+            let state: Option<MemberState> = if on_disk {
+                get(&self.db, cf::MEMBERS, &keys::member_lookup(account, user), "member")?
+            } else {
+                None
+            };
+            Ok(MemberEntry { state: state.unwrap_or_default(), dirty: false })
+        })
     }
 
     /// The input partition an account is filed under in the sweep index.
@@ -1428,7 +1428,7 @@ impl Store {
                     let mut e = account_entry(reader, read.record, id)?;
                     if let Some((user, m)) = read.member {
                         // (Not over a member the record holds inside it.)
-                        e.members.entry(user).or_insert(MemberEntry { state: m.unwrap_or_default(), dirty: false });
+                        e.members.get_or_insert_with(&user, || MemberEntry { state: m.unwrap_or_default(), dirty: false });
                     }
                     Ok(e)
                 }
@@ -1450,9 +1450,7 @@ impl Store {
             // writes are noted under the account's id), needed unless the
             // entry has it.
             let read = *read;
-            e.members
-                .entry(read.user)
-                .or_insert_with(|| MemberEntry { state: read.state.unwrap_or_default(), dirty: false });
+            e.members.get_or_insert_with(&read.user, || MemberEntry { state: read.state.unwrap_or_default(), dirty: false });
         }
         e.partition = self.partition;
         if e.early.take().is_some() {
@@ -1512,7 +1510,7 @@ impl Store {
         }
         encode_account(buf, key, id, &e.state);
         early.push(e.partition, key, buf);
-        let mut dirty: smallvec::SmallVec<[(&String, &MemberEntry); EARLY_MEMBERS]> =
+        let mut dirty: smallvec::SmallVec<[(&str, &MemberEntry); EARLY_MEMBERS]> =
             e.members.iter().filter(|(_, m)| m.dirty).collect();
         dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (user, m) in dirty {
@@ -1626,8 +1624,8 @@ impl Store {
             _ => self.reader.members(account)?.into_iter().collect(),
         };
         if let Some(e) = cached {
-            for (u, m) in &e.members {
-                all.insert(u.clone(), m.state.clone());
+            for (u, m) in e.members.iter() {
+                all.insert(u.to_string(), m.state.clone());
             }
         }
         Ok(all.into_iter().collect())
@@ -2080,7 +2078,8 @@ impl Store {
 
     /// The third step, nearer the event: what the
     /// account's cached record points at (its latest buckets, its running
-    /// sums), now that the record itself is in the processor's caches.
+    /// sums, a few members' latest days), now that the record itself is in
+    /// the processor's caches.
     #[inline]
     pub fn prefetch_deep(&self, account: &str) {
         if let Some(e) = self.accounts.peek(account) {
@@ -2089,6 +2088,7 @@ impl Store {
             e.sums.prefetch();
             let h = &e.state.user_hist;
             super::cache::prefetch(h.as_ptr().wrapping_add(h.len().saturating_sub(1)).cast());
+            e.members.prefetch();
         }
     }
 
@@ -2489,7 +2489,7 @@ impl Sink<'_> {
             Self::indexes(batch, meta, id, e);
         }
         // (Inline up to a few: most accounts have one or two users.)
-        let mut dirty_members: smallvec::SmallVec<[(&String, &mut MemberEntry); 4]> =
+        let mut dirty_members: smallvec::SmallVec<[(&str, &mut MemberEntry); 4]> =
             e.members.iter_mut().filter(|(_, m)| m.dirty).collect();
         dirty_members.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (user, m) in dirty_members {
@@ -2639,7 +2639,7 @@ fn keeps_members_inside(e: &AccountEntry, inline_members: usize) -> bool {
 fn encode_account_with_members(buf: &mut Vec<u8>, key: &mut Vec<u8>, id: &str, e: &AccountEntry) {
     encode_account(buf, key, id, &e.state);
     let mut members: smallvec::SmallVec<[(&str, &MemberState); INLINE_MEMBERS]> =
-        e.members.iter().map(|(u, m)| (u.as_str(), &m.state)).collect();
+        e.members.iter().map(|(u, m)| (u, &m.state)).collect();
     members.sort_unstable_by(|a, b| a.0.cmp(b.0));
     buf.push(INLINE_MARK);
     let out = postcard::to_extend(&members, std::mem::take(buf)).expect("state records serialise");
@@ -3416,13 +3416,10 @@ mod tests {
             }
             let e = s.account("a1").unwrap();
             let mut e_members = std::mem::take(&mut e.members);
-            e_members.insert(
-                "u1".into(),
-                MemberEntry {
-                    state: MemberState { first_seen_ms: 5, last_seen_ms: 6, days: vec![(1, 2)] },
-                    dirty: true,
-                },
-            );
+            e_members.get_or_insert_with("u1", || MemberEntry {
+                state: MemberState { first_seen_ms: 5, last_seen_ms: 6, days: vec![(1, 2)] },
+                dirty: true,
+            });
             s.account("a1").unwrap().members = e_members;
             s.user("u1").unwrap().state.account = Some("a1".into());
             s.user("u1").unwrap().dirty = true;
