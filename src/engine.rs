@@ -2415,7 +2415,7 @@ mod tests {
         t.send(r#"{"type":"page","userId":"old","properties":{"path":"/security"},"context":{"groupId":"a"},"timestamp":"2026-01-01T12:00:00Z"}"#);
         assert_eq!(active_users(&mut t, "a"), 4);
         let acct = t.engine.reader().account("a").unwrap().unwrap();
-        assert_eq!(acct.email_domains, [("acme.example".to_string(), 1)]);
+        assert_eq!(acct.email_domains, [("acme.example".into(), 1)]);
         t.send(r#"{"type":"alias","previousId":"old","userId":"new","timestamp":"2026-01-02T09:00:00Z"}"#);
         assert!(t.out.dead_letters.is_empty(), "{:?}", t.out.dead_letters);
         assert_eq!(active_users(&mut t, "a"), 3, "old and new are one person");
@@ -2428,7 +2428,7 @@ mod tests {
         let traits: serde_json::Value = serde_json::from_str(&new.traits_json).unwrap();
         assert_eq!(traits["role"], "admin");
         let acct = r.account("a").unwrap().unwrap();
-        assert_eq!(acct.email_domains, [("acme.example".to_string(), 1)], "one member on that domain");
+        assert_eq!(acct.email_domains, [("acme.example".into(), 1)], "one member on that domain");
         assert!(acct.signals.iter().all(|h| h.user == "new"), "the old id's signal is the new id's");
         let events = |t: &T, u: &str| {
             let m = t.engine.reader().members("a").unwrap();
@@ -2492,7 +2492,7 @@ mod tests {
         t.track("n1", "b", "Card Moved", 3);
         assert_eq!(active_users(&mut t, "b"), 1);
         let acct = t.engine.reader().account("b").unwrap().unwrap();
-        assert_eq!(acct.email_domains, [("acme.example".to_string(), 1)]);
+        assert_eq!(acct.email_domains, [("acme.example".into(), 1)]);
     }
 
     /// An account whose users are all on free mail is a personal account:

@@ -11,6 +11,7 @@
 //! bucket, so "users active in the last 28 days" is a sum over that
 //! histogram. Distinct features work the same way with a small map.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::layout::Layout;
@@ -83,7 +84,7 @@ pub struct AccountState {
     /// Sorted by bucket.
     pub user_hist: Vec<(u32, u32)>,
     /// Feature (track event name) -> last-seen bucket.
-    pub features: Vec<(String, u32)>,
+    pub features: Vec<(CompactString, u32)>,
     /// The signals kept in `signals`.
     pub signal_columns: Vec<Column>,
     /// Sorted by time.
@@ -98,7 +99,7 @@ pub struct AccountState {
     /// Email domains of the account's users (those with an email and a
     /// usage event in it): domain -> users. Gives the company domain and
     /// whether it is a personal account.
-    pub email_domains: Vec<(String, u32)>,
+    pub email_domains: Vec<(CompactString, u32)>,
     /// The live definition's announcements (cooldowns, by rule name: they
     /// carry over when the definition changes).
     pub announced: Announced,
@@ -187,12 +188,12 @@ pub struct AccountStateV3 {
     pub columns: Vec<Column>,
     pub buckets: Vec<Bucket>,
     pub user_hist: Vec<(u32, u32)>,
-    pub features: Vec<(String, u32)>,
+    pub features: Vec<(CompactString, u32)>,
     pub signal_columns: Vec<Column>,
     pub signals: Vec<SignalHit>,
     pub kept_from: u32,
     pub traits_json: String,
-    pub email_domains: Vec<(String, u32)>,
+    pub email_domains: Vec<(CompactString, u32)>,
     pub announced: Announced,
     pub shadow_announced: Vec<(String, Announced)>,
     pub sweep_due_ms: i64,
@@ -270,12 +271,12 @@ pub struct AccountStateV2 {
     pub columns: Vec<Column>,
     pub buckets: Vec<Bucket>,
     pub user_hist: Vec<(u32, u32)>,
-    pub features: Vec<(String, u32)>,
+    pub features: Vec<(CompactString, u32)>,
     pub signal_columns: Vec<Column>,
     pub signals: Vec<SignalHit>,
     pub kept_from: u32,
     pub traits_json: String,
-    pub email_domains: Vec<(String, u32)>,
+    pub email_domains: Vec<(CompactString, u32)>,
     pub announced: Announced,
     pub shadow_announced: Vec<(String, Announced)>,
 }
@@ -643,7 +644,7 @@ impl AccountState {
                 self.features.swap_remove(oldest);
             }
         }
-        self.features.push((name.to_string(), idx));
+        self.features.push((name.into(), idx));
     }
 
     /// Records a signal occurrence.
@@ -721,7 +722,7 @@ impl AccountState {
                         self.email_domains.swap_remove(p);
                     }
                 }
-                self.email_domains.push((domain.to_string(), delta as u32));
+                self.email_domains.push((domain.into(), delta as u32));
             }
             None => {}
         }
@@ -740,10 +741,11 @@ impl AccountState {
                 let host = w.split(['/', '?', '#', ':']).next().unwrap_or("");
                 (host.contains('.')).then(|| host.to_string())
             });
-        let mut work: Vec<&(String, u32)> = self.email_domains.iter().filter(|d| !free_mail.contains(&d.0)).collect();
+        let mut work: Vec<&(CompactString, u32)> =
+            self.email_domains.iter().filter(|d| !free_mail.contains(d.0.as_str())).collect();
         work.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let personal = !self.email_domains.is_empty() && work.is_empty();
-        (from_traits.or_else(|| work.first().map(|d| d.0.clone())), personal)
+        (from_traits.or_else(|| work.first().map(|d| d.0.to_string())), personal)
     }
 
     /// Conforms the record to `layout`: columns (counters and signals) the
@@ -1007,6 +1009,26 @@ mod tests {
             assert_eq!(postcard::from_bytes::<Bucket>(&bytes).unwrap(), now);
             assert_eq!(postcard::from_bytes::<Before>(&bytes).unwrap(), before);
         }
+    }
+
+    /// Feature names and email domains (inline when short) are encoded as
+    /// the `String`s they were: records written before read the same, both
+    /// ways.
+    #[test]
+    fn inline_names_encode_as_strings_did() {
+        let long = "a feature name longer than twenty-four bytes";
+        let before: Vec<(String, u32)> =
+            vec![("Search Performed".into(), 7), (long.into(), u32::MAX), (String::new(), 0)];
+        let now: Vec<(CompactString, u32)> = before.iter().map(|(n, i)| (n.as_str().into(), *i)).collect();
+        let bytes = postcard::to_allocvec(&now).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&before).unwrap());
+        assert_eq!(postcard::from_bytes::<Vec<(CompactString, u32)>>(&bytes).unwrap(), now);
+        assert_eq!(postcard::from_bytes::<Vec<(String, u32)>>(&bytes).unwrap(), before);
+        let mut a = AccountState::default();
+        a.touch_feature("Search Performed", 3);
+        a.touch_feature(long, 4);
+        a.touch_feature("Search Performed", 5);
+        assert_eq!(a.features, [("Search Performed".into(), 5), (long.into(), 4)]);
     }
 
     /// A user's account and email domain (inline when short) are encoded

@@ -10,6 +10,7 @@
 //!
 //! [`AccountState::columns`]: super::account::AccountState::columns
 
+use compact_str::CompactString;
 use rocksdb::{IteratorMode, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
@@ -183,7 +184,7 @@ pub(crate) struct AccountV1 {
     pub seq: u64,
     pub buckets: Vec<Bucket>,
     pub user_hist: Vec<(u32, u32)>,
-    pub features: Vec<(String, u32)>,
+    pub features: Vec<(CompactString, u32)>,
     pub signals: Vec<HitV1>,
     pub traits_json: String,
     pub announced: Announced,

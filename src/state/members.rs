@@ -197,7 +197,8 @@ mod tests {
                 assert_eq!(m.get(u).map(|g| g.state.first_seen_ms), Some(seen));
             }
             assert_eq!(m.len(), want.len());
-            let mut listed: Vec<(String, i64)> = m.iter().map(|(u, e)| (u.to_string(), e.state.first_seen_ms)).collect();
+            let mut listed: Vec<(String, i64)> =
+                m.iter().map(|(u, e)| (u.to_string(), e.state.first_seen_ms)).collect();
             listed.sort();
             let mut wanted: Vec<(String, i64)> = want.iter().map(|(u, &s)| (u.clone(), s)).collect();
             wanted.sort();

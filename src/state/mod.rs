@@ -13,10 +13,10 @@ pub mod cache;
 pub mod cf;
 pub(crate) mod expiry;
 mod index;
-pub mod members;
 pub mod keys;
 pub mod layout;
 pub mod manifest;
+pub mod members;
 pub mod prefetch;
 pub mod store;
 

@@ -27,8 +27,8 @@ use super::account::{AccountState, MemberState, UserState, WindowSums};
 use super::cache::Records;
 use super::expiry::{self, Expired, Found};
 use super::layout::Layout;
-use super::members::Members;
 use super::manifest::{migrate_v1, Manifest};
+use super::members::Members;
 use super::prefetch::{self, Fetched, Prefetcher, RecentWrites};
 use super::{cf, keys};
 use crate::config::{CompiledDefinition, StateConfig};
@@ -548,11 +548,8 @@ impl StateReader {
             // has no members there. (Unless both are idle past the TTL
             // and compaction has dropped the account's first: then the
             // member's record is as good as gone, and is not read.)
-            let state: Option<MemberState> = if on_disk {
-                get(&self.db, cf::MEMBERS, &keys::member_lookup(account, user), "member")?
-            } else {
-                None
-            };
+            let state: Option<MemberState> =
+                if on_disk { get(&self.db, cf::MEMBERS, &keys::member_lookup(account, user), "member")? } else { None };
             Ok(MemberEntry { state: state.unwrap_or_default(), dirty: false })
         })
     }
@@ -1428,7 +1425,8 @@ impl Store {
                     let mut e = account_entry(reader, read.record, id)?;
                     if let Some((user, m)) = read.member {
                         // (Not over a member the record holds inside it.)
-                        e.members.get_or_insert_with(&user, || MemberEntry { state: m.unwrap_or_default(), dirty: false });
+                        e.members
+                            .get_or_insert_with(&user, || MemberEntry { state: m.unwrap_or_default(), dirty: false });
                     }
                     Ok(e)
                 }
@@ -1450,7 +1448,8 @@ impl Store {
             // writes are noted under the account's id), needed unless the
             // entry has it.
             let read = *read;
-            e.members.get_or_insert_with(&read.user, || MemberEntry { state: read.state.unwrap_or_default(), dirty: false });
+            e.members
+                .get_or_insert_with(&read.user, || MemberEntry { state: read.state.unwrap_or_default(), dirty: false });
         }
         e.partition = self.partition;
         if e.early.take().is_some() {
@@ -2078,8 +2077,8 @@ impl Store {
 
     /// The third step, nearer the event: what the
     /// account's cached record points at (its latest buckets, its running
-    /// sums, a few members' latest days), now that the record itself is in
-    /// the processor's caches.
+    /// sums, the features it used, a few members' latest days), now that the
+    /// record itself is in the processor's caches.
     #[inline]
     pub fn prefetch_deep(&self, account: &str) {
         if let Some(e) = self.accounts.peek(account) {
@@ -2088,6 +2087,7 @@ impl Store {
             e.sums.prefetch();
             let h = &e.state.user_hist;
             super::cache::prefetch(h.as_ptr().wrapping_add(h.len().saturating_sub(1)).cast());
+            super::cache::prefetch(e.state.features.as_ptr().cast());
             e.members.prefetch();
         }
     }
