@@ -741,6 +741,9 @@ pub struct Store {
     /// (Keyed by the id's 16-byte hash alone: 24 bytes an entry.)
     memory_ids: IdMap,
     memory_ids_by_hour: BTreeMap<i64, Vec<[u8; 16]>>,
+    /// Per input partition, the buffer of a commit's dedupe block (see
+    /// `prepare`), kept for the next commit.
+    id_blocks: BTreeMap<i32, (i64, Vec<u8>)>,
     memory_ids_cap: usize,
     /// `memory_ids` holds what the blocks in RocksDB hold (it is loaded on
     /// the first lookup after opening, a restore or a dropped cache).
@@ -992,6 +995,7 @@ impl Store {
             users_on_disk: true,
             memory_ids: IdMap::default(),
             memory_ids_by_hour: BTreeMap::new(),
+            id_blocks: BTreeMap::new(),
             memory_ids_cap: MEMORY_IDS,
             ids_loaded: false,
             ids_on_disk,
@@ -1824,7 +1828,14 @@ impl Store {
             let dcf = db.cf_handle(cf::DEDUPE).expect("cf");
             // Per input partition: the newest event time and the ids, for
             // one changelog record (a dedupe block) rather than one per id.
-            let mut blocks: BTreeMap<i32, (i64, Vec<u8>)> = BTreeMap::new();
+            // (The buffers of the commit before, emptied: a batch's block is
+            // hundreds of KiB, and grown afresh each commit its pages were
+            // faulted in and copied again.)
+            let mut blocks = std::mem::take(&mut self.id_blocks);
+            for (newest, ids) in blocks.values_mut() {
+                *newest = i64::MIN;
+                ids.clear();
+            }
             // No need to sort: the dedupe column family's memtable is a hash
             // table (see `open`).
             for (k, &(t, p)) in &self.pending_ids {
@@ -1845,15 +1856,18 @@ impl Store {
             } else {
                 self.inflight_ids.extend(self.pending_ids.drain());
             }
-            for (p, (newest, ids)) in blocks {
+            for (&p, &(newest, ref ids)) in &blocks {
+                if ids.is_empty() {
+                    continue;
+                }
                 match offsets.iter().find(|(_, q, _)| *q == p) {
                     Some((_, _, next)) => {
                         let key = keys::dedupe_block(p, newest, *next);
-                        let durable: &[u8] = if to_memory { &ids } else { &[] };
+                        let durable: &[u8] = if to_memory { ids } else { &[] };
                         batch.put_cf(meta, keys::dedupe_block_index(&key), durable);
                         new_blocks.push((p, newest));
                         if self.changelog {
-                            changelog.push(p, &key, &ids);
+                            changelog.push(p, &key, ids);
                         }
                     }
                     None => {
@@ -1869,6 +1883,7 @@ impl Store {
                     }
                 }
             }
+            self.id_blocks = blocks;
         }
         // Dedupe blocks whose newest id has left the window leave the index
         // and, with a tombstone each, the compacted changelog (each
