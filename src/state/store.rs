@@ -3658,6 +3658,41 @@ mod tests {
         assert!(cf_is_empty(&s.reader.db, cf::DEDUPE));
     }
 
+    /// Each commit's block holds that commit's ids only, and a partition
+    /// with none in a commit gets no block (the buffers are kept from one
+    /// commit to the next).
+    #[test]
+    fn a_commit_blocks_only_its_own_ids() {
+        let h = 3_600_000i64;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = opened(dir.path(), 24 * h, 100 * h);
+        let offsets = |next: i64| [("t".to_string(), 2, next), ("t".to_string(), 3, next)];
+        for (p, id) in [(2, "m1"), (2, "m2"), (3, "m3")] {
+            s.set_partition(p);
+            assert!(!s.seen_before(id, 100 * h).unwrap());
+        }
+        let prepared = s.prepare(&offsets(10));
+        s.writer().write(prepared, &[]).unwrap();
+        s.written();
+        s.set_partition(2);
+        assert!(!s.seen_before("m4", 100 * h).unwrap());
+        let prepared = s.prepare(&offsets(11));
+        s.writer().write(prepared, &[]).unwrap();
+        s.written();
+        let meta = s.reader.db.cf_handle(cf::META).unwrap();
+        let sizes = |p: i32| -> Vec<usize> {
+            let keys = s.meta_prefix_keys(&keys::dedupe_block_index_prefix(p));
+            keys.iter().map(|k| s.reader.db.get_cf(meta, k).unwrap().unwrap().len() / DEDUPE_BLOCK_ENTRY).collect()
+        };
+        assert_eq!(sizes(2), [2, 1], "the second block holds m4 alone");
+        assert_eq!(sizes(3), [1], "no block for a partition without ids");
+        drop(s);
+        let mut s = opened(dir.path(), 24 * h, 100 * h);
+        for id in ["m1", "m2", "m3", "m4"] {
+            assert!(s.seen_before(id, 100 * h).unwrap(), "{id} read back");
+        }
+    }
+
     /// Past the memory's cap, ids go to RocksDB one key each: a batch that
     /// would pass it, and, on opening with a smaller cap, the ids of the
     /// blocks that do not fit. Every id of the window stays a duplicate.
