@@ -735,8 +735,10 @@ impl Engine {
     /// where the index holds their records, half as far ahead the cached
     /// records themselves (see
     /// [`Records::prefetch`](crate::state::cache::Records::prefetch)), a
-    /// quarter as far what an account's record points at. `upcoming`: the
-    /// decoded events that follow, in order. Changes nothing.
+    /// quarter as far what an account's record points at; half as far
+    /// ahead too, where the message id's probe of the ids in memory starts.
+    /// `upcoming`: the decoded events that follow, in order. Changes
+    /// nothing.
     #[inline]
     pub fn prefetch(&self, upcoming: &[Result<Event, Rejection>]) {
         let at = |n: usize| match upcoming.get(n.wrapping_sub(1)) {
@@ -748,6 +750,9 @@ impl Engine {
         }
         if let Some(ev) = at(PREFETCH_AHEAD / 2) {
             self.store.prefetch(ev.account_id.as_deref(), &ev.user_id);
+        }
+        if let Some(Ok(Event { message_id: Some(id), .. })) = upcoming.get(PREFETCH_AHEAD / 2 - 1) {
+            self.store.prefetch_id(id);
         }
         if let Some(a) = at(PREFETCH_AHEAD / 4).and_then(|ev| ev.account_id.as_deref()) {
             self.store.prefetch_deep(a);

@@ -12,6 +12,7 @@ pub mod account;
 pub mod cache;
 pub mod cf;
 pub(crate) mod expiry;
+mod ids;
 mod index;
 pub mod keys;
 pub mod layout;

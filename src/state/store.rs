@@ -26,6 +26,7 @@ use serde::Serialize;
 use super::account::{AccountState, MemberState, UserState, WindowSums};
 use super::cache::Records;
 use super::expiry::{self, Expired, Found};
+use super::ids::IdMap;
 use super::layout::Layout;
 use super::manifest::{migrate_v1, Manifest};
 use super::members::Members;
@@ -99,81 +100,9 @@ impl std::hash::Hasher for IdHasher {
 
 type IdHash = std::hash::BuildHasherDefault<IdHasher>;
 
-/// Tables of [`IdMap`].
-const ID_SHARDS: usize = 64;
-
-/// The message ids kept in memory (id hash -> event time), in
-/// [`ID_SHARDS`] tables chosen by a byte of the hash that the tables' own
-/// hash does not use. A table grows, and moves every entry it holds, alone:
-/// the longest pause of a growth is a 64th of what one table of all the
-/// ids paid (a million ids in one table doubled in about 250 ms on the
-/// engine's thread, a stall every event behind it waited out).
-struct IdMap {
-    tables: Vec<HashMap<[u8; 16], i64, IdHash>>,
-    len: usize,
-}
-
-impl Default for IdMap {
-    fn default() -> Self {
-        IdMap { tables: (0..ID_SHARDS).map(|_| HashMap::default()).collect(), len: 0 }
-    }
-}
-
-impl IdMap {
-    fn table(k: &[u8; 16]) -> usize {
-        usize::from(k[15]) % ID_SHARDS
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn get(&self, k: &[u8; 16]) -> Option<i64> {
-        self.tables[Self::table(k)].get(k).copied()
-    }
-
-    #[cfg(test)]
-    fn contains_key(&self, k: &[u8]) -> bool {
-        <[u8; 16]>::try_from(k).is_ok_and(|k| self.get(&k).is_some())
-    }
-
-    fn insert(&mut self, k: [u8; 16], t: i64) {
-        if self.tables[Self::table(&k)].insert(k, t).is_none() {
-            self.len += 1;
-        }
-    }
-
-    fn remove(&mut self, k: &[u8; 16]) {
-        if self.tables[Self::table(k)].remove(k).is_some() {
-            self.len -= 1;
-        }
-    }
-
-    /// Whether `k` is held with a time `fresh` accepts; if not, it is filed
-    /// under `t` (new, or again), in one probe.
-    fn held_or_file(&mut self, k: [u8; 16], t: i64, fresh: impl FnOnce(i64) -> bool) -> bool {
-        use std::collections::hash_map::Entry;
-        match self.tables[Self::table(&k)].entry(k) {
-            Entry::Occupied(o) if fresh(*o.get()) => true,
-            Entry::Occupied(mut o) => {
-                o.insert(t);
-                false
-            }
-            Entry::Vacant(v) => {
-                v.insert(t);
-                self.len += 1;
-                false
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        for t in &mut self.tables {
-            t.clear();
-        }
-        self.len = 0;
-    }
-}
+/// How many ids ahead the loops that file or expire message ids in memory
+/// ask the processor for the next one's place (see [`IdMap::prefetch`]).
+const IDS_AHEAD: usize = 8;
 
 /// How many records ahead a commit's loops over cached records ask the
 /// processor for the next one's slot (see [`Records::prefetch_slot`]).
@@ -741,6 +670,9 @@ pub struct Store {
     /// (Keyed by the id's 16-byte hash alone: 24 bytes an entry.)
     memory_ids: IdMap,
     memory_ids_by_hour: BTreeMap<i64, Vec<[u8; 16]>>,
+    /// The ids of a written batch on their way into `memory_ids` (the
+    /// buffer kept from one commit to the next).
+    filing: Vec<([u8; 16], i64)>,
     /// Per input partition, the buffer of a commit's dedupe block (see
     /// `prepare`), kept for the next commit.
     id_blocks: BTreeMap<i32, (i64, Vec<u8>)>,
@@ -996,6 +928,7 @@ impl Store {
             memory_ids: IdMap::default(),
             memory_ids_by_hour: BTreeMap::new(),
             id_blocks: BTreeMap::new(),
+            filing: Vec::new(),
             memory_ids_cap: MEMORY_IDS,
             ids_loaded: false,
             ids_on_disk,
@@ -1560,6 +1493,17 @@ impl Store {
         self.memory_ids_cap = cap;
     }
 
+    /// Asks the processor for where `message_id`'s probe of the ids in
+    /// memory starts (for an event a few ahead; see `Engine::prefetch`).
+    /// Changes nothing.
+    #[inline]
+    pub fn prefetch_id(&self, message_id: &str) {
+        if self.ids_loaded && self.dedupe_window.load(Ordering::Relaxed) > 0 {
+            let key = keys::dedupe(message_id);
+            self.memory_ids.prefetch(key[1..].try_into().expect("16 bytes"));
+        }
+    }
+
     /// Message ids of the dedupe window in memory now.
     pub fn ids_in_memory(&self) -> usize {
         self.memory_ids.len()
@@ -1804,9 +1748,13 @@ impl Store {
             if (entry.key() + 1) * 3_600_000 - 1 + window >= watermark {
                 break;
             }
-            for k in entry.remove() {
-                if self.memory_ids.get(&k).is_some_and(|t| t.saturating_add(window) < watermark) {
-                    self.memory_ids.remove(&k);
+            let hour = entry.remove();
+            for (n, k) in hour.iter().enumerate() {
+                if let Some(ahead) = hour.get(n + IDS_AHEAD) {
+                    self.memory_ids.prefetch(ahead);
+                }
+                if self.memory_ids.get(k).is_some_and(|t| t.saturating_add(window) < watermark) {
+                    self.memory_ids.remove(k);
                 }
             }
         }
@@ -2152,10 +2100,20 @@ impl Store {
         self.prefetch.epoch.store(epoch, Ordering::Release);
         if std::mem::take(&mut self.inflight_to_memory) {
             let mut ids = std::mem::take(&mut self.inflight_ids);
-            for (k, (t, _)) in ids.drain() {
-                self.remember_id(k[1..].try_into().expect("16 bytes"), t);
-            }
+            // (Listed first, so that each id's place in the table is asked
+            // of the processor a few ids ahead: with a million ids in
+            // memory, nearly every one is a cache miss.)
+            let mut filing = std::mem::take(&mut self.filing);
+            filing.extend(ids.drain().map(|(k, (t, _))| (<[u8; 16]>::try_from(&k[1..]).expect("16 bytes"), t)));
             self.inflight_ids = ids;
+            for (n, &(k, t)) in filing.iter().enumerate() {
+                if let Some((ahead, _)) = filing.get(n + IDS_AHEAD) {
+                    self.memory_ids.prefetch(ahead);
+                }
+                self.remember_id(k, t);
+            }
+            filing.clear();
+            self.filing = filing;
         } else {
             self.inflight_ids.clear();
         }
@@ -2708,6 +2666,7 @@ fn get<T: DeserializeOwned>(db: &DB, cf_name: &str, key: &[u8], what: &'static s
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::ids::ID_SHARDS;
     use std::path::Path;
 
     fn cfg(dir: &Path) -> StateConfig {
