@@ -46,7 +46,7 @@ pub(crate) struct Records<V> {
     index: Index,
     slots: Vec<Slot<V>>,
     /// Per slot, the clock at its last use (0: a free slot). Apart from the
-    /// slots (which are large, 800 bytes an account), so that finding the
+    /// slots (which are large, about 900 bytes an account), so that finding the
     /// least recently used reads 8 bytes a slot, in order.
     used: Vec<u64>,
     /// Slots free for the next insertion.

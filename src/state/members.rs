@@ -4,13 +4,13 @@
 //! members are kept in a short list inside the account's cache entry and
 //! searched in order: finding the event's user reads the entry's own slot,
 //! which the engine asks the processor for ahead of the event (see
-//! [`super::store::Store::prefetch`]), and a new account's first member
-//! allocates nothing. A hash map's lookup, by contrast, waits on its control
-//! bytes, then on its bucket, each a cache miss of its own, and its first
-//! insertion allocates the table (BENCHMARKS.md: 6 % of the engine thread
-//! on the long tail through a broker). Past [`FEW`] members the list
-//! becomes a hash map, as it always was before: a busy account's lookup
-//! stays one probe.
+//! [`super::store::Store::prefetch`]; [`Members::prefetch`] asks for their
+//! day lists), and a new account's first member allocates nothing. A hash
+//! map's lookup, by contrast, waits on its control bytes, then on its
+//! bucket, each a cache miss of its own, and its first insertion allocates
+//! the table (BENCHMARKS.md: 6 % of the engine thread on the long tail
+//! through a broker). Past [`FEW`] members the list becomes a hash map, as
+//! it always was before: a busy account's lookup stays one probe.
 
 use compact_str::CompactString;
 use smallvec::SmallVec;
