@@ -130,9 +130,14 @@ impl Members {
         self.iter_mut().map(|(_, m)| m)
     }
 
-    /// Drops every member (a short list again).
+    /// Drops every member. (A map stays a map, its table kept: a crowded
+    /// account, whose members leave the cache after each commit, fills it
+    /// again with the next batch.)
     pub fn clear(&mut self) {
-        self.0 = Repr::Few(SmallVec::new());
+        match &mut self.0 {
+            Repr::Few(v) => v.clear(),
+            Repr::Many(m) => m.clear(),
+        }
     }
 
     /// Asks the processor for what an event of one of a few members
@@ -211,7 +216,12 @@ mod tests {
         }
         assert!(m.values().all(|e| !e.dirty));
         m.clear();
-        assert!(m.is_empty() && matches!(m.0, Repr::Few(_)));
+        assert!(m.is_empty() && matches!(m.0, Repr::Many(_)), "a map kept");
+        for u in ["a", "b"] {
+            m.get_or_insert_with(u, || member(1));
+        }
+        assert_eq!(m.len(), 2);
+        assert!(m.contains_key("a") && !m.contains_key("u1"));
     }
 
     /// A failed `make` inserts nothing, in the list as in the map.
