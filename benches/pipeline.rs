@@ -82,6 +82,9 @@ thread_local! {
     /// With `PQA_ALLOC_SITES` set: the engine's function nearest to every
     /// 256th allocation counted (a backtrace each, so only then).
     static SITES: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
+    /// Every how many allocations a site is taken (`PQA_ALLOC_SITES=N`; 256
+    /// when not a number).
+    static SITE_EVERY: std::cell::Cell<u64> = const { std::cell::Cell::new(256) };
 }
 
 fn note_allocation() {
@@ -93,7 +96,7 @@ fn note_allocation() {
                 n.set(n.get() + 1);
                 n.get()
             });
-            if n.is_ok_and(|n| n % 256 == 0) && SITES.with(|s| s.borrow().is_some()) {
+            if n.is_ok_and(|n| n % SITE_EVERY.with(|e| e.get()) == 0) && SITES.with(|s| s.borrow().is_some()) {
                 on.set(false);
                 let trace = std::backtrace::Backtrace::force_capture().to_string();
                 // The engine's nearest frame, where in the source, and its caller.
@@ -398,9 +401,12 @@ fn bench_engine(c: &mut Criterion) {
     );
     // Allocations on the populated state: per event in `process`, per
     // commit (the hot path is `process`; a commit is once a batch).
-    if std::env::var_os("PQA_ALLOC_SITES").is_some() {
+    if let Some(every) = std::env::var_os("PQA_ALLOC_SITES") {
+        let every = every.to_str().and_then(|e| e.parse::<u64>().ok()).filter(|&e| e > 0).unwrap_or(256);
+        SITE_EVERY.with(|e| e.set(every));
         SITES.with(|s| *s.borrow_mut() = Some(Vec::new()));
     }
+    let mut commit_sites: Option<Vec<String>> = None;
     let (mut in_process, mut in_commit, mut events) = (0u64, 0u64, 0u64);
     let mut kinds = std::collections::BTreeMap::<String, u64>::new();
     for _ in 0..5 {
@@ -428,7 +434,10 @@ fn bench_engine(c: &mut Criterion) {
                 *kinds.entry(kind.to_string()).or_default() += n;
             }
         }
+        // The commit's sites apart from the events'.
+        let event_sites = SITES.with(|s| s.borrow_mut().replace(commit_sites.take().unwrap_or_default()));
         let (r, n) = allocations_in(|| engine.commit());
+        commit_sites = SITES.with(|s| std::mem::replace(&mut *s.borrow_mut(), event_sites));
         r.expect("commit");
         in_commit += n;
         out.clear();
@@ -438,14 +447,16 @@ fn bench_engine(c: &mut Criterion) {
         in_process as f64 / events as f64,
         in_commit as f64 / 5.0,
     );
-    if let Some(sites) = SITES.with(|s| s.borrow_mut().take()) {
+    let every = SITE_EVERY.with(|e| e.get());
+    for (of, sites) in [("process", SITES.with(|s| s.borrow_mut().take())), ("commit", commit_sites)] {
+        let Some(sites) = sites else { continue };
         let mut counts = std::collections::HashMap::<&str, usize>::new();
         for site in &sites {
             *counts.entry(site.as_str()).or_default() += 1;
         }
         let mut counts: Vec<_> = counts.into_iter().collect();
         counts.sort_by_key(|c| std::cmp::Reverse(c.1));
-        eprintln!("allocation sites (every 256th, {} sampled, process and commit):", sites.len());
+        eprintln!("allocation sites in {of} (every {every}th, {} sampled):", sites.len());
         for (site, n) in counts.iter().take(25) {
             eprintln!("{:6.1} %  {site}", *n as f64 * 100.0 / sites.len() as f64);
         }

@@ -642,6 +642,24 @@ impl RuleTally {
         self.lead_times_days.extend_from_slice(&o.lead_times_days);
     }
 
+    /// Takes out a tally added before (an account counted again, or gone):
+    /// its counts, and one of each of its lead times.
+    pub fn sub(&mut self, o: &RuleTally) {
+        self.announced -= o.announced;
+        self.answered -= o.answered;
+        self.accepted -= o.accepted;
+        self.rejected -= o.rejected;
+        self.opportunity -= o.opportunity;
+        self.won -= o.won;
+        self.lost -= o.lost;
+        self.positive -= o.positive;
+        for d in &o.lead_times_days {
+            if let Some(i) = self.lead_times_days.iter().rposition(|x| x.to_bits() == d.to_bits()) {
+                self.lead_times_days.swap_remove(i);
+            }
+        }
+    }
+
     /// Median lead time in days.
     pub fn median_lead_days(&self) -> Option<f64> {
         quantile(&self.lead_times_days, 0.5)
@@ -699,9 +717,25 @@ impl AccountTally {
     /// carried over: it is per account).
     pub fn add(&mut self, o: &AccountTally) {
         for (r, t) in &o.by_rule {
-            self.by_rule.entry(r.clone()).or_default().add(t);
+            match self.by_rule.get_mut(r) {
+                Some(mine) => mine.add(t),
+                None => {
+                    self.by_rule.insert(r.clone(), t.clone());
+                }
+            }
         }
         self.all.add(&o.all);
+    }
+
+    /// Takes out an account's tally added before ([`RuleTally::sub`]).
+    /// A rule's entry stays when its counts come to nothing.
+    pub fn sub(&mut self, o: &AccountTally) {
+        for (r, t) in &o.by_rule {
+            if let Some(mine) = self.by_rule.get_mut(r) {
+                mine.sub(t);
+            }
+        }
+        self.all.sub(&o.all);
     }
 }
 
