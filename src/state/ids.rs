@@ -7,8 +7,8 @@
 //! the ids paid (a million ids in one table doubled in about 250 ms on the
 //! engine's thread, a stall every event behind it waited out).
 //!
-//! Each table is open addressing with linear probing, of 24-byte entries
-//! (the hash, then the time), at most 70 % full. Why not `hashbrown`'s
+//! Each table is open addressing with linear probing ([`super::probe`]),
+//! of 24-byte entries (the hash, then the time), at most 70 % full. Why not `hashbrown`'s
 //! map, which held them before: with a million ids in memory, nearly every
 //! lookup and insertion is a cache miss, first on its control bytes, then
 //! on its bucket, and the crate offers no way to ask for either ahead of
@@ -17,16 +17,23 @@
 //! a few events ahead; a commit's loop over the ids it files, a few ids
 //! ahead). An unused entry is all zero, so a table is allocated zeroed.
 
-use super::cache::prefetch;
+use super::probe::{self, Probe};
 
 /// Tables of an [`IdMap`].
 pub(crate) const ID_SHARDS: usize = 64;
 
 /// An entry: the hash's two 8-byte halves, then the event time. All zero:
 /// unused.
-type Entry = [u64; 3];
+#[derive(Clone, Copy, PartialEq)]
+struct Entry([u64; 3]);
 
-const EMPTY: Entry = [0; 3];
+impl probe::Entry for Entry {
+    const EMPTY: Entry = Entry([0; 3]);
+
+    fn home(&self) -> usize {
+        self.0[0] as usize
+    }
+}
 
 /// A table's first size (entries).
 const FIRST: usize = 16;
@@ -44,90 +51,22 @@ fn words(k: &[u8; 16]) -> [u64; 2] {
     }
 }
 
-fn is_empty(e: &Entry) -> bool {
-    e[0] == 0 && e[1] == 0
+type Table = Probe<Entry>;
+
+/// Where `w` is in `t`, or the unused entry where it would go.
+#[inline]
+fn probe(t: &Table, w: &[u64; 2]) -> (usize, bool) {
+    t.probe(w[0] as usize, |e| e.0[0] == w[0] && e.0[1] == w[1])
 }
 
-struct Table {
-    /// A power of two long.
-    entries: Vec<Entry>,
-    len: usize,
-}
-
-impl Table {
-    fn new(size: usize) -> Table {
-        // (Zero: allocated zeroed, its pages touched as entries land.)
-        Table { entries: vec![EMPTY; size], len: 0 }
+/// Files `w` at `time` in an unused entry `i` from [`probe`] (growing first
+/// if the table would pass 70 %).
+fn put_new(t: &mut Table, mut i: usize, w: [u64; 2], time: i64) {
+    if t.full_after_one(7, 10) {
+        t.grow();
+        i = probe(t, &w).0;
     }
-
-    fn mask(&self) -> usize {
-        self.entries.len() - 1
-    }
-
-    fn home(&self, w: &[u64; 2]) -> usize {
-        w[0] as usize & self.mask()
-    }
-
-    /// Where `w` is, or the unused entry where it would go.
-    #[inline]
-    fn probe(&self, w: &[u64; 2]) -> (usize, bool) {
-        let mask = self.mask();
-        let mut i = self.home(w);
-        loop {
-            let e = &self.entries[i];
-            if is_empty(e) {
-                return (i, false);
-            }
-            if e[0] == w[0] && e[1] == w[1] {
-                return (i, true);
-            }
-            i = (i + 1) & mask;
-        }
-    }
-
-    /// Files `w` at `t` in an unused entry `i` from [`Table::probe`]
-    /// (growing first if the table would pass 70 %).
-    fn put_new(&mut self, mut i: usize, w: [u64; 2], t: i64) {
-        if (self.len + 1) * 10 > self.entries.len() * 7 {
-            self.grow();
-            i = self.probe(&w).0;
-        }
-        self.entries[i] = [w[0], w[1], t as u64];
-        self.len += 1;
-    }
-
-    fn grow(&mut self) {
-        let size = self.entries.len() * 2;
-        let old = std::mem::replace(&mut self.entries, vec![EMPTY; size]);
-        for e in old.into_iter().filter(|e| !is_empty(e)) {
-            let (i, _) = self.probe(&[e[0], e[1]]);
-            self.entries[i] = e;
-        }
-    }
-
-    /// Removes the entry at `i`: the entries after it in its run move back
-    /// where their probe finds them (no tombstones).
-    fn remove_at(&mut self, i: usize) {
-        let mask = self.mask();
-        let mut hole = i;
-        let mut j = (i + 1) & mask;
-        loop {
-            let e = self.entries[j];
-            if is_empty(&e) {
-                break;
-            }
-            let home = e[0] as usize & mask;
-            // It may fill the hole if the hole lies between its home and
-            // where it is (cyclically).
-            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
-                self.entries[hole] = e;
-                hole = j;
-            }
-            j = (j + 1) & mask;
-        }
-        self.entries[hole] = EMPTY;
-        self.len -= 1;
-    }
+    t.put_at(i, Entry([w[0], w[1], time as u64]));
 }
 
 /// The message ids kept in memory (see the module docs).
@@ -153,8 +92,8 @@ impl IdMap {
 
     pub fn get(&self, k: &[u8; 16]) -> Option<i64> {
         let t = &self.tables[Self::table(k)];
-        match t.probe(&words(k)) {
-            (i, true) => Some(t.entries[i][2] as i64),
+        match probe(t, &words(k)) {
+            (i, true) => Some(t.at(i).0[2] as i64),
             _ => None,
         }
     }
@@ -167,10 +106,10 @@ impl IdMap {
     pub fn insert(&mut self, k: [u8; 16], t: i64) {
         let w = words(&k);
         let table = &mut self.tables[Self::table(&k)];
-        match table.probe(&w) {
-            (i, true) => table.entries[i][2] = t as u64,
+        match probe(table, &w) {
+            (i, true) => table.at_mut(i).0[2] = t as u64,
             (i, false) => {
-                table.put_new(i, w, t);
+                put_new(table, i, w, t);
                 self.len += 1;
             }
         }
@@ -178,7 +117,7 @@ impl IdMap {
 
     pub fn remove(&mut self, k: &[u8; 16]) {
         let table = &mut self.tables[Self::table(k)];
-        if let (i, true) = table.probe(&words(k)) {
+        if let (i, true) = probe(table, &words(k)) {
             table.remove_at(i);
             self.len -= 1;
         }
@@ -189,14 +128,14 @@ impl IdMap {
     pub fn held_or_file(&mut self, k: [u8; 16], t: i64, fresh: impl FnOnce(i64) -> bool) -> bool {
         let w = words(&k);
         let table = &mut self.tables[Self::table(&k)];
-        match table.probe(&w) {
-            (i, true) if fresh(table.entries[i][2] as i64) => true,
+        match probe(table, &w) {
+            (i, true) if fresh(table.at(i).0[2] as i64) => true,
             (i, true) => {
-                table.entries[i][2] = t as u64;
+                table.at_mut(i).0[2] = t as u64;
                 false
             }
             (i, false) => {
-                table.put_new(i, w, t);
+                put_new(table, i, w, t);
                 self.len += 1;
                 false
             }
@@ -207,16 +146,13 @@ impl IdMap {
     /// a probe of a table 70 % full reads a few entries on).
     #[inline]
     pub fn prefetch(&self, k: &[u8; 16]) {
-        let t = &self.tables[Self::table(k)];
-        let at = t.entries.as_ptr().wrapping_add(t.home(&words(k))).cast::<u8>();
-        prefetch(at);
-        prefetch(at.wrapping_add(64));
+        self.tables[Self::table(k)].prefetch(words(k)[0] as usize, 2);
     }
 
     /// Forgets every id (each table allocated again, zeroed, at its size).
     pub fn clear(&mut self) {
         for t in &mut self.tables {
-            *t = Table::new(t.entries.len());
+            *t = Table::new(t.size());
         }
         self.len = 0;
     }
@@ -288,7 +224,7 @@ mod tests {
                 }
             }
         }
-        assert!(m.tables.iter().any(|t| t.entries.len() > FIRST), "some tables grew");
+        assert!(m.tables.iter().any(|t| t.size() > FIRST), "some tables grew");
         m.clear();
         assert_eq!(m.len(), 0);
         assert!(pool.iter().all(|k| m.get(k).is_none()));

@@ -1,73 +1,69 @@
 //! The cache's index: slot numbers by the id's hash, in an open-addressing
-//! table of 8-byte entries (linear probing, at most half full).
+//! table of 8-byte entries ([`super::probe`], at most half full).
 //!
-//! Why not `hashbrown`'s table, which the cache used before: a lookup there
-//! starts with a load of its control bytes, and the crate offers no way to
-//! ask the processor for them ahead of time. Here the place an id's probe
-//! starts is its hash's low bits, so [`Index::prefetch`] can ask for that
-//! cache line a few events before the lookup, and [`Index::first`] then
-//! reads it without waiting (the engine does both; see
-//! `Engine::prefetch`). An entry holds the low 32 bits of the hash, which
-//! give its home without reading the slot (growing and removing never
-//! touch the slots), and the slot number plus one. An unused entry is 0,
-//! so the table is allocated zeroed: its pages are not touched until
-//! entries land there (a large `state.cache_accounts` costs no memory up
-//! front).
+//! The place an id's probe starts is its hash's low bits, so
+//! [`Index::prefetch`] can ask for that cache line a few events before the
+//! lookup, and [`Index::first`] then reads it without waiting (the engine
+//! does both; see `Engine::prefetch`). An entry holds the low 32 bits of
+//! the hash, which give its home without reading the slot (growing and
+//! removing never touch the slots), and the slot number plus one. An
+//! unused entry is 0: the table's pages are not touched until entries land
+//! there (a large `state.cache_accounts` costs no memory up front).
 
-/// An unused entry (no entry of a slot is 0: it holds the slot number
-/// plus one).
-const EMPTY: u64 = 0;
+use super::probe::{self, Probe};
+
+/// The hash's low 32 bits, then the slot number plus one (never 0).
+#[derive(Clone, Copy, PartialEq)]
+struct Entry(u64);
+
+impl probe::Entry for Entry {
+    const EMPTY: Entry = Entry(0);
+
+    fn home(&self) -> usize {
+        (self.0 >> 32) as usize
+    }
+}
+
+impl Entry {
+    fn new(hash: u64, slot: u32) -> Entry {
+        debug_assert!(slot < u32::MAX, "fewer than 4 G cached records");
+        Entry((hash & 0xffff_ffff) << 32 | u64::from(slot + 1))
+    }
+
+    fn slot(self) -> u32 {
+        (self.0 as u32).wrapping_sub(1)
+    }
+
+    /// Whether its hash bits are those of `hash`.
+    fn same_tag(self, hash: u64) -> bool {
+        self.0 >> 32 == hash & 0xffff_ffff
+    }
+}
+
+fn home(hash: u64) -> usize {
+    (hash & 0xffff_ffff) as usize
+}
 
 pub(crate) struct Index {
-    /// `EMPTY`, or the hash's low 32 bits, then the slot number plus one.
-    table: Vec<u64>,
-    /// The table's length (a power of two, at least 16) minus one.
-    mask: usize,
-    len: usize,
-}
-
-fn entry(hash: u64, slot: u32) -> u64 {
-    debug_assert!(slot < u32::MAX, "fewer than 4 G cached records");
-    (hash & 0xffff_ffff) << 32 | u64::from(slot + 1)
-}
-
-fn slot_of(e: u64) -> u32 {
-    (e as u32).wrapping_sub(1)
-}
-
-/// Whether the entry's hash bits are those of `hash`.
-fn same_tag(e: u64, hash: u64) -> bool {
-    e >> 32 == hash & 0xffff_ffff
+    table: Probe<Entry>,
 }
 
 impl Index {
     /// Room for `n` entries before it grows.
     pub fn with_capacity(n: usize) -> Index {
-        let size = n.saturating_mul(2).max(16).next_power_of_two();
-        Index { table: vec![EMPTY; size], mask: size - 1, len: 0 }
+        Index { table: Probe::new(n.saturating_mul(2).max(16).next_power_of_two()) }
     }
 
     pub fn len(&self) -> usize {
-        self.len
-    }
-
-    fn home(&self, hash: u64) -> usize {
-        (hash & 0xffff_ffff) as usize & self.mask
+        self.table.len()
     }
 
     /// The first slot of `hash`'s entries for which `eq` holds.
     #[inline]
     pub fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
-        let mut i = self.home(hash);
-        loop {
-            let e = self.table[i];
-            if e == EMPTY {
-                return None;
-            }
-            if same_tag(e, hash) && eq(slot_of(e)) {
-                return Some(slot_of(e));
-            }
-            i = (i + 1) & self.mask;
+        match self.table.probe(home(hash), |e| e.same_tag(hash) && eq(e.slot())) {
+            (i, true) => Some(self.table.at(i).slot()),
+            _ => None,
         }
     }
 
@@ -81,74 +77,31 @@ impl Index {
     /// Asks the processor for the cache line where `hash`'s probe starts.
     #[inline]
     pub fn prefetch(&self, hash: u64) {
-        super::cache::prefetch(self.table.as_ptr().wrapping_add(self.home(hash)).cast());
+        self.table.prefetch(home(hash), 1);
     }
 
     /// Adds `slot` under `hash` (not already there).
     pub fn insert(&mut self, hash: u64, slot: u32) {
-        if (self.len + 1) * 2 > self.table.len() {
-            self.grow();
+        if self.table.full_after_one(1, 2) {
+            self.table.grow();
         }
-        self.put(entry(hash, slot));
-        self.len += 1;
+        self.table.put(Entry::new(hash, slot));
     }
 
-    fn put(&mut self, e: u64) {
-        let mut i = (e >> 32) as usize & self.mask;
-        while self.table[i] != EMPTY {
-            i = (i + 1) & self.mask;
-        }
-        self.table[i] = e;
-    }
-
-    fn grow(&mut self) {
-        let size = self.table.len() * 2;
-        let old = std::mem::replace(&mut self.table, vec![EMPTY; size]);
-        self.mask = size - 1;
-        for e in old.into_iter().filter(|&e| e != EMPTY) {
-            self.put(e);
-        }
-    }
-
-    /// Removes `slot`'s entry under `hash`, if there is one. The entries
-    /// after it in its run move back (no tombstones: a probe still ends at
-    /// the first empty entry).
+    /// Removes `slot`'s entry under `hash`, if there is one.
     pub fn remove(&mut self, hash: u64, slot: u32) -> bool {
-        let mut i = self.home(hash);
-        loop {
-            let e = self.table[i];
-            if e == EMPTY {
-                return false;
+        let want = Entry::new(hash, slot);
+        match self.table.probe(home(hash), |e| *e == want) {
+            (i, true) => {
+                self.table.remove_at(i);
+                true
             }
-            if e == entry(hash, slot) {
-                break;
-            }
-            i = (i + 1) & self.mask;
+            _ => false,
         }
-        // Backward shift: an entry further on moves into the hole unless
-        // its home lies cyclically in (hole, its place].
-        let mut j = i;
-        loop {
-            j = (j + 1) & self.mask;
-            let e = self.table[j];
-            if e == EMPTY {
-                break;
-            }
-            let home = (e >> 32) as usize & self.mask;
-            let stays = if i <= j { i < home && home <= j } else { i < home || home <= j };
-            if !stays {
-                self.table[i] = e;
-                i = j;
-            }
-        }
-        self.table[i] = EMPTY;
-        self.len -= 1;
-        true
     }
 
     pub fn clear(&mut self) {
-        self.table.fill(EMPTY);
-        self.len = 0;
+        self.table.clear();
     }
 }
 
@@ -187,11 +140,10 @@ mod tests {
                 for (&s, &h) in &want {
                     assert_eq!(ix.find(h, |t| t == s), Some(s), "{n}: slot {s}");
                 }
-                let live = ix.table.iter().filter(|&&e| e != EMPTY).count();
-                assert_eq!(live, want.len());
+                assert_eq!(ix.table.used().count(), want.len());
             }
         }
-        assert!(ix.table.len() >= 2 * ix.len());
+        assert!(ix.table.size() >= 2 * ix.len());
         ix.clear();
         assert_eq!((ix.len(), ix.find(x, |_| true)), (0, None));
     }

@@ -6,6 +6,8 @@
 //! - [`store`]: RocksDB, the cache, atomic commit of state + offsets.
 //! - [`cache`]: the cache's table of records by id, in order of use.
 //! - [`prefetch`]: records read ahead of the engine, on the decoder's thread.
+//! - `probe`: the open-addressing table under the cache's index and the
+//!   message ids kept in memory.
 //! - [`expiry`]: records dropped for idleness, tombstoned on the changelog.
 
 pub mod account;
@@ -19,6 +21,7 @@ pub mod layout;
 pub mod manifest;
 pub mod members;
 pub mod prefetch;
+mod probe;
 pub mod store;
 
 pub use account::{AccountState, MemberState, UserState};
