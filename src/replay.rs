@@ -271,6 +271,10 @@ const CHUNK_LINES: usize = 1024;
 
 /// Reads `input` into chunks of decoded lines until its end, a read error
 /// (sent on) or the engine stopping (the channel closed).
+/// How many events ahead of its read-ahead the decoder thread asks for an
+/// event's guesses ([`Prefetcher::prefetch`]).
+const FETCH_AHEAD: usize = 8;
+
 fn read_chunks(
     mut input: Box<dyn BufRead + Send>,
     decoder: &crate::decode::Decoder,
@@ -310,10 +314,17 @@ fn read_chunks(
                 continue;
             }
             let now = chrono::Utc::now().timestamp_millis();
-            let decoded = decoder.decode(Some(&chunk.bytes[start..]), now);
-            chunk.fetched.push(decoded.as_ref().map(|ev| prefetcher.fetch(ev)).unwrap_or_default());
-            chunk.decoded.push(decoded);
+            chunk.decoded.push(decoder.decode(Some(&chunk.bytes[start..]), now));
             chunk.lines.push((this, start..chunk.bytes.len()));
+        }
+        // Then what the chunk's events need read ahead, asking for each
+        // event's guesses of what is cached a few events before they are
+        // looked up (a long tail's are nearly all cache misses).
+        for (i, decoded) in chunk.decoded.iter().enumerate() {
+            if let Some(Ok(ev)) = chunk.decoded.get(i + FETCH_AHEAD) {
+                prefetcher.prefetch(ev);
+            }
+            chunk.fetched.push(decoded.as_ref().map(|ev| prefetcher.fetch(ev)).unwrap_or_default());
         }
         if !chunk.lines.is_empty() && tx.send(Ok(chunk)).is_err() {
             return;
