@@ -80,10 +80,11 @@ thread_local! {
 
 thread_local! {
     /// With `PQA_ALLOC_SITES` set: the engine's function nearest to every
-    /// 256th allocation counted (a backtrace each, so only then).
+    /// `SITE_EVERY`th allocation counted (a backtrace each, so only then),
+    /// those of the events' `process` apart from those of the commits.
     static SITES: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
-    /// Every how many allocations a site is taken (`PQA_ALLOC_SITES=N`; 256
-    /// when not a number).
+    /// Every how many allocations a site is taken (`PQA_ALLOC_SITES=N`, N at
+    /// least 2; 256 for anything else, as `PQA_ALLOC_SITES=1` always gave).
     static SITE_EVERY: std::cell::Cell<u64> = const { std::cell::Cell::new(256) };
 }
 
@@ -402,7 +403,7 @@ fn bench_engine(c: &mut Criterion) {
     // Allocations on the populated state: per event in `process`, per
     // commit (the hot path is `process`; a commit is once a batch).
     if let Some(every) = std::env::var_os("PQA_ALLOC_SITES") {
-        let every = every.to_str().and_then(|e| e.parse::<u64>().ok()).filter(|&e| e > 0).unwrap_or(256);
+        let every = every.to_str().and_then(|e| e.parse::<u64>().ok()).filter(|&e| e > 1).unwrap_or(256);
         SITE_EVERY.with(|e| e.set(every));
         SITES.with(|s| *s.borrow_mut() = Some(Vec::new()));
     }
