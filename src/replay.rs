@@ -269,12 +269,12 @@ struct Chunk {
 /// Lines per chunk.
 const CHUNK_LINES: usize = 1024;
 
-/// Reads `input` into chunks of decoded lines until its end, a read error
-/// (sent on) or the engine stopping (the channel closed).
 /// How many events ahead of its read-ahead the decoder thread asks for an
 /// event's guesses ([`Prefetcher::prefetch`]).
 const FETCH_AHEAD: usize = 8;
 
+/// Reads `input` into chunks of decoded lines until its end, a read error
+/// (sent on) or the engine stopping (the channel closed).
 fn read_chunks(
     mut input: Box<dyn BufRead + Send>,
     decoder: &crate::decode::Decoder,

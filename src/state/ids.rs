@@ -8,14 +8,15 @@
 //! engine's thread, a stall every event behind it waited out).
 //!
 //! Each table is open addressing with linear probing ([`super::probe`]),
-//! of 24-byte entries (the hash, then the time), at most 70 % full. Why not `hashbrown`'s
-//! map, which held them before: with a million ids in memory, nearly every
-//! lookup and insertion is a cache miss, first on its control bytes, then
-//! on its bucket, and the crate offers no way to ask for either ahead of
-//! time. Here an id's probe starts at a place its bytes give, so
-//! [`IdMap::prefetch`] can ask for it before the lookup (the engine does,
-//! a few events ahead; a commit's loop over the ids it files, a few ids
-//! ahead). An unused entry is all zero, so a table is allocated zeroed.
+//! of 24-byte entries (the hash, then the time), at most 70 % full. Why
+//! not `hashbrown`'s map, which held them before: with a million ids in
+//! memory, nearly every lookup and insertion is a cache miss, first on its
+//! control bytes, then on its bucket, and the crate offers no way to ask
+//! for either ahead of time. Here an id's probe starts at a place its bytes
+//! give, so [`IdMap::prefetch`] can ask for it before the lookup (the
+//! engine does, a few events ahead; a commit's loop over the ids it files,
+//! a few ids ahead). An unused entry is all zero (no used one is: see
+//! [`words`]), so a table is allocated zeroed.
 
 use super::probe::{self, Probe};
 
