@@ -1200,18 +1200,21 @@ impl Engine {
                             }
                         }
                     }
-                    for (k, v) in new {
-                        traits.insert(k.clone(), v.clone());
-                    }
+                    // (A client that identifies a user again with what is
+                    // already known changes nothing, and writes nothing.)
+                    let changed = merge_traits(&mut traits, new, &user.state.traits_json);
                     if new.contains_key("email") {
                         let domain = traits.get("email").and_then(Value::as_str).and_then(email_domain).map(Id::from);
                         if domain != user.state.email_domain {
                             email_change = Some((user.state.email_domain.clone(), domain.clone()));
                             user.state.email_domain = domain;
+                            user.dirty = true;
                         }
                     }
-                    user.state.traits_json = Value::Object(traits).to_string();
-                    user.dirty = true;
+                    if changed {
+                        user.state.traits_json = Value::Object(traits).to_string();
+                        user.dirty = true;
+                    }
                 }
             }
             user_domain = if ev.kind.is_usage() || link.is_some() { user.state.email_domain.clone() } else { None };
@@ -1296,11 +1299,13 @@ impl Engine {
         if ev.kind == Kind::Group {
             if let Some(new) = &ev.traits {
                 let mut traits: Map<String, Value> = serde_json::from_str(&entry.state.traits_json).unwrap_or_default();
-                for (k, v) in new {
-                    traits.insert(k.clone(), v.clone());
+                // (Each new user's `group` call names the company again:
+                // the account's traits, and their CEL values, stay as
+                // they are unless one changed.)
+                if merge_traits(&mut traits, new, &entry.state.traits_json) {
+                    entry.state.traits_json = Value::Object(traits).to_string();
+                    entry.traits_cel.take();
                 }
-                entry.state.traits_json = Value::Object(traits).to_string();
-                entry.traits_cel.take();
             }
         }
         if let Some(m) = &merge {
@@ -1974,6 +1979,22 @@ impl Engine {
 
 /// Whether definition `d` (0: live) has a standing qualification of the
 /// account.
+/// Merges the traits of an `identify` or `group` call into the traits
+/// known (`known`, parsed from the record's `stored` JSON): each trait the
+/// call names takes its new value. Whether anything changed, so that the
+/// record is written again only then: a trait whose value is new, or a
+/// record that held no traits (the object it gets is written, even empty).
+fn merge_traits(known: &mut Map<String, Value>, new: &Map<String, Value>, stored: &str) -> bool {
+    let mut changed = stored.is_empty();
+    for (k, v) in new {
+        if known.get(k) != Some(v) {
+            known.insert(k.clone(), v.clone());
+            changed = true;
+        }
+    }
+    changed
+}
+
 fn is_active(state: &AccountState, d: usize, def: &CompiledDefinition) -> bool {
     if d == 0 {
         state.announced.active
@@ -2097,6 +2118,57 @@ mod tests {
             rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the next event is applied, not stalled");
         assert!(t.engine.store_mut().schedule().sweep.is_empty(), "the stray entry is gone");
         assert_eq!(t.engine.reader().account("a").unwrap().unwrap().seq, 1, "nothing committed the event yet");
+    }
+
+    /// An `identify` or `group` call that repeats what is known (clients
+    /// send them at every login, every new user's names the company again)
+    /// changes nothing: the user's record is not written again, and the
+    /// account's traits keep their CEL values. One that changes a trait
+    /// does both.
+    #[test]
+    fn traits_sent_again_unchanged_write_nothing() {
+        let mut t = T::new();
+        let group = |t: &mut T, user: &str, plan: &str| {
+            t.send(&format!(
+                r#"{{"type":"group","userId":"{user}","groupId":"a","traits":{{"name":"Acme","plan":"{plan}"}},"timestamp":"2026-01-02T09:00:00Z"}}"#
+            ))
+        };
+        t.identify("u1", "member", 2);
+        group(&mut t, "u1", "pro");
+        t.track("u1", "a", "x", 2);
+        assert_eq!(t.engine.commit().unwrap().users, 1);
+
+        // The same again, the same day: nothing of the user's to write.
+        t.identify("u1", "member", 2);
+        t.track("u1", "a", "x", 2);
+        assert_eq!(t.engine.commit().unwrap().users, 0);
+        // A changed trait is written, and kept.
+        t.identify("u1", "admin", 2);
+        assert_eq!(t.engine.commit().unwrap().users, 1);
+        let user = t.engine.reader().user("u1").unwrap().unwrap();
+        assert!(user.traits_json.contains(r#""role":"admin""#), "{}", user.traits_json);
+
+        // The account's traits as CEL values, as an evaluation that reads
+        // them makes them: the same map through a `group` call that repeats
+        // them, a new one after a call that changes them (the old one is
+        // held here, so the new one cannot be at its address).
+        let cel = |t: &mut T| {
+            let entry = t.engine.store_mut().account("a").unwrap();
+            let free_mail = Default::default();
+            match entry.traits_cel.get_or_init(|| crate::detect::account_to_cel(&entry.state, &free_mail)) {
+                cel::Value::Map(m) => m.map.clone(),
+                other => panic!("the account's traits as CEL values: {other:?}"),
+            }
+        };
+        let before = cel(&mut t);
+        group(&mut t, "u2", "pro");
+        assert!(Arc::ptr_eq(&before, &cel(&mut t)), "the same traits made again");
+        group(&mut t, "u2", "enterprise");
+        assert!(!Arc::ptr_eq(&before, &cel(&mut t)), "changed traits kept their old CEL values");
+        t.track("u2", "a", "x", 2);
+        t.engine.commit().unwrap();
+        let account = t.engine.reader().account("a").unwrap().unwrap();
+        assert!(account.traits_json.contains(r#""plan":"enterprise""#), "{}", account.traits_json);
     }
 
     #[test]
