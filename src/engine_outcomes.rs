@@ -36,6 +36,9 @@ pub(super) struct Feedback {
     /// What the accounts' announcements heard back.
     tallies: Tallies,
     changed: bool,
+    /// The label sets (version, role, rule) the per-rule gauges were last
+    /// published for, in the order of the reports.
+    published: Vec<(String, &'static str, String)>,
 }
 
 /// Per account with announcements or outcomes in a partition this engine
@@ -305,42 +308,72 @@ impl Engine {
         reports
     }
 
-    /// Sets the per-rule gauges when the counts changed.
+    /// Sets the per-rule gauges when the counts changed. While the rules
+    /// are those of the last time, each gauge is set in place: no label set
+    /// is made again (an allocation or more each, about a thousand a commit
+    /// with the shipped definition), and a scrape never sees the family
+    /// half made. When the rules changed (a definition, a rule whose last
+    /// announcement left), the families are made afresh, so none lingers.
     pub fn publish_rule_metrics(&mut self) {
         if !self.feedback.changed {
             return;
         }
         self.feedback.changed = false;
+        let reports = self.rule_reports();
+        let labels = || {
+            reports.iter().flat_map(|r| {
+                r.rules.iter().map(|(k, v)| (k.as_str(), v)).chain([("*", &r.all)]).map(move |(rule, t)| (r, rule, t))
+            })
+        };
+        let published = &mut self.feedback.published;
+        let same = published.len() == labels().count()
+            && published
+                .iter()
+                .zip(labels())
+                .all(|((v, role, rule), (r, k, _))| *v == r.version && *role == r.role && rule == k);
         let m = &self.metrics;
-        m.rule_announced.reset();
-        m.rule_answered.reset();
-        m.rule_outcomes.reset();
-        m.rule_positive.reset();
-        m.rule_precision.reset();
-        m.rule_lead_time_days.reset();
-        for r in self.rule_reports() {
-            for (rule, t) in r.rules.iter().map(|(k, v)| (k.as_str(), v)).chain([("*", &r.all)]) {
-                let l = [r.version.as_str(), r.role, rule];
-                m.rule_announced.with_label_values(&l).set(t.announced as i64);
-                m.rule_answered.with_label_values(&l).set(t.answered as i64);
-                m.rule_positive.with_label_values(&l).set(t.positive as i64);
-                for k in outcome::OutcomeKind::ALL {
-                    let n = match k {
-                        outcome::OutcomeKind::Accepted => t.accepted,
-                        outcome::OutcomeKind::Rejected => t.rejected,
-                        outcome::OutcomeKind::Opportunity => t.opportunity,
-                        outcome::OutcomeKind::Won => t.won,
-                        outcome::OutcomeKind::Lost => t.lost,
-                    };
-                    m.rule_outcomes.with_label_values(&[l[0], l[1], l[2], k.as_str()]).set(n as i64);
+        if !same {
+            m.rule_announced.reset();
+            m.rule_answered.reset();
+            m.rule_outcomes.reset();
+            m.rule_positive.reset();
+            m.rule_precision.reset();
+            m.rule_lead_time_days.reset();
+            *published = labels().map(|(r, rule, _)| (r.version.clone(), r.role, rule.to_string())).collect();
+        }
+        for (r, rule, t) in labels() {
+            let l = [r.version.as_str(), r.role, rule];
+            m.rule_announced.with_label_values(&l).set(t.announced as i64);
+            m.rule_answered.with_label_values(&l).set(t.answered as i64);
+            m.rule_positive.with_label_values(&l).set(t.positive as i64);
+            for k in outcome::OutcomeKind::ALL {
+                let n = match k {
+                    outcome::OutcomeKind::Accepted => t.accepted,
+                    outcome::OutcomeKind::Rejected => t.rejected,
+                    outcome::OutcomeKind::Opportunity => t.opportunity,
+                    outcome::OutcomeKind::Won => t.won,
+                    outcome::OutcomeKind::Lost => t.lost,
+                };
+                m.rule_outcomes.with_label_values(&[l[0], l[1], l[2], k.as_str()]).set(n as i64);
+            }
+            // (A value there is none of now, such as the precision of a rule
+            // whose answered accounts left, is taken out, as a fresh family
+            // would not have it.)
+            match t.precision() {
+                Some(p) => m.rule_precision.with_label_values(&l).set(p),
+                None if same => {
+                    let _ = m.rule_precision.remove_label_values(&l);
                 }
-                if let Some(p) = t.precision() {
-                    m.rule_precision.with_label_values(&l).set(p);
-                }
-                for (q, v) in [("0.5", t.median_lead_days()), ("0.9", t.p90_lead_days())] {
-                    if let Some(v) = v {
-                        m.rule_lead_time_days.with_label_values(&[l[0], l[1], l[2], q]).set(v);
+                None => {}
+            }
+            for (q, v) in [("0.5", t.median_lead_days()), ("0.9", t.p90_lead_days())] {
+                let l = [l[0], l[1], l[2], q];
+                match v {
+                    Some(v) => m.rule_lead_time_days.with_label_values(&l).set(v),
+                    None if same => {
+                        let _ = m.rule_lead_time_days.remove_label_values(&l);
                     }
+                    None => {}
                 }
             }
         }
@@ -478,6 +511,50 @@ mod tests {
         assert_eq!(e.outcome_positions().get(&2), Some(&10));
         let t = hand_raiser(&e);
         assert_eq!((t.announced, t.answered, t.won), (2, 2, 2));
+    }
+
+    /// The per-rule gauges, set in place while the rules stay the same,
+    /// say what a family made afresh would: the counts of the moment, and
+    /// no precision or lead time once no account of this engine's has one.
+    #[test]
+    fn rule_gauges_follow_the_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = engine(dir.path());
+        let mut out = Output::default();
+        let version = e.definition().version.clone();
+        let gauge = |e: &Engine, name: &str, extra: &str| {
+            let want = format!(r#"{name}{{{extra}role="live",rule="hand_raiser",version="{version}"}} "#);
+            let text = e.metrics().render();
+            text.lines().find_map(|l| l.strip_prefix(want.as_str()).map(|v| v.parse::<f64>().unwrap()))
+        };
+        event(&mut e, &mut out, 0, 0, &hand_raise("a"));
+        event(&mut e, &mut out, 1, 0, &hand_raise("b"));
+        e.commit().unwrap();
+        assert_eq!(gauge(&e, "pqa_rule_announced", ""), Some(2.0));
+        assert_eq!(gauge(&e, "pqa_rule_precision", ""), None);
+        let won = |acct: &str| format!(r#"{{"account_id":"{acct}","outcome":"won","at":"2026-01-20T10:00:00Z"}}"#);
+        outcome_rec(&mut e, &mut out, 2, 0, &won("a"));
+        outcome_rec(&mut e, &mut out, 2, 1, &won("b"));
+        e.commit().unwrap();
+        assert_eq!(gauge(&e, "pqa_rule_answered", ""), Some(2.0));
+        assert_eq!(gauge(&e, "pqa_rule_outcomes", r#"outcome="won","#), Some(2.0));
+        assert_eq!(gauge(&e, "pqa_rule_precision", ""), Some(1.0));
+        assert_eq!(gauge(&e, "pqa_rule_lead_time_days", r#"quantile="0.5","#), Some(18.0));
+        // b's partition leaves, then a's: the counts go down, and with no
+        // answered account the precision and lead times are gone.
+        e.assigned(&[0]).unwrap();
+        e.revoked(&[("events".into(), 1)]);
+        e.commit().unwrap();
+        assert_eq!(gauge(&e, "pqa_rule_announced", ""), Some(1.0));
+        assert_eq!(gauge(&e, "pqa_rule_outcomes", r#"outcome="won","#), Some(1.0));
+        assert_eq!(gauge(&e, "pqa_rule_precision", ""), Some(1.0));
+        e.revoked(&[("events".into(), 0)]);
+        e.commit().unwrap();
+        assert_eq!(gauge(&e, "pqa_rule_announced", ""), Some(0.0));
+        assert_eq!(gauge(&e, "pqa_rule_outcomes", r#"outcome="won","#), Some(0.0));
+        assert_eq!(gauge(&e, "pqa_rule_precision", ""), None);
+        assert_eq!(gauge(&e, "pqa_rule_lead_time_days", r#"quantile="0.5","#), None);
+        assert_eq!(gauge(&e, "pqa_rule_lead_time_days", r#"quantile="0.9","#), None);
     }
 
     /// The sums kept as accounts are counted again, come and go are the
