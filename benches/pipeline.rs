@@ -49,6 +49,9 @@
 //!   [`Engine::process`] and per commit, counted (by a counting wrapper of
 //!   the system allocator, this thread only) over 50k records of the same
 //!   stream once it is populated: the hot path's own allocations.
+//!   `PQA_ALLOC_SITES=N`: where every Nth is made. `PQA_ANON_IDS=1`: the
+//!   stream's events carry an `anonymousId` beside their user id, as
+//!   analytics.js sends them (for every group).
 //!
 //! Sample sizes and measurement times are set per group and kept small, so
 //! that the whole file (setup included) runs in about a minute on a 2-core
@@ -316,18 +319,33 @@ fn bench_detect(c: &mut Criterion) {
 struct Stream {
     cfg: SimConfig,
     sim: Simulator,
+    /// `PQA_ANON_IDS=1`: every event with a user id also carries an
+    /// `anonymousId` (`a-` and the user id), as analytics.js sends them
+    /// once a visitor has logged in; the simulator alone sends none.
+    anon_ids: bool,
 }
 
 impl Stream {
     fn new() -> Stream {
         let cfg = SimConfig { seed: 11, accounts: 20_000, start_unix: START_UNIX, days: 365 };
-        Stream { sim: Simulator::new(cfg.clone()), cfg }
+        let anon_ids = std::env::var_os("PQA_ANON_IDS").is_some_and(|v| v == "1");
+        Stream { sim: Simulator::new(cfg.clone()), cfg, anon_ids }
     }
 
     fn fill(&mut self, buf: &mut Vec<Vec<u8>>, n: usize) {
         buf.clear();
         while buf.len() < n {
             match self.sim.next() {
+                Some(e) if self.anon_ids => {
+                    let json = match e.json.split_once("\"userId\":\"") {
+                        Some((head, tail)) => {
+                            let user = tail.split('"').next().unwrap_or_default();
+                            format!("{head}\"anonymousId\":\"a-{user}\",\"userId\":\"{tail}")
+                        }
+                        None => e.json,
+                    };
+                    buf.push(json.into_bytes())
+                }
                 Some(e) => buf.push(e.json.into_bytes()),
                 None => {
                     self.cfg.seed += 1;

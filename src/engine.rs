@@ -118,7 +118,18 @@ pub const ANONYMOUS_PREFIX: &str = "anonymous:";
 /// it starts with a NUL byte, which no user id from JSON text has in
 /// practice, so it cannot be taken for a user.
 pub fn anon_key(anonymous_id: &str) -> String {
-    format!("\u{0}anon\u{0}{anonymous_id}")
+    let mut key = String::new();
+    anon_key_into(&mut key, anonymous_id);
+    key
+}
+
+/// [`anon_key`] into `key` (emptied first): the engine looks a visitor up
+/// for every event that carries an anonymous id (analytics.js puts one on
+/// every event, logged in or not), into a buffer it keeps.
+pub fn anon_key_into(key: &mut String, anonymous_id: &str) {
+    key.clear();
+    key.push_str("\u{0}anon\u{0}");
+    key.push_str(anonymous_id);
 }
 
 /// How many events ahead of the one being applied the loops over decoded
@@ -265,6 +276,9 @@ pub struct Engine {
     next_release_ms: i64,
     /// Outcomes from sales and the per-rule counts.
     feedback: outcomes::Feedback,
+    /// A visitor's state key, made in place for each event (see
+    /// [`anon_key_into`]).
+    anon_buf: String,
 }
 
 /// The definitions' decisions on an account (see [`Detector::decide`]),
@@ -413,6 +427,7 @@ impl Engine {
             budget_clock: BudgetClock::Event,
             next_release_ms: 0,
             feedback: Default::default(),
+            anon_buf: String::new(),
         };
         engine.load_meta()?;
         engine.adopt(defs);
@@ -1020,12 +1035,14 @@ impl Engine {
         // A visitor already linked to a user (an identify or an alias
         // carried both ids): their anonymous events are the user's.
         if ev.anonymous {
-            let key = anon_key(&ev.user_id);
+            let mut key = std::mem::take(&mut self.anon_buf);
+            anon_key_into(&mut key, &ev.user_id);
             if let Some(u) = self.store.user(&key)?.state.linked_to.as_deref() {
                 ev.user_id = Id::from(u);
                 ev.anonymous = false;
-                followed.push(key);
+                followed.push(key.clone());
             }
+            self.anon_buf = key;
         }
         // A user id that an alias merged into another: its events are that
         // user's.
@@ -1060,11 +1077,13 @@ impl Engine {
         // to this user: its activity becomes the user's below).
         let mut link: Option<Login> = None;
         if let (false, Some(x)) = (ev.anonymous, &ev.anonymous_id) {
-            let key = anon_key(x);
+            let mut key = std::mem::take(&mut self.anon_buf);
+            anon_key_into(&mut key, x);
             let a = &self.store.user(&key)?.state;
             if a.linked_to.as_deref() != Some(ev.user_id.as_str()) {
-                link = Some(Login { visitor: key, account: a.account.clone(), first: a.linked_to.is_none() });
+                link = Some(Login { visitor: key.clone(), account: a.account.clone(), first: a.linked_to.is_none() });
             }
+            self.anon_buf = key;
         }
         if let (None, Some(m)) = (&known, &merge) {
             // The new id of a user who changed ids: the old one's account.
@@ -1225,7 +1244,8 @@ impl Engine {
         if ev.anonymous {
             // The visitor's record: the account they are active in (kept
             // with an idle TTL like a user's).
-            let a = self.store.user(&anon_key(&ev.user_id))?;
+            anon_key_into(&mut self.anon_buf, &ev.user_id);
+            let a = self.store.user(&self.anon_buf)?;
             if a.state.account != account {
                 a.state.account.clone_from(&account);
                 a.dirty = true;
@@ -1418,7 +1438,8 @@ impl Engine {
             } else {
                 // The visitor's activity, kept apart (not a user of the
                 // account) until a login links it to one.
-                let member = reader.member_into(entry, &account, &anon_key(&ev.user_id))?;
+                anon_key_into(&mut self.anon_buf, &ev.user_id);
+                let member = reader.member_into(entry, &account, &self.anon_buf)?;
                 member.state.add_event(ev.time_ms);
                 member.state.prune(ev.time_ms, ((self.retention_ms / 86_400_000) as u32 + 1).max(29));
                 member.dirty = true;
@@ -1436,7 +1457,7 @@ impl Engine {
                 entry.traits_cel.take();
             }
         }
-        if ev.anonymous {
+        if ev.anonymous && !hits.is_empty() {
             let who = format!("{ANONYMOUS_PREFIX}{}", ev.user_id);
             for &s in &hits {
                 entry.state.add_signal(s, &who, ev.time_ms);
