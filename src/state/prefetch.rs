@@ -249,17 +249,23 @@ impl Recent {
     /// allocation is).
     #[inline]
     fn prefetch_hash(&self, h: u64) {
-        let pair = ((h | 1) as usize) & (self.slots.len() - 1) & !1;
-        super::cache::prefetch(self.slots.as_ptr().wrapping_add(pair).cast());
+        super::cache::prefetch(self.slots.as_ptr().wrapping_add(self.pair(h | 1)).cast());
+    }
+
+    /// The first of the two slots of a hash (with its low bit set, as it
+    /// is held): where [`Recent::seen_hash`] looks, and so where
+    /// [`Recent::prefetch_hash`] asks for.
+    #[inline]
+    fn pair(&self, h: u64) -> usize {
+        (h as usize) & (self.slots.len() - 1) & !1
     }
 
     /// [`Recent::seen`] of an id's hash, with the time it has been cached
     /// since (now, if it was not): what it holds was loaded then.
     fn seen_hash(&mut self, h: u64) -> (bool, u32) {
         let h = h | 1;
-        let mask = self.slots.len() - 1;
         // Two slots a hash: an id takes the one of the two seen longer ago.
-        let pair = (h as usize) & mask & !1;
+        let pair = self.pair(h);
         let age_of =
             |s: &(u64, u32, u32)| if s.0 == 0 { usize::MAX } else { self.generation.wrapping_sub(s.1) as usize };
         let i = if self.slots[pair + 1].0 == h
