@@ -25,10 +25,10 @@ const FEW: usize = 8;
 const INSIDE: usize = 2;
 
 /// An account's cached members, by user id (in no particular order).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Members(Repr);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Repr {
     Few(SmallVec<[(CompactString, MemberEntry); INSIDE]>),
     Many(hashbrown::HashMap<String, MemberEntry>),

@@ -22,6 +22,7 @@ pub mod manifest;
 pub mod members;
 pub mod prefetch;
 mod probe;
+pub(crate) mod spill;
 pub mod store;
 
 pub use account::{AccountState, MemberState, UserState};

@@ -31,6 +31,7 @@ use super::layout::Layout;
 use super::manifest::{migrate_v1, Manifest};
 use super::members::Members;
 use super::prefetch::{self, Fetched, Prefetcher, RecentWrites};
+use super::spill::{SpillList, Spilled};
 use super::{cf, keys};
 use crate::config::{CompiledDefinition, StateConfig};
 
@@ -109,7 +110,7 @@ const IDS_AHEAD: usize = 8;
 const SLOTS_AHEAD: usize = 4;
 
 /// A cached account with the members touched while it was cached.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct AccountEntry {
     pub state: AccountState,
     pub dirty: bool,
@@ -156,6 +157,35 @@ impl AccountEntry {
     fn changed(&self) -> bool {
         self.dirty || self.members.values().any(|m| m.dirty)
     }
+
+    /// Whether writing it whole (as an eviction does) writes its record:
+    /// it changed, or its members leave it for records of their own.
+    fn writes_record(&self, inline_members: usize) -> bool {
+        if keeps_members_inside(self, inline_members) {
+            self.changed()
+        } else {
+            self.dirty || !self.members_on_disk
+        }
+    }
+
+    /// Whether writing it whole writes member records of their own.
+    fn writes_members(&self, inline_members: usize) -> bool {
+        !keeps_members_inside(self, inline_members)
+            && (!self.members_on_disk && !self.members.is_empty() || self.members.values().any(|m| m.dirty))
+    }
+
+    /// As it is once written whole (see [`Sink::whole_account`]): nothing
+    /// changed since, and members past those a record keeps inside on
+    /// disk.
+    fn written(&mut self, inline_members: usize) {
+        if !keeps_members_inside(self, inline_members) {
+            self.members_on_disk = true;
+        }
+        self.dirty = false;
+        for m in self.members.values_mut() {
+            m.dirty = false;
+        }
+    }
 }
 
 /// An account's place in the schedule indexes: its sweep time (0: none)
@@ -193,14 +223,14 @@ pub struct Schedule {
     pub queue: BTreeMap<(keys::Priority, String), i32>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct MemberEntry {
     pub state: MemberState,
     /// Known to exist in RocksDB or changed since load.
     pub dirty: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct UserEntry {
     pub state: UserState,
     pub dirty: bool,
@@ -347,11 +377,39 @@ pub struct Prepared {
     batch: WriteBatch,
     pub changelog: ChangeRecords,
     stats: CommitStats,
+    /// Records a write-back store evicted, encoded into `batch` by
+    /// [`StateWriter::write`] (on the commit thread).
+    spilled: Option<Evicted>,
     /// The consumed offsets it commits: (topic, partition, next offset).
     pub offsets: Vec<(String, i32, i64)>,
     /// Oldest Kafka timestamp among the batch's records (set by the engine,
     /// for the end-to-end latency metric).
     pub oldest_ts: Option<i64>,
+}
+
+/// What a write-back commit evicted, to be encoded into its batch (see
+/// [`super::spill`]).
+struct Evicted {
+    accounts: Arc<SpillList<AccountEntry>>,
+    users: Arc<SpillList<UserEntry>>,
+    inline_members: usize,
+}
+
+impl Evicted {
+    /// Their records into `batch`, in key order per column family.
+    fn encode(
+        &self,
+        sink: &mut Sink<'_>,
+        batch: &mut WriteBatch,
+        (acf, mcf, ucf): (&rocksdb::ColumnFamily, &rocksdb::ColumnFamily, &rocksdb::ColumnFamily),
+    ) {
+        for (id, e) in self.accounts.in_key_order() {
+            sink.whole_account(batch, (acf, mcf), id, e);
+        }
+        for (id, u) in self.users.in_key_order() {
+            sink.whole_user(batch, ucf, id, u);
+        }
+    }
 }
 
 /// Writes prepared commits; cheap to clone and usable from another thread,
@@ -367,7 +425,23 @@ impl StateWriter {
     /// Writes a prepared batch, with the changelog positions (next offset
     /// per changelog partition) its records reached, in one atomic write.
     pub fn write(&self, prepared: Prepared, changelog_next: &[(i32, i64)]) -> Result<CommitStats, StateError> {
-        let Prepared { mut batch, stats, .. } = prepared;
+        let Prepared { mut batch, mut stats, spilled, .. } = prepared;
+        if let Some(evicted) = spilled {
+            let cfs = (
+                self.db.cf_handle(cf::ACCOUNTS).expect("cf"),
+                self.db.cf_handle(cf::MEMBERS).expect("cf"),
+                self.db.cf_handle(cf::USERS).expect("cf"),
+            );
+            let (mut buf, mut key) = (Vec::with_capacity(4096), Vec::with_capacity(256));
+            let mut sink = Sink {
+                changelog: None,
+                buf: &mut buf,
+                key: &mut key,
+                stats: &mut stats,
+                inline_members: evicted.inline_members,
+            };
+            evicted.encode(&mut sink, &mut batch, cfs);
+        }
         let meta = self.db.cf_handle(cf::META).expect("cf");
         for (p, next) in changelog_next {
             batch.put_cf(meta, keys::changelog_position(*p), next.to_be_bytes());
@@ -652,9 +726,11 @@ pub struct Store {
     /// the cache and are written only when evicted.
     write_back: bool,
     /// Write-back: entries evicted into the batch being written, readable
-    /// here until it is durable.
-    spilled_accounts: HashMap<String, AccountEntry>,
-    spilled_users: HashMap<String, UserEntry>,
+    /// here until it is durable, and encoded by the commit thread (see
+    /// [`super::spill`]). Their flags are as before the write: an entry
+    /// taken back is [`written`](AccountEntry::written) then.
+    spilled_accounts: Spilled<AccountEntry>,
+    spilled_users: Spilled<UserEntry>,
     /// Whether RocksDB may hold records of each kind. A write-back store
     /// opened empty has none until its first eviction: looking up a record
     /// not in the cache then needs no read.
@@ -921,8 +997,8 @@ impl Store {
             spare_changelog: None,
             last_slot: u32::MAX,
             write_back: false,
-            spilled_accounts: HashMap::new(),
-            spilled_users: HashMap::new(),
+            spilled_accounts: Spilled::default(),
+            spilled_users: Spilled::default(),
             accounts_on_disk: true,
             users_on_disk: true,
             memory_ids: IdMap::default(),
@@ -1137,7 +1213,7 @@ impl Store {
             // Write-back: the index is written with the account, when it
             // is evicted; accounts still in memory are listed from there.
             let listed: HashSet<String> = found.iter().map(|(a, _)| a.clone()).collect();
-            for (id, e) in self.accounts.iter().chain(self.spilled_accounts.iter().map(|(k, e)| (k.as_str(), e))) {
+            for (id, e) in self.accounts.iter().chain(self.spilled_accounts.iter()) {
                 if Mark::of(&e.state).heard && !listed.contains(id) {
                     found.push((id.to_string(), e.partition));
                 }
@@ -1351,10 +1427,14 @@ impl Store {
     /// The account's cache entry (to read or change), loaded from RocksDB or new.
     /// (One hash lookup when it is cached: this is on every event's path.)
     pub fn account(&mut self, id: &str) -> Result<&mut AccountEntry, StateError> {
-        let Store { accounts, spilled_accounts, reader, accounts_on_disk, fetched, writes, .. } = self;
-        let (slot, e) = accounts.get_or_try_insert_at(id, || match spilled_accounts.remove(id) {
-            // Evicted into the batch in flight: back, unchanged since.
-            Some(e) => Ok(e),
+        let Store { accounts, spilled_accounts, reader, accounts_on_disk, fetched, writes, inline_members, .. } = self;
+        let (slot, e) = accounts.get_or_try_insert_at(id, || match spilled_accounts.take(id) {
+            // Evicted into the batch in flight: back, unchanged since, as
+            // that batch writes it.
+            Some(mut e) => {
+                e.written(*inline_members);
+                Ok(e)
+            }
             None => match fetched.account.take_if(|f| f.id == id && writes.holds(fetched.epoch, Some(id), None)) {
                 // Read ahead, and still what RocksDB holds.
                 Some(read) => {
@@ -1460,8 +1540,11 @@ impl Store {
     /// (One hash lookup when it is cached.)
     pub fn user(&mut self, id: &str) -> Result<&mut UserEntry, StateError> {
         let Store { users, spilled_users, reader, users_on_disk, fetched, writes, .. } = self;
-        let (slot, u) = users.get_or_try_insert_at(id, || match spilled_users.remove(id) {
-            Some(u) => Ok(u),
+        let (slot, u) = users.get_or_try_insert_at(id, || match spilled_users.take(id) {
+            Some(mut u) => {
+                u.dirty = false;
+                Ok(u)
+            }
             None if fetched.user.as_ref().is_some_and(|f| f.0 == id && writes.holds(fetched.epoch, None, Some(id))) => {
                 // Read ahead, and still what RocksDB holds.
                 let state = fetched.user.take().and_then(|f| f.1).unwrap_or_default();
@@ -1678,10 +1761,13 @@ impl Store {
             }
         }
         drop(touched);
+        let mut spilled = None;
         if self.write_back {
             // What the cache holds past its capacity (once it is past it
             // by a margin: see [`excess`]) is written now, and stays
-            // readable until the batch is durable (see `written`).
+            // readable until the batch is durable (see `written`). The
+            // commit thread encodes it (see [`super::spill`]); here only
+            // what the records' keys and marks need.
             // (Sized at once: entries are large, and a vector grown step by
             // step copied them again at each step.)
             let n = excess(self.capacity, self.accounts.len());
@@ -1698,20 +1784,25 @@ impl Store {
             }
             // (In key order, as above; the order is sorted, not the large
             // entries themselves.)
-            let mut order: Vec<usize> = (0..evicted.len()).collect();
+            let mut order: Vec<u32> = (0..evicted.len() as u32).collect();
             order.sort_unstable_by(|&a, &b| {
-                let (a, b) = (&evicted[a].0, &evicted[b].0);
+                let (a, b) = (&evicted[a as usize].0, &evicted[b as usize].0);
                 a.len().cmp(&b.len()).then_with(|| a.cmp(b))
             });
-            for i in order {
-                let (id, e) = &mut evicted[i];
+            for &i in &order {
+                let (id, e) = &mut evicted[i as usize];
                 if note {
                     wrote_accounts.insert(prefetch::id_hash(id));
                 }
-                sink.account(&mut batch, (acf, mcf, meta), id, e, true);
+                if e.writes_record(self.inline_members) {
+                    Sink::indexes(&mut batch, meta, id, e);
+                }
+                if e.writes_members(self.inline_members) {
+                    self.reader.members_on_disk = true;
+                }
                 self.accounts_on_disk = true;
             }
-            self.spilled_accounts.extend(evicted);
+            let accounts = self.spilled_accounts.hold(evicted, order);
             let n = excess(self.capacity, self.users.len());
             let mut evicted: Vec<(String, UserEntry)> = Vec::with_capacity(n);
             let least = self.users.least_recent(n);
@@ -1724,21 +1815,27 @@ impl Store {
                     evicted.push((id, u));
                 }
             }
-            let mut order: Vec<usize> = (0..evicted.len()).collect();
-            order.sort_unstable_by(|&a, &b| evicted[a].0.cmp(&evicted[b].0));
-            for i in order {
-                let (id, u) = &mut evicted[i];
+            let mut order: Vec<u32> = (0..evicted.len() as u32).collect();
+            order.sort_unstable_by(|&a, &b| evicted[a as usize].0.cmp(&evicted[b as usize].0));
+            for &i in &order {
                 if note {
-                    wrote_users.insert(prefetch::id_hash(id));
+                    wrote_users.insert(prefetch::id_hash(&evicted[i as usize].0));
                 }
-                sink.user(&mut batch, ucf, id, u);
                 self.users_on_disk = true;
             }
-            self.spilled_users.extend(evicted);
+            let users = self.spilled_users.hold(evicted, order);
             if sink.stats.members > 0 {
                 self.reader.members_on_disk = true;
             }
             self.share_on_disk();
+            let evicted = Evicted { accounts, users, inline_members: self.inline_members };
+            if self.changelog {
+                // (Its records must be in the changelog before the commit
+                // thread writes that: encoded here.)
+                evicted.encode(&mut sink, &mut batch, (acf, mcf, ucf));
+            } else {
+                spilled = Some(evicted);
+            }
         }
         // Message ids out of the window leave the memory (an hour whose
         // last millisecond has left it).
@@ -1901,7 +1998,7 @@ impl Store {
         // (Capped, so that one unusual batch does not set every next one.)
         self.last_commit_size =
             (batch.size_in_bytes().min(64 << 20), changelog.len().min(1 << 20), changelog.bytes().min(64 << 20));
-        Prepared { batch, changelog, stats, offsets: offsets.to_vec(), oldest_ts: None }
+        Prepared { batch, changelog, stats, offsets: offsets.to_vec(), oldest_ts: None, spilled }
     }
 
     /// Tombstones on the changelog for the records the idle-TTL filter
@@ -2426,41 +2523,18 @@ impl Sink<'_> {
         (acf, mcf, meta): (&rocksdb::ColumnFamily, &rocksdb::ColumnFamily, &rocksdb::ColumnFamily),
         id: &str,
         e: &mut AccountEntry,
-        mut record: bool,
+        record: bool,
     ) {
-        if keeps_members_inside(e, self.inline_members) {
-            // One record, its members inside (a crowded account, whose
-            // members alone are written, keeps none inside).
-            if e.changed() {
-                encode_account_with_members(self.buf, self.key, id, e);
-                self.put(batch, acf, e.partition);
-                e.dirty = false;
-                for m in e.members.values_mut() {
-                    m.dirty = false;
-                }
-                self.stats.accounts += 1;
+        if record || !e.members_on_disk || keeps_members_inside(e, self.inline_members) {
+            if e.writes_record(self.inline_members) {
                 Self::indexes(batch, meta, id, e);
             }
+            self.whole_account(batch, (acf, mcf), id, e);
+            e.written(self.inline_members);
             return;
         }
-        if !e.members_on_disk {
-            // Past the members a record keeps inside: every member (the
-            // entry has them all) into a record of its own, and the
-            // account's record without them, in this batch.
-            for m in e.members.values_mut() {
-                m.dirty = true;
-            }
-            e.dirty = true;
-            e.members_on_disk = true;
-            record = true;
-        }
-        if record && e.dirty {
-            encode_account(self.buf, self.key, id, &e.state);
-            self.put(batch, acf, e.partition);
-            e.dirty = false;
-            self.stats.accounts += 1;
-            Self::indexes(batch, meta, id, e);
-        }
+        // Only its changed members (a crowded account's, so that they can
+        // leave the cache).
         // (Inline up to a few: most accounts have one or two users.)
         let mut dirty_members: smallvec::SmallVec<[(&str, &mut MemberEntry); 4]> =
             e.members.iter_mut().filter(|(_, m)| m.dirty).collect();
@@ -2470,6 +2544,57 @@ impl Sink<'_> {
             self.put(batch, mcf, e.partition);
             m.dirty = false;
             self.stats.members += 1;
+        }
+    }
+
+    /// The account's records when it changed, whole (its members inside,
+    /// or each changed one apart, all of them the first time), without
+    /// changing the entry or its place in the indexes (see
+    /// [`Sink::account`]; an eviction writes the indexes when it evicts):
+    /// [`AccountEntry::written`] gives the entry as this leaves it. Also on
+    /// the commit thread, for the records a write-back store evicted.
+    fn whole_account(
+        &mut self,
+        batch: &mut WriteBatch,
+        (acf, mcf): (&rocksdb::ColumnFamily, &rocksdb::ColumnFamily),
+        id: &str,
+        e: &AccountEntry,
+    ) {
+        if keeps_members_inside(e, self.inline_members) {
+            if e.changed() {
+                encode_account_with_members(self.buf, self.key, id, e);
+                self.put(batch, acf, e.partition);
+                self.stats.accounts += 1;
+            }
+            return;
+        }
+        // Past the members a record keeps inside, and not yet written
+        // apart: every member into a record of its own, and the account's
+        // record without them.
+        let split = !e.members_on_disk;
+        if e.dirty || split {
+            encode_account(self.buf, self.key, id, &e.state);
+            self.put(batch, acf, e.partition);
+            self.stats.accounts += 1;
+        }
+        let mut members: smallvec::SmallVec<[(&str, &MemberEntry); 4]> =
+            e.members.iter().filter(|(_, m)| split || m.dirty).collect();
+        members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (user, m) in members {
+            encode_member(self.buf, self.key, id, user, &m.state);
+            self.put(batch, mcf, e.partition);
+            self.stats.members += 1;
+        }
+    }
+
+    /// The user's record when it changed, without changing the entry (see
+    /// [`Sink::user`]).
+    fn whole_user(&mut self, batch: &mut WriteBatch, ucf: &rocksdb::ColumnFamily, id: &str, u: &UserEntry) {
+        if u.dirty {
+            encode_value(self.buf, u.state.updated_ms, &u.state);
+            keys::user_to(self.key, id);
+            self.put(batch, ucf, u.partition);
+            self.stats.users += 1;
         }
     }
 
@@ -2530,13 +2655,8 @@ impl Sink<'_> {
 
     /// The user's record when it changed.
     fn user(&mut self, batch: &mut WriteBatch, ucf: &rocksdb::ColumnFamily, id: &str, u: &mut UserEntry) {
-        if u.dirty {
-            encode_value(self.buf, u.state.updated_ms, &u.state);
-            keys::user_to(self.key, id);
-            self.put(batch, ucf, u.partition);
-            u.dirty = false;
-            self.stats.users += 1;
-        }
+        self.whole_user(batch, ucf, id, u);
+        u.dirty = false;
     }
 }
 
@@ -3086,12 +3206,13 @@ mod tests {
         s.user("u1").unwrap().state.account = Some("a0".into());
         s.user("u1").unwrap().dirty = true;
         let prepared = s.prepare(&[("t".into(), 0, 4)]);
-        assert_eq!(prepared.stats.accounts, 2, "the two accounts past the cache's 2 are written, no more");
-        assert_eq!(prepared.stats.users, 0, "the one user fits the cache");
         // In flight: the evicted accounts are read from memory.
         assert_eq!(s.peek_account("a0").unwrap().unwrap().seq, 10);
         assert_eq!(s.reader().account("a0").unwrap(), None, "not written yet");
-        s.writer().write(prepared, &[]).unwrap();
+        // (Encoded by the writer, on the commit thread.)
+        let stats = s.writer().write(prepared, &[]).unwrap();
+        assert_eq!(stats.accounts, 2, "the two accounts past the cache's 2 are written, no more");
+        assert_eq!(stats.users, 0, "the one user fits the cache");
         s.written();
         // Durable: read back from RocksDB, and the cached ones from memory.
         assert_eq!(s.reader().account("a0").unwrap().unwrap().seq, 10);
@@ -3102,6 +3223,59 @@ mod tests {
         assert_eq!(s.account("a0").unwrap().state.seq, 10);
         assert_eq!(s.account("a1").unwrap().state.seq, 11);
         assert_eq!(s.account("a3").unwrap().state.seq, 13);
+    }
+
+    /// An account a write-back commit evicted, handed out again before
+    /// that commit is durable (the commit thread encodes it meanwhile),
+    /// comes back as the commit writes it: its changes kept, nothing left
+    /// to write, and its members in records of their own when there were
+    /// more than its record keeps inside. A user likewise.
+    #[test]
+    fn an_account_evicted_and_handed_out_before_the_write_is_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open_ephemeral(&cfg(dir.path())).unwrap();
+        s.set_write_back(true).unwrap();
+        // a0 (evicted first) with more members than a record keeps
+        // inside, a1 with one, a2 and a3 cached.
+        for (i, members) in [(0, INLINE_MEMBERS + 2), (1, 1), (2, 0), (3, 0)] {
+            let a = format!("a{i}");
+            for u in 0..members {
+                let m = s.reader().member_into(s.account(&a).unwrap(), &a, &format!("u{u}")).unwrap();
+                m.state.first_seen_ms = u as i64 + 1;
+                m.dirty = true;
+            }
+            let e = s.account(&a).unwrap();
+            e.state.seq = 10 + i;
+            e.state.first_seen_ms = 900;
+            e.dirty = true;
+        }
+        for u in ["v0", "v1", "v2"] {
+            let v = s.user(u).unwrap();
+            v.state.account = Some("a0".into());
+            v.dirty = true;
+        }
+        let prepared = s.prepare(&[("t".into(), 0, 4)]);
+        assert!(s.accounts.peek("a0").is_none() && s.accounts.peek("a1").is_none(), "both evicted");
+        // Handed out again while the batch is in flight.
+        let e = s.account("a0").unwrap();
+        assert_eq!(e.state.seq, 10);
+        assert_eq!(e.members.len(), INLINE_MEMBERS + 2);
+        assert!(!e.changed(), "nothing left to write");
+        assert!(e.members_on_disk, "its members are written apart");
+        let e = s.account("a1").unwrap();
+        assert_eq!((e.state.seq, e.members.len()), (11, 1));
+        assert!(!e.changed());
+        assert!(!e.members_on_disk, "its one member is inside its record");
+        let v = s.user("v0").unwrap();
+        assert_eq!((v.state.account.as_deref(), v.dirty), (Some("a0"), false));
+        let stats = s.writer().write(prepared, &[]).unwrap();
+        assert_eq!((stats.accounts, stats.members, stats.users), (2, INLINE_MEMBERS + 2, 1));
+        s.written();
+        // What RocksDB now holds is what was handed out.
+        assert_eq!(s.reader().account("a0").unwrap().unwrap().seq, 10);
+        assert_eq!(s.reader().members("a0").unwrap().len(), INLINE_MEMBERS + 2);
+        assert_eq!(s.reader().account("a1").unwrap().unwrap().seq, 11);
+        assert_eq!(s.reader().user("v0").unwrap().unwrap().account.as_deref(), Some("a0"));
     }
 
     /// An account with more than [`CROWDED`] members cached has its
