@@ -281,7 +281,11 @@ pub(crate) fn migrate_v1(db: &DB, layout: &Layout, live: &CompiledDefinition) ->
         let mut batch = WriteBatch::default();
         let mut last = None;
         let mut buf = Vec::new();
-        let iter = db.iterator_cf(acf, IteratorMode::From(&start, rocksdb::Direction::Forward));
+        // (In total order: the family's memtable is a hash table, see
+        // `Store::open`.)
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_total_order_seek(true);
+        let iter = db.iterator_cf_opt(acf, ro, IteratorMode::From(&start, rocksdb::Direction::Forward));
         for item in iter {
             let (k, v) = item?;
             if !start.is_empty() && *k == *start {

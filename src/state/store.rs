@@ -893,6 +893,20 @@ impl Store {
                 o.set_memtable_prefix_bloom_ratio(0.05);
                 o.set_memtable_whole_key_filtering(true);
             }
+            if *name == cf::USERS || *name == cf::ACCOUNTS {
+                // Looked up by the whole key (on the long tail, about once
+                // an event each: accounts and users outnumber the cache),
+                // and iterated only in total order (whether the family is
+                // empty; a migration, see `manifest::migrate_v1`): a hash
+                // table memtable (the "prefix" is the whole key, so a bucket
+                // holds one record's versions) finds a record written since
+                // the last flush in constant time, where the skiplist's
+                // search of its height in cache misses was a quarter of
+                // `replay`'s reading ahead. The sorted order a flush needs
+                // is built by the flush, in the background.
+                o.set_prefix_extractor(rocksdb::SliceTransform::create_noop());
+                o.set_memtable_factory(rocksdb::MemtableFactory::HashLinkList { bucket_count: 1 << 19 });
+            }
             if *name == cf::DEDUPE {
                 // One random 17-byte key per event, written and looked up
                 // (nearly always a miss) but never iterated: a hash table
