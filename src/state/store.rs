@@ -168,10 +168,13 @@ impl AccountEntry {
         }
     }
 
-    /// Whether writing it whole writes member records of their own.
-    fn writes_members(&self, inline_members: usize) -> bool {
-        !keeps_members_inside(self, inline_members)
-            && (!self.members_on_disk && !self.members.is_empty() || self.members.values().any(|m| m.dirty))
+    /// The member records of their own that writing it whole writes: none
+    /// while its record keeps its members inside; all of them the first
+    /// time they leave it; after that, the changed ones.
+    fn members_written(&self, inline_members: usize) -> impl Iterator<Item = (&str, &MemberEntry)> {
+        let apart = !keeps_members_inside(self, inline_members);
+        let all = !self.members_on_disk;
+        self.members.iter().filter(move |(_, m)| apart && (all || m.dirty))
     }
 
     /// As it is once written whole (see [`Sink::whole_account`]): nothing
@@ -1811,7 +1814,7 @@ impl Store {
                 if e.writes_record(self.inline_members) {
                     Sink::indexes(&mut batch, meta, id, e);
                 }
-                if e.writes_members(self.inline_members) {
+                if e.members_written(self.inline_members).next().is_some() {
                     self.reader.members_on_disk = true;
                 }
                 self.accounts_on_disk = true;
@@ -2574,25 +2577,19 @@ impl Sink<'_> {
         id: &str,
         e: &AccountEntry,
     ) {
-        if keeps_members_inside(e, self.inline_members) {
-            if e.changed() {
+        if e.writes_record(self.inline_members) {
+            if keeps_members_inside(e, self.inline_members) {
                 encode_account_with_members(self.buf, self.key, id, e);
-                self.put(batch, acf, e.partition);
-                self.stats.accounts += 1;
+            } else {
+                // (Its members, past those a record keeps inside, in records
+                // of their own.)
+                encode_account(self.buf, self.key, id, &e.state);
             }
-            return;
-        }
-        // Past the members a record keeps inside, and not yet written
-        // apart: every member into a record of its own, and the account's
-        // record without them.
-        let split = !e.members_on_disk;
-        if e.dirty || split {
-            encode_account(self.buf, self.key, id, &e.state);
             self.put(batch, acf, e.partition);
             self.stats.accounts += 1;
         }
         let mut members: smallvec::SmallVec<[(&str, &MemberEntry); 4]> =
-            e.members.iter().filter(|(_, m)| split || m.dirty).collect();
+            e.members_written(self.inline_members).collect();
         members.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (user, m) in members {
             encode_member(self.buf, self.key, id, user, &m.state);
@@ -3290,6 +3287,35 @@ mod tests {
         assert_eq!(s.reader().members("a0").unwrap().len(), INLINE_MEMBERS + 2);
         assert_eq!(s.reader().account("a1").unwrap().unwrap().seq, 11);
         assert_eq!(s.reader().user("v0").unwrap().unwrap().account.as_deref(), Some("a0"));
+    }
+
+    /// A write-back store with the changelog on encodes what it evicts at
+    /// once, so that the records are in the changelog the commit writes
+    /// before the state (not left for the commit thread).
+    #[test]
+    fn a_write_back_store_with_a_changelog_puts_what_it_evicts_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open_ephemeral(&cfg(dir.path())).unwrap();
+        s.set_write_back(true).unwrap();
+        s.set_changelog(true);
+        for i in 0..4 {
+            let e = s.account(&format!("a{i}")).unwrap();
+            e.state.seq = 10 + i;
+            e.state.first_seen_ms = 900;
+            e.dirty = true;
+        }
+        let prepared = s.prepare(&[("t".into(), 0, 4)]);
+        let accounts: Vec<Vec<u8>> = prepared
+            .changelog
+            .iter()
+            .filter(|r| r.key.first() == Some(&keys::ACCOUNT))
+            .map(|r| r.key.to_vec())
+            .collect();
+        assert_eq!(accounts, vec![keys::account("a0"), keys::account("a1")], "the two evicted, in key order");
+        let stats = s.writer().write(prepared, &[]).unwrap();
+        assert_eq!(stats.accounts, 2, "written once");
+        s.written();
+        assert_eq!(s.reader().account("a1").unwrap().unwrap().seq, 11);
     }
 
     /// An account with more than [`CROWDED`] members cached has its
