@@ -853,6 +853,20 @@ impl Store {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
+        // RocksDB's flushes and compactions at the lowest CPU priority
+        // (`nice` 19 for its background threads; the default environment,
+        // shared by every state the process opens): on a machine whose
+        // cores are all busy they take the time the engine's threads leave,
+        // instead of taking the engine thread's core from it, which then
+        // waited in the run queue as long as a third of its own CPU time
+        // (`run` of the long tail on 2 cores). Where a core is free, nothing
+        // changes. A flush that falls behind stalls the commit thread's
+        // write, which idles the engine's threads, which lets the flush
+        // run: the work is the same, only who waits is chosen.
+        let mut env = rocksdb::Env::new()?;
+        env.lower_thread_pool_cpu_priority();
+        env.lower_high_priority_thread_pool_cpu_priority();
+        db_opts.set_env(&env);
         db_opts.set_bytes_per_sync(1 << 20);
         db_opts.set_keep_log_file_num(3);
         // A column family that rarely fills its memtable (the offsets in
@@ -1720,15 +1734,16 @@ impl Store {
             stats: &mut stats,
             inline_members: self.inline_members,
         };
-        // Records go into the batch in key order, per column family: the
-        // memtable skiplist then inserts each next to the previous one
-        // (it starts from the last insert's position). Account keys are
-        // length-prefixed ids; member keys the account's key then the user
-        // id; user keys the plain id.
+        // The touched records are walked in the order they were first
+        // touched, not sorted: the accounts' and users' memtables are hash
+        // tables (see `open`), which gain nothing from key order, and a
+        // long tail's entries touched in a row sit in slots filled in a
+        // row, where a walk in key order jumped across the cache (sorting
+        // and that walk were 7 % of `run`'s engine thread on the long
+        // tail; BENCHMARKS.md). An account's members still go in sorted,
+        // together (`Sink::account`).
         // (Each with its cache slot, where it is read without a lookup: a
         // touched record stays in the cache until written.)
-        self.touched_accounts.sort_unstable_by(|(a, _), (b, _)| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
-        self.touched_users.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         // What is written is noted for the readers ahead (see `prefetch`);
         // with none, only that the commit noted nothing.
         self.changed = false;
