@@ -399,17 +399,17 @@ struct Evicted {
 }
 
 impl Evicted {
-    /// Their records into `batch`, in key order per column family.
+    /// Their records into `batch`, in the order evicted.
     fn encode(
         &self,
         sink: &mut Sink<'_>,
         batch: &mut WriteBatch,
         (acf, mcf, ucf): (&rocksdb::ColumnFamily, &rocksdb::ColumnFamily, &rocksdb::ColumnFamily),
     ) {
-        for (id, e) in self.accounts.in_key_order() {
+        for (id, e) in self.accounts.in_order() {
             sink.whole_account(batch, (acf, mcf), id, e);
         }
-        for (id, u) in self.users.in_key_order() {
+        for (id, u) in self.users.in_order() {
             sink.whole_user(batch, ucf, id, u);
         }
     }
@@ -1814,15 +1814,9 @@ impl Store {
                     evicted.push((id, e));
                 }
             }
-            // (In key order, as above; the order is sorted, not the large
-            // entries themselves.)
-            let mut order: Vec<u32> = (0..evicted.len() as u32).collect();
-            order.sort_unstable_by(|&a, &b| {
-                let (a, b) = (&evicted[a as usize].0, &evicted[b as usize].0);
-                a.len().cmp(&b.len()).then_with(|| a.cmp(b))
-            });
-            for &i in &order {
-                let (id, e) = &mut evicted[i as usize];
+            // (In the order evicted, as touched records are in the order
+            // touched: see above and `spill`.)
+            for (id, e) in &mut evicted {
                 if note {
                     wrote_accounts.insert(prefetch::id_hash(id));
                 }
@@ -1834,7 +1828,7 @@ impl Store {
                 }
                 self.accounts_on_disk = true;
             }
-            let accounts = self.spilled_accounts.hold(evicted, order);
+            let accounts = self.spilled_accounts.hold(evicted);
             let n = excess(self.capacity, self.users.len());
             let mut evicted: Vec<(String, UserEntry)> = Vec::with_capacity(n);
             let least = self.users.least_recent(n);
@@ -1847,15 +1841,13 @@ impl Store {
                     evicted.push((id, u));
                 }
             }
-            let mut order: Vec<u32> = (0..evicted.len() as u32).collect();
-            order.sort_unstable_by(|&a, &b| evicted[a as usize].0.cmp(&evicted[b as usize].0));
-            for &i in &order {
+            for (id, _) in &evicted {
                 if note {
-                    wrote_users.insert(prefetch::id_hash(&evicted[i as usize].0));
+                    wrote_users.insert(prefetch::id_hash(id));
                 }
                 self.users_on_disk = true;
             }
-            let users = self.spilled_users.hold(evicted, order);
+            let users = self.spilled_users.hold(evicted);
             if sink.stats.members > 0 {
                 self.reader.members_on_disk = true;
             }
@@ -3326,7 +3318,11 @@ mod tests {
             .filter(|r| r.key.first() == Some(&keys::ACCOUNT))
             .map(|r| r.key.to_vec())
             .collect();
-        assert_eq!(accounts, vec![keys::account("a0"), keys::account("a1")], "the two evicted, in key order");
+        assert_eq!(
+            accounts,
+            vec![keys::account("a0"), keys::account("a1")],
+            "the two least recent, in the order evicted"
+        );
         let stats = s.writer().write(prepared, &[]).unwrap();
         assert_eq!(stats.accounts, 2, "written once");
         s.written();
@@ -3468,7 +3464,8 @@ mod tests {
         assert_eq!(s.accounts.peek("early").unwrap().early.map(|(_, n)| n), Some(1), "one record, encoded early");
         assert!(s.accounts.peek("small").unwrap().late, "handed out again: encoded by the commit");
         let p = s.prepare(&[]);
-        let keys_written: Vec<Vec<u8>> = p.changelog.iter().map(|r| r.key.to_vec()).collect();
+        let mut keys_written: Vec<Vec<u8>> = p.changelog.iter().map(|r| r.key.to_vec()).collect();
+        keys_written.sort();
         assert_eq!(keys_written, vec![keys::account("early"), keys::account("small")], "no member records");
         let restore: Vec<(Vec<u8>, Vec<u8>)> = p.changelog.iter().map(|r| (r.key.to_vec(), r.value.to_vec())).collect();
         s.write(p, &[]).unwrap();
