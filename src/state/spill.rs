@@ -16,8 +16,8 @@ use hashbrown::HashTable;
 /// Evicted records, in the order they were evicted, which is the order
 /// they go into the batch in: not sorted by key, since the accounts' and
 /// users' memtables are hash tables, and the walk in key order jumped
-/// across the list (BENCHMARKS.md: the long-tail `replay` 8 % faster
-/// without the sort).
+/// across the list (BENCHMARKS.md: the long-tail `replay` about 7 %
+/// faster without the sort).
 #[derive(Debug)]
 pub struct SpillList<E> {
     entries: Vec<(String, E)>,

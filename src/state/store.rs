@@ -2814,6 +2814,32 @@ mod tests {
         c
     }
 
+    /// RocksDB's flush and compaction threads run at the lowest CPU
+    /// priority (see `Store::open`): the thread that ran a store's flush
+    /// has `nice` 19.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn rocksdb_background_threads_run_at_the_lowest_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&cfg(dir.path())).unwrap();
+        s.account("a").unwrap().dirty = true;
+        let p = s.prepare(&[]);
+        s.write(p, &[]).unwrap();
+        s.written();
+        s.flush_to_disk().unwrap();
+        // (`/proc/self/task/<tid>/stat`: "tid (comm) state ...", the nice
+        // value the 19th field, the 17th after the name.)
+        let nice: Vec<i64> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| {
+                let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+                let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+                (name == "rocksdb:high").then(|| rest.split(' ').nth(16)?.parse().ok())?
+            })
+            .collect();
+        assert!(nice.contains(&19), "the flush threads' nice values: {nice:?}");
+    }
+
     /// A store's own cap on message ids in memory is the shipped
     /// configuration's default (`input.dedupe_memory_ids`): the number is
     /// written in both places.
