@@ -323,13 +323,17 @@ struct Stream {
     /// `anonymousId` (`a-` and the user id), as analytics.js sends them
     /// once a visitor has logged in; the simulator alone sends none.
     anon_ids: bool,
+    /// Every user id the stream has sent so far.
+    users: std::collections::HashSet<String>,
+    /// For each record of the last `fill`: whether it is its user's first.
+    firsts: Vec<bool>,
 }
 
 impl Stream {
     fn new() -> Stream {
         let cfg = SimConfig { seed: 11, accounts: 20_000, start_unix: START_UNIX, days: 365 };
         let anon_ids = std::env::var_os("PQA_ANON_IDS").is_some_and(|v| v == "1");
-        Stream { sim: Simulator::new(cfg.clone()), cfg, anon_ids }
+        Stream { sim: Simulator::new(cfg.clone()), cfg, anon_ids, users: Default::default(), firsts: Vec::new() }
     }
 
     fn fill(&mut self, buf: &mut Vec<Vec<u8>>, n: usize) {
@@ -353,6 +357,16 @@ impl Stream {
                     self.sim = Simulator::new(self.cfg.clone());
                 }
             }
+        }
+        self.firsts.clear();
+        for json in buf.iter() {
+            let user = std::str::from_utf8(json)
+                .ok()
+                .and_then(|j| j.split("\"userId\":\"").nth(1))
+                .and_then(|t| t.split('"').next())
+                .unwrap_or_default();
+            let first = !self.users.contains(user) && self.users.insert(user.to_string());
+            self.firsts.push(first);
         }
     }
 }
@@ -428,9 +442,20 @@ fn bench_engine(c: &mut Criterion) {
     let mut commit_sites: Option<Vec<String>> = None;
     let (mut in_process, mut in_commit, mut events) = (0u64, 0u64, 0u64);
     let mut kinds = std::collections::BTreeMap::<String, u64>::new();
+    // The same count by what the event is to the engine: an announcement
+    // (its output is made), the first event of its user (records made),
+    // an `identify` or `group` (traits decoded), or an ordinary one (a
+    // track or page call of a known user that announces nothing: the hot
+    // path). A user is new at the stream's first event of theirs (warm-up
+    // included; see `Stream::firsts`).
+    let mut classes = std::collections::BTreeMap::<&str, (u64, u64)>::new();
+    let field = |json: &str, name: &str| -> String {
+        json.split(&format!("\"{name}\":\"")).nth(1).and_then(|t| t.split('"').next()).unwrap_or("?").to_string()
+    };
+    let mut ordinary_sites: Vec<String> = Vec::new();
     for _ in 0..5 {
         stream.fill(&mut chunk, CHUNK);
-        for payload in &chunk {
+        for (payload, &first) in chunk.iter().zip(&stream.firsts) {
             let rec = InputRecord {
                 topic: "bench",
                 partition: 0,
@@ -440,10 +465,29 @@ fn bench_engine(c: &mut Criterion) {
                 timestamp_ms: None,
             };
             offset += 1;
+            let announced_before = out.events.len();
+            let sites_before = SITES.with(|s| s.borrow().as_ref().map_or(0, Vec::len));
             let (r, n) = allocations_in(|| engine.process(&rec, &mut out));
             r.expect("process");
             in_process += n;
             events += 1;
+            let json = std::str::from_utf8(payload).unwrap_or_default();
+            let class = match field(json, "type").as_str() {
+                _ if out.events.len() > announced_before => "announcing",
+                _ if first => "a new user's first",
+                "identify" | "group" => "identify or group",
+                _ => "ordinary (track or page, known user, nothing announced)",
+            };
+            let c = classes.entry(class).or_default();
+            c.0 += 1;
+            c.1 += n;
+            if class.starts_with("ordinary") {
+                SITES.with(|s| {
+                    if let Some(s) = s.borrow().as_ref() {
+                        ordinary_sites.extend(s[sites_before..].iter().cloned());
+                    }
+                });
+            }
             if n > 0 {
                 let kind = std::str::from_utf8(payload)
                     .ok()
@@ -466,8 +510,16 @@ fn bench_engine(c: &mut Criterion) {
         in_process as f64 / events as f64,
         in_commit as f64 / 5.0,
     );
+    for (class, (n, allocs)) in &classes {
+        eprintln!("  {:.2} per event over {n} events: {class}", *allocs as f64 / *n as f64);
+    }
     let every = SITE_EVERY.with(|e| e.get());
-    for (of, sites) in [("process", SITES.with(|s| s.borrow_mut().take())), ("commit", commit_sites)] {
+    let ordinary_sites = SITES.with(|s| s.borrow().is_some()).then_some(ordinary_sites);
+    for (of, sites) in [
+        ("process", SITES.with(|s| s.borrow_mut().take())),
+        ("ordinary events", ordinary_sites),
+        ("commit", commit_sites),
+    ] {
         let Some(sites) = sites else { continue };
         let mut counts = std::collections::HashMap::<&str, usize>::new();
         for site in &sites {

@@ -2172,6 +2172,9 @@ impl Store {
             let h = &e.state.user_hist;
             super::cache::prefetch(h.as_ptr().wrapping_add(h.len().saturating_sub(1)).cast());
             super::cache::prefetch(e.state.features.as_ptr().cast());
+            // Read when the record is encoded (each its own allocation).
+            super::cache::prefetch(e.state.columns.as_ptr().cast());
+            super::cache::prefetch(e.state.signal_columns.as_ptr().cast());
             e.members.prefetch();
         }
     }
