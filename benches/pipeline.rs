@@ -452,7 +452,7 @@ fn bench_engine(c: &mut Criterion) {
     let field = |json: &str, name: &str| -> String {
         json.split(&format!("\"{name}\":\"")).nth(1).and_then(|t| t.split('"').next()).unwrap_or("?").to_string()
     };
-    let mut ordinary_sites: Vec<String> = Vec::new();
+    let mut class_sites = std::collections::BTreeMap::<&str, Vec<String>>::new();
     for _ in 0..5 {
         stream.fill(&mut chunk, CHUNK);
         for (payload, &first) in chunk.iter().zip(&stream.firsts) {
@@ -481,13 +481,11 @@ fn bench_engine(c: &mut Criterion) {
             let c = classes.entry(class).or_default();
             c.0 += 1;
             c.1 += n;
-            if class.starts_with("ordinary") {
-                SITES.with(|s| {
-                    if let Some(s) = s.borrow().as_ref() {
-                        ordinary_sites.extend(s[sites_before..].iter().cloned());
-                    }
-                });
-            }
+            SITES.with(|s| {
+                if let Some(s) = s.borrow().as_ref() {
+                    class_sites.entry(class).or_default().extend(s[sites_before..].iter().cloned());
+                }
+            });
             if n > 0 {
                 let kind = std::str::from_utf8(payload)
                     .ok()
@@ -514,12 +512,11 @@ fn bench_engine(c: &mut Criterion) {
         eprintln!("  {:.2} per event over {n} events: {class}", *allocs as f64 / *n as f64);
     }
     let every = SITE_EVERY.with(|e| e.get());
-    let ordinary_sites = SITES.with(|s| s.borrow().is_some()).then_some(ordinary_sites);
-    for (of, sites) in [
-        ("process", SITES.with(|s| s.borrow_mut().take())),
-        ("ordinary events", ordinary_sites),
-        ("commit", commit_sites),
-    ] {
+    let mut all = vec![("process", SITES.with(|s| s.borrow_mut().take()))];
+    // (The sites of the events that are not announcements, by class.)
+    all.extend(class_sites.into_iter().filter(|c| c.0 != "announcing").map(|(c, s)| (c, Some(s))));
+    all.push(("commit", commit_sites));
+    for (of, sites) in all {
         let Some(sites) = sites else { continue };
         let mut counts = std::collections::HashMap::<&str, usize>::new();
         for site in &sites {
