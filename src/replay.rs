@@ -451,6 +451,7 @@ mod tests {
         let run = |name: &str, batch_lines: usize, cache_accounts: usize, persistent: bool| {
             let mut cfg = Config::default_config();
             cfg.state.cache_accounts = cache_accounts;
+            cfg.state.cache_users = Some(cache_accounts);
             let def = Arc::new(cfg.definition.compile().unwrap());
             let output = dir.path().join(name);
             let opts = ReplayOptions {

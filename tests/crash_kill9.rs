@@ -47,11 +47,12 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_nothing_new() {
     let state = dir.path().join("state");
     let port = free_port();
     let config = write_config(dir.path(), &bootstrap, &state, port, "");
-    // A cache far smaller than the 2,500 accounts: records leave it and are
+    // A cache far smaller than the 2,500 accounts (and their users): records leave it and are
     // read back from RocksDB all the time, across the kills. (The engines
     // started below inherit the variable; the clean replay above ran with
     // the default.)
     std::env::set_var("PQA_STATE__CACHE_ACCOUNTS", "200");
+    std::env::set_var("PQA_STATE__CACHE_USERS", "200");
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
     let (mut kills, mut terms) = (0, 0);
     for n in 0..KILLS + TERMS {

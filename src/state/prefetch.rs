@@ -105,13 +105,15 @@ pub struct Prefetcher {
 }
 
 impl Prefetcher {
-    pub(crate) fn new(reader: StateReader, shared: Arc<Shared>, capacity: usize) -> Prefetcher {
+    /// `capacity` and `users_capacity`: how many accounts and users the
+    /// engine's cache keeps.
+    pub(crate) fn new(reader: StateReader, shared: Arc<Shared>, capacity: usize, users_capacity: usize) -> Prefetcher {
         shared.readers.store(true, Ordering::Release);
         Prefetcher {
             reader,
             shared,
             accounts: Recent::new(capacity),
-            users: Recent::new(capacity),
+            users: Recent::new(users_capacity),
             // (A pair guessed wrongly costs a read at most.)
             members: Recent::new(capacity),
         }

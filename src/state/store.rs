@@ -657,6 +657,8 @@ pub struct Store {
     accounts: Records<AccountEntry>,
     users: Records<UserEntry>,
     capacity: usize,
+    /// Users kept cached (`state.cache_users`).
+    users_capacity: usize,
     sync_writes: bool,
     /// See [`idle_refresh_ms`].
     idle_refresh_ms: i64,
@@ -993,12 +995,13 @@ impl Store {
         watermark.store(reader.watermark_ms()?, Ordering::Relaxed);
         // The cache holds its capacity, and what a batch adds to it until
         // the commit.
-        let room = cfg.cache_accounts.saturating_add(cfg.cache_accounts / 8).min(1 << 22);
+        let room = |capacity: usize| capacity.saturating_add(capacity / 8).min(1 << 22);
         Ok(Store {
             reader,
-            accounts: Records::with_capacity(room),
-            users: Records::with_capacity(room),
+            accounts: Records::with_capacity(room(cfg.cache_accounts)),
+            users: Records::with_capacity(room(cfg.users_capacity())),
             capacity: cfg.cache_accounts,
+            users_capacity: cfg.users_capacity(),
             sync_writes: cfg.sync_writes,
             watermark,
             pending_ids: HashMap::default(),
@@ -1829,7 +1832,7 @@ impl Store {
                 self.accounts_on_disk = true;
             }
             let accounts = self.spilled_accounts.hold(evicted);
-            let n = excess(self.capacity, self.users.len());
+            let n = excess(self.users_capacity, self.users.len());
             let mut evicted: Vec<(String, UserEntry)> = Vec::with_capacity(n);
             let least = self.users.least_recent(n);
             for (k, &i) in least.iter().enumerate() {
@@ -2134,7 +2137,7 @@ impl Store {
     /// (see [`prefetch`]); what it reads is handed back with
     /// [`Store::set_fetched`].
     pub fn prefetcher(&self) -> Prefetcher {
-        Prefetcher::new(self.reader.clone(), self.prefetch.clone(), self.capacity)
+        Prefetcher::new(self.reader.clone(), self.prefetch.clone(), self.capacity, self.users_capacity)
     }
 
     /// The first step of bringing the cached records of an event a few
@@ -2252,7 +2255,7 @@ impl Store {
                 }
                 self.accounts.remove_at(i);
             }
-            let n = excess(self.capacity, self.users.len());
+            let n = excess(self.users_capacity, self.users.len());
             for i in self.users.least_recent(n) {
                 if self.users.record_at(i).is_none_or(|u| u.touched) {
                     break;
@@ -2814,7 +2817,34 @@ mod tests {
         let mut c = crate::config::Config::default_config().state;
         c.dir = dir.to_path_buf();
         c.cache_accounts = 2;
+        c.cache_users = Some(2);
         c
+    }
+
+    /// Users are cached apart from accounts: twice as many unless
+    /// `cache_users` says otherwise, each side trimmed to its own number at
+    /// a commit.
+    #[test]
+    fn users_are_cached_apart_from_accounts_twice_as_many_by_default() {
+        for (cache_users, kept_users) in [(None, 4), (Some(3), 3)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = cfg(dir.path());
+            c.cache_users = cache_users;
+            assert_eq!(c.users_capacity(), kept_users);
+            let mut s = Store::open(&c).unwrap();
+            for i in 0..10 {
+                s.account(&format!("a{i}")).unwrap().dirty = true;
+                let u = s.user(&format!("u{i}")).unwrap();
+                u.state.account = Some(format!("a{i}").as_str().into());
+                u.dirty = true;
+            }
+            let stats = s.commit(&[("t".into(), 0, 10)]).unwrap();
+            assert_eq!(stats.cached_accounts, 2, "accounts trimmed to cache_accounts");
+            assert_eq!(s.users.len(), kept_users, "users trimmed to their own capacity ({cache_users:?})");
+            // The most recently used stay; the others are read back whole.
+            assert!(s.users.peek("u9").is_some() && s.users.peek("u0").is_none());
+            assert_eq!(s.user("u0").unwrap().state.account.as_deref(), Some("a0"));
+        }
     }
 
     /// RocksDB's flush and compaction threads run at the lowest CPU
