@@ -898,6 +898,7 @@ impl Engine {
         stats.cached_accounts = self.store.written();
         self.metrics.commits.with_label_values(&["state"]).inc();
         self.metrics.cache_accounts.set(stats.cached_accounts as i64);
+        self.metrics.cache_users.set(self.store.cached_users() as i64);
         self.metrics.dedupe_ids_in_memory.set(self.store.ids_in_memory() as i64);
         self.metrics.watermark_seconds.set(self.store.watermark_ms() / 1000);
         self.update_warming_gauge();
@@ -2116,6 +2117,20 @@ mod tests {
                 .map(|h| def.signal_name(h.signal).to_string())
                 .collect()
         }
+    }
+
+    /// The cache gauges count what a commit leaves cached: accounts and
+    /// users apart.
+    #[test]
+    fn the_cache_gauges_count_accounts_and_users_apart() {
+        let mut t = T::new();
+        for u in ["u1", "u2", "u3"] {
+            t.track(u, "a1", "Board Created", 5);
+        }
+        t.track("u4", "a2", "Board Created", 5);
+        t.engine.commit().unwrap();
+        let m = t.engine.metrics();
+        assert_eq!((m.cache_accounts.get(), m.cache_users.get()), (2, 4));
     }
 
     /// A sweep index entry that the account's record does not back (only

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub delivery_failures: IntCounter,
     /// Accounts in the in-memory cache.
     pub cache_accounts: IntGauge,
+    pub cache_users: IntGauge,
     pub dedupe_ids_in_memory: IntGauge,
     /// Estimated records and bytes of state.
     pub state_records: IntGauge,
@@ -296,6 +297,7 @@ impl Metrics {
                 &registry,
                 IntGauge::new("pqa_cache_accounts", "Accounts in the in-memory cache").unwrap(),
             ),
+            cache_users: reg(&registry, IntGauge::new("pqa_cache_users", "Users in the in-memory cache").unwrap()),
             dedupe_ids_in_memory: reg(
                 &registry,
                 IntGauge::new(

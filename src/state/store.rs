@@ -2215,6 +2215,11 @@ impl Store {
         Ok(stats)
     }
 
+    /// Users in the cache (bounded by `state.cache_users` after a commit).
+    pub fn cached_users(&self) -> usize {
+        self.users.len()
+    }
+
     /// Call once the last prepared batch is written (by [`StateWriter`]).
     /// Trims the cache to its capacity and returns the number of cached
     /// accounts. Batches may be prepared while the previous one is still
