@@ -1207,32 +1207,31 @@ impl Engine {
             }
             if ev.kind == Kind::Identify {
                 if let Some(new) = &ev.traits {
-                    let mut traits: Map<String, Value> =
-                        serde_json::from_str(&user.state.traits_json).unwrap_or_default();
+                    let known = known_traits(&user.state.traits_json);
                     for s in &layout.signals {
                         if let Some((name, becomes)) = &s.trait_change {
                             let matches = |v: Option<&Value>| {
                                 v.and_then(Value::as_str)
                                     .is_some_and(|x| becomes.iter().any(|b| b.eq_ignore_ascii_case(x)))
                             };
-                            if new.contains_key(name) && matches(new.get(name)) && !matches(traits.get(name)) {
+                            let before = known.as_ref().and_then(|k| k.get(name));
+                            if new.contains_key(name) && matches(new.get(name)) && !matches(before) {
                                 hits.push(s.id);
                             }
                         }
                     }
-                    // (A client that identifies a user again with what is
-                    // already known changes nothing, and writes nothing.)
-                    let changed = merge_traits(&mut traits, new, &user.state.traits_json);
-                    if new.contains_key("email") {
-                        let domain = traits.get("email").and_then(Value::as_str).and_then(email_domain).map(Id::from);
+                    // (The merged traits' email is the call's when it names one.)
+                    if let Some(email) = new.get("email") {
+                        let domain = email.as_str().and_then(email_domain).map(Id::from);
                         if domain != user.state.email_domain {
                             email_change = Some((user.state.email_domain.clone(), domain.clone()));
                             user.state.email_domain = domain;
                             user.dirty = true;
                         }
                     }
-                    if changed {
-                        user.state.traits_json = Value::Object(traits).to_string();
+                    // (A client that identifies a user again with what is
+                    // already known changes nothing, and writes nothing.)
+                    if merge_traits(&mut user.state.traits_json, known, new) {
                         user.dirty = true;
                     }
                 }
@@ -1319,12 +1318,11 @@ impl Engine {
         let idx = bucket_of(ev.time_ms, layout.bucket_seconds);
         if ev.kind == Kind::Group {
             if let Some(new) = &ev.traits {
-                let mut traits: Map<String, Value> = serde_json::from_str(&entry.state.traits_json).unwrap_or_default();
                 // (Each new user's `group` call names the company again:
                 // the account's traits, and their CEL values, stay as
                 // they are unless one changed.)
-                if merge_traits(&mut traits, new, &entry.state.traits_json) {
-                    entry.state.traits_json = Value::Object(traits).to_string();
+                let known = known_traits(&entry.state.traits_json);
+                if merge_traits(&mut entry.state.traits_json, known, new) {
                     entry.traits_cel.take();
                 }
             }
@@ -2001,18 +1999,36 @@ impl Engine {
 
 /// Whether definition `d` (0: live) has a standing qualification of the
 /// account.
-/// Merges the traits of an `identify` or `group` call into the traits
-/// known (`known`, parsed from the record's `stored` JSON): each trait the
-/// call names takes its new value. Whether anything changed, so that the
-/// record is written again only then: a trait whose value is new, or a
-/// record that held no traits (the object it gets is written, even empty).
-fn merge_traits(known: &mut Map<String, Value>, new: &Map<String, Value>, stored: &str) -> bool {
-    let mut changed = stored.is_empty();
+/// The traits a record keeps as JSON (`stored`), parsed; `None` for a
+/// record that holds none yet (an unreadable object counts as empty).
+fn known_traits(stored: &str) -> Option<Map<String, Value>> {
+    (!stored.is_empty()).then(|| serde_json::from_str(stored).unwrap_or_default())
+}
+
+/// Merges the traits of an `identify` or `group` call (`new`) into those a
+/// record keeps as JSON (`stored`, parsed as `known` by [`known_traits`]):
+/// each trait the call names takes its new value. `stored` is rewritten,
+/// and the answer is true, only if something changed: a trait whose value
+/// is new, or a record that held no traits (the object it gets is written,
+/// even empty). A record with none yet (a new user's first `identify`, a
+/// new account's first `group`) takes the call's traits as they are,
+/// neither copied nor merged: the same JSON, the object's keys being in
+/// order either way.
+fn merge_traits(stored: &mut String, known: Option<Map<String, Value>>, new: &Map<String, Value>) -> bool {
+    let Some(mut known) = known else {
+        // (Cannot fail: string keys and JSON values.)
+        *stored = serde_json::to_string(new).unwrap_or_else(|_| "{}".into());
+        return true;
+    };
+    let mut changed = false;
     for (k, v) in new {
         if known.get(k) != Some(v) {
             known.insert(k.clone(), v.clone());
             changed = true;
         }
+    }
+    if changed {
+        *stored = Value::Object(known).to_string();
     }
     changed
 }
