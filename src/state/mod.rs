@@ -6,6 +6,8 @@
 //! - [`store`]: RocksDB, the cache, atomic commit of state + offsets.
 //! - [`cache`]: the cache's table of records by id, in order of use.
 //! - [`prefetch`]: records read ahead of the engine, on the decoder's thread.
+//! - `disk_ids`: a filter in front of the message ids kept in RocksDB (past
+//!   the memory's cap), so that a new id is not a read.
 //! - `probe`: the open-addressing table under the cache's index and the
 //!   message ids kept in memory.
 //! - [`expiry`]: records dropped for idleness, tombstoned on the changelog.
@@ -13,6 +15,7 @@
 pub mod account;
 pub mod cache;
 pub mod cf;
+mod disk_ids;
 pub(crate) mod expiry;
 mod ids;
 mod index;

@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use super::account::{AccountState, MemberState, UserState, WindowSums};
 use super::cache::Records;
+use super::disk_ids::DiskIds;
 use super::expiry::{self, Expired, Found};
 use super::ids::IdMap;
 use super::layout::Layout;
@@ -765,6 +766,14 @@ pub struct Store {
     /// family): ids past the memory's cap, ids restored from an older
     /// changelog, or a state written by an earlier version.
     ids_on_disk: bool,
+    /// While `ids_on_disk`: which ids the dedupe column family may hold
+    /// (see [`DiskIds`]), so that a new id is not a RocksDB read. `None`
+    /// until built by a scan of the column family (after opening a state
+    /// that holds some, or restoring some from a changelog); every id
+    /// written to it is added.
+    disk_ids: Option<DiskIds>,
+    /// Lookups of message ids in the dedupe column family, for the tests.
+    disk_id_reads: u64,
     /// Per input partition, the oldest newest-id time of its dedupe blocks
     /// in RocksDB (`i64::MAX`: none), as the last look at the index left
     /// it and the blocks written since lowered it: while that time is in
@@ -1042,6 +1051,9 @@ impl Store {
             memory_ids_cap: MEMORY_IDS,
             ids_loaded: false,
             ids_on_disk,
+            // (An empty column family's filter is empty.)
+            disk_ids: (!ids_on_disk).then(|| DiskIds::new(MEMORY_IDS)),
+            disk_id_reads: 0,
             oldest_block: HashMap::new(),
             prefetch: Arc::new(prefetch::Shared {
                 accounts_on_disk: true.into(),
@@ -1115,6 +1127,9 @@ impl Store {
                     key[0] = keys::DEDUPE;
                     key[1..].copy_from_slice(&hash);
                     past_cap.put_cf(dcf, key, t.to_be_bytes());
+                    if let Some(d) = &mut self.disk_ids {
+                        d.insert(&hash, t, window, watermark);
+                    }
                 }
             }
         }
@@ -1452,6 +1467,9 @@ impl Store {
             self.users_on_disk = !cf_is_empty(db, cf::USERS);
             self.reader.members_on_disk = !cf_is_empty(db, cf::MEMBERS);
             self.ids_on_disk = !cf_is_empty(db, cf::DEDUPE);
+            if !self.ids_on_disk {
+                self.disk_ids = Some(DiskIds::new(self.memory_ids_cap));
+            }
             self.share_on_disk();
         }
         self.write_back = on;
@@ -1659,7 +1677,8 @@ impl Store {
                 return Ok(true);
             }
         }
-        if self.ids_on_disk {
+        if self.ids_on_disk && self.disk_may_hold(&hash, window, watermark)? {
+            self.disk_id_reads += 1;
             let cf = self.reader.db.cf_handle(cf::DEDUPE).expect("dedupe column family");
             if let Some(v) = self.reader.db.get_pinned_cf(cf, key)? {
                 let seen_at = <[u8; 8]>::try_from(v.as_ref()).map(i64::from_be_bytes).unwrap_or(0);
@@ -1676,6 +1695,32 @@ impl Store {
         }
         self.pending_ids.insert(key, (time_ms, self.partition));
         Ok(false)
+    }
+
+    /// Whether the dedupe column family may hold `id` (see [`DiskIds`]),
+    /// the filter built first by a scan of it if there is none.
+    fn disk_may_hold(&mut self, id: &[u8; 16], window: i64, watermark: i64) -> Result<bool, StateError> {
+        if self.disk_ids.is_none() {
+            let mut d = DiskIds::new(self.memory_ids_cap);
+            let db = self.reader.db.clone();
+            let cf = db.cf_handle(cf::DEDUPE).expect("dedupe column family");
+            // (In total order: see `cf_is_empty`.)
+            let mut ro = ReadOptions::default();
+            ro.set_total_order_seek(true);
+            for item in db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
+                let (k, v) = item?;
+                let (Some(hash), Ok(t)) = (k.get(1..17), <[u8; 8]>::try_from(v.as_ref()).map(i64::from_be_bytes))
+                else {
+                    continue;
+                };
+                // (Ids out of the window never count again.)
+                if t.saturating_add(window) >= watermark {
+                    d.insert(hash.try_into().expect("16 bytes"), t, window, watermark);
+                }
+            }
+            self.disk_ids = Some(d);
+        }
+        Ok(self.disk_ids.as_mut().is_some_and(|d| d.may_hold(id, window, watermark)))
     }
 
     /// Members of an account: RocksDB overlaid with the cached (possibly
@@ -1913,6 +1958,9 @@ impl Store {
             for (k, &(t, p)) in &self.pending_ids {
                 if !to_memory {
                     batch.put_cf(dcf, k, t.to_be_bytes());
+                    if let Some(d) = &mut self.disk_ids {
+                        d.insert(k[1..].try_into().expect("16 bytes"), t, window, watermark);
+                    }
                 }
                 if self.changelog || to_memory {
                     let b = blocks.entry(p).or_insert_with(|| (i64::MIN, Vec::new()));
@@ -2316,8 +2364,10 @@ impl Store {
                 Some(&keys::MEMBER) => cf::MEMBERS,
                 Some(&keys::USER) => cf::USERS,
                 Some(&keys::DEDUPE) => {
-                    // (Of an earlier version: one record per id.)
+                    // (Of an earlier version: one record per id. The
+                    // filter in front of them is built again.)
                     self.ids_on_disk = true;
+                    self.disk_ids = None;
                     cf::DEDUPE
                 }
                 Some(&keys::DEDUPE_BLOCK) => {
@@ -3978,5 +4028,71 @@ mod tests {
         commit_at(&mut s, 0, 4);
         assert_eq!(s.ids_in_memory(), 0);
         assert!(s.seen_before("m4", 100 * h).unwrap());
+    }
+
+    /// Past the memory's cap, a new id is not a RocksDB read: a filter in
+    /// front of the ids there answers for nearly all of them, and never
+    /// misses one that is there (nor after reopening, when it is built by
+    /// a scan, nor once an id is out of the window and back).
+    #[test]
+    fn new_ids_past_the_cap_are_answered_without_reading_rocksdb() {
+        let h = 3_600_000i64;
+        let new_ids = |prefix: &str| (0..1000).map(|n| format!("{prefix}{n}")).collect::<Vec<_>>();
+        let ids = new_ids("m");
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = opened(dir.path(), 24 * h, 100 * h);
+        s.set_dedupe_memory_ids(10);
+        for id in &ids {
+            assert!(!s.seen_before(id, 100 * h).unwrap());
+        }
+        commit_at(&mut s, 0, 1000);
+        assert!(!cf_is_empty(&s.reader.db, cf::DEDUPE), "past the cap");
+        let reads = s.disk_id_reads;
+        let newer = new_ids("n");
+        for id in &newer {
+            assert!(!s.seen_before(id, 100 * h).unwrap());
+        }
+        let new_reads = s.disk_id_reads - reads;
+        assert!(new_reads < 50, "{new_reads} reads for 1000 new ids");
+        for id in &ids {
+            assert!(s.seen_before(id, 100 * h).unwrap(), "{id} is a duplicate");
+        }
+        commit_at(&mut s, 0, 2000);
+        drop(s);
+
+        // Reopened: the filter is built by a scan of what RocksDB holds.
+        let mut s = opened(dir.path(), 24 * h, 101 * h);
+        s.set_dedupe_memory_ids(10);
+        for id in ids.iter().chain(&newer) {
+            assert!(s.seen_before(id, 101 * h).unwrap(), "{id} is a duplicate after reopening");
+        }
+        let reads = s.disk_id_reads;
+        for id in new_ids("o") {
+            assert!(!s.seen_before(&id, 101 * h).unwrap());
+        }
+        assert!(s.disk_id_reads - reads < 50, "the filter was built again");
+        // A day later, the ids of 100 h are out of the window: new again.
+        s.set_watermark_ms(125 * h);
+        assert!(!s.seen_before("m400", 125 * h).unwrap());
+        assert!(s.seen_before("m400", 125 * h).unwrap(), "and seen now");
+
+        // `replay`'s write-back store: the same.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = opened(dir.path(), 24 * h, 100 * h);
+        s.set_write_back(true).unwrap();
+        s.set_dedupe_memory_ids(10);
+        for id in &ids {
+            assert!(!s.seen_before(id, 100 * h).unwrap());
+        }
+        commit_at(&mut s, 0, 1000);
+        assert_eq!(s.ids_in_memory(), 10);
+        let reads = s.disk_id_reads;
+        for id in &newer {
+            assert!(!s.seen_before(id, 100 * h).unwrap());
+        }
+        assert!(s.disk_id_reads - reads < 50);
+        for id in &ids {
+            assert!(s.seen_before(id, 100 * h).unwrap(), "{id} is a duplicate");
+        }
     }
 }
