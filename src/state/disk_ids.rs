@@ -21,6 +21,11 @@
 //! the column family's compaction filter drops it by the same rule). A
 //! full generation is followed by one twice as large, so a rate of ids far
 //! past the cap is held by a few generations, not many.
+//!
+//! The generations take at most [`MAX_BYTES`] (about 1.2 bytes an id, so
+//! some 50 million ids of a window past the cap). Past that the last one
+//! takes more ids than it was made for: it answers "yes" more often, and
+//! more of those ids are read, as all were before; memory stays bounded.
 
 use std::collections::VecDeque;
 
@@ -30,11 +35,16 @@ use fastbloom::BloomFilter;
 /// it was made for (about 9.6 bits an id).
 const FALSE_POSITIVE_RATE: f64 = 0.01;
 
+/// The most the generations take together.
+pub(crate) const MAX_BYTES: usize = 64 << 20;
+
 pub(crate) struct DiskIds {
     /// Oldest first; new ids go to the last.
     gens: VecDeque<Generation>,
     /// The fewest ids a generation is made for.
     min_ids: usize,
+    /// The most the generations take ([`MAX_BYTES`]).
+    max_bytes: usize,
 }
 
 struct Generation {
@@ -69,7 +79,11 @@ impl DiskIds {
     /// An empty filter (of an empty column family), whose generations are
     /// made for at least `min_ids` ids each.
     pub fn new(min_ids: usize) -> Self {
-        DiskIds { gens: VecDeque::new(), min_ids: min_ids.max(1024) }
+        DiskIds::with_max_bytes(min_ids, MAX_BYTES)
+    }
+
+    fn with_max_bytes(min_ids: usize, max_bytes: usize) -> Self {
+        DiskIds { gens: VecDeque::new(), min_ids: min_ids.max(1024), max_bytes }
     }
 
     /// `id`, seen at `seen_ms`, is written to the column family.
@@ -81,7 +95,11 @@ impl DiskIds {
             Some(_) => None,
         };
         if let Some(capacity) = rotate {
-            self.gens.push_back(Generation::new(capacity, watermark_ms));
+            // (About 9.6 bits an id at 1 %.)
+            let room = self.max_bytes.saturating_sub(self.bytes()) * 8 / 10;
+            if self.gens.is_empty() || room >= self.min_ids {
+                self.gens.push_back(Generation::new(capacity.min(room.max(self.min_ids)), watermark_ms));
+            }
         }
         let g = self.gens.back_mut().expect("a generation");
         g.filter.insert_hash(source_hash(id));
@@ -100,7 +118,6 @@ impl DiskIds {
     }
 
     /// Memory held, in bytes.
-    #[cfg(test)]
     fn bytes(&self) -> usize {
         self.gens.iter().map(|g| g.filter.num_bits() / 8).sum()
     }
@@ -158,5 +175,19 @@ mod tests {
         assert!(!d.may_hold(&id(3), DAY, 58 * H + 1));
         assert_eq!(d.generations(), 0);
         assert_eq!(d.bytes(), 0);
+    }
+
+    #[test]
+    fn past_its_memory_the_last_generation_takes_more_ids_than_it_was_made_for() {
+        let mut d = DiskIds::with_max_bytes(1024, 16 << 10);
+        for n in 0..200_000u64 {
+            d.insert(&id(n), 100 * H, DAY, 100 * H);
+        }
+        // 1024, 2048, 4096 and 6528 ids (the rest of 16 KiB) take them all.
+        assert_eq!(d.generations(), 4);
+        assert!(d.bytes() <= 16 << 10, "{} bytes", d.bytes());
+        for n in 0..200_000u64 {
+            assert!(d.may_hold(&id(n), DAY, 100 * H), "id {n} missed");
+        }
     }
 }
