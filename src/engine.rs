@@ -1932,7 +1932,7 @@ impl Engine {
                 .unwrap_or_default();
             let text = |k: &str| traits_all.get(k).and_then(Value::as_str).map(str::trim).filter(|v| !v.is_empty());
             let domain = text("email").and_then(email_domain);
-            let free_domain = domain.clone().filter(|d| def.free_mail_domains.contains(d));
+            let free_domain = domain.as_deref().filter(|d| def.free_mail_domains.contains(*d)).map(String::from);
             let admin = text("role")
                 .filter(|r| r.eq_ignore_ascii_case("admin") || r.eq_ignore_ascii_case("owner"))
                 .map(str::to_lowercase);

@@ -357,11 +357,21 @@ pub struct UserState {
 /// common is dropped).
 pub const MAX_EMAIL_DOMAINS: usize = 32;
 
-/// The domain of an email address, lower-case.
-pub fn email_domain(email: &str) -> Option<String> {
+/// The domain of an email address, lower-case (inline: a domain is rarely
+/// longer than 24 bytes, so a new user's email allocates nothing here).
+pub fn email_domain(email: &str) -> Option<CompactString> {
     let (_, d) = email.trim().rsplit_once('@')?;
-    let d = d.trim().trim_end_matches('.').to_lowercase();
-    (!d.is_empty() && d.contains('.')).then_some(d)
+    let d = d.trim().trim_end_matches('.');
+    if d.is_empty() || !d.contains('.') {
+        return None;
+    }
+    Some(if d.is_ascii() {
+        let mut c = CompactString::from(d);
+        c.make_ascii_lowercase();
+        c
+    } else {
+        d.to_lowercase().into()
+    })
 }
 
 /// Bucket index of an event time.
@@ -903,6 +913,20 @@ impl MemberState {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_email_domain_is_lower_case_and_has_a_dot() {
+        assert_eq!(email_domain(" Ada@Example.COM. ").as_deref(), Some("example.com"));
+        assert_eq!(email_domain("a@b@Sub.Example.org").as_deref(), Some("sub.example.org"));
+        assert_eq!(email_domain("bo@ÜBER.de").as_deref(), Some("über.de"));
+        assert_eq!(
+            email_domain("x@a-very-long-company-domain.example.com").as_deref(),
+            Some("a-very-long-company-domain.example.com")
+        );
+        assert_eq!(email_domain("root@localhost"), None);
+        assert_eq!(email_domain("no-at-sign.example.com"), None);
+        assert_eq!(email_domain("x@ "), None);
+    }
 
     const H: i64 = 3600;
 
