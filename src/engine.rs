@@ -279,6 +279,9 @@ pub struct Engine {
     /// A visitor's state key, made in place for each event (see
     /// [`anon_key_into`]).
     anon_buf: String,
+    /// The traits of an `identify` or `group` call, serialized to compare
+    /// with a record's (see [`same_traits`]).
+    traits_buf: Vec<u8>,
 }
 
 /// The definitions' decisions on an account (see [`Detector::decide`]),
@@ -428,6 +431,7 @@ impl Engine {
             next_release_ms: 0,
             feedback: Default::default(),
             anon_buf: String::new(),
+            traits_buf: Vec::new(),
         };
         engine.load_meta()?;
         engine.adopt(defs);
@@ -1207,19 +1211,6 @@ impl Engine {
             }
             if ev.kind == Kind::Identify {
                 if let Some(new) = &ev.traits {
-                    let known = known_traits(&user.state.traits_json);
-                    for s in &layout.signals {
-                        if let Some((name, becomes)) = &s.trait_change {
-                            let matches = |v: Option<&Value>| {
-                                v.and_then(Value::as_str)
-                                    .is_some_and(|x| becomes.iter().any(|b| b.eq_ignore_ascii_case(x)))
-                            };
-                            let before = known.as_ref().and_then(|k| k.get(name));
-                            if new.contains_key(name) && matches(new.get(name)) && !matches(before) {
-                                hits.push(s.id);
-                            }
-                        }
-                    }
                     // (The merged traits' email is the call's when it names one.)
                     if let Some(email) = new.get("email") {
                         let domain = email.as_str().and_then(email_domain).map(Id::from);
@@ -1229,10 +1220,28 @@ impl Engine {
                             user.dirty = true;
                         }
                     }
-                    // (A client that identifies a user again with what is
-                    // already known changes nothing, and writes nothing.)
-                    if merge_traits(&mut user.state.traits_json, known, new) {
-                        user.dirty = true;
+                    // (The same traits sent again, as analytics.js does on
+                    // every page load, change nothing, and are neither parsed
+                    // nor merged: a trait's change needs a value that differs.)
+                    if !same_traits(&mut self.traits_buf, new, &user.state.traits_json) {
+                        let known = known_traits(&user.state.traits_json);
+                        for s in &layout.signals {
+                            if let Some((name, becomes)) = &s.trait_change {
+                                let matches = |v: Option<&Value>| {
+                                    v.and_then(Value::as_str)
+                                        .is_some_and(|x| becomes.iter().any(|b| b.eq_ignore_ascii_case(x)))
+                                };
+                                let before = known.as_ref().and_then(|k| k.get(name));
+                                if new.contains_key(name) && matches(new.get(name)) && !matches(before) {
+                                    hits.push(s.id);
+                                }
+                            }
+                        }
+                        // (Traits already known, among others the record
+                        // holds, change nothing either, and write nothing.)
+                        if merge_traits(&mut user.state.traits_json, known, new) {
+                            user.dirty = true;
+                        }
                     }
                 }
             }
@@ -1321,9 +1330,11 @@ impl Engine {
                 // (Each new user's `group` call names the company again:
                 // the account's traits, and their CEL values, stay as
                 // they are unless one changed.)
-                let known = known_traits(&entry.state.traits_json);
-                if merge_traits(&mut entry.state.traits_json, known, new) {
-                    entry.traits_cel.take();
+                if !same_traits(&mut self.traits_buf, new, &entry.state.traits_json) {
+                    let known = known_traits(&entry.state.traits_json);
+                    if merge_traits(&mut entry.state.traits_json, known, new) {
+                        entry.traits_cel.take();
+                    }
                 }
             }
         }
@@ -1999,6 +2010,18 @@ impl Engine {
 
 /// Whether definition `d` (0: live) has a standing qualification of the
 /// account.
+/// Whether the traits of a call (`new`) are exactly those a record keeps as
+/// JSON (`stored`): the same object, serialized the same way (into `buf`).
+/// Then merging them changes nothing.
+fn same_traits(buf: &mut Vec<u8>, new: &Map<String, Value>, stored: &str) -> bool {
+    // (A record with none yet gets the call's, even `{}`.)
+    if stored.is_empty() || stored.len() < new.len() {
+        return false;
+    }
+    buf.clear();
+    serde_json::to_writer(&mut *buf, new).is_ok() && buf.as_slice() == stored.as_bytes()
+}
+
 /// The traits a record keeps as JSON (`stored`), parsed; `None` for a
 /// record that holds none yet (an unreadable object counts as empty).
 fn known_traits(stored: &str) -> Option<Map<String, Value>> {
@@ -2221,6 +2244,22 @@ mod tests {
         t.engine.commit().unwrap();
         let account = t.engine.reader().account("a").unwrap().unwrap();
         assert!(account.traits_json.contains(r#""plan":"enterprise""#), "{}", account.traits_json);
+    }
+
+    /// The same traits sent again are recognised by their JSON alone; any
+    /// other call (a trait more or less, a changed value, a record with none
+    /// yet) is merged.
+    #[test]
+    fn the_same_traits_are_recognised_without_parsing_the_record() {
+        let map = |j: &str| serde_json::from_str::<Map<String, Value>>(j).unwrap();
+        let mut buf = Vec::new();
+        let stored = Value::Object(map(r#"{"role":"admin","name":"Ada","n":3}"#)).to_string();
+        assert!(same_traits(&mut buf, &map(r#"{"name":"Ada","n":3,"role":"admin"}"#), &stored));
+        assert!(!same_traits(&mut buf, &map(r#"{"name":"Ada","role":"admin"}"#), &stored));
+        assert!(!same_traits(&mut buf, &map(r#"{"name":"Ada","n":4,"role":"admin"}"#), &stored));
+        assert!(!same_traits(&mut buf, &map(r#"{"name":"Ada","n":3,"role":"admin","x":1}"#), &stored));
+        assert!(!same_traits(&mut buf, &map("{}"), ""));
+        assert!(same_traits(&mut buf, &map("{}"), "{}"));
     }
 
     #[test]
