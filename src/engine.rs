@@ -1213,7 +1213,7 @@ impl Engine {
                 if let Some(new) = &ev.traits {
                     // (The merged traits' email is the call's when it names one.)
                     if let Some(email) = new.get("email") {
-                        let domain = email.as_str().and_then(email_domain).map(Id::from);
+                        let domain = email.as_str().and_then(email_domain);
                         if domain != user.state.email_domain {
                             email_change = Some((user.state.email_domain.clone(), domain.clone()));
                             user.state.email_domain = domain;

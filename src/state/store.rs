@@ -1718,6 +1718,13 @@ impl Store {
                     d.insert(hash.try_into().expect("16 bytes"), t, window, watermark);
                 }
             }
+            // And the ids of the batch in flight and of the next, which may
+            // be written after this scan. (None are, today: an id reaches a
+            // batch only past this filter, and a restore needs a clean
+            // cache. So that a change to either cannot lose a duplicate.)
+            for (k, &(t, _)) in self.inflight_ids.iter().chain(&self.pending_ids) {
+                d.insert(k[1..].try_into().expect("16 bytes"), t, window, watermark);
+            }
             self.disk_ids = Some(d);
         }
         Ok(self.disk_ids.as_mut().is_some_and(|d| d.may_hold(id, window, watermark)))
