@@ -2008,8 +2008,6 @@ impl Engine {
     }
 }
 
-/// Whether definition `d` (0: live) has a standing qualification of the
-/// account.
 /// Whether the traits of a call (`new`) are exactly those a record keeps as
 /// JSON (`stored`): the same object, serialized the same way (into `buf`).
 /// Then merging them changes nothing.
@@ -2056,6 +2054,8 @@ fn merge_traits(stored: &mut String, known: Option<Map<String, Value>>, new: &Ma
     changed
 }
 
+/// Whether definition `d` (0: live) has a standing qualification of the
+/// account.
 fn is_active(state: &AccountState, d: usize, def: &CompiledDefinition) -> bool {
     if d == 0 {
         state.announced.active
