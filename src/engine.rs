@@ -20,10 +20,12 @@
 //! announcements then read users' traits for their leads. These are the
 //! seams along which the work would be split between threads.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::budget::{bypasses, BudgetClock, Ledger};
@@ -1924,87 +1926,129 @@ impl Engine {
                 candidates.push((*u).clone());
             }
         }
-        struct Candidate {
+        // A candidate's traits as a map (for a lead: its traits are copied).
+        let traits_of = |user: &str| -> Result<Map<String, Value>, EngineError> {
+            Ok(self.store.peek_user(user)?.and_then(|u| serde_json::from_str(&u.traits_json).ok()).unwrap_or_default())
+        };
+        // What they say, for the ranking: read from the record's JSON in
+        // place, only the four traits it asks about made into strings, and
+        // those only when escaped (a key that is escaped reads the map).
+        let rank_facts = |user: &str| -> Result<LeadFacts, EngineError> {
+            let Some(u) = self.store.peek_user(user)? else {
+                return Ok(lead_facts(def, |_| None));
+            };
+            Ok(match serde_json::from_str::<BTreeMap<&str, &RawValue>>(&u.traits_json) {
+                Ok(raw) => lead_facts(def, |k| raw.get(k).and_then(|v| json_string(v))),
+                Err(_) => {
+                    let traits: Map<String, Value> = serde_json::from_str(&u.traits_json).unwrap_or_default();
+                    lead_facts(def, |k| traits.get(k).and_then(Value::as_str).map(Cow::Borrowed))
+                }
+            })
+        };
+        let signals_of = |user: &str| roles.iter().find(|r| r.0 == user).map(|r| r.1.as_slice()).unwrap_or_default();
+        // Ranked on what decides the order; only the `max_leads` first are
+        // then made into leads (their reasons written, their traits copied),
+        // not every candidate of a large account.
+        struct Rank {
             user: String,
             work_email: bool,
-            signals: Vec<String>,
-            admin: Option<String>,
-            senior: Option<String>,
+            signals: usize,
+            admin: bool,
+            senior: bool,
             events_28d: u64,
-            free_domain: Option<String>,
-            traits: Map<String, Value>,
         }
         let mut ranked = Vec::with_capacity(candidates.len());
         for user in candidates {
-            let traits_all: Map<String, Value> = self
-                .store
-                .peek_user(&user)?
-                .and_then(|u| serde_json::from_str(&u.traits_json).ok())
-                .unwrap_or_default();
-            let text = |k: &str| traits_all.get(k).and_then(Value::as_str).map(str::trim).filter(|v| !v.is_empty());
-            let domain = text("email").and_then(email_domain);
-            let free_domain = domain.as_deref().filter(|d| def.free_mail_domains.contains(*d)).map(String::from);
-            let admin = text("role")
-                .filter(|r| r.eq_ignore_ascii_case("admin") || r.eq_ignore_ascii_case("owner"))
-                .map(str::to_lowercase);
-            let senior = ["title", "seniority"].iter().find_map(|k| {
-                let v = text(k)?;
-                let lower = v.to_lowercase();
-                let words: Vec<&str> = lower.split(|c: char| !c.is_alphanumeric() && c != '-').collect();
-                let senior = def.senior_keywords.iter().any(|kw| words.contains(&kw.as_str()));
-                senior.then(|| if *k == "title" { v.to_string() } else { format!("{v} (seniority)") })
-            });
+            let f = rank_facts(&user)?;
             let events_28d = members.iter().find(|m| m.0 == user).map_or(0, |m| m.1.events_in_days(now_ms, 28));
-            let signals = roles.iter().find(|r| r.0 == user).map(|r| r.1.clone()).unwrap_or_default();
-            let traits = traits_all
-                .iter()
-                .filter(|(k, _)| def.lead_traits.iter().any(|t| t == *k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            ranked.push(Candidate {
-                work_email: domain.is_some() && free_domain.is_none(),
-                user,
-                signals,
-                admin,
-                senior,
+            ranked.push(Rank {
+                work_email: f.domain.is_some() && f.free_domain.is_none(),
+                signals: signals_of(&user).len(),
+                admin: f.admin.is_some(),
+                senior: f.senior.is_some(),
                 events_28d,
-                free_domain,
-                traits,
+                user,
             });
         }
         ranked.sort_by(|a, b| {
             b.work_email
                 .cmp(&a.work_email)
-                .then_with(|| b.signals.len().cmp(&a.signals.len()))
-                .then_with(|| b.admin.is_some().cmp(&a.admin.is_some()))
-                .then_with(|| b.senior.is_some().cmp(&a.senior.is_some()))
+                .then_with(|| b.signals.cmp(&a.signals))
+                .then_with(|| b.admin.cmp(&a.admin))
+                .then_with(|| b.senior.cmp(&a.senior))
                 .then_with(|| b.events_28d.cmp(&a.events_28d))
                 .then_with(|| a.user.cmp(&b.user))
         });
         ranked.truncate(def.max_leads);
-        Ok(ranked
-            .into_iter()
-            .map(|c| {
-                let mut why = c.signals;
-                if let Some(role) = &c.admin {
-                    why.push(format!("{role} of the workspace"));
-                }
-                if let Some(title) = &c.senior {
-                    why.push(title.clone());
-                }
-                if c.events_28d > 0 {
-                    let most = if c.events_28d == top_activity { "most active: " } else { "" };
-                    let n = c.events_28d;
-                    why.push(format!("{most}{n} event{} in the last 28 days", if n == 1 { "" } else { "s" }));
-                }
-                match &c.free_domain {
-                    Some(d) => why.push(format!("no work email ({d})")),
-                    None if !c.work_email => why.push("no email known".into()),
-                    None => {}
-                }
-                Lead { user_id: c.user, why, events_28d: c.events_28d, traits: c.traits }
-            })
-            .collect())
+        let mut leads = Vec::with_capacity(ranked.len());
+        for r in ranked {
+            let traits_all = traits_of(&r.user)?;
+            let f = lead_facts(def, |k| traits_all.get(k).and_then(Value::as_str).map(Cow::Borrowed));
+            let mut why = signals_of(&r.user).to_vec();
+            if let Some(role) = &f.admin {
+                why.push(format!("{role} of the workspace"));
+            }
+            if let Some(title) = f.senior {
+                why.push(title);
+            }
+            if r.events_28d > 0 {
+                let most = if r.events_28d == top_activity { "most active: " } else { "" };
+                let n = r.events_28d;
+                why.push(format!("{most}{n} event{} in the last 28 days", if n == 1 { "" } else { "s" }));
+            }
+            match &f.free_domain {
+                Some(d) => why.push(format!("no work email ({d})")),
+                None if !r.work_email => why.push("no email known".into()),
+                None => {}
+            }
+            let traits = traits_all.into_iter().filter(|(k, _)| def.lead_traits.iter().any(|t| t == k)).collect();
+            leads.push(Lead { user_id: r.user, why, events_28d: r.events_28d, traits });
+        }
+        Ok(leads)
+    }
+}
+
+/// What a user's traits say about them as a lead (see `Engine::leads`).
+struct LeadFacts {
+    domain: Option<Id>,
+    free_domain: Option<String>,
+    admin: Option<String>,
+    senior: Option<String>,
+}
+
+/// A lead's facts from their traits, as `text` gives each string trait by
+/// name (`None`: absent, or not a string).
+fn lead_facts<'a>(def: &CompiledDefinition, text: impl Fn(&str) -> Option<Cow<'a, str>>) -> LeadFacts {
+    let email = text("email");
+    let role = text("role");
+    fn trimmed<'b>(v: &'b Option<Cow<'_, str>>) -> Option<&'b str> {
+        v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+    }
+    let domain = trimmed(&email).and_then(email_domain);
+    let free_domain = domain.as_deref().filter(|d| def.free_mail_domains.contains(*d)).map(String::from);
+    let admin = trimmed(&role)
+        .filter(|r| r.eq_ignore_ascii_case("admin") || r.eq_ignore_ascii_case("owner"))
+        .map(str::to_lowercase);
+    let senior = ["title", "seniority"].iter().find_map(|k| {
+        let raw = text(k);
+        let v = trimmed(&raw)?;
+        let lower = v.to_lowercase();
+        let words: Vec<&str> = lower.split(|c: char| !c.is_alphanumeric() && c != '-').collect();
+        let senior = def.senior_keywords.iter().any(|kw| words.contains(&kw.as_str()));
+        senior.then(|| if *k == "title" { v.to_string() } else { format!("{v} (seniority)") })
+    });
+    LeadFacts { domain, free_domain, admin, senior }
+}
+
+/// A JSON value's text if it is a string: borrowed unless escaped.
+fn json_string(v: &RawValue) -> Option<Cow<'_, str>> {
+    let s = v.get();
+    if !s.starts_with('"') {
+        return None;
+    }
+    match serde_json::from_str::<&str>(s) {
+        Ok(b) => Some(Cow::Borrowed(b)),
+        Err(_) => serde_json::from_str::<String>(s).ok().map(Cow::Owned),
     }
 }
 
@@ -2406,6 +2450,38 @@ mod tests {
         assert_eq!(leads[1]["user_id"], "u2", "then the most active");
         assert_eq!(leads[1]["why"], serde_json::json!(["most active: 2 events in the last 28 days", "no email known"]));
         assert_eq!(leads[1]["events_28d"], 2);
+    }
+
+    /// The ranking reads a candidate's traits in place; what it finds is
+    /// what the whole map says, escaped values and keys included.
+    #[test]
+    fn a_leads_traits_read_in_place_say_what_the_map_says() {
+        let t = T::new();
+        let def = t.engine.definition().clone();
+        let facts_both = |json: &str| {
+            let map: Map<String, Value> = serde_json::from_str(json).unwrap();
+            let owned = lead_facts(&def, |k| map.get(k).and_then(Value::as_str).map(Cow::Borrowed));
+            let raw = serde_json::from_str::<BTreeMap<&str, &RawValue>>(json)
+                .ok()
+                .map(|raw| lead_facts(&def, |k| raw.get(k).and_then(|v| json_string(v))));
+            let show = |f: &LeadFacts| (f.domain.clone(), f.free_domain.clone(), f.admin.clone(), f.senior.clone());
+            (show(&owned), raw.as_ref().map(show))
+        };
+        for json in [
+            r#"{"email":" Ada@Acme.example ","role":"Owner","title":"VP Engineering"}"#,
+            r#"{"email":"bo@gmail.com","seniority":"director","n":3,"role":["admin"]}"#,
+            r#"{"email":"c\u0040acme.example","title":"Head of \"Growth\""}"#,
+            r#"{"email":5,"title":null}"#,
+        ] {
+            let (owned, raw) = facts_both(json);
+            assert_eq!(raw.as_ref(), Some(&owned), "{json}");
+        }
+        let (owned, raw) = facts_both(r#"{"ro\u006ce":"admin","email":"d@acme.example"}"#);
+        assert_eq!(raw, None, "an escaped key is not read in place (the map is read)");
+        assert_eq!(owned.2.as_deref(), Some("admin"));
+        let (owned, _) = facts_both(r#"{"email":"c\u0040acme.example","title":"Head of \"Growth\""}"#);
+        assert_eq!(owned.0.as_deref(), Some("acme.example"));
+        assert!(owned.3.is_some(), "a head is senior");
     }
 
     /// The order sales wants: work email first; then the people behind
