@@ -1704,9 +1704,11 @@ impl Store {
             let mut d = DiskIds::new(self.memory_ids_cap);
             let db = self.reader.db.clone();
             let cf = db.cf_handle(cf::DEDUPE).expect("dedupe column family");
-            // (In total order: see `cf_is_empty`.)
+            // (In total order: see `cf_is_empty`. Once through, so the
+            // blocks it reads do not push the records' out of the cache.)
             let mut ro = ReadOptions::default();
             ro.set_total_order_seek(true);
+            ro.fill_cache(false);
             for item in db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
                 let (k, v) = item?;
                 let (Some(hash), Ok(t)) = (k.get(1..17), <[u8; 8]>::try_from(v.as_ref()).map(i64::from_be_bytes))
