@@ -423,6 +423,9 @@ impl Evicted {
 pub struct StateWriter {
     db: Arc<DB>,
     sync: bool,
+    /// Whether writes go through the write-ahead log (not for a state
+    /// thrown away after use: see [`Store::open_ephemeral`]).
+    wal: bool,
 }
 
 impl StateWriter {
@@ -450,11 +453,21 @@ impl StateWriter {
         for (p, next) in changelog_next {
             batch.put_cf(meta, keys::changelog_position(*p), next.to_be_bytes());
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(self.sync);
-        self.db.write_opt(batch, &wo)?;
+        self.db.write_opt(batch, &write_options(self.sync, self.wal))?;
         Ok(stats)
     }
+}
+
+/// How a batch is written: synced when `sync`; through the write-ahead
+/// log unless the state is thrown away after use (`!wal`: a `replay` into
+/// a temporary state, which no crash can leave behind to be read; the log
+/// was a second copy of every record written, hundreds of MiB on a long
+/// history).
+fn write_options(sync: bool, wal: bool) -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(sync && wal);
+    wo.disable_wal(!wal);
+    wo
 }
 
 /// Read-only access to the database, shared with the HTTP server.
@@ -839,8 +852,10 @@ impl Store {
     }
 
     /// A state that is thrown away after use (a `replay` or `backtest`
-    /// into a temporary directory): nothing is flushed at the end. Everything else is as [`Store::open`]: the
-    /// same code path, the same results.
+    /// into a temporary directory): nothing is flushed at the end, and
+    /// nothing is written to the write-ahead log (see [`write_options`]).
+    /// Everything else is as [`Store::open`]: the same code path, the same
+    /// results.
     pub fn open_ephemeral(cfg: &StateConfig) -> Result<Store, StateError> {
         Store::open_with(cfg, true)
     }
@@ -1134,9 +1149,7 @@ impl Store {
             }
         }
         if !past_cap.is_empty() {
-            let mut wo = WriteOptions::default();
-            wo.set_sync(self.sync_writes);
-            db.write_opt(past_cap, &wo)?;
+            db.write_opt(past_cap, &write_options(self.sync_writes, !self.ephemeral))?;
             self.ids_on_disk = true;
         }
         Ok(())
@@ -2261,7 +2274,7 @@ impl Store {
 
     /// The writer of prepared batches, for another thread.
     pub fn writer(&self) -> StateWriter {
-        StateWriter { db: self.reader.db.clone(), sync: self.sync_writes }
+        StateWriter { db: self.reader.db.clone(), sync: self.sync_writes, wal: !self.ephemeral }
     }
 
     /// Writes a prepared batch (see [`StateWriter::write`]), then trims the
@@ -2459,9 +2472,7 @@ impl Store {
         let meta = db.cf_handle(cf::META).expect("cf");
         batch.put_cf(meta, keys::changelog_position(partition), changelog_next.to_be_bytes());
         batch.put_cf(meta, keys::meta("watermark"), watermark.to_be_bytes());
-        let mut wo = WriteOptions::default();
-        wo.set_sync(self.sync_writes);
-        db.write_opt(batch, &wo)?;
+        db.write_opt(batch, &write_options(self.sync_writes, !self.ephemeral))?;
         self.watermark.fetch_max(watermark, Ordering::Relaxed);
         self.discard_cache();
         self.load_schedule()
