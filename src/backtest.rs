@@ -32,6 +32,9 @@ pub struct BacktestOptions {
     /// How long after an announcement an outcome without an event id is
     /// taken as its answer.
     pub attribution_window_ms: i64,
+    /// Stops the backtest early, with no report (see
+    /// [`ReplayOptions::stop`]).
+    pub stop: Option<crate::shutdown::Shutdown>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,8 @@ pub enum BacktestError {
     Row { version: String, detail: String },
     #[error("cannot read the outcomes {path}: {source}")]
     Outcomes { path: String, source: std::io::Error },
+    #[error("interrupted after {lines} lines of the history: no report written")]
+    Interrupted { lines: u64 },
 }
 
 /// What a backtest did.
@@ -161,6 +166,7 @@ pub fn backtest(opts: &BacktestOptions) -> Result<BacktestReport, BacktestError>
         state_dir: None,
         batch_lines: opts.batch_lines,
         progress: opts.progress,
+        stop: opts.stop.clone(),
     };
     let mut rows: Vec<Row> = Vec::new();
     let mut bad: Option<BacktestError> = None;
@@ -174,6 +180,9 @@ pub fn backtest(opts: &BacktestOptions) -> Result<BacktestReport, BacktestError>
     })?;
     if let Some(e) = bad {
         return Err(e);
+    }
+    if stats.interrupted {
+        return Err(BacktestError::Interrupted { lines: stats.lines });
     }
     let history = HistoryInfo {
         events: stats.events,

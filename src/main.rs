@@ -524,8 +524,15 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 outcomes: a.outcomes,
                 attribution_window_ms: window * 1000,
+                stop: Some(offline_stop()?),
             };
-            let report = pqa_engine::backtest::backtest(&opts)?;
+            let report = match pqa_engine::backtest::backtest(&opts) {
+                Err(e @ pqa_engine::backtest::BacktestError::Interrupted { .. }) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::from(INTERRUPTED));
+                }
+                r => r?,
+            };
             eprintln!("{}", report.describe());
             Ok(ExitCode::SUCCESS)
         }
@@ -669,6 +676,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 state_dir: a.state_dir,
                 batch_lines: a.batch_lines.max(1),
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                stop: Some(offline_stop()?),
             };
             let mut shadow_out = match &a.shadow_output {
                 Some(p) => Some(std::io::BufWriter::new(
@@ -692,7 +700,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 std::io::Write::flush(&mut w).context("writing the shadow output")?;
             }
             eprintln!(
-                "replayed {} lines in {:.2} s ({:.0} lines/s): {} events applied, {} dead letters, {} announcements",
+                "{} {} lines in {:.2} s ({:.0} lines/s): {} events applied, {} dead letters, {} announcements",
+                if stats.interrupted { "interrupted: replayed" } else { "replayed" },
                 stats.lines,
                 stats.elapsed.as_secs_f64(),
                 stats.lines_per_second(),
@@ -700,6 +709,17 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 stats.dead_letters,
                 stats.announcements
             );
+            if stats.interrupted {
+                eprintln!(
+                    "the output holds what those lines announced; {}",
+                    if opts.state_dir.is_some() {
+                        "the state holds them: a replay with the same --state-dir resumes after them"
+                    } else {
+                        "the temporary state was removed"
+                    }
+                );
+                return Ok(ExitCode::from(INTERRUPTED));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(a) => {
@@ -767,6 +787,21 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The exit code of an offline command stopped by SIGINT or SIGTERM (as a
+/// shell reports one killed by SIGINT).
+const INTERRUPTED: u8 = 130;
+
+/// For `replay` and `backtest`: SIGINT or SIGTERM stops them between
+/// chunks of lines, so that what was applied is written out and a
+/// temporary state is removed (killed at once, it stayed behind in the
+/// temporary directory, hundreds of MiB to GiB for a long history). A
+/// second signal exits at once.
+fn offline_stop() -> anyhow::Result<Shutdown> {
+    let stop = Shutdown::new();
+    stop.install_signal_handlers().context("installing signal handlers")?;
+    Ok(stop)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use crate::definitions::Definitions;
 use crate::emit::OutputEvent;
 use crate::engine::commit::Committer;
 use crate::engine::{Engine, EngineError, InputRecord, Output};
+use crate::shutdown::Shutdown;
 use crate::state::prefetch::{Fetched, Prefetcher};
 use crate::state::{StateError, Store};
 use crate::telemetry::Metrics;
@@ -55,6 +57,11 @@ pub struct ReplayOptions {
     pub batch_lines: usize,
     /// Show a progress bar on standard error (when it is a terminal).
     pub progress: bool,
+    /// Stops the replay between chunks of lines once triggered (SIGINT or
+    /// SIGTERM in the command): what was applied is output and committed
+    /// (a `state_dir` then resumes after it), a temporary state is removed,
+    /// and [`ReplayStats::interrupted`] says so.
+    pub stop: Option<Shutdown>,
 }
 
 /// What a replay did.
@@ -65,6 +72,8 @@ pub struct ReplayStats {
     pub dead_letters: u64,
     pub announcements: u64,
     pub elapsed: Duration,
+    /// Stopped by [`ReplayOptions::stop`] before the end of the input.
+    pub interrupted: bool,
 }
 
 impl ReplayStats {
@@ -190,8 +199,22 @@ pub fn replay_definitions(
     std::thread::scope(|scope| -> Result<(), ReplayError> {
         let in_name = in_name.clone();
         scope.spawn(move || read_chunks(input, &decoder, prefetcher, &in_name, &tx));
-        for chunk in rx {
-            let chunk = chunk?;
+        let stopped = || opts.stop.as_ref().is_some_and(Shutdown::is_triggered);
+        loop {
+            // (Waiting for the next chunk in steps, to notice a stop while
+            // the input is slow.)
+            let chunk = match rx.recv_timeout(STOP_POLL) {
+                Ok(_) | Err(RecvTimeoutError::Timeout) if stopped() => {
+                    stats.interrupted = true;
+                    // The reader's next send fails and it returns (at once,
+                    // unless it waits on a pipe that stays open).
+                    drop(rx);
+                    break;
+                }
+                Ok(chunk) => chunk?,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             let mut decoded_it = chunk.decoded.into_iter();
             for (i, fetched) in chunk.fetched.into_iter().enumerate() {
                 let Some(decoded) = decoded_it.next() else { break };
@@ -268,6 +291,10 @@ struct Chunk {
 
 /// Lines per chunk.
 const CHUNK_LINES: usize = 1024;
+
+/// How often the engine thread, waiting for input, looks at
+/// [`ReplayOptions::stop`].
+const STOP_POLL: Duration = Duration::from_millis(100);
 
 /// How many events ahead of its read-ahead the decoder thread asks for an
 /// event's guesses ([`Prefetcher::prefetch`]).
@@ -407,6 +434,7 @@ mod tests {
             state_dir: None,
             batch_lines: 100,
             progress: false,
+            stop: None,
         };
         let stats = replay(&cfg, def.clone(), &opts, Metrics::new()).unwrap();
         let blank = (0..(3 * CHUNK_LINES + 10)).filter(|i| i % 500 == 7).count() as u64;
@@ -461,6 +489,7 @@ mod tests {
                 state_dir: persistent.then(|| dir.path().join(format!("{name}.state"))),
                 batch_lines,
                 progress: false,
+                stop: None,
             };
             let stats = replay(&cfg, def, &opts, Metrics::new()).unwrap();
             (stats.announcements, std::fs::read(output).unwrap())

@@ -1,12 +1,15 @@
 //! `pqa-engine backtest`: several definitions on one decode; each one's
 //! rows are exactly what `replay` of it alone announces; the report files
-//! are written and readable.
+//! are written and readable. And `replay` stopped by SIGINT: no temporary
+//! state left behind, a `--state-dir` resumed.
 
 mod common;
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use pqa_engine::sim::SimConfig;
 use serde_json::Value;
@@ -293,4 +296,86 @@ fn backtest_with_outcomes_counts_by_hand() {
     assert_eq!((&missed[0][0], &missed[0][1], &missed[0][2]), ("acct-3", "won", "2026-03-12T10:00:00Z"));
     let png = std::fs::read(out.join("outcomes_by_rule.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
+}
+
+/// SIGINT (Ctrl-C) stops a replay between chunks of lines: it exits 130
+/// and says so, its temporary state is removed (killed at once, it stayed
+/// in the temporary directory), and with `--state-dir` a replay of the
+/// whole file resumes after the lines the first applied: the two outputs
+/// together are a whole replay's. The input is a pipe held open, so the
+/// signal finds the replay in the middle of its input, whatever the
+/// machine's speed.
+#[test]
+fn an_interrupted_replay_leaves_no_temporary_state_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::write_history(
+        &dir.path().join("history.ndjson"),
+        SimConfig { seed: 7, accounts: 80, start_unix: 1_767_225_600, days: 45 },
+    );
+    let text = std::fs::read_to_string(&input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() > 8_000, "{} lines", lines.len());
+    let whole = dir.path().join("whole.ndjson");
+    let st = Command::new(BIN).arg("replay").arg("--input").arg(&input).arg("--output").arg(&whole).status().unwrap();
+    assert!(st.success());
+    let whole = std::fs::read_to_string(&whole).unwrap();
+    assert!(!whole.is_empty());
+
+    for keep in [false, true] {
+        let tmp = dir.path().join(format!("tmp-{keep}"));
+        std::fs::create_dir(&tmp).unwrap();
+        let (first, state) = (dir.path().join(format!("first-{keep}.ndjson")), dir.path().join("state"));
+        let mut cmd = Command::new(BIN);
+        cmd.args(["replay", "--input", "-", "--batch-lines", "100", "--output"])
+            .arg(&first)
+            .env("TMPDIR", &tmp)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped());
+        if keep {
+            cmd.arg("--state-dir").arg(&state);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // Half the history, the pipe left open: the replay applies the
+        // chunks it has and waits for more.
+        for l in &lines[..lines.len() / 2] {
+            writeln!(stdin, "{l}").unwrap();
+        }
+        stdin.flush().unwrap();
+        let opened = if keep { state.join("CURRENT") } else { tmp.clone() };
+        let t0 = Instant::now();
+        while !(opened.is_file() || (!keep && std::fs::read_dir(&tmp).unwrap().next().is_some())) {
+            assert!(t0.elapsed() < Duration::from_secs(60), "the replay never opened its state");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let killed = Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+        assert!(killed.success());
+        // The reader waits on the pipe until it ends.
+        std::thread::sleep(Duration::from_millis(300));
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "keep={keep}: {stderr}");
+        assert!(stderr.contains("interrupted: replayed"), "{stderr}");
+        let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().path()).collect();
+        assert!(left.is_empty(), "keep={keep}: left behind in the temporary directory: {left:?}");
+        if keep {
+            let rest = dir.path().join("rest.ndjson");
+            let st = Command::new(BIN)
+                .arg("replay")
+                .arg("--input")
+                .arg(&input)
+                .arg("--output")
+                .arg(&rest)
+                .arg("--state-dir")
+                .arg(&state)
+                .status()
+                .unwrap();
+            assert!(st.success());
+            let both = std::fs::read_to_string(&first).unwrap() + &std::fs::read_to_string(&rest).unwrap();
+            assert!(!std::fs::read_to_string(&first).unwrap().is_empty(), "nothing announced before the signal");
+            assert_eq!(both, whole, "the interrupted replay and its resumption together are a whole replay");
+        }
+    }
 }

@@ -885,6 +885,7 @@ mod tests {
             state_dir: None,
             batch_lines: 10_000,
             progress: false,
+            stop: None,
         };
         crate::replay::replay(&cfg, def.clone(), &opts, crate::telemetry::Metrics::new()).unwrap();
         let (reader, _, _) = log::open(&input).unwrap();
