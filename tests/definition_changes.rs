@@ -98,6 +98,7 @@ fn run_replay(cfg: &Config, input: &Path, state: &Path) -> Vec<Value> {
         state_dir: Some(state.to_path_buf()),
         batch_lines: 5_000,
         progress: false,
+        stop: None,
     };
     replay(cfg, def, &opts, Metrics::new()).unwrap();
     let events: Vec<Value> =
