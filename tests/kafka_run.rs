@@ -333,5 +333,13 @@ fn a_batch_closes_at_max_batch_records() {
     assert_eq!(engine.metric(r#"pqa_batches_closed_total{by="records"}"#), batches - 1.0);
     assert_eq!(engine.metric(r#"pqa_batches_closed_total{by="wait"}"#), 1.0);
     assert_eq!(engine.metric("pqa_events_total"), EVENTS as f64);
+    // Every message's share of latency spent in the broker is observed, by
+    // the consumer loop's wall clock (the records were produced moments
+    // before the engine started, not decades).
+    assert_eq!(engine.metric("pqa_broker_latency_seconds_count"), EVENTS as f64);
+    let mean = engine.metric("pqa_broker_latency_seconds_sum") / EVENTS as f64;
+    assert!(mean > 0.0 && mean < 120.0, "mean broker latency {mean} s");
+    // One event in 16 has its `apply` time taken.
+    assert_eq!(engine.metric(r#"pqa_batch_duration_seconds_count{stage="apply"}"#), (EVENTS / 16) as f64);
     assert!(engine.terminate(Duration::from_secs(30)).success());
 }
