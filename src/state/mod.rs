@@ -27,6 +27,7 @@ pub mod prefetch;
 mod probe;
 pub(crate) mod spill;
 pub mod store;
+mod written;
 
 pub use account::{AccountState, MemberState, UserState};
 pub use store::{StateError, StateReader, StateWriter, Store};

@@ -41,10 +41,11 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::account::{AccountState, MemberState, UserState};
 use super::store::{InlineMembers, StateReader};
+use super::written::Written;
 use crate::decode::Event;
 
 /// What the engine shares with the readers ahead.
@@ -60,6 +61,23 @@ pub(crate) struct Shared {
     /// A reader ahead exists: commits note what they write (without one,
     /// nothing reads ahead and a commit notes only that it wrote unnoted).
     pub readers: AtomicBool,
+    /// In a write-back state opened empty: which accounts and users it has
+    /// written (see [`super::written`]); unset, any may have been.
+    pub(crate) written_accounts: OnceLock<Written>,
+    pub(crate) written_users: OnceLock<Written>,
+}
+
+impl Shared {
+    /// Whether RocksDB may hold the account `id`'s record.
+    pub(crate) fn account_on_disk(&self, id: &str) -> bool {
+        self.accounts_on_disk.load(Ordering::Relaxed)
+            && self.written_accounts.get().is_none_or(|w| w.may_hold(id_hash(id)))
+    }
+
+    /// Whether RocksDB may hold the user `id`'s record.
+    pub(crate) fn user_on_disk(&self, id: &str) -> bool {
+        self.users_on_disk.load(Ordering::Relaxed) && self.written_users.get().is_none_or(|w| w.may_hold(id_hash(id)))
+    }
 }
 
 /// The records read ahead for one event, at one epoch.
@@ -163,7 +181,7 @@ impl Prefetcher {
                             Some(Box::new(MemberRead { account: a.to_string(), user: ev.user_id.to_string(), state }));
                     }
                 }
-            } else if self.shared.accounts_on_disk.load(Ordering::Relaxed) {
+            } else if self.shared.account_on_disk(a) {
                 if let Ok(record) = self.reader.account_record(a) {
                     let member = if matches!(record, Some((_, Some(_)))) {
                         None
@@ -176,7 +194,7 @@ impl Prefetcher {
                 }
             }
         }
-        if !self.users.seen(&ev.user_id) && self.shared.users_on_disk.load(Ordering::Relaxed) {
+        if !self.users.seen(&ev.user_id) && self.shared.user_on_disk(&ev.user_id) {
             if let Ok(state) = self.reader.user(&ev.user_id) {
                 f.user = Some(Box::new((ev.user_id.to_string(), state)));
             }

@@ -1483,6 +1483,15 @@ impl Store {
             if !self.ids_on_disk {
                 self.disk_ids = Some(DiskIds::new(self.memory_ids_cap));
             }
+            // Opened empty, RocksDB holds only what evictions write from
+            // now on: a record never evicted is not looked for there (see
+            // `super::written`).
+            if !self.accounts_on_disk {
+                let _ = self.prefetch.written_accounts.set(Default::default());
+            }
+            if !self.users_on_disk {
+                let _ = self.prefetch.written_users.set(Default::default());
+            }
             self.share_on_disk();
         }
         self.write_back = on;
@@ -1492,7 +1501,7 @@ impl Store {
     /// The account's cache entry (to read or change), loaded from RocksDB or new.
     /// (One hash lookup when it is cached: this is on every event's path.)
     pub fn account(&mut self, id: &str) -> Result<&mut AccountEntry, StateError> {
-        let Store { accounts, spilled_accounts, reader, accounts_on_disk, fetched, writes, inline_members, .. } = self;
+        let Store { accounts, spilled_accounts, reader, fetched, writes, inline_members, prefetch, .. } = self;
         let (slot, e) = accounts.get_or_try_insert_at(id, || match spilled_accounts.take(id) {
             // Evicted into the batch in flight: back, unchanged since, as
             // that batch writes it.
@@ -1512,7 +1521,7 @@ impl Store {
                     }
                     Ok(e)
                 }
-                None => load_account(reader, *accounts_on_disk, id),
+                None => load_account(reader, prefetch.account_on_disk(id), id),
             },
         })?;
         if let Some(layout) = &self.layout {
@@ -1604,7 +1613,7 @@ impl Store {
     /// The user's cache entry (to read or change), loaded from RocksDB or new.
     /// (One hash lookup when it is cached.)
     pub fn user(&mut self, id: &str) -> Result<&mut UserEntry, StateError> {
-        let Store { users, spilled_users, reader, users_on_disk, fetched, writes, .. } = self;
+        let Store { users, spilled_users, reader, fetched, writes, prefetch, .. } = self;
         let (slot, u) = users.get_or_try_insert_at(id, || match spilled_users.take(id) {
             Some(mut u) => {
                 u.dirty = false;
@@ -1615,7 +1624,7 @@ impl Store {
                 let state = fetched.user.take().and_then(|f| f.1).unwrap_or_default();
                 Ok(UserEntry { state, ..Default::default() })
             }
-            None if *users_on_disk => {
+            None if prefetch.user_on_disk(id) => {
                 Ok::<_, StateError>(UserEntry { state: reader.user(id)?.unwrap_or_default(), ..Default::default() })
             }
             None => Ok(UserEntry::default()),
@@ -1887,8 +1896,12 @@ impl Store {
             // (In the order evicted, as touched records are in the order
             // touched: see above and `spill`.)
             for (id, e) in &mut evicted {
+                let hash = prefetch::id_hash(id);
                 if note {
-                    wrote_accounts.insert(prefetch::id_hash(id));
+                    wrote_accounts.insert(hash);
+                }
+                if let Some(w) = self.prefetch.written_accounts.get() {
+                    w.insert(hash);
                 }
                 if e.writes_record(self.inline_members) {
                     Sink::indexes(&mut batch, meta, id, e);
@@ -1912,8 +1925,12 @@ impl Store {
                 }
             }
             for (id, _) in &evicted {
+                let hash = prefetch::id_hash(id);
                 if note {
-                    wrote_users.insert(prefetch::id_hash(id));
+                    wrote_users.insert(hash);
+                }
+                if let Some(w) = self.prefetch.written_users.get() {
+                    w.insert(hash);
                 }
                 self.users_on_disk = true;
             }
@@ -4114,5 +4131,58 @@ mod tests {
         for id in &ids {
             assert!(s.seen_before(id, 100 * h).unwrap(), "{id} is a duplicate");
         }
+    }
+
+    /// A write-back store opened empty looks in RocksDB only for records an
+    /// eviction wrote: a new account or user is read neither ahead of the
+    /// engine nor by it, and an evicted one is read back as it was.
+    #[test]
+    fn records_never_written_are_not_looked_for_in_rocksdb() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open_ephemeral(&cfg(dir.path())).unwrap();
+        s.set_write_back(true).unwrap();
+        let mut ahead = s.prefetcher();
+        for i in 0..10u64 {
+            let e = s.account(&format!("a{i}")).unwrap();
+            e.state.seq = i + 1;
+            e.dirty = true;
+            let u = s.user(&format!("u{i}")).unwrap();
+            u.state.updated_ms = i as i64 + 1;
+            u.dirty = true;
+        }
+        // The cache keeps 2 of each: the others are written as evicted.
+        commit_at(&mut s, 0, 10);
+        assert!(!cf_is_empty(&s.reader.db, cf::ACCOUNTS) && !cf_is_empty(&s.reader.db, cf::USERS));
+        let ev = |a: &str, u: &str| crate::decode::Event {
+            kind: crate::decode::Kind::Track,
+            user_id: u.into(),
+            anonymous: false,
+            anonymous_id: None,
+            account_id: Some(a.into()),
+            time_ms: 1,
+            name: None,
+            path: None,
+            traits: None,
+            message_id: None,
+            previous_id: None,
+        };
+        let f = ahead.fetch(&ev("new", "unew"));
+        assert!(f.account.is_none() && f.user.is_none(), "nothing read for records never written");
+        let f = ahead.fetch(&ev("a0", "u0"));
+        assert_eq!(f.account.and_then(|r| r.record).map(|(a, _)| a.seq), Some(1), "an evicted account, read ahead");
+        assert_eq!(f.user.and_then(|u| u.1).map(|u| u.updated_ms), Some(1), "an evicted user, read ahead");
+        assert_eq!(s.account("a1").unwrap().state.seq, 2, "read back by the engine");
+        assert_eq!(s.user("u1").unwrap().state.updated_ms, 2);
+        assert_eq!(s.account("new").unwrap().state.seq, 0);
+        // A store opened on records it did not write looks for every one.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&cfg(dir.path())).unwrap();
+        s.account("a").unwrap().dirty = true;
+        commit_at(&mut s, 0, 1);
+        drop(s);
+        let mut s = Store::open(&cfg(dir.path())).unwrap();
+        s.set_write_back(true).unwrap();
+        let f = s.prefetcher().fetch(&ev("a", "u"));
+        assert!(f.account.is_some_and(|r| r.record.is_some()), "a record it did not write is read");
     }
 }
