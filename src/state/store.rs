@@ -2905,6 +2905,23 @@ mod tests {
     use crate::state::ids::ID_SHARDS;
     use std::path::Path;
 
+    /// A track call of `user` in `account`, as the decoder makes it.
+    fn track_event(account: &str, user: &str) -> crate::decode::Event {
+        crate::decode::Event {
+            kind: crate::decode::Kind::Track,
+            user_id: user.into(),
+            anonymous: false,
+            anonymous_id: None,
+            account_id: Some(account.into()),
+            time_ms: 1,
+            name: None,
+            path: None,
+            traits: None,
+            message_id: None,
+            previous_id: None,
+        }
+    }
+
     fn cfg(dir: &Path) -> StateConfig {
         let mut c = crate::config::Config::default_config().state;
         c.dir = dir.to_path_buf();
@@ -3249,7 +3266,7 @@ mod tests {
     /// cache was dropped; a record that commit did not write still is.
     #[test]
     fn records_read_ahead_are_taken_only_while_rocksdb_still_holds_them() {
-        use crate::decode::{Event, Kind};
+        use crate::decode::Event;
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&cfg(dir.path())).unwrap();
         // (Members read ahead on their own.)
@@ -3265,19 +3282,7 @@ mod tests {
             u.state.updated_ms = seq as i64;
             u.dirty = true;
         };
-        let ev = |a: &str| Event {
-            kind: Kind::Track,
-            user_id: "u".into(),
-            anonymous: false,
-            anonymous_id: None,
-            account_id: Some(a.into()),
-            time_ms: 1,
-            name: None,
-            path: None,
-            traits: None,
-            message_id: None,
-            previous_id: None,
-        };
+        let ev = |a: &str| track_event(a, "u");
         // Commits, then pushes what it wrote out of the cache (capacity 2),
         // so that the engine would read it from RocksDB.
         let commit_and_evict = |s: &mut Store| {
@@ -4153,19 +4158,7 @@ mod tests {
         // The cache keeps 2 of each: the others are written as evicted.
         commit_at(&mut s, 0, 10);
         assert!(!cf_is_empty(&s.reader.db, cf::ACCOUNTS) && !cf_is_empty(&s.reader.db, cf::USERS));
-        let ev = |a: &str, u: &str| crate::decode::Event {
-            kind: crate::decode::Kind::Track,
-            user_id: u.into(),
-            anonymous: false,
-            anonymous_id: None,
-            account_id: Some(a.into()),
-            time_ms: 1,
-            name: None,
-            path: None,
-            traits: None,
-            message_id: None,
-            previous_id: None,
-        };
+        let ev = track_event;
         let f = ahead.fetch(&ev("new", "unew"));
         assert!(f.account.is_none() && f.user.is_none(), "nothing read for records never written");
         let f = ahead.fetch(&ev("a0", "u0"));
