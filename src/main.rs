@@ -700,14 +700,18 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 std::io::Write::flush(&mut w).context("writing the shadow output")?;
             }
             eprintln!(
-                "{} {} lines in {:.2} s ({:.0} lines/s): {} events applied, {} dead letters, {} announcements",
+                "{} {} lines in {:.2} s ({:.0} lines/s): {} events applied, {} dead letters, {} announcements{}",
                 if stats.interrupted { "interrupted: replayed" } else { "replayed" },
                 stats.lines,
                 stats.elapsed.as_secs_f64(),
                 stats.lines_per_second(),
                 stats.events,
                 stats.dead_letters,
-                stats.announcements
+                stats.announcements,
+                match stats.skipped {
+                    0 => String::new(),
+                    n => format!("; {n} lines skipped, applied already in the state dir"),
+                }
             );
             if stats.interrupted {
                 eprintln!(

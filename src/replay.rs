@@ -74,6 +74,9 @@ pub struct ReplayStats {
     pub elapsed: Duration,
     /// Stopped by [`ReplayOptions::stop`] before the end of the input.
     pub interrupted: bool,
+    /// Lines a `state_dir` had applied already (a replay resumed): read,
+    /// not applied again.
+    pub skipped: u64,
 }
 
 impl ReplayStats {
@@ -269,7 +272,8 @@ pub fn replay_definitions(
     engine.close()?;
     bar.finish_and_clear();
     stats.elapsed = started.elapsed();
-    stats.events = stats.lines - stats.dead_letters;
+    stats.skipped = engine.metrics().duplicates_skipped.get();
+    stats.events = stats.lines - stats.dead_letters - stats.skipped;
     let summary = ReplaySummary {
         late_for: (0..engine.definitions().len()).map(|i| engine.late_for(i)).collect(),
         first_ms: engine.time_range().map(|r| r.0),

@@ -362,7 +362,7 @@ fn an_interrupted_replay_leaves_no_temporary_state_and_resumes() {
         assert!(left.is_empty(), "keep={keep}: left behind in the temporary directory: {left:?}");
         if keep {
             let rest = dir.path().join("rest.ndjson");
-            let st = Command::new(BIN)
+            let resumed = Command::new(BIN)
                 .arg("replay")
                 .arg("--input")
                 .arg(&input)
@@ -370,9 +370,19 @@ fn an_interrupted_replay_leaves_no_temporary_state_and_resumes() {
                 .arg(&rest)
                 .arg("--state-dir")
                 .arg(&state)
-                .status()
+                .output()
                 .unwrap();
-            assert!(st.success());
+            assert!(resumed.status.success());
+            // It says how many lines it skipped: those the first applied.
+            let number_after = |text: &str, words: &str| -> u64 {
+                let at = text.find(words).unwrap_or_else(|| panic!("{words:?} in {text}")) + words.len();
+                text[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+            };
+            let applied = number_after(&stderr, "interrupted: replayed ");
+            let resumed = String::from_utf8_lossy(&resumed.stderr);
+            assert!(applied > 0, "{stderr}");
+            assert_eq!(number_after(&resumed, "announcements; "), applied, "{resumed}");
+            assert_eq!(number_after(&resumed, "lines/s): ") + applied, lines.len() as u64, "{resumed}");
             let both = std::fs::read_to_string(&first).unwrap() + &std::fs::read_to_string(&rest).unwrap();
             assert!(!std::fs::read_to_string(&first).unwrap().is_empty(), "nothing announced before the signal");
             assert_eq!(both, whole, "the interrupted replay and its resumption together are a whole replay");
