@@ -524,7 +524,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 outcomes: a.outcomes,
                 attribution_window_ms: window * 1000,
-                stop: Some(offline_stop()?),
+                stop: Some(Shutdown::on_signals().context("installing signal handlers")?),
             };
             let report = match pqa_engine::backtest::backtest(&opts) {
                 Err(e @ pqa_engine::backtest::BacktestError::Interrupted { .. }) => {
@@ -578,8 +578,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let defs = Arc::new(
                 definitions::load(&cfg, live, config_dir.as_deref(), &a.shadows).map_err(|e| anyhow::anyhow!("{e}"))?,
             );
-            let shutdown = Shutdown::new();
-            shutdown.install_signal_handlers().context("installing signal handlers")?;
+            let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
             let metrics = Metrics::new();
             let health = Health::new();
             let published = Published::new();
@@ -640,8 +639,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 cfg.deliver.http_addr = v;
             }
             let def = cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let shutdown = Shutdown::new();
-            shutdown.install_signal_handlers().context("installing signal handlers")?;
+            let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
             pqa_engine::deliver::run(&cfg, &def, &shutdown)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -676,7 +674,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 state_dir: a.state_dir,
                 batch_lines: a.batch_lines.max(1),
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-                stop: Some(offline_stop()?),
+                stop: Some(Shutdown::on_signals().context("installing signal handlers")?),
             };
             let mut shadow_out = match &a.shadow_output {
                 Some(p) => Some(std::io::BufWriter::new(
@@ -727,8 +725,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(a) => {
-            let shutdown = Shutdown::new();
-            shutdown.install_signal_handlers().context("installing signal handlers")?;
+            let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
             let opts = DemoOptions {
                 duration: a.duration.map(Duration::from_secs),
                 accounts: a.accounts,
@@ -793,20 +790,11 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The exit code of an offline command stopped by SIGINT or SIGTERM (as a
-/// shell reports one killed by SIGINT).
+/// The exit code of `replay` or `backtest` stopped by SIGINT or SIGTERM (as
+/// a shell reports one killed by SIGINT). They stop between chunks of lines
+/// (see `ReplayOptions::stop`): killed at once, a temporary state stayed in
+/// the temporary directory, hundreds of MiB to GiB for a long history.
 const INTERRUPTED: u8 = 130;
-
-/// For `replay` and `backtest`: SIGINT or SIGTERM stops them between
-/// chunks of lines, so that what was applied is written out and a
-/// temporary state is removed (killed at once, it stayed behind in the
-/// temporary directory, hundreds of MiB to GiB for a long history). A
-/// second signal exits at once.
-fn offline_stop() -> anyhow::Result<Shutdown> {
-    let stop = Shutdown::new();
-    stop.install_signal_handlers().context("installing signal handlers")?;
-    Ok(stop)
-}
 
 #[cfg(test)]
 mod tests {

@@ -25,6 +25,14 @@ impl Shutdown {
         Ok(())
     }
 
+    /// A new flag, set by SIGTERM and SIGINT (see
+    /// [`Shutdown::install_signal_handlers`]).
+    pub fn on_signals() -> std::io::Result<Shutdown> {
+        let s = Shutdown::new();
+        s.install_signal_handlers()?;
+        Ok(s)
+    }
+
     pub fn trigger(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
