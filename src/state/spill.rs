@@ -8,14 +8,8 @@
 //! a long tail that encoding was a tenth of the engine thread's time, and
 //! the commit thread of `replay` is otherwise idle. Neither side changes
 //! the list; what the engine takes back is a copy (see [`Spilled::take`]).
-//!
-//! Once a list is durable it is not freed by the engine: it goes to the
-//! commit thread with the next commit's list ([`Retired`]), which frees its
-//! records there and hands the emptied vector back to be filled again. On
-//! the long tail, freeing the records was 1.5 % of the engine thread and
-//! the fresh vector of each commit, faulted in page by page, 3 %.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use hashbrown::HashTable;
 
@@ -41,35 +35,6 @@ impl<E> SpillList<E> {
     }
 }
 
-/// Emptied vectors, back from the commit thread (at most [`SPARES`]).
-type Spares<E> = Arc<Mutex<Vec<Vec<(String, E)>>>>;
-
-/// How many emptied vectors are kept to be filled again: one is in use
-/// while the one before is being freed.
-const SPARES: usize = 2;
-
-/// A durable list on its way to be freed: dropped (on the commit thread,
-/// with the commit it went with), it frees the records and keeps the
-/// emptied vector for [`Spilled::vec`]. Whoever lets go of the list last
-/// frees it; only that one can recycle the vector.
-pub struct Retired<E> {
-    list: Option<Arc<SpillList<E>>>,
-    spares: Spares<E>,
-}
-
-impl<E> Drop for Retired<E> {
-    fn drop(&mut self) {
-        let Some(list) = self.list.take() else { return };
-        if let Ok(SpillList { mut entries }) = Arc::try_unwrap(list) {
-            entries.clear();
-            let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
-            if spares.len() < SPARES {
-                spares.push(entries);
-            }
-        }
-    }
-}
-
 /// The engine's side: the shared list and an index of what is still here
 /// (not taken back).
 pub struct Spilled<E> {
@@ -77,10 +42,6 @@ pub struct Spilled<E> {
     /// Positions in the list, by the id's hash.
     index: HashTable<u32>,
     hash: fn(&str) -> u64,
-    /// The list the last [`Spilled::clear`] let go of, until the next
-    /// [`Spilled::hold`] hands it to the commit thread to be freed.
-    retired: Option<Arc<SpillList<E>>>,
-    spares: Spares<E>,
 }
 
 impl<E: Clone> Default for Spilled<E> {
@@ -91,35 +52,19 @@ impl<E: Clone> Default for Spilled<E> {
 
 impl<E: Clone> Spilled<E> {
     fn with_hash(hash: fn(&str) -> u64) -> Self {
-        Spilled {
-            list: Arc::new(SpillList { entries: Vec::new() }),
-            index: HashTable::new(),
-            hash,
-            retired: None,
-            spares: Arc::default(),
-        }
-    }
-
-    /// An empty vector with room for `n` records to [`Spilled::hold`]: one
-    /// a list freed earlier left, if the commit thread has handed it back.
-    pub fn vec(&self, n: usize) -> Vec<(String, E)> {
-        let mut v = self.spares.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
-        v.reserve(n);
-        v
+        Spilled { list: Arc::new(SpillList { entries: Vec::new() }), index: HashTable::new(), hash }
     }
 
     /// Holds `entries` (ids distinct), replacing what was held, and
-    /// returns the list to hand to the commit thread, with the list before
-    /// it for that thread to free (see [`Retired`]).
-    pub fn hold(&mut self, entries: Vec<(String, E)>) -> (Arc<SpillList<E>>, Retired<E>) {
+    /// returns the list to hand to the commit thread.
+    pub fn hold(&mut self, entries: Vec<(String, E)>) -> Arc<SpillList<E>> {
         self.index.clear();
         let hash = self.hash;
         for (i, (id, _)) in entries.iter().enumerate() {
             self.index.insert_unique(hash(id), i as u32, |&j| hash(&entries[j as usize].0));
         }
-        let before = std::mem::replace(&mut self.list, Arc::new(SpillList { entries }));
-        let retired = self.retired.take().or((!before.entries.is_empty()).then_some(before));
-        (self.list.clone(), Retired { list: retired, spares: self.spares.clone() })
+        self.list = Arc::new(SpillList { entries });
+        self.list.clone()
     }
 
     fn find(&self, id: &str) -> Option<u32> {
@@ -156,13 +101,11 @@ impl<E: Clone> Spilled<E> {
         })
     }
 
-    /// Holds nothing (the commit is durable, or dropped). The list is
-    /// kept aside for the next [`Spilled::hold`] to hand over (see
-    /// [`Retired`]); one kept aside already is freed here.
+    /// Holds nothing (the commit is durable, or dropped): the list is
+    /// freed by whichever side lets go of it last.
     pub fn clear(&mut self) {
         if !self.list.entries.is_empty() {
-            let list = std::mem::replace(&mut self.list, Arc::new(SpillList { entries: Vec::new() }));
-            drop(Retired { list: self.retired.replace(list), spares: self.spares.clone() });
+            self.list = Arc::new(SpillList { entries: Vec::new() });
         }
         self.index.clear();
     }
@@ -184,7 +127,7 @@ mod tests {
             let mut s: Spilled<u32> = Spilled::with_hash(hash);
             assert!(s.get("id-1").is_none());
             assert!(s.take("id-1").is_none());
-            let (list, _) = s.hold(entries(40).into_iter().rev().collect());
+            let list = s.hold(entries(40).into_iter().rev().collect());
             assert_eq!(list.len(), 40);
             // Written in the order given.
             let written: Vec<u32> = list.in_order().map(|(_, &v)| v).collect();
@@ -215,41 +158,5 @@ mod tests {
             assert_eq!(s.get("id-2"), Some(&2));
             assert_eq!(list.len(), 40, "the list handed out is not changed by what the store holds next");
         }
-    }
-
-    /// A durable list is freed by whoever drops the [`Retired`] handed out
-    /// with the next list, and its vector comes back, emptied, to be filled
-    /// again; a list the commit thread still holds is left to it.
-    #[test]
-    fn a_durable_list_is_freed_where_the_next_commit_goes_and_its_vector_comes_back() {
-        let mut s: Spilled<u32> = Spilled::default();
-        let mut first = s.vec(40);
-        assert!(first.capacity() >= 40);
-        first.extend(entries(40));
-        let (list, retired) = s.hold(first);
-        drop(retired);
-        assert_eq!(s.vec(0).capacity(), 0, "nothing retired yet");
-        drop(list);
-        s.clear();
-        // Still readable by nobody but kept until the next commit.
-        assert!(s.get("id-1").is_none());
-        let (list2, retired) = s.hold(entries(3));
-        assert_eq!(s.vec(0).capacity(), 0, "not back before the commit thread lets go");
-        let on_commit_thread = std::thread::spawn(move || drop(retired));
-        on_commit_thread.join().unwrap();
-        let back = s.vec(10);
-        assert!(back.is_empty() && back.capacity() >= 40, "the first list's vector, emptied: {}", back.capacity());
-        assert_eq!(list2.len(), 3);
-        // A list the commit thread has not let go of is not recycled.
-        drop(list2);
-        s.clear();
-        let (held_by_commit, retired) = s.hold(entries(2));
-        drop(retired);
-        assert_eq!(s.vec(0).capacity(), 3, "the list before, recycled");
-        s.clear();
-        let (_, retired) = s.hold(entries(1));
-        drop(retired);
-        assert_eq!(s.vec(0).capacity(), 0, "held by the commit thread: freed there, not recycled");
-        assert_eq!(held_by_commit.len(), 2);
     }
 }

@@ -32,7 +32,7 @@ use super::layout::Layout;
 use super::manifest::{migrate_v1, Manifest};
 use super::members::Members;
 use super::prefetch::{self, Fetched, Prefetcher, RecentWrites};
-use super::spill::{Retired, SpillList, Spilled};
+use super::spill::{SpillList, Spilled};
 use super::{cf, keys};
 use crate::config::{CompiledDefinition, StateConfig};
 
@@ -384,10 +384,6 @@ pub struct Prepared {
     /// Records a write-back store evicted, encoded into `batch` by
     /// [`StateWriter::write`] (on the commit thread).
     spilled: Option<Evicted>,
-    /// The evicted records of the commit before, durable: freed by
-    /// [`StateWriter::write`] once this batch is written (see
-    /// [`super::spill::Retired`]).
-    retired: Option<(Retired<AccountEntry>, Retired<UserEntry>)>,
     /// The consumed offsets it commits: (topic, partition, next offset).
     pub offsets: Vec<(String, i32, i64)>,
     /// Oldest Kafka timestamp among the batch's records (set by the engine,
@@ -436,7 +432,7 @@ impl StateWriter {
     /// Writes a prepared batch, with the changelog positions (next offset
     /// per changelog partition) its records reached, in one atomic write.
     pub fn write(&self, prepared: Prepared, changelog_next: &[(i32, i64)]) -> Result<CommitStats, StateError> {
-        let Prepared { mut batch, mut stats, spilled, retired, .. } = prepared;
+        let Prepared { mut batch, mut stats, spilled, .. } = prepared;
         if let Some(evicted) = spilled {
             let cfs = (
                 self.db.cf_handle(cf::ACCOUNTS).expect("cf"),
@@ -458,7 +454,6 @@ impl StateWriter {
             batch.put_cf(meta, keys::changelog_position(*p), next.to_be_bytes());
         }
         self.db.write_opt(batch, &write_options(self.sync, self.wal))?;
-        drop(retired);
         Ok(stats)
     }
 }
@@ -1877,7 +1872,7 @@ impl Store {
             }
         }
         drop(touched);
-        let (mut spilled, mut retired) = (None, None);
+        let mut spilled = None;
         if self.write_back {
             // What the cache holds past its capacity (once it is past it
             // by a margin: see [`excess`]) is written now, and stays
@@ -1887,7 +1882,7 @@ impl Store {
             // (Sized at once: entries are large, and a vector grown step by
             // step copied them again at each step.)
             let n = excess(self.capacity, self.accounts.len());
-            let mut evicted = self.spilled_accounts.vec(n);
+            let mut evicted: Vec<(String, AccountEntry)> = Vec::with_capacity(n);
             let least = self.accounts.least_recent(n);
             for (k, &i) in least.iter().enumerate() {
                 if let Some(&ahead) = least.get(k + SLOTS_AHEAD) {
@@ -1916,9 +1911,9 @@ impl Store {
                 }
                 self.accounts_on_disk = true;
             }
-            let (accounts, retired_accounts) = self.spilled_accounts.hold(evicted);
+            let accounts = self.spilled_accounts.hold(evicted);
             let n = excess(self.users_capacity, self.users.len());
-            let mut evicted = self.spilled_users.vec(n);
+            let mut evicted: Vec<(String, UserEntry)> = Vec::with_capacity(n);
             let least = self.users.least_recent(n);
             for (k, &i) in least.iter().enumerate() {
                 if let Some(&ahead) = least.get(k + SLOTS_AHEAD) {
@@ -1939,8 +1934,7 @@ impl Store {
                 }
                 self.users_on_disk = true;
             }
-            let (users, retired_users) = self.spilled_users.hold(evicted);
-            retired = Some((retired_accounts, retired_users));
+            let users = self.spilled_users.hold(evicted);
             if sink.stats.members > 0 {
                 self.reader.members_on_disk = true;
             }
@@ -2118,7 +2112,7 @@ impl Store {
         // (Capped, so that one unusual batch does not set every next one.)
         self.last_commit_size =
             (batch.size_in_bytes().min(64 << 20), changelog.len().min(1 << 20), changelog.bytes().min(64 << 20));
-        Prepared { batch, changelog, stats, offsets: offsets.to_vec(), oldest_ts: None, spilled, retired }
+        Prepared { batch, changelog, stats, offsets: offsets.to_vec(), oldest_ts: None, spilled }
     }
 
     /// Tombstones on the changelog for the records the idle-TTL filter
