@@ -199,9 +199,23 @@ pub fn replay_definitions(
     // are probably not cached (see `state::prefetch`).
     let prefetcher = engine.prefetcher();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, ReplayError>>(4);
-    std::thread::scope(|scope| -> Result<(), ReplayError> {
-        let in_name = in_name.clone();
-        scope.spawn(move || read_chunks(input, &decoder, prefetcher, &in_name, &tx));
+    // (Not a scoped thread: one that waits on a pipe left open is not
+    // waited for after a stop; see `READER_GRACE`.)
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let reader = {
+        let name = in_name.clone();
+        std::thread::Builder::new()
+            .name("pqa-decode".into())
+            .spawn(move || {
+                let _done = done_tx;
+                read_chunks(input, &decoder, prefetcher, &name, &tx)
+            })
+            .map_err(|e| ReplayError::Input { path: in_name.clone(), source: e })?
+    };
+    let applied = (|| -> Result<(), ReplayError> {
+        // (Dropped whenever this returns: the reader's next send fails and
+        // it ends.)
+        let rx = rx;
         let stopped = || opts.stop.as_ref().is_some_and(Shutdown::is_triggered);
         loop {
             // (Waiting for the next chunk in steps, to notice a stop while
@@ -209,9 +223,6 @@ pub fn replay_definitions(
             let chunk = match rx.recv_timeout(STOP_POLL) {
                 Ok(_) | Err(RecvTimeoutError::Timeout) if stopped() => {
                     stats.interrupted = true;
-                    // The reader's next send fails and it returns (at once,
-                    // unless it waits on a pipe that stays open).
-                    drop(rx);
                     break;
                 }
                 Ok(chunk) => chunk?,
@@ -263,7 +274,24 @@ pub fn replay_definitions(
             }
         }
         Ok(())
-    })?;
+    })();
+    // The reader has ended, or ends at its next send, unless it waits on
+    // input that does not come (`--input -` and a pipe left open): after a
+    // stop or an error that one is left behind, and ends with the process.
+    let ended = if applied.is_ok() && !stats.interrupted {
+        done_rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+    } else {
+        done_rx.recv_timeout(READER_GRACE)
+    };
+    match ended {
+        Err(RecvTimeoutError::Timeout) => tracing::debug!("the input is still being read; not waiting for it"),
+        _ => {
+            if let Err(panic) = reader.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+    applied?;
     out.flush().map_err(out_err(&opts.output))?;
     if let (Some(d), Some(p)) = (dlq.as_mut(), &opts.dead_letter) {
         d.flush().map_err(out_err(p))?;
@@ -295,6 +323,10 @@ struct Chunk {
 
 /// Lines per chunk.
 const CHUNK_LINES: usize = 1024;
+
+/// How long a stopped replay waits for its reader to end before leaving it
+/// behind (it waits on a pipe that stays open: it ends with the process).
+const READER_GRACE: Duration = Duration::from_secs(1);
 
 /// How often the engine thread, waiting for input, looks at
 /// [`ReplayOptions::stop`].

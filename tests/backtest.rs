@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -351,12 +351,20 @@ fn an_interrupted_replay_leaves_no_temporary_state_and_resumes() {
         std::thread::sleep(Duration::from_millis(1500));
         let killed = Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
         assert!(killed.success());
-        // The reader waits on the pipe until it ends.
-        std::thread::sleep(Duration::from_millis(300));
+        // It exits with the pipe still open (its reader, waiting on the
+        // pipe, is not waited for).
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "keep={keep}: still running with its input pipe open");
+            std::thread::sleep(Duration::from_millis(20));
+        };
         drop(stdin);
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(130), "keep={keep}: {stderr}");
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        assert_eq!(status.code(), Some(130), "keep={keep}: {stderr}");
         assert!(stderr.contains("interrupted: replayed"), "{stderr}");
         let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().path()).collect();
         assert!(left.is_empty(), "keep={keep}: left behind in the temporary directory: {left:?}");
