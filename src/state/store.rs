@@ -916,15 +916,29 @@ impl Store {
             let mut t = BlockBasedOptions::default();
             t.set_block_cache(&cache);
             t.set_bloom_filter(10.0, false);
-            // Partitioned filters and index (small blocks, loaded on
-            // demand, under a pinned top level): whole-file filters of
-            // several MiB are not cached well, and not needed whole.
-            t.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
-            t.set_partition_filters(true);
-            t.set_metadata_block_size(4096);
-            t.set_cache_index_and_filter_blocks(true);
-            t.set_pin_top_level_index_and_filter(true);
-            t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            if ephemeral {
+                // A state thrown away after one replay: each table's filter
+                // and index held whole by its reader, outside the block
+                // cache (about 1.3 bytes a record and 1 % of the table's
+                // data), so that a lookup in a table asks the cache only for
+                // the data block. Through the cache each also asked for a
+                // filter and an index partition, and the cache's lookups
+                // were 15 % of `h10m`'s reader thread; 5 % faster
+                // (BENCHMARKS.md, seventh session).
+                t.set_cache_index_and_filter_blocks(false);
+            } else {
+                // Partitioned filters and index (small blocks, loaded on
+                // demand, under a pinned top level): whole-file filters of
+                // several MiB are not cached well, and not needed whole;
+                // the state's memory stays within the block cache however
+                // large the state grows.
+                t.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+                t.set_partition_filters(true);
+                t.set_metadata_block_size(4096);
+                t.set_cache_index_and_filter_blocks(true);
+                t.set_pin_top_level_index_and_filter(true);
+                t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            }
             o.set_block_based_table_factory(&t);
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
             o.set_write_buffer_size(32 << 20);
@@ -2928,6 +2942,40 @@ mod tests {
         c.cache_accounts = 2;
         c.cache_users = Some(2);
         c
+    }
+
+    /// A temporary state's tables keep their filters and indexes whole,
+    /// outside the block cache; a kept state's stay partitioned, in it (its
+    /// memory bounded by the cache however large it grows). Read from the
+    /// options RocksDB writes beside its tables.
+    #[test]
+    fn only_a_temporary_state_keeps_its_filters_outside_the_block_cache() {
+        fn table_options(dir: &Path, cf_name: &str) -> String {
+            let options = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("OPTIONS-"))
+                .max()
+                .expect("an options file");
+            let text = std::fs::read_to_string(options).unwrap();
+            let header = format!("[TableOptions/BlockBasedTable \"{cf_name}\"]");
+            let section = &text[text.find(&header).unwrap_or_else(|| panic!("{header}")) + header.len()..];
+            section[..section.find("\n[").unwrap_or(section.len())].to_string()
+        }
+        let has = |section: &str, line: &str| section.lines().any(|l| l.trim() == line);
+        for ephemeral in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = if ephemeral { Store::open_ephemeral(&cfg(dir.path())) } else { Store::open(&cfg(dir.path())) };
+            let s = s.unwrap();
+            for name in [cf::ACCOUNTS, cf::USERS, cf::MEMBERS] {
+                let t = table_options(dir.path(), name);
+                assert!(has(&t, "filter_policy=bloomfilter"), "{name}: {t}");
+                assert_eq!(has(&t, "cache_index_and_filter_blocks=false"), ephemeral, "{name}: {t}");
+                assert_eq!(has(&t, "partition_filters=true"), !ephemeral, "{name}: {t}");
+                assert_eq!(has(&t, "index_type=kTwoLevelIndexSearch"), !ephemeral, "{name}: {t}");
+            }
+            drop(s);
+        }
     }
 
     /// Users are cached apart from accounts: twice as many unless
