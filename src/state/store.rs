@@ -923,7 +923,7 @@ impl Store {
                 // data), so that a lookup in a table asks the cache only for
                 // the data block. Through the cache each also asked for a
                 // filter and an index partition, and the cache's lookups
-                // were 15 % of `h10m`'s reader thread; 5 % faster
+                // were 15 % of `h10m`'s reader thread; `h10m` 9-15 % faster
                 // (BENCHMARKS.md, seventh session).
                 t.set_cache_index_and_filter_blocks(false);
             } else {
