@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::Serialize;
 
 use crate::config::{CompiledDefinition, Config, ConfigError, ConfigErrors};
+use crate::detect::{AccountVar, TraitFields};
 use crate::state::layout::Layout;
 use crate::state::manifest::Manifest;
 
@@ -23,6 +24,12 @@ pub struct Definitions {
     /// Where each came from (the config file; each shadow's file), for
     /// people.
     pub sources: Vec<String>,
+    /// The traits any of them reads through `account`: an account's map of
+    /// traits is made once for all of them (see [`TraitFields`]).
+    pub account_fields: TraitFields,
+    /// Tells this set of `account_fields` from any other: a cached map made
+    /// for another set is made again.
+    pub account_fields_id: u64,
 }
 
 impl std::fmt::Debug for Definitions {
@@ -38,7 +45,15 @@ impl Definitions {
     /// One live definition, no shadows.
     pub fn single(def: Arc<CompiledDefinition>) -> Definitions {
         let layout = Arc::new(Layout::single(&def));
-        Definitions { live: def, shadows: Vec::new(), layout, sources: vec![String::new()] }
+        let (account_fields, account_fields_id) = account_fields(&def, &[]);
+        Definitions {
+            live: def,
+            shadows: Vec::new(),
+            layout,
+            sources: vec![String::new()],
+            account_fields,
+            account_fields_id,
+        }
     }
 
     /// The live definition and its shadows. Every shadow must have its own
@@ -83,11 +98,15 @@ impl Definitions {
             all.extend(shadows.iter_mut());
             Layout::bind(&mut all)
         };
+        let shadows: Vec<Arc<CompiledDefinition>> = shadows.into_iter().map(Arc::new).collect();
+        let (account_fields, account_fields_id) = account_fields(&live, &shadows);
         Ok(Definitions {
             live: Arc::new(live),
-            shadows: shadows.into_iter().map(Arc::new).collect(),
+            shadows,
             layout: Arc::new(layout),
             sources,
+            account_fields,
+            account_fields_id,
         })
     }
 
@@ -119,6 +138,21 @@ impl Definitions {
         } else {
             "shadow"
         }
+    }
+}
+
+/// The traits `live` and `shadows` read through `account`, and a new id for
+/// the set.
+fn account_fields(live: &CompiledDefinition, shadows: &[Arc<CompiledDefinition>]) -> (TraitFields, u64) {
+    static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let fields = shadows.iter().fold(live.plans.account_fields().clone(), |f, s| f.union(s.plans.account_fields()));
+    (fields, IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+impl Definitions {
+    /// What an account's `account` variable is made of for these definitions.
+    pub fn account_var(&self) -> AccountVar<'_> {
+        AccountVar { free_mail: &self.live.free_mail_domains, fields: &self.account_fields }
     }
 }
 

@@ -54,17 +54,134 @@ impl Evaluation {
 /// The `account` variable of rules: the account's traits from `group`
 /// calls, plus `domain` (when the traits do not give one: the most common
 /// work-email domain of its users) and `personal_account` (every user with
-/// an email is on a free mail provider).
-pub fn account_to_cel(acct: &AccountState, free_mail: &std::collections::HashSet<String>) -> Value {
+/// an email is on a free mail provider). Only the traits `fields` names,
+/// when it names them (see [`TraitFields`]).
+pub fn account_to_cel(acct: &AccountState, var: AccountVar<'_>) -> Value {
     let mut json: serde_json::Map<String, Json> = serde_json::from_str(&acct.traits_json).unwrap_or_default();
-    let (domain, personal) = acct.identity(free_mail);
-    if let Some(d) = domain {
-        json.insert("domain".into(), Json::String(d));
+    if var.fields.holds("domain") || var.fields.holds("personal_account") {
+        let (domain, personal) = acct.identity(var.free_mail);
+        if let Some(d) = domain {
+            json.insert("domain".into(), Json::String(d));
+        }
+        json.insert("personal_account".into(), Json::Bool(personal));
     }
-    json.insert("personal_account".into(), Json::Bool(personal));
+    if let TraitFields::Only(_) = var.fields {
+        json.retain(|k, _| var.fields.holds(k));
+    }
     match json_to_cel(&Json::Object(json)) {
         v @ Value::Map(_) => v,
         _ => Value::from(HashMap::<String, Value>::new()),
+    }
+}
+
+/// What an account's `account` variable is made of besides its record: the
+/// free mail providers (for `personal_account`), and which of its traits
+/// the expressions that read it can see.
+#[derive(Debug, Clone, Copy)]
+pub struct AccountVar<'a> {
+    pub free_mail: &'a HashSet<String>,
+    pub fields: &'a TraitFields,
+}
+
+/// Which of an account's traits the `account` variable holds: those the
+/// definitions' expressions name (`account.f`, `has(account.f)`), or all
+/// of them when an expression reads `account` in any other way
+/// (`account["f"]`, `"f" in account`, `account.size()`, a comprehension
+/// binding the name, ...) or names could resolve otherwise (a container).
+///
+/// The map is kept with each cached account (see
+/// [`crate::state::store::AccountEntry::traits_cel`]): with all traits, it
+/// was the largest part of a cached account's memory (739 bytes in 16
+/// allocations for the simulator's four traits, more for the dozens a
+/// real `group` call carries), while the shipped definition reads two.
+/// The expressions cannot tell the difference: the names they can read
+/// have the same values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TraitFields {
+    #[default]
+    All,
+    /// Sorted, without repeats.
+    Only(Vec<String>),
+}
+
+impl TraitFields {
+    /// Whether the map holds the trait `name` (when the account has it).
+    pub fn holds(&self, name: &str) -> bool {
+        match self {
+            TraitFields::All => true,
+            TraitFields::Only(f) => f.binary_search_by(|x| x.as_str().cmp(name)).is_ok(),
+        }
+    }
+
+    /// What either of two definitions reads (they share an account's map).
+    pub fn union(&self, other: &TraitFields) -> TraitFields {
+        match (self, other) {
+            (TraitFields::Only(a), TraitFields::Only(b)) => {
+                let mut f: Vec<String> = a.iter().chain(b).cloned().collect();
+                f.sort_unstable();
+                f.dedup();
+                TraitFields::Only(f)
+            }
+            _ => TraitFields::All,
+        }
+    }
+}
+
+/// Adds to `out` the traits `e` reads through the `account` variable (as
+/// [`Vars`] resolves names where the first `seen` derived numbers are
+/// known); `None` once it may read any.
+fn account_reads(e: &Expression, def: &CompiledDefinition, seen: usize, out: &mut Option<Vec<String>>) {
+    use cel::common::ast::EntryExpr;
+    if out.is_none() {
+        return;
+    }
+    let is_account = |name: &str| matches!(slot_of(def, seen, name), Some(Slot::Account));
+    let mut sub = |e: &Expression| account_reads(e, def, seen, out);
+    match &e.expr {
+        Expr::Select(sel) => match &sel.operand.expr {
+            Expr::Ident(name) if is_account(name) => {
+                if let Some(f) = out {
+                    f.push(sel.field.clone());
+                }
+            }
+            _ => sub(&sel.operand),
+        },
+        Expr::Ident(name) => {
+            // (`.account`, with a leading dot, is the same variable.)
+            if is_account(name.strip_prefix('.').unwrap_or(name)) {
+                *out = None;
+            }
+        }
+        Expr::Call(c) => {
+            if let Some(t) = &c.target {
+                sub(t);
+            }
+            c.args.iter().for_each(sub);
+        }
+        Expr::Comprehension(c) => {
+            let binds = [Some(&c.iter_var), c.iter_var2.as_ref(), Some(&c.accu_var)];
+            if binds.into_iter().flatten().any(|v| v == "account") {
+                *out = None;
+                return;
+            }
+            [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result].into_iter().for_each(sub);
+        }
+        Expr::List(l) => l.elements.iter().for_each(sub),
+        Expr::Map(m) => m.entries.iter().for_each(|en| match &en.expr {
+            EntryExpr::MapEntry(me) => {
+                sub(&me.key);
+                sub(&me.value);
+            }
+            EntryExpr::StructField(sf) => sub(&sf.value),
+        }),
+        Expr::Struct(s) => s.entries.iter().for_each(|en| match &en.expr {
+            EntryExpr::MapEntry(me) => {
+                sub(&me.key);
+                sub(&me.value);
+            }
+            EntryExpr::StructField(sf) => sub(&sf.value),
+        }),
+        Expr::Literal(_) | Expr::Unspecified => {}
     }
 }
 
@@ -115,7 +232,7 @@ struct Vars<'a> {
     /// score terms that do run only once a rule fires).
     traits: &'a OnceLock<Value>,
     acct: &'a AccountState,
-    free_mail: &'a HashSet<String>,
+    var: AccountVar<'a>,
     /// `traits` as a CEL value, made on first use.
     account: &'a OnceLock<Box<dyn Val>>,
 }
@@ -130,7 +247,7 @@ enum Slot {
 
 impl Vars<'_> {
     fn traits(&self) -> &Value {
-        self.traits.get_or_init(|| account_to_cel(self.acct, self.free_mail))
+        self.traits.get_or_init(|| account_to_cel(self.acct, self.var))
     }
 
     fn slot(&self, name: &str) -> Option<Slot> {
@@ -246,6 +363,8 @@ pub struct Plans {
     memo_len: usize,
     /// Tells these plans from any other (for [`Memo`]); a clone keeps it.
     id: u64,
+    /// The traits its expressions read through `account`.
+    account: TraitFields,
 }
 
 /// A plan kept by a [`Memo`]: where its inputs start in `Memo::inputs`,
@@ -421,7 +540,28 @@ impl Plans {
             .collect();
         static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Plans { derived, rules, bonus, kept, memo_len, id }
+        let account = if native {
+            let mut reads = Some(Vec::new());
+            for (j, (_, program)) in def.derived.iter().enumerate() {
+                account_reads(program.expression(), def, j, &mut reads);
+            }
+            for program in def.rules.iter().map(|r| &r.program).chain(&def.bonus) {
+                account_reads(program.expression(), def, all, &mut reads);
+            }
+            reads.map_or(TraitFields::All, |mut f| {
+                f.sort_unstable();
+                f.dedup();
+                TraitFields::Only(f)
+            })
+        } else {
+            TraitFields::All
+        };
+        Plans { derived, rules, bonus, kept, memo_len, id, account }
+    }
+
+    /// The traits the definition's expressions read through `account`.
+    pub fn account_fields(&self) -> &TraitFields {
+        &self.account
     }
 }
 
@@ -600,7 +740,9 @@ pub fn evaluate_with(
     now_ms: i64,
 ) -> Evaluation {
     let traits = OnceLock::from(traits.clone());
-    let mut e = evaluate_unnamed(def, acct, sums, &traits, &HashSet::new(), now_ms);
+    let free_mail = HashSet::new();
+    let var = AccountVar { free_mail: &free_mail, fields: &TraitFields::All };
+    let mut e = evaluate_unnamed(def, acct, sums, &traits, var, now_ms);
     e.name_values(def);
     e
 }
@@ -626,11 +768,11 @@ pub fn evaluate_unnamed(
     acct: &AccountState,
     sums: Option<&mut WindowSums>,
     traits: &OnceLock<Value>,
-    free_mail: &HashSet<String>,
+    var: AccountVar<'_>,
     now_ms: i64,
 ) -> Evaluation {
     let mut out = Evaluation::default();
-    evaluate_memoized_into(def, acct, sums, traits, free_mail, now_ms, None, &mut out);
+    evaluate_memoized_into(def, acct, sums, traits, var, now_ms, None, &mut out);
     out
 }
 
@@ -651,7 +793,7 @@ pub fn evaluate_memoized_into(
     acct: &AccountState,
     mut sums: Option<&mut WindowSums>,
     traits: &OnceLock<Value>,
-    free_mail: &HashSet<String>,
+    var: AccountVar<'_>,
     now_ms: i64,
     mut memo: Option<&mut Memo>,
     out: &mut Evaluation,
@@ -684,7 +826,7 @@ pub fn evaluate_memoized_into(
     // Each derived number sees the metrics and the derived numbers before it.
     for (j, ((_, program), plan)) in def.derived.iter().zip(&plans.derived).enumerate() {
         let v = {
-            let vars = Vars { def, nums: &nums, age: Double::from(age), traits, acct, free_mail, account: &account };
+            let vars = Vars { def, nums: &nums, age: Double::from(age), traits, acct, var, account: &account };
             let mut compute = || {
                 Memoized::Num(match run(program, plan, &vars) {
                     Ok(v) => as_f64(&v).filter(|x| x.is_finite()).unwrap_or(0.0),
@@ -699,7 +841,7 @@ pub fn evaluate_memoized_into(
         nums.push(Double::from(v));
         values.push((String::new(), v));
     }
-    let vars = Vars { def, nums: &nums, age: Double::from(age), traits, acct, free_mail, account: &account };
+    let vars = Vars { def, nums: &nums, age: Double::from(age), traits, acct, var, account: &account };
     let outcomes = &mut out.outcomes;
     outcomes.clear();
     let fired = &mut out.fired;
@@ -968,12 +1110,12 @@ mod tests {
         def: &CompiledDefinition,
         acct: &AccountState,
         traits: &OnceLock<Value>,
-        free_mail: &HashSet<String>,
+        var: AccountVar<'_>,
         now_ms: i64,
         memo: &mut Memo,
     ) -> Evaluation {
         let mut out = Evaluation::default();
-        evaluate_memoized_into(def, acct, None, traits, free_mail, now_ms, Some(memo), &mut out);
+        evaluate_memoized_into(def, acct, None, traits, var, now_ms, Some(memo), &mut out);
         out
     }
 
@@ -995,6 +1137,7 @@ mod tests {
             let mut accounts = [(Acct::new(), OnceLock::new()), (Acct::new(), OnceLock::new())];
             let mut memos = [Memo::default(), Memo::default()];
             let free_mail = HashSet::new();
+            let fields = DEFS[0].plans.account_fields().union(DEFS[1].plans.account_fields());
             let mut clock = T0;
             for &(kind, user, h, k, second) in &ops {
                 let t = T0 + h * H;
@@ -1010,8 +1153,11 @@ mod tests {
                     3 => clock = clock.max(t) + 1234,
                     _ => {
                         for (def, memo) in DEFS.iter().zip(&mut memos) {
-                            let got = memoized(def, &a.state, traits, &free_mail, clock, memo);
-                            let want = evaluate_unnamed(def, &a.state, None, &OnceLock::new(), &free_mail, clock);
+                            // (One map of traits for both, as the engine makes it.)
+                            let var = AccountVar { free_mail: &free_mail, fields: &fields };
+                            let got = memoized(def, &a.state, traits, var, clock, memo);
+                            let all = AccountVar { free_mail: &free_mail, fields: &TraitFields::All };
+                            let want = evaluate_unnamed(def, &a.state, None, &OnceLock::new(), all, clock);
                             assert_same(&got, &want);
                         }
                     }
@@ -1029,8 +1175,10 @@ mod tests {
         a.users(9, T0);
         let now = T0 + H;
         let score = |a: &Acct, traits: &OnceLock<Value>, memo: &mut Memo| {
-            let got = memoized(&def, &a.state, traits, &free_mail, now, memo);
-            assert_same(&got, &evaluate_unnamed(&def, &a.state, None, &OnceLock::new(), &free_mail, now));
+            let var = AccountVar { free_mail: &free_mail, fields: def.plans.account_fields() };
+            let got = memoized(&def, &a.state, traits, var, now, memo);
+            let all = AccountVar { free_mail: &free_mail, fields: &TraitFields::All };
+            assert_same(&got, &evaluate_unnamed(&def, &a.state, None, &OnceLock::new(), all, now));
             got.score
         };
         let traits = OnceLock::new();
@@ -1071,6 +1219,64 @@ mod tests {
     }
 
     /// The non-empty lines of `s`, trimmed.
+    /// The traits a definition's `account` map holds: those its
+    /// expressions name, or all of them when one reads `account` otherwise;
+    /// the map made with them has those and nothing else.
+    #[test]
+    fn the_account_map_holds_the_traits_the_expressions_name() {
+        use crate::config::definition::RuleConfig;
+        let only = |f: &[&str]| TraitFields::Only(f.iter().map(|s| s.to_string()).collect());
+        let def = Config::default_config().validate().unwrap();
+        assert_eq!(def.plans.account_fields(), &only(&["employees", "personal_account"]));
+        assert_eq!(
+            extended_definition().plans.account_fields(),
+            &only(&["employees", "flag", "personal_account", "plan"])
+        );
+        let with_rule = |when: &str| {
+            let mut cfg = Config::default_config();
+            cfg.definition.score.bonus.clear();
+            cfg.definition.rules = vec![RuleConfig {
+                name: "r".into(),
+                description: String::new(),
+                when: when.into(),
+                points: 1,
+                bypass_budget: false,
+            }];
+            cfg.validate().unwrap_or_else(|e| panic!("`{when}`: {e:?}")).plans.account_fields().clone()
+        };
+        assert_eq!(with_rule("active_users_28d >= 7.0"), only(&[]));
+        assert_eq!(
+            with_rule("has(account.plan) && account.plan.startsWith('ent') && has(account.tags.x)"),
+            only(&["plan", "tags"])
+        );
+        for reads_any in [
+            "has(account.plan) && account['plan'] == 'x'",
+            "'plan' in account",
+            "account.size() > 0",
+            "account == {}",
+            "[1].exists(account, account > 0)",
+            "[account].size() == 1",
+        ] {
+            assert_eq!(with_rule(reads_any), TraitFields::All, "`{reads_any}`");
+        }
+        // The map made for the default definition.
+        let acct = AccountState {
+            traits_json: r#"{"name":"Acme","employees":1200,"plan":"pro","industry":"fintech"}"#.into(),
+            ..Default::default()
+        };
+        let free_mail = HashSet::new();
+        let keys = |fields: &TraitFields| -> Vec<String> {
+            let Value::Map(m) = account_to_cel(&acct, AccountVar { free_mail: &free_mail, fields }) else {
+                panic!("not a map")
+            };
+            let mut k: Vec<String> = m.map.keys().map(|k| format!("{k:?}")).collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(def.plans.account_fields()), [r#"String("employees")"#, r#"String("personal_account")"#]);
+        assert_eq!(keys(&TraitFields::All).len(), 5, "{:?}", keys(&TraitFields::All));
+    }
+
     fn lines(s: &str) -> Vec<&str> {
         s.lines().map(str::trim).filter(|l| !l.is_empty()).collect()
     }
@@ -1189,7 +1395,7 @@ mod tests {
                     age: Double::from(x),
                     traits: &traits,
                     acct: &acct,
-                    free_mail: &free_mail,
+                    var: AccountVar { free_mail: &free_mail, fields: &TraitFields::All },
                     account: &account,
                 };
                 let mut ctx = Context::with_env(def.env.clone());
@@ -1245,7 +1451,7 @@ mod tests {
             age: Double::from(1.0),
             traits: &traits,
             acct: &acct,
-            free_mail: &free_mail,
+            var: AccountVar { free_mail: &free_mail, fields: &TraitFields::All },
             account: &account,
         };
         for p in def.derived.iter().map(|d| &d.1).chain(def.rules.iter().map(|r| &r.program)).chain(&def.bonus) {

@@ -310,6 +310,16 @@ struct Detector {
     evaluation: Evaluation,
 }
 
+/// Drops the account's map of traits if it was made for other definitions
+/// than `defs` (which may read traits it lacks; see
+/// [`Definitions::account_fields`]).
+fn fields_for(entry: &mut AccountEntry, defs: &Definitions) {
+    if entry.traits_for != defs.account_fields_id {
+        entry.traits_cel.take();
+        entry.traits_for = defs.account_fields_id;
+    }
+}
+
 impl Detector {
     /// Each running definition's decision on an account just changed (the
     /// live definition, then each shadow, on the same state; each with its
@@ -327,8 +337,8 @@ impl Detector {
         let mut pending: Vec<Pending> = Vec::new();
         let busy = entry.state.seq >= MEMO_BUSY;
         let memo_hash = if busy { xxhash_rust::xxh3::xxh3_64(account.as_bytes()) } else { 0 };
+        fields_for(entry, defs);
         for (d, def) in defs.all().enumerate() {
-            let free_mail = &defs.live.free_mail_domains;
             // Only a busy account's evaluations go through the memo: the
             // rare ones of the long tail would only pay for it.
             let memo = if busy {
@@ -345,7 +355,7 @@ impl Detector {
                 &entry.state,
                 Some(&mut entry.sums),
                 &entry.traits_cel,
-                free_mail,
+                defs.account_var(),
                 now_ms,
                 memo,
                 &mut self.evaluation,
@@ -1829,13 +1839,13 @@ impl Engine {
         let entry = self.store.account(account)?;
         let mut pending = Vec::new();
         if entry.state.last_seen_ms <= t {
+            fields_for(entry, &defs);
             let now_bucket = bucket_of(t, defs.layout.bucket_seconds);
             for (d, def) in defs.all().enumerate() {
                 if !is_active(&entry.state, d, def) {
                     continue;
                 }
-                let free_mail = &defs.live.free_mail_domains;
-                let eval = evaluate_unnamed(def, &entry.state, None, &entry.traits_cel, free_mail, t);
+                let eval = evaluate_unnamed(def, &entry.state, None, &entry.traits_cel, defs.account_var(), t);
                 if !eval.fired.is_empty() {
                     continue;
                 }
@@ -2215,6 +2225,45 @@ mod tests {
         }
     }
 
+    /// An account's map of traits holds what the running definitions read;
+    /// a definition swapped in that reads another trait gets a map made for
+    /// it, not the one made for the definition before.
+    #[test]
+    fn a_definition_swapped_in_reads_the_traits_it_names() {
+        use crate::config::definition::RuleConfig;
+        let defs_with = |when: &str| {
+            let mut cfg = Config::default_config();
+            cfg.definition.score.bonus.clear();
+            cfg.definition.rules = vec![RuleConfig {
+                name: "r".into(),
+                description: String::new(),
+                when: when.into(),
+                points: 50,
+                bypass_budget: false,
+            }];
+            Arc::new(Definitions::single(Arc::new(cfg.validate().unwrap())))
+        };
+        let keys = |t: &mut T| -> Vec<String> {
+            match t.engine.store_mut().account("a").unwrap().traits_cel.get() {
+                Some(cel::Value::Map(m)) => m.map.keys().map(|k| format!("{k:?}")).collect(),
+                other => panic!("no map of traits: {other:?}"),
+            }
+        };
+        let mut t = T::new();
+        t.engine.set_definitions(defs_with("has(account.employees) && account.employees > 100000")).unwrap();
+        t.send(
+            r#"{"type":"group","userId":"u1","groupId":"a","traits":{"name":"Acme","employees":50,"plan":"pro"},"timestamp":"2026-01-02T09:00:00Z"}"#,
+        );
+        t.track("u1", "a", "x", 2);
+        assert_eq!(keys(&mut t), [r#"String("employees")"#]);
+        assert!(t.out.events.is_empty());
+        t.engine.commit().unwrap();
+        t.engine.set_definitions(defs_with("has(account.plan) && account.plan == 'pro'")).unwrap();
+        t.track("u1", "a", "x", 2);
+        assert_eq!(keys(&mut t), [r#"String("plan")"#]);
+        assert_eq!(t.out.events.len(), 1, "the new rule reads the plan and fires");
+    }
+
     /// The cache gauges count what a commit leaves cached: accounts and
     /// users apart.
     #[test]
@@ -2302,7 +2351,8 @@ mod tests {
         let cel = |t: &mut T| {
             let entry = t.engine.store_mut().account("a").unwrap();
             let free_mail = Default::default();
-            match entry.traits_cel.get_or_init(|| crate::detect::account_to_cel(&entry.state, &free_mail)) {
+            let var = crate::detect::AccountVar { free_mail: &free_mail, fields: &crate::detect::TraitFields::All };
+            match entry.traits_cel.get_or_init(|| crate::detect::account_to_cel(&entry.state, var)) {
                 cel::Value::Map(m) => m.map.clone(),
                 other => panic!("the account's traits as CEL values: {other:?}"),
             }

@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::CompiledDefinition;
 use crate::definitions::{Definitions, Published};
-use crate::detect::{account_to_cel, evaluate, Outcome};
+use crate::detect::{account_to_cel, evaluate, AccountVar, Outcome, TraitFields};
 use crate::emit::format_time_ms;
 pub use crate::health::Health;
 use crate::reload::{ReloadError, Reloader};
@@ -184,7 +184,7 @@ pub fn account_view(
     let watermark = reader.watermark_ms().map_err(|e| e.to_string())?;
     let now = acct.last_seen_ms.max(watermark);
     let now_bucket = bucket_of(now, def.bucket_seconds);
-    let traits_cel = account_to_cel(&acct, &def.free_mail_domains);
+    let traits_cel = account_to_cel(&acct, AccountVar { free_mail: &def.free_mail_domains, fields: &TraitFields::All });
     let eval = evaluate(def, &acct, &traits_cel, now);
     let warming_up: Vec<&str> = def
         .metrics

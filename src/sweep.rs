@@ -14,7 +14,7 @@
 //! qualifies, the next stop is computed from there.
 
 use crate::config::definition::CompiledDefinition;
-use crate::detect::{evaluate_memoized_into, Evaluation, Memo};
+use crate::detect::{evaluate_memoized_into, AccountVar, Evaluation, Memo};
 use crate::state::account::{bucket_of, AccountState, WindowSums};
 
 /// At most this many evaluations per call; when they are used up the
@@ -94,7 +94,7 @@ pub fn next_stop(def: &CompiledDefinition, state: &AccountState, from_ms: i64) -
             state,
             Some(&mut sums),
             &traits,
-            &def.free_mail_domains,
+            AccountVar { free_mail: &def.free_mail_domains, fields: def.plans.account_fields() },
             t,
             Some(&mut memo),
             &mut eval,
@@ -163,13 +163,14 @@ mod tests {
             }
         }
         let traits = std::sync::OnceLock::new();
+        let var = AccountVar { free_mail: &def.free_mail_domains, fields: def.plans.account_fields() };
         let mut last = from_ms;
         for (n, &c) in candidates.iter().enumerate() {
             if n == MAX_EVALUATIONS {
                 return Stop::Later(last);
             }
             let t = i64::from(c) * bucket_ms;
-            if evaluate_unnamed(def, state, None, &traits, &def.free_mail_domains, t).fired.is_empty() {
+            if evaluate_unnamed(def, state, None, &traits, var, t).fired.is_empty() {
                 return Stop::At(t);
             }
             last = t;

@@ -121,6 +121,9 @@ pub struct AccountEntry {
     /// The account traits as a CEL value, derived from `state.traits_json`
     /// on first use (reset when the traits change).
     pub traits_cel: std::sync::OnceLock<cel::Value>,
+    /// The [`crate::definitions::Definitions::account_fields_id`] of the
+    /// traits `traits_cel` was made with.
+    pub traits_for: u64,
     /// Running sums of the account's `events` metrics (derived from
     /// `state`, never stored).
     pub sums: WindowSums,
