@@ -1051,12 +1051,20 @@ impl Store {
         // The cache holds its capacity, and what a batch adds to it until
         // the commit.
         let room = |capacity: usize| capacity.saturating_add(capacity / 8).min(1 << 22);
+        // A temporary state has no block cache (above): the memory a kept
+        // state gives it goes to users, four times the accounts unless
+        // `cache_users` says otherwise (`h10m` 6 % faster, its peak memory
+        // where it was with the block cache: BENCHMARKS.md, eighth session).
+        let users_capacity = match (ephemeral, cfg.cache_users) {
+            (true, None) => cfg.cache_accounts.saturating_mul(4),
+            _ => cfg.users_capacity(),
+        };
         Ok(Store {
             reader,
             accounts: Records::with_capacity(room(cfg.cache_accounts)),
-            users: Records::with_capacity(room(cfg.users_capacity())),
+            users: Records::with_capacity(room(users_capacity)),
             capacity: cfg.cache_accounts,
-            users_capacity: cfg.users_capacity(),
+            users_capacity,
             sync_writes: cfg.sync_writes,
             watermark,
             pending_ids: HashMap::default(),
@@ -2997,16 +3005,21 @@ mod tests {
     }
 
     /// Users are cached apart from accounts: twice as many unless
-    /// `cache_users` says otherwise, each side trimmed to its own number at
-    /// a commit.
+    /// `cache_users` says otherwise (four times in a temporary state,
+    /// which has no block cache), each side trimmed to its own number at a
+    /// commit.
     #[test]
     fn users_are_cached_apart_from_accounts_twice_as_many_by_default() {
-        for (cache_users, kept_users) in [(None, 4), (Some(3), 3)] {
+        for (ephemeral, cache_users, kept_users) in
+            [(false, None, 4), (false, Some(3), 3), (true, None, 8), (true, Some(3), 3)]
+        {
             let dir = tempfile::tempdir().unwrap();
             let mut c = cfg(dir.path());
             c.cache_users = cache_users;
-            assert_eq!(c.users_capacity(), kept_users);
-            let mut s = Store::open(&c).unwrap();
+            if !ephemeral {
+                assert_eq!(c.users_capacity(), kept_users);
+            }
+            let mut s = if ephemeral { Store::open_ephemeral(&c) } else { Store::open(&c) }.unwrap();
             for i in 0..10 {
                 s.account(&format!("a{i}")).unwrap().dirty = true;
                 let u = s.user(&format!("u{i}")).unwrap();
@@ -3015,7 +3028,7 @@ mod tests {
             }
             let stats = s.commit(&[("t".into(), 0, 10)]).unwrap();
             assert_eq!(stats.cached_accounts, 2, "accounts trimmed to cache_accounts");
-            assert_eq!(s.users.len(), kept_users, "users trimmed to their own capacity ({cache_users:?})");
+            assert_eq!(s.users.len(), kept_users, "users trimmed to their own capacity ({ephemeral}, {cache_users:?})");
             // The most recently used stay; the others are read back whole.
             assert!(s.users.peek("u9").is_some() && s.users.peek("u0").is_none());
             assert_eq!(s.user("u0").unwrap().state.account.as_deref(), Some("a0"));
