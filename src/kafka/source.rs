@@ -395,6 +395,10 @@ impl Worker {
         }
         // Positions are read again from RocksDB (restored or not).
         self.engine.release_partitions(parts);
+        // The message ids a restore brought, loaded before the first event
+        // needs them (still inside the rebalance, before the partitions
+        // are consumed).
+        load_dedupe_ids(&mut self.engine)?;
         Ok(())
     }
 }
@@ -728,6 +732,8 @@ pub fn run_definitions(
         cfg.outcomes.attribution_window_ms(),
         u64::try_from(cfg.input.max_future_seconds).unwrap_or(0),
     )?;
+    // Before consuming (not ready yet): the first event would wait for it.
+    load_dedupe_ids(&mut engine)?;
     log_definitions(&engine);
     if let Some(p) = &published {
         publish(p, &engine, true);
@@ -938,6 +944,23 @@ pub fn run_definitions(
     worker.engine.close()?;
     drop(consumer);
     result
+}
+
+/// Loads the message ids of the dedupe window (see
+/// [`crate::state::Store::load_dedupe_ids`]), saying how many and how long
+/// it took when there were any.
+fn load_dedupe_ids(engine: &mut Engine) -> Result<(), RunError> {
+    let started = Instant::now();
+    let (in_memory, on_disk) = engine.store_mut().load_dedupe_ids()?;
+    if in_memory + on_disk > 0 {
+        tracing::info!(
+            in_memory,
+            on_disk,
+            seconds = started.elapsed().as_secs_f64(),
+            "message ids of the dedupe window loaded"
+        );
+    }
+    Ok(())
 }
 
 /// The wall clock of a batch of the consumer loop: read once when the batch

@@ -1758,10 +1758,42 @@ impl Store {
         Ok(false)
     }
 
+    /// Loads the message ids of the dedupe window now: those kept in
+    /// memory, and the filter in front of those in RocksDB (a scan of
+    /// them). The first event's lookup would do it otherwise, and after a
+    /// restart with a day of ids past the memory's cap that event waited
+    /// for both (a scan of millions of keys). `run` calls it before it
+    /// consumes, while not yet ready. Returns the ids loaded into memory
+    /// and those in the filter.
+    pub fn load_dedupe_ids(&mut self) -> Result<(usize, usize), StateError> {
+        let window = self.dedupe_window.load(Ordering::Relaxed);
+        if window <= 0 {
+            return Ok((0, 0));
+        }
+        if !self.ids_loaded {
+            self.load_ids()?;
+        }
+        let mut on_disk = 0;
+        if self.ids_on_disk && self.disk_ids.is_none() {
+            on_disk = self.build_disk_ids(window, self.watermark_ms())?;
+        }
+        Ok((self.memory_ids.len(), on_disk))
+    }
+
     /// Whether the dedupe column family may hold `id` (see [`DiskIds`]),
     /// the filter built first by a scan of it if there is none.
     fn disk_may_hold(&mut self, id: &[u8; 16], window: i64, watermark: i64) -> Result<bool, StateError> {
         if self.disk_ids.is_none() {
+            self.build_disk_ids(window, watermark)?;
+        }
+        Ok(self.disk_ids.as_mut().is_some_and(|d| d.may_hold(id, window, watermark)))
+    }
+
+    /// Builds the filter in front of the dedupe column family by a scan of
+    /// it; returns the ids it took.
+    fn build_disk_ids(&mut self, window: i64, watermark: i64) -> Result<usize, StateError> {
+        let mut n = 0;
+        {
             let mut d = DiskIds::new(self.memory_ids_cap);
             let db = self.reader.db.clone();
             let cf = db.cf_handle(cf::DEDUPE).expect("dedupe column family");
@@ -1779,6 +1811,7 @@ impl Store {
                 // (Ids out of the window never count again.)
                 if t.saturating_add(window) >= watermark {
                     d.insert(hash.try_into().expect("16 bytes"), t, window, watermark);
+                    n += 1;
                 }
             }
             // And the ids of the batch in flight and of the next, which may
@@ -1790,7 +1823,7 @@ impl Store {
             }
             self.disk_ids = Some(d);
         }
-        Ok(self.disk_ids.as_mut().is_some_and(|d| d.may_hold(id, window, watermark)))
+        Ok(n)
     }
 
     /// Members of an account: RocksDB overlaid with the cached (possibly
@@ -4215,6 +4248,43 @@ mod tests {
         for id in &ids {
             assert!(s.seen_before(id, 100 * h).unwrap(), "{id} is a duplicate");
         }
+    }
+
+    /// `run` loads the window's message ids before it consumes: after a
+    /// reopening, those kept in memory and the filter in front of those in
+    /// RocksDB are there before the first lookup, which then reads
+    /// nothing it would not have read anyway.
+    #[test]
+    fn the_window_s_message_ids_load_before_the_first_event() {
+        let h = 3_600_000i64;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = opened(dir.path(), 24 * h, 100 * h);
+        s.set_dedupe_memory_ids(10);
+        // A batch that fits in memory, then one that does not.
+        for n in 0..5 {
+            assert!(!s.seen_before(&format!("k{n}"), 100 * h).unwrap());
+        }
+        commit_at(&mut s, 0, 5);
+        for n in 0..1000 {
+            assert!(!s.seen_before(&format!("m{n}"), 100 * h).unwrap());
+        }
+        commit_at(&mut s, 0, 1005);
+        drop(s);
+        let mut s = opened(dir.path(), 24 * h, 100 * h);
+        s.set_dedupe_memory_ids(10);
+        assert!(!s.ids_loaded && s.disk_ids.is_none(), "loaded lazily unless asked");
+        assert_eq!(s.load_dedupe_ids().unwrap(), (5, 1000));
+        assert!(s.ids_loaded && s.disk_ids.is_some());
+        assert_eq!(s.load_dedupe_ids().unwrap(), (5, 0), "once");
+        let reads = s.disk_id_reads;
+        assert!(s.seen_before("k4", 100 * h).unwrap());
+        assert!(s.seen_before("m999", 100 * h).unwrap());
+        assert!(!s.seen_before("new", 100 * h).unwrap());
+        assert!(s.disk_id_reads - reads <= 2);
+        // No dedupe window: nothing to load.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = opened(dir.path(), 0, 100 * h);
+        assert_eq!(s.load_dedupe_ids().unwrap(), (0, 0));
     }
 
     /// A write-back store opened empty looks in RocksDB only for records an
