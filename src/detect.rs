@@ -1224,7 +1224,6 @@ mod tests {
     /// the map made with them has those and nothing else.
     #[test]
     fn the_account_map_holds_the_traits_the_expressions_name() {
-        use crate::config::definition::RuleConfig;
         let only = |f: &[&str]| TraitFields::Only(f.iter().map(|s| s.to_string()).collect());
         let def = Config::default_config().validate().unwrap();
         assert_eq!(def.plans.account_fields(), &only(&["employees", "personal_account"]));
@@ -1233,15 +1232,7 @@ mod tests {
             &only(&["employees", "flag", "personal_account", "plan"])
         );
         let with_rule = |when: &str| {
-            let mut cfg = Config::default_config();
-            cfg.definition.score.bonus.clear();
-            cfg.definition.rules = vec![RuleConfig {
-                name: "r".into(),
-                description: String::new(),
-                when: when.into(),
-                points: 1,
-                bypass_budget: false,
-            }];
+            let cfg = Config::with_one_rule(when, 1);
             cfg.validate().unwrap_or_else(|e| panic!("`{when}`: {e:?}")).plans.account_fields().clone()
         };
         assert_eq!(with_rule("active_users_28d >= 7.0"), only(&[]));

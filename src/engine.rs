@@ -2230,19 +2230,8 @@ mod tests {
     /// it, not the one made for the definition before.
     #[test]
     fn a_definition_swapped_in_reads_the_traits_it_names() {
-        use crate::config::definition::RuleConfig;
-        let defs_with = |when: &str| {
-            let mut cfg = Config::default_config();
-            cfg.definition.score.bonus.clear();
-            cfg.definition.rules = vec![RuleConfig {
-                name: "r".into(),
-                description: String::new(),
-                when: when.into(),
-                points: 50,
-                bypass_budget: false,
-            }];
-            Arc::new(Definitions::single(Arc::new(cfg.validate().unwrap())))
-        };
+        let defs_with =
+            |when: &str| Arc::new(Definitions::single(Arc::new(Config::with_one_rule(when, 50).validate().unwrap())));
         let keys = |t: &mut T| -> Vec<String> {
             match t.engine.store_mut().account("a").unwrap().traits_cel.get() {
                 Some(cel::Value::Map(m)) => m.map.keys().map(|k| format!("{k:?}")).collect(),

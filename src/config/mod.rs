@@ -352,6 +352,22 @@ impl Config {
         Config::load_layers(None, false).expect("embedded default configuration is valid")
     }
 
+    /// The embedded defaults with one rule (`r`, firing on `when`) and no
+    /// score terms (tests).
+    #[cfg(test)]
+    pub(crate) fn with_one_rule(when: &str, points: u32) -> Config {
+        let mut cfg = Config::default_config();
+        cfg.definition.score.bonus.clear();
+        cfg.definition.rules = vec![definition::RuleConfig {
+            name: "r".into(),
+            description: String::new(),
+            when: when.into(),
+            points,
+            bypass_budget: false,
+        }];
+        cfg
+    }
+
     /// Loads the embedded defaults, then `file` on top, then `PQA_...`
     /// environment variables (`PQA_KAFKA__BOOTSTRAP_SERVERS`, `__` nests).
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigErrors> {
