@@ -110,6 +110,11 @@ impl Definitions {
         })
     }
 
+    /// What an account's `account` variable is made of for these definitions.
+    pub fn account_var(&self) -> AccountVar<'_> {
+        AccountVar { free_mail: &self.live.free_mail_domains, fields: &self.account_fields }
+    }
+
     /// The live definition then the shadows: index 0 is live.
     pub fn all(&self) -> impl Iterator<Item = &Arc<CompiledDefinition>> + '_ {
         std::iter::once(&self.live).chain(self.shadows.iter())
@@ -147,13 +152,6 @@ fn account_fields(live: &CompiledDefinition, shadows: &[Arc<CompiledDefinition>]
     static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let fields = shadows.iter().fold(live.plans.account_fields().clone(), |f, s| f.union(s.plans.account_fields()));
     (fields, IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-}
-
-impl Definitions {
-    /// What an account's `account` variable is made of for these definitions.
-    pub fn account_var(&self) -> AccountVar<'_> {
-        AccountVar { free_mail: &self.live.free_mail_domains, fields: &self.account_fields }
-    }
 }
 
 impl From<Arc<CompiledDefinition>> for Definitions {

@@ -89,11 +89,12 @@ pub struct AccountVar<'a> {
 /// (`account["f"]`, `"f" in account`, `account.size()`, a comprehension
 /// binding the name, ...) or names could resolve otherwise (a container).
 ///
-/// The map is kept with each cached account (see
-/// [`crate::state::store::AccountEntry::traits_cel`]): with all traits, it
-/// was the largest part of a cached account's memory (739 bytes in 16
-/// allocations for the simulator's four traits, more for the dozens a
-/// real `group` call carries), while the shipped definition reads two.
+/// The map is kept with each cached account once an evaluation read it
+/// (see [`crate::state::store::AccountEntry::traits_cel`]). With all
+/// traits, a rule that reads one at every evaluation made it the largest
+/// part of a cached account's memory (739 bytes in 16 allocations for the
+/// simulator's four traits, more for the dozens a real `group` call
+/// carries); the shipped definition reads two, and only once a rule fires.
 /// The expressions cannot tell the difference: the names they can read
 /// have the same values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

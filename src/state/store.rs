@@ -1763,21 +1763,24 @@ impl Store {
     /// them). The first event's lookup would do it otherwise, and after a
     /// restart with a day of ids past the memory's cap that event waited
     /// for both (a scan of millions of keys). `run` calls it before it
-    /// consumes, while not yet ready. Returns the ids loaded into memory
-    /// and those in the filter.
+    /// consumes, while not yet ready. Returns what it loaded now: the ids
+    /// into memory and those into the filter (nothing, when both were
+    /// loaded already).
     pub fn load_dedupe_ids(&mut self) -> Result<(usize, usize), StateError> {
         let window = self.dedupe_window.load(Ordering::Relaxed);
         if window <= 0 {
             return Ok((0, 0));
         }
+        let mut in_memory = 0;
         if !self.ids_loaded {
             self.load_ids()?;
+            in_memory = self.memory_ids.len();
         }
         let mut on_disk = 0;
         if self.ids_on_disk && self.disk_ids.is_none() {
             on_disk = self.build_disk_ids(window, self.watermark_ms())?;
         }
-        Ok((self.memory_ids.len(), on_disk))
+        Ok((in_memory, on_disk))
     }
 
     /// Whether the dedupe column family may hold `id` (see [`DiskIds`]),
@@ -1793,36 +1796,33 @@ impl Store {
     /// it; returns the ids it took.
     fn build_disk_ids(&mut self, window: i64, watermark: i64) -> Result<usize, StateError> {
         let mut n = 0;
-        {
-            let mut d = DiskIds::new(self.memory_ids_cap);
-            let db = self.reader.db.clone();
-            let cf = db.cf_handle(cf::DEDUPE).expect("dedupe column family");
-            // (In total order: see `cf_is_empty`. Once through, so the
-            // blocks it reads do not push the records' out of the cache.)
-            let mut ro = ReadOptions::default();
-            ro.set_total_order_seek(true);
-            ro.fill_cache(false);
-            for item in db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
-                let (k, v) = item?;
-                let (Some(hash), Ok(t)) = (k.get(1..17), <[u8; 8]>::try_from(v.as_ref()).map(i64::from_be_bytes))
-                else {
-                    continue;
-                };
-                // (Ids out of the window never count again.)
-                if t.saturating_add(window) >= watermark {
-                    d.insert(hash.try_into().expect("16 bytes"), t, window, watermark);
-                    n += 1;
-                }
+        let mut d = DiskIds::new(self.memory_ids_cap);
+        let db = self.reader.db.clone();
+        let cf = db.cf_handle(cf::DEDUPE).expect("dedupe column family");
+        // (In total order: see `cf_is_empty`. Once through, so the
+        // blocks it reads do not push the records' out of the cache.)
+        let mut ro = ReadOptions::default();
+        ro.set_total_order_seek(true);
+        ro.fill_cache(false);
+        for item in db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
+            let (k, v) = item?;
+            let (Some(hash), Ok(t)) = (k.get(1..17), <[u8; 8]>::try_from(v.as_ref()).map(i64::from_be_bytes)) else {
+                continue;
+            };
+            // (Ids out of the window never count again.)
+            if t.saturating_add(window) >= watermark {
+                d.insert(hash.try_into().expect("16 bytes"), t, window, watermark);
+                n += 1;
             }
-            // And the ids of the batch in flight and of the next, which may
-            // be written after this scan. (None are, today: an id reaches a
-            // batch only past this filter, and a restore needs a clean
-            // cache. So that a change to either cannot lose a duplicate.)
-            for (k, &(t, _)) in self.inflight_ids.iter().chain(&self.pending_ids) {
-                d.insert(k[1..].try_into().expect("16 bytes"), t, window, watermark);
-            }
-            self.disk_ids = Some(d);
         }
+        // And the ids of the batch in flight and of the next, which may
+        // be written after this scan. (None are, today: an id reaches a
+        // batch only past this filter, and a restore needs a clean
+        // cache. So that a change to either cannot lose a duplicate.)
+        for (k, &(t, _)) in self.inflight_ids.iter().chain(&self.pending_ids) {
+            d.insert(k[1..].try_into().expect("16 bytes"), t, window, watermark);
+        }
+        self.disk_ids = Some(d);
         Ok(n)
     }
 
@@ -4275,7 +4275,7 @@ mod tests {
         assert!(!s.ids_loaded && s.disk_ids.is_none(), "loaded lazily unless asked");
         assert_eq!(s.load_dedupe_ids().unwrap(), (5, 1000));
         assert!(s.ids_loaded && s.disk_ids.is_some());
-        assert_eq!(s.load_dedupe_ids().unwrap(), (5, 0), "once");
+        assert_eq!(s.load_dedupe_ids().unwrap(), (0, 0), "once");
         let reads = s.disk_id_reads;
         assert!(s.seen_before("k4", 100 * h).unwrap());
         assert!(s.seen_before("m999", 100 * h).unwrap());
