@@ -245,9 +245,64 @@ pub struct Published {
     pub attribution_window_ms: std::sync::atomic::AtomicI64,
 }
 
+impl VersionStats {
+    /// Adds another worker's numbers of the same version into these.
+    pub fn add(&mut self, o: &VersionStats) {
+        for (k, n) in &o.announcements {
+            *self.announcements.entry(k.clone()).or_default() += n;
+        }
+        for (rule, tiers) in &o.by_rule {
+            let mine = self.by_rule.entry(rule.clone()).or_default();
+            for (tier, n) in tiers {
+                *mine.entry(tier.clone()).or_default() += n;
+            }
+        }
+        if let Some(a) = o.agreement {
+            let mine = self.agreement.get_or_insert_with(Agreement::default);
+            mine.both += a.both;
+            mine.live_only += a.live_only;
+            mine.shadow_only += a.shadow_only;
+        }
+    }
+}
+
 impl Published {
     pub fn new() -> Arc<Published> {
         Arc::new(Published::default())
+    }
+
+    /// Shows what the workers published as one process's: their numbers
+    /// summed (announcements, agreement, outcomes per rule), the offsets
+    /// at which each took a reload, and the first worker's definitions and
+    /// manifest (all run the same definitions; each worker's state has its
+    /// own manifest, all made by the same definitions).
+    pub fn merge_workers(&self, workers: &[Arc<Published>]) {
+        let Some(first) = workers.first() else { return };
+        *self.definitions.write().expect("lock") = first.current();
+        *self.manifest.write().expect("lock") = first.manifest.read().expect("lock").clone();
+        let mut stats: BTreeMap<String, VersionStats> = BTreeMap::new();
+        let mut since = Vec::new();
+        let mut rules: Vec<crate::outcome::RuleReport> = Vec::new();
+        for w in workers {
+            for (version, st) in w.stats.lock().expect("lock").iter() {
+                stats.entry(version.clone()).or_default().add(st);
+            }
+            since.extend(w.live_since.lock().expect("lock").iter().cloned());
+            for r in w.rules.lock().expect("lock").iter() {
+                match rules.iter_mut().find(|x| x.version == r.version && x.role == r.role) {
+                    Some(x) => x.add(r),
+                    None => rules.push(r.clone()),
+                }
+            }
+        }
+        since.sort();
+        *self.stats.lock().expect("lock") = stats;
+        *self.live_since.lock().expect("lock") = since;
+        *self.rules.lock().expect("lock") = rules;
+        self.attribution_window_ms.store(
+            first.attribution_window_ms.load(std::sync::atomic::Ordering::Relaxed),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     pub fn current(&self) -> Option<Arc<Definitions>> {

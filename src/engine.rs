@@ -29,6 +29,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::budget::{bypasses, BudgetClock, Ledger};
+use crate::config::definition::Budget;
 use crate::config::{CompiledDefinition, InputConfig};
 use crate::decode::{Decoder, Event, Id, Kind, Reason, Rejection};
 use crate::definitions::{Agreement, Definitions, VersionStats};
@@ -217,7 +218,7 @@ struct Resolved {
 pub mod commit;
 #[path = "engine_outcomes.rs"]
 mod outcomes;
-pub use outcomes::announcements;
+pub use outcomes::{announcements, publish_rule_gauges};
 
 /// Memo slots per running definition (see `Detector::memos`).
 const MEMO_SLOTS: usize = 4096;
@@ -274,6 +275,8 @@ pub struct Engine {
     /// Releases of the last day (the budget).
     ledger: Ledger,
     budget_clock: BudgetClock,
+    /// Workers counting the budget apart (see [`Engine::set_budget_workers`]).
+    budget_workers: u32,
     /// Budget time before which nothing waiting can be released or expire.
     next_release_ms: i64,
     /// Outcomes from sales and the per-rule counts.
@@ -448,6 +451,7 @@ impl Engine {
             owned: None,
             ledger: Ledger::default(),
             budget_clock: BudgetClock::Event,
+            budget_workers: 1,
             next_release_ms: 0,
             feedback: Default::default(),
             anon_buf: String::new(),
@@ -624,6 +628,22 @@ impl Engine {
     pub fn set_budget_clock(&mut self, clock: BudgetClock) {
         self.budget_clock = clock;
         self.next_release_ms = 0;
+    }
+
+    /// Counts `1/n` of the budget's caps (rounded up): this engine is one
+    /// of `n` workers of a process (`kafka.workers`), each counting its
+    /// own budget.
+    pub fn set_budget_workers(&mut self, n: u32) {
+        self.budget_workers = n.max(1);
+    }
+
+    /// This engine's share of `budget` (see [`Engine::set_budget_workers`]).
+    fn budget_share<'b>(&self, budget: &'b Budget) -> std::borrow::Cow<'b, Budget> {
+        if self.budget_workers > 1 {
+            std::borrow::Cow::Owned(budget.share(self.budget_workers))
+        } else {
+            std::borrow::Cow::Borrowed(budget)
+        }
     }
 
     /// The budget's clock now.
@@ -1642,7 +1662,7 @@ impl Engine {
         if kind == Announcement::Disqualified {
             return Ok(Route::Out("direct"));
         }
-        let budget = &self.defs.live.budget;
+        let budget = &self.budget_share(&self.defs.live.budget);
         if !budget.is_capped() {
             return Ok(Route::Out("direct"));
         }
@@ -1727,7 +1747,7 @@ impl Engine {
             return Ok(());
         }
         let defs = self.defs.clone();
-        let budget = &defs.live.budget;
+        let budget = &self.budget_share(&defs.live.budget);
         let max_wait_ms = budget.max_wait_seconds * 1000;
         self.ledger.prune(now);
         let waiting: Vec<(String, i32)> =

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::{Engine, EngineError, InputRecord, Output};
 use crate::decode::{Reason, Rejection};
 use crate::definitions::Definitions;
+use crate::telemetry::Metrics;
 use crate::outcome::{self, tally_account, AccountTally, Announcement, AttributedBy, Outcome, RuleReport};
 use crate::state::account::{Sent, StoredOutcome, MAX_OUTCOMES, MAX_SENT};
 
@@ -320,63 +321,7 @@ impl Engine {
         }
         self.feedback.changed = false;
         let reports = self.rule_reports();
-        let labels = || {
-            reports.iter().flat_map(|r| {
-                r.rules.iter().map(|(k, v)| (k.as_str(), v)).chain([("*", &r.all)]).map(move |(rule, t)| (r, rule, t))
-            })
-        };
-        let published = &mut self.feedback.published;
-        let same = published.len() == labels().count()
-            && published
-                .iter()
-                .zip(labels())
-                .all(|((v, role, rule), (r, k, _))| *v == r.version && *role == r.role && rule == k);
-        let m = &self.metrics;
-        if !same {
-            m.rule_announced.reset();
-            m.rule_answered.reset();
-            m.rule_outcomes.reset();
-            m.rule_positive.reset();
-            m.rule_precision.reset();
-            m.rule_lead_time_days.reset();
-            *published = labels().map(|(r, rule, _)| (r.version.clone(), r.role, rule.to_string())).collect();
-        }
-        for (r, rule, t) in labels() {
-            let l = [r.version.as_str(), r.role, rule];
-            m.rule_announced.with_label_values(&l).set(t.announced as i64);
-            m.rule_answered.with_label_values(&l).set(t.answered as i64);
-            m.rule_positive.with_label_values(&l).set(t.positive as i64);
-            for k in outcome::OutcomeKind::ALL {
-                let n = match k {
-                    outcome::OutcomeKind::Accepted => t.accepted,
-                    outcome::OutcomeKind::Rejected => t.rejected,
-                    outcome::OutcomeKind::Opportunity => t.opportunity,
-                    outcome::OutcomeKind::Won => t.won,
-                    outcome::OutcomeKind::Lost => t.lost,
-                };
-                m.rule_outcomes.with_label_values(&[l[0], l[1], l[2], k.as_str()]).set(n as i64);
-            }
-            // (A value there is none of now, such as the precision of a rule
-            // whose answered accounts left, is taken out, as a fresh family
-            // would not have it.)
-            match t.precision() {
-                Some(p) => m.rule_precision.with_label_values(&l).set(p),
-                None if same => {
-                    let _ = m.rule_precision.remove_label_values(&l);
-                }
-                None => {}
-            }
-            for (q, v) in [("0.5", t.median_lead_days()), ("0.9", t.p90_lead_days())] {
-                let l = [l[0], l[1], l[2], q];
-                match v {
-                    Some(v) => m.rule_lead_time_days.with_label_values(&l).set(v),
-                    None if same => {
-                        let _ = m.rule_lead_time_days.remove_label_values(&l);
-                    }
-                    None => {}
-                }
-            }
-        }
+        publish_rule_gauges(&self.metrics, &reports, &mut self.feedback.published);
     }
 
     /// The attribution window in milliseconds.
@@ -411,6 +356,73 @@ fn pending_source(name: &str) -> Option<(i32, i64)> {
     let offset = parts.next()?.parse().ok()?;
     let partition = parts.next()?.parse().ok()?;
     Some((partition, offset))
+}
+
+
+/// Sets the per-rule gauges from `reports` (see
+/// [`Engine::publish_rule_metrics`]); `published` is the label sets set last
+/// time. Also used by a process with workers, for the workers' merged
+/// reports.
+pub fn publish_rule_gauges(
+    m: &Metrics,
+    reports: &[RuleReport],
+    published: &mut Vec<(String, &'static str, String)>,
+) {
+    let labels = || {
+        reports.iter().flat_map(|r| {
+            r.rules.iter().map(|(k, v)| (k.as_str(), v)).chain([("*", &r.all)]).map(move |(rule, t)| (r, rule, t))
+        })
+    };
+    let same = published.len() == labels().count()
+        && published
+            .iter()
+            .zip(labels())
+            .all(|((v, role, rule), (r, k, _))| *v == r.version && *role == r.role && rule == k);
+    if !same {
+        m.rule_announced.reset();
+        m.rule_answered.reset();
+        m.rule_outcomes.reset();
+        m.rule_positive.reset();
+        m.rule_precision.reset();
+        m.rule_lead_time_days.reset();
+        *published = labels().map(|(r, rule, _)| (r.version.clone(), r.role, rule.to_string())).collect();
+    }
+    for (r, rule, t) in labels() {
+        let l = [r.version.as_str(), r.role, rule];
+        m.rule_announced.with_label_values(&l).set(t.announced as i64);
+        m.rule_answered.with_label_values(&l).set(t.answered as i64);
+        m.rule_positive.with_label_values(&l).set(t.positive as i64);
+        for k in outcome::OutcomeKind::ALL {
+            let n = match k {
+                outcome::OutcomeKind::Accepted => t.accepted,
+                outcome::OutcomeKind::Rejected => t.rejected,
+                outcome::OutcomeKind::Opportunity => t.opportunity,
+                outcome::OutcomeKind::Won => t.won,
+                outcome::OutcomeKind::Lost => t.lost,
+            };
+            m.rule_outcomes.with_label_values(&[l[0], l[1], l[2], k.as_str()]).set(n as i64);
+        }
+        // (A value there is none of now, such as the precision of a rule
+        // whose answered accounts left, is taken out, as a fresh family
+        // would not have it.)
+        match t.precision() {
+            Some(p) => m.rule_precision.with_label_values(&l).set(p),
+            None if same => {
+                let _ = m.rule_precision.remove_label_values(&l);
+            }
+            None => {}
+        }
+        for (q, v) in [("0.5", t.median_lead_days()), ("0.9", t.p90_lead_days())] {
+            let l = [l[0], l[1], l[2], q];
+            match v {
+                Some(v) => m.rule_lead_time_days.with_label_values(&l).set(v),
+                None if same => {
+                    let _ = m.rule_lead_time_days.remove_label_values(&l);
+                }
+                None => {}
+            }
+        }
+    }
 }
 
 #[cfg(test)]

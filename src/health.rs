@@ -44,11 +44,28 @@ pub struct Health {
     /// broker would not return): shown by `/readyz`, newest last.
     warnings: Mutex<Vec<String>>,
     reader: Mutex<Option<StateReader>>,
+    /// The workers' own health (`kafka.workers` > 1): each worker sets its
+    /// own problems, so that one worker's good news never clears
+    /// another's; the process is ready when every worker is.
+    workers: Mutex<Vec<Arc<Health>>>,
 }
 
 impl Health {
     pub fn new() -> Arc<Health> {
         Arc::new(Health::default())
+    }
+    /// A worker's health, counted in this one's readiness from now on.
+    pub fn worker(&self) -> Arc<Health> {
+        let w = Health::new();
+        self.workers.lock().expect("lock").push(w.clone());
+        w
+    }
+    /// Whether this process runs workers (`kafka.workers` > 1).
+    pub fn has_workers(&self) -> bool {
+        !self.workers.lock().expect("lock").is_empty()
+    }
+    fn workers(&self) -> Vec<Arc<Health>> {
+        self.workers.lock().expect("lock").clone()
     }
     pub fn set_live(&self, v: bool) {
         self.live.store(v, Ordering::SeqCst);
@@ -98,16 +115,31 @@ impl Health {
         g.push(w);
     }
     pub fn warnings(&self) -> Vec<String> {
-        self.warnings.lock().expect("lock").clone()
+        let mut w = self.warnings.lock().expect("lock").clone();
+        for (i, h) in self.workers().iter().enumerate() {
+            w.extend(h.warnings().into_iter().map(|x| format!("worker {i}: {x}")));
+        }
+        w
     }
     pub fn set_reader(&self, r: StateReader) {
         *self.reader.lock().expect("lock") = Some(r);
     }
+    /// Live, and so is every worker.
     pub fn is_live(&self) -> bool {
-        self.live.load(Ordering::SeqCst)
+        self.live.load(Ordering::SeqCst) && self.workers().iter().all(|w| w.is_live())
     }
-    /// `Ok` when ready, else why not.
+    /// `Ok` when ready (and every worker is), else why not.
     pub fn readiness(&self) -> Result<(), String> {
+        let workers = self.workers();
+        if !workers.is_empty() {
+            if !self.live.load(Ordering::SeqCst) {
+                return Err("not consuming".into());
+            }
+            for (i, w) in workers.iter().enumerate() {
+                w.readiness().map_err(|why| format!("worker {i}: {why}"))?;
+            }
+            return Ok(());
+        }
         if !self.is_live() {
             return Err("not consuming".into());
         }
@@ -119,9 +151,18 @@ impl Health {
             None => Ok(()),
         }
     }
-    /// The state, for the HTTP handlers.
+    /// The state, for the HTTP handlers (the first worker's when there
+    /// are workers).
     pub fn reader(&self) -> Option<StateReader> {
-        self.reader.lock().expect("lock").clone()
+        self.readers().into_iter().next()
+    }
+    /// The state of each worker (one: the process's own).
+    pub fn readers(&self) -> Vec<StateReader> {
+        let own = self.reader.lock().expect("lock").clone();
+        match own {
+            Some(r) => vec![r],
+            None => self.workers().iter().flat_map(|w| w.readers()).collect(),
+        }
     }
 }
 
@@ -155,5 +196,30 @@ mod tests {
         h.set(Source::State, Some("restoring state from the changelog (5 records)"));
         h.clear_problem("restoring state from the changelog (5 records)");
         assert_eq!(h.readiness(), Ok(()));
+    }
+
+    /// With workers, the process is ready when every worker is, and a
+    /// worker's problem is named with the worker; one worker's good news
+    /// does not clear another's problem.
+    #[test]
+    fn every_worker_must_be_ready() {
+        let h = Health::new();
+        h.set_live(true);
+        let (a, b) = (h.worker(), h.worker());
+        assert_eq!(h.readiness(), Err("worker 0: not consuming".into()));
+        for w in [&a, &b] {
+            w.set_live(true);
+        }
+        a.set_assigned(true);
+        assert_eq!(h.readiness(), Err("worker 1: waiting for a partition assignment from the consumer group".into()));
+        b.set_assigned(true);
+        assert_eq!(h.readiness(), Ok(()));
+        b.set(Source::Output, Some("output not acknowledged by Kafka"));
+        a.set(Source::Output, None);
+        assert_eq!(h.readiness(), Err("worker 1: output not acknowledged by Kafka".into()));
+        b.add_warning("skipped".into());
+        assert_eq!(h.warnings(), vec!["worker 1: skipped".to_string()]);
+        b.set_live(false);
+        assert!(!h.is_live(), "a stopped worker stops the process's liveness");
     }
 }

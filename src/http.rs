@@ -92,7 +92,8 @@ pub fn spawn_router(addr: &str, app: Router, shutdown: Shutdown) -> std::io::Res
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    if let Some(r) = s.health.reader() {
+    // (Workers report their own state's size, merged by `render`.)
+    if let (false, Some(r)) = (s.health.has_workers(), s.health.reader()) {
         let (records, bytes) = r.size_estimate();
         s.metrics.state_records.set(records as i64);
         s.metrics.state_bytes.set(bytes as i64);
@@ -118,9 +119,10 @@ async fn readyz(State(s): State<AppState>) -> Response {
 }
 
 async fn account(State(s): State<AppState>, Path(id): Path<String>) -> Response {
-    let Some(reader) = s.health.reader() else {
+    let readers = s.health.readers();
+    if readers.is_empty() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "state not open yet"}))).into_response();
-    };
+    }
     let Some(defs) = s.published.current() else {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "definitions not loaded yet"}))).into_response();
     };
@@ -128,13 +130,35 @@ async fn account(State(s): State<AppState>, Path(id): Path<String>) -> Response 
         0 => crate::outcome::DEFAULT_ATTRIBUTION_WINDOW_MS,
         w => w,
     };
-    let result = tokio::task::spawn_blocking(move || account_view(&defs, &reader, &id, window)).await;
+    let result = tokio::task::spawn_blocking(move || {
+        let reader = owner(&readers, &id)?;
+        account_view(&defs, reader, &id, window)
+    })
+    .await;
     match result {
         Ok(Ok(Some(v))) => Json(v).into_response(),
         Ok(Ok(None)) => (StatusCode::NOT_FOUND, Json(json!({"error": "unknown account"}))).into_response(),
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e}))).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e.to_string()}))).into_response(),
     }
+}
+
+/// The state that holds `id` now: the only one, or, with workers, the
+/// worker's state whose record of it is the latest (a worker that gave the
+/// account's partition away keeps the record it had then; the record's
+/// sequence number only grows, through the changelog too).
+fn owner<'r>(readers: &'r [StateReader], id: &str) -> Result<&'r StateReader, String> {
+    if readers.len() == 1 {
+        return Ok(&readers[0]);
+    }
+    let mut best = (&readers[0], None);
+    for r in readers {
+        let seq = r.account(id).map_err(|e| e.to_string())?.map(|a| a.seq);
+        if seq > best.1 {
+            best = (r, seq);
+        }
+    }
+    Ok(best.0)
 }
 
 /// The explanation of an account, as of the engine's event-time watermark
@@ -417,7 +441,7 @@ async fn definitions(State(s): State<AppState>) -> Response {
     let Some(defs) = s.published.current() else {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "definitions not loaded yet"}))).into_response();
     };
-    let watermark = s.health.reader().and_then(|r| r.watermark_ms().ok());
+    let watermark = s.health.readers().iter().filter_map(|r| r.watermark_ms().ok()).max();
     Json(definitions_view(&defs, &s.published, watermark)).into_response()
 }
 

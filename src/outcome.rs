@@ -1059,3 +1059,13 @@ pub struct RuleReport {
     pub rules: BTreeMap<String, RuleTally>,
     pub all: RuleTally,
 }
+
+impl RuleReport {
+    /// Adds another worker's report of the same definition into this one.
+    pub fn add(&mut self, o: &RuleReport) {
+        for (rule, t) in &o.rules {
+            self.rules.entry(rule.clone()).or_default().add(t);
+        }
+        self.all.add(&o.all);
+    }
+}

@@ -7,7 +7,31 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus::proto::{MetricFamily, MetricType};
+
 use crate::decode::{Kind, Reason};
+
+/// Families a process with workers takes from its own metrics only: the
+/// per-rule numbers, which the process sets from the workers' merged
+/// reports (a precision or a median is not a sum of the workers').
+const PROCESS_ONLY: &[&str] = &[
+    "pqa_rule_announced",
+    "pqa_rule_answered",
+    "pqa_rule_outcomes",
+    "pqa_rule_positive",
+    "pqa_rule_precision",
+    "pqa_rule_lead_time_days",
+];
+/// Gauges merged over the workers by their largest value (every other
+/// gauge is a sum: records, cache entries, lag, queue lengths).
+const MERGED_BY_MAX: &[&str] =
+    &["pqa_ready", "pqa_event_time_watermark_seconds", "pqa_definition_info", "pqa_metric_warming_up"];
+/// Gauges merged by their smallest value other than 0 (0: a worker with
+/// nothing applied yet).
+const MERGED_BY_MIN: &[&str] = &["pqa_low_watermark_seconds"];
 
 /// Every metric the engine exports.
 #[derive(Clone)]
@@ -139,6 +163,9 @@ pub struct Metrics {
     /// Days from the first announcement to the opportunity or win, median
     /// and 90th percentile (`quantile` 0.5, 0.9).
     pub rule_lead_time_days: GaugeVec,
+    /// The workers' own metrics (`kafka.workers` > 1), merged into this
+    /// one's exposition (see [`Metrics::render`]).
+    workers: Arc<Mutex<Vec<Metrics>>>,
 }
 
 impl Metrics {
@@ -577,6 +604,7 @@ impl Metrics {
                 .unwrap(),
             ),
             registry,
+            workers: Arc::default(),
         };
         for o in crate::gaps::GapOutcome::ALL {
             for c in [&m.input_gaps, &m.input_gap_records, &m.changelog_gaps, &m.changelog_gap_records] {
@@ -597,12 +625,130 @@ impl Metrics {
         m
     }
 
-    /// The Prometheus text exposition.
+    /// A worker's metrics (`kafka.workers` > 1): a registry of its own,
+    /// merged into this one's exposition from now on.
+    pub fn worker(&self) -> Metrics {
+        let w = Metrics::new();
+        self.workers.lock().expect("lock").push(w.clone());
+        w
+    }
+
+    /// The Prometheus text exposition. With workers, each series is the
+    /// merge of the workers' series of the same labels (and this one's):
+    /// counters and histograms summed, gauges summed unless named in
+    /// [`MERGED_BY_MAX`] or [`MERGED_BY_MIN`], the [`PROCESS_ONLY`]
+    /// families taken from this one. So the names, labels and meaning are
+    /// the same whatever the number of workers.
     pub fn render(&self) -> String {
+        let workers = self.workers.lock().expect("lock").clone();
+        let families = if workers.is_empty() {
+            self.registry.gather()
+        } else {
+            merge_families(self.registry.gather(), workers.iter().map(|w| w.registry.gather()).collect())
+        };
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        TextEncoder::new().encode(&families, &mut buf).expect("text encoding");
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// The process's families merged with its workers' (see [`Metrics::render`]).
+fn merge_families(own: Vec<MetricFamily>, workers: Vec<Vec<MetricFamily>>) -> Vec<MetricFamily> {
+    // (A family without a series yet is not gathered: a worker's may be
+    // the only one.)
+    let mut by_name: BTreeMap<String, (Option<MetricFamily>, Vec<MetricFamily>)> = BTreeMap::new();
+    for f in own {
+        let name = f.name().to_string();
+        by_name.entry(name).or_default().0 = Some(f);
+    }
+    for f in workers.into_iter().flatten() {
+        let name = f.name().to_string();
+        by_name.entry(name).or_default().1.push(f);
+    }
+    let mut out = Vec::with_capacity(by_name.len());
+    for (name, (own, theirs)) in by_name {
+        if PROCESS_ONLY.contains(&name.as_str()) {
+            out.extend(own);
+            continue;
+        }
+        let mut fam = match own {
+            Some(f) => f,
+            None => {
+                let mut f = theirs[0].clone();
+                f.take_metric();
+                f
+            }
+        };
+        let by_min = MERGED_BY_MIN.contains(&name.as_str());
+        let by_max = MERGED_BY_MAX.contains(&name.as_str());
+        let kind = fam.get_field_type();
+        // Series by their labels, in the order first seen.
+        let mut series: Vec<prometheus::proto::Metric> = Vec::new();
+        // (The process's own value of a gauge merged by its smallest value
+        // is not one: it applies nothing.)
+        let own_metrics = if by_min { Vec::new() } else { fam.take_metric() };
+        for m in own_metrics.into_iter().chain(theirs.into_iter().flat_map(|mut f| f.take_metric())) {
+            let same = series.iter_mut().find(|s| {
+                s.get_label().len() == m.get_label().len()
+                    && s.get_label()
+                        .iter()
+                        .zip(m.get_label())
+                        .all(|(a, b)| a.name() == b.name() && a.value() == b.value())
+            });
+            let Some(s) = same else {
+                if !(by_min && kind == MetricType::GAUGE && m.get_gauge().get_value() == 0.0) {
+                    series.push(m);
+                }
+                continue;
+            };
+            match kind {
+                MetricType::COUNTER => {
+                    let mut c = s.get_counter().clone();
+                    c.set_value(c.get_value() + m.get_counter().get_value());
+                    s.set_counter(c);
+                }
+                MetricType::GAUGE => {
+                    let (a, b) = (s.get_gauge().get_value(), m.get_gauge().get_value());
+                    let v = if by_max {
+                        a.max(b)
+                    } else if by_min {
+                        if b == 0.0 { a } else { a.min(b) }
+                    } else {
+                        a + b
+                    };
+                    let mut g = s.get_gauge().clone();
+                    g.set_value(v);
+                    s.set_gauge(g);
+                }
+                MetricType::HISTOGRAM => {
+                    let (a, b) = (s.get_histogram(), m.get_histogram());
+                    let mut h = a.clone();
+                    h.set_sample_count(a.get_sample_count() + b.get_sample_count());
+                    h.set_sample_sum(a.get_sample_sum() + b.get_sample_sum());
+                    let buckets = a
+                        .get_bucket()
+                        .iter()
+                        .zip(b.get_bucket())
+                        .map(|(x, y)| {
+                            let mut z = x.clone();
+                            z.set_cumulative_count(x.cumulative_count() + y.cumulative_count());
+                            z
+                        })
+                        .collect();
+                    h.set_bucket(buckets);
+                    s.set_histogram(h);
+                }
+                // (The engine registers no summaries or untyped metrics.)
+                _ => {}
+            }
+        }
+        // (The exposition has no empty families.)
+        if !series.is_empty() {
+            fam.set_metric(series);
+            out.push(fam);
+        }
+    }
+    out
 }
 
 impl Default for Metrics {
@@ -620,5 +766,45 @@ mod tests {
         let text = m.render();
         assert!(text.contains("pqa_dead_letters_total{reason=\"too_large\"} 1"));
         assert!(text.contains("pqa_events_total{type=\"track\"} 0"));
+    }
+
+    /// With workers, a series is the workers' merged: counters and
+    /// histograms summed, most gauges summed, the watermarks by their
+    /// largest and smallest, the per-rule numbers the process's own.
+    #[test]
+    fn a_process_with_workers_shows_their_merged_series() {
+        let m = super::Metrics::new();
+        let (a, b) = (m.worker(), m.worker());
+        a.events.with_label_values(&["track"]).inc_by(3);
+        b.events.with_label_values(&["track"]).inc_by(4);
+        a.cache_accounts.set(10);
+        b.cache_accounts.set(5);
+        a.watermark_seconds.set(100);
+        b.watermark_seconds.set(90);
+        a.low_watermark_seconds.set(80);
+        b.low_watermark_seconds.set(0);
+        a.batch_seconds.with_label_values(&["apply"]).observe(0.5);
+        b.batch_seconds.with_label_values(&["apply"]).observe(0.25);
+        a.rule_precision.with_label_values(&["v1", "live", "r"]).set(0.1);
+        m.rule_precision.with_label_values(&["v1", "live", "r"]).set(0.5);
+        m.definition_reloads.inc();
+        // (A family only the workers have a series of.)
+        a.assigned_partitions.with_label_values(&["events"]).inc();
+        b.assigned_partitions.with_label_values(&["events"]).add(2);
+        let text = m.render();
+        for line in [
+            "pqa_events_total{type=\"track\"} 7",
+            "pqa_cache_accounts 15",
+            "pqa_event_time_watermark_seconds 100",
+            "pqa_low_watermark_seconds 80",
+            "pqa_batch_duration_seconds_sum{stage=\"apply\"} 0.75",
+            "pqa_batch_duration_seconds_count{stage=\"apply\"} 2",
+            "pqa_rule_precision{role=\"live\",rule=\"r\",version=\"v1\"} 0.5",
+            "pqa_definition_reloads_total 1",
+            "pqa_assigned_partitions{topic=\"events\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert_eq!(text.matches("# TYPE pqa_events_total").count(), 1, "one family each");
     }
 }

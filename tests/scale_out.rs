@@ -178,3 +178,118 @@ fn three_instances_one_killed_for_good_state_follows_partitions() {
     assert!(compared > 20);
     drop(cluster);
 }
+
+/// `[kafka] workers = n` in the config of `i`.
+fn with_workers(i: &Instance, n: usize) {
+    let text = std::fs::read_to_string(&i.config).unwrap();
+    let text = match text.find("\nworkers = ") {
+        Some(at) => {
+            let end = at + 1 + text[at + 1..].find('\n').unwrap();
+            format!("{}\nworkers = {n}{}", &text[..at], &text[end..])
+        }
+        None => text.replacen("max_batch_wait_ms = 20", &format!("max_batch_wait_ms = 20\nworkers = {n}"), 1),
+    };
+    std::fs::write(&i.config, text).unwrap();
+}
+
+/// Workers in one process are instances of the group in threads: three
+/// workers share the partitions, each with its own state; the process is
+/// killed mid-stream and comes back with two workers, so the third one's
+/// partitions move and their state follows through the changelog. The
+/// output equals a clean replay's; each partition's state, in the worker
+/// that owns it last, equals the clean run's; `/metrics` and
+/// `/accounts/{id}` answer for the process as a whole.
+#[test]
+fn workers_share_the_partitions_and_state_follows_them_between_workers() {
+    let root = tempfile::tempdir().unwrap();
+    let events: Vec<SimEvent> =
+        Simulator::new(SimConfig { seed: 7, accounts: 300, start_unix: 1_767_225_600, days: 60 })
+            .take(EVENTS)
+            .collect();
+    let (clean, clean_state) = clean_replay(root.path(), events.iter().map(|e| e.json.as_str()));
+    assert!(clean.len() > 50, "the history must produce announcements ({})", clean.len());
+
+    let (cluster, bootstrap) = mock_kafka(PARTITIONS);
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", &bootstrap).set("linger.ms", "5").create().unwrap();
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    let half = EVENTS / 2;
+    let a = instance(root.path(), "a", &bootstrap);
+    with_workers(&a, 3);
+    let worker_states = |n: usize| -> Vec<PathBuf> {
+        (0..n).map(|i| if i == 0 { a.state.clone() } else { a.state.join("workers").join(i.to_string()) }).collect()
+    };
+
+    // Three workers take the first half.
+    let mut e = EngineProcess::start(&a.config, a.port, &a.dir, 0);
+    produce_by_account(&producer, &events[..half], PARTITIONS, &mut ends);
+    e.wait_ready(Duration::from_secs(90));
+    wait_caught_up(&bootstrap, &ends, &[&e], Duration::from_secs(180));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&e, "pqa_assigned_partitions") < PARTITIONS as f64 {
+        assert!(Instant::now() < deadline, "the workers never held every partition: {}", e.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let applied = metric(&e, "pqa_events_total") + metric(&e, "pqa_duplicate_events_total");
+    assert!(applied >= half as f64 * 0.9, "/metrics sums the workers' events ({applied} of {half})");
+    assert_eq!(e.http_get("/readyz").map(|r| r.0), Some(200), "{}", e.log());
+    let some_account = &events[0].account;
+    let (status, body) = e.http_get(&format!("/accounts/{some_account}")).unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // Killed mid-stream of the rest; back with two workers.
+    produce_by_account(&producer, &events[half..half + half / 2], PARTITIONS, &mut ends);
+    std::thread::sleep(Duration::from_millis(200));
+    e.child.kill().unwrap();
+    e.child.wait().unwrap();
+    drop(e);
+    with_workers(&a, 2);
+    let mut e = EngineProcess::start(&a.config, a.port, &a.dir, 1);
+    produce_by_account(&producer, &events[half + half / 2..], PARTITIONS, &mut ends);
+    e.wait_ready(Duration::from_secs(90));
+    wait_caught_up(&bootstrap, &ends, &[&e], Duration::from_secs(180));
+    let restored = metric(&e, "pqa_changelog_restored_records_total");
+    assert!(restored > 0.0, "the third worker's partitions were not restored from the changelog: {}", e.log());
+    let st = e.terminate(Duration::from_secs(30));
+    assert!(st.success(), "{st}: {}", e.log());
+    let logs = e.log();
+    drop(e);
+
+    let out = read_until(&bootstrap, "out", 1, Duration::from_secs(60), |r| {
+        r.iter().map(|x| x.json()["id"].as_str().unwrap().to_string()).collect::<BTreeSet<_>>().len() >= clean.len()
+    });
+    assert_same_output(&out, &clean, &logs);
+
+    // Each partition's state is in the worker that read it to its end,
+    // equal to the clean run's.
+    let open = |d: &Path| {
+        let mut c = Config::default_config().state;
+        c.dir = d.to_path_buf();
+        Store::open(&c).unwrap()
+    };
+    let stores: Vec<Store> = worker_states(2).iter().map(|d| open(d)).collect();
+    let reference = open(&clean_state);
+    let mut compared = 0;
+    for acct in events.iter().map(|e| e.account.as_str()).collect::<BTreeSet<_>>().iter().step_by(7) {
+        let p = partition_of(acct, PARTITIONS);
+        let owner = stores
+            .iter()
+            .find(|s| s.reader().offset("events", p).unwrap() == Some(ends[&p]))
+            .unwrap_or_else(|| panic!("no worker read partition {p} to its end"));
+        let strip = |a: Option<pqa_engine::state::AccountState>| {
+            a.map(|mut a| {
+                a.partition = None;
+                a
+            })
+        };
+        assert_eq!(
+            strip(owner.reader().account(acct).unwrap()),
+            strip(reference.reader().account(acct).unwrap()),
+            "state of {acct} differs from the clean run"
+        );
+        assert_eq!(owner.reader().members(acct).unwrap(), reference.reader().members(acct).unwrap(), "members of {acct}");
+        compared += 1;
+    }
+    assert!(compared > 20);
+    drop(cluster);
+}

@@ -134,6 +134,20 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// One worker's share of the caps when `n` workers count the budget
+    /// apart (`kafka.workers`): each cap divided by `n`, rounded up (so a
+    /// cap of 1 stays 1 per worker).
+    pub fn share(&self, n: u32) -> Budget {
+        let part = |c: Option<u32>| c.map(|c| c.div_ceil(n.max(1)));
+        Budget {
+            per_hour: part(self.per_hour),
+            per_day: part(self.per_day),
+            max_wait_seconds: self.max_wait_seconds,
+            rules: self.rules.iter().map(|(r, h, d, b)| (r.clone(), part(*h), part(*d), *b)).collect(),
+            clock: self.clock,
+        }
+    }
+
     /// Whether any cap is set (otherwise every announcement goes out at once).
     pub fn is_capped(&self) -> bool {
         self.per_hour.is_some() || self.per_day.is_some() || self.rules.iter().any(|r| r.1.is_some() || r.2.is_some())

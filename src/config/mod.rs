@@ -23,6 +23,9 @@ pub use deliver::DeliverConfig;
 
 /// The configuration shipped in `config/pqa-engine.toml`, embedded so that
 /// `demo` and tests need no file on disk.
+/// Most workers (`kafka.workers`) a process runs.
+pub const MAX_WORKERS: usize = 64;
+
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/pqa-engine.toml");
 
 /// Everything wrong with a configuration, each with where it is.
@@ -166,6 +169,16 @@ pub struct KafkaConfig {
     /// one input topic, keyed by account.
     #[serde(default = "default_true")]
     pub changelog: bool,
+    /// Consumers in this process, each a member of the group with its own
+    /// partitions, state directory, cache and thread (Kafka Streams'
+    /// `num.stream.threads`): a worker owns the accounts of its partitions,
+    /// so no state is shared between threads. More than one needs the
+    /// changelog (a partition can move between workers as between
+    /// instances). The caches, the message ids kept in memory and the
+    /// budget are split between the workers. Workers beyond the input's
+    /// partition count sit idle.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
     /// The changelog topic; empty means `<group_id>-changelog`. Created if
     /// missing (compacted, as many partitions as the input topic).
     #[serde(default)]
@@ -193,6 +206,9 @@ pub struct KafkaConfig {
     pub producer_properties: BTreeMap<String, String>,
 }
 
+const fn default_workers() -> usize {
+    1
+}
 const fn default_true() -> bool {
     true
 }
@@ -347,6 +363,26 @@ pub struct HttpConfig {
 }
 
 impl Config {
+    /// The configuration of worker `i` of `n` (`kafka.workers`): worker 0
+    /// keeps the state directory (so that going from one worker to several
+    /// keeps its state), worker `i` uses `<dir>/workers/<i>`; each gets
+    /// `1/n` of the caches and of the message ids kept in memory.
+    pub fn for_worker(&self, i: usize, n: usize) -> Config {
+        let mut c = self.clone();
+        if n <= 1 {
+            return c;
+        }
+        if i > 0 {
+            c.state.dir = self.state.dir.join("workers").join(i.to_string());
+        }
+        let share = |v: usize| v.div_ceil(n).max(1);
+        c.state.cache_accounts = share(self.state.cache_accounts);
+        c.state.cache_users = self.state.cache_users.map(share);
+        c.state.block_cache_bytes = share(self.state.block_cache_bytes);
+        c.input.dedupe_memory_ids = share(self.input.dedupe_memory_ids);
+        c
+    }
+
     /// The embedded default configuration.
     pub fn default_config() -> Config {
         Config::load_layers(None, false).expect("embedded default configuration is valid")
@@ -463,6 +499,15 @@ impl Config {
             errs.push(ConfigError::new(
                 "kafka.output_topic",
                 "must not be one of the input topics (the engine would read its own output)",
+            ));
+        }
+        if !(1..=MAX_WORKERS).contains(&self.kafka.workers) {
+            errs.push(ConfigError::new("kafka.workers", format!("must be between 1 and {MAX_WORKERS}")));
+        } else if self.kafka.workers > 1 && !self.kafka.changelog {
+            errs.push(ConfigError::new(
+                "kafka.workers",
+                "more than one worker needs kafka.changelog = true: a partition moves between workers as \
+                 between instances, and its state follows it through the changelog",
             ));
         }
         if self.kafka.changelog {

@@ -61,6 +61,8 @@ pub enum RunError {
     Changelog(#[from] ChangelogError),
     #[error("cannot take the assigned partitions: {0}")]
     Assign(KafkaError),
+    #[error("worker: {0}")]
+    Worker(String),
 }
 
 const BROKERS_DOWN: &str = "no Kafka broker is reachable";
@@ -708,7 +710,8 @@ pub struct RunHooks {
     pub published: Option<Arc<Published>>,
 }
 
-/// [`run`] with the live definition and its shadows, and hooks.
+/// [`run`] with the live definition and its shadows, and hooks: one
+/// worker, or `kafka.workers` of them (see [`run_workers`]).
 pub fn run_definitions(
     cfg: &Config,
     defs: Arc<Definitions>,
@@ -716,6 +719,141 @@ pub fn run_definitions(
     health: Arc<Health>,
     shutdown: &Shutdown,
     hooks: RunHooks,
+) -> Result<(), RunError> {
+    match cfg.kafka.workers {
+        0 | 1 => run_worker(cfg, defs, metrics, health, shutdown, hooks, 1),
+        n => run_workers(cfg, n, defs, metrics, health, shutdown, hooks),
+    }
+}
+
+/// `n` workers in this process (`kafka.workers`), the way Kafka Streams
+/// runs stream threads: each is a consumer of the group with a thread,
+/// state directory, cache, producer and changelog of its own (see
+/// [`Config::for_worker`]), so each worker owns the accounts of the
+/// partitions the group gives it and no state is shared between threads.
+/// What holds for instances of a group holds for workers: a partition that
+/// moves from one to another (a rebalance, a restart) takes its state
+/// through the changelog, which is why workers need it; a user's record
+/// is kept by each worker that sees the user's events, as by each instance
+/// (input keyed by account keeps an account's events, and its members', on
+/// one partition). Each worker counts `1/n` of the budget.
+///
+/// This thread hands reloads to every worker and answers once all have
+/// taken them, shows the workers' published numbers as the process's (see
+/// [`Published::merge_workers`]), and returns when every worker has
+/// stopped: one failing stops the others (the process exits with its
+/// error and is restarted, as with one worker).
+fn run_workers(
+    cfg: &Config,
+    n: usize,
+    defs: Arc<Definitions>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: &Shutdown,
+    hooks: RunHooks,
+) -> Result<(), RunError> {
+    let RunHooks { mut tap, reloads, published } = hooks;
+    tracing::info!(workers = n, "starting workers");
+    let mut threads = Vec::with_capacity(n);
+    let mut to_workers = Vec::with_capacity(n);
+    let mut shown = Vec::with_capacity(n);
+    for i in 0..n {
+        let cfg = cfg.for_worker(i, n);
+        let (tx, rx) = mpsc::channel();
+        let p = Published::new();
+        let hooks = RunHooks { tap: if i == 0 { tap.take() } else { None }, reloads: Some(rx), published: Some(p.clone()) };
+        let (defs, metrics, health, stop) = (defs.clone(), metrics.worker(), health.worker(), shutdown.clone());
+        let t = std::thread::Builder::new()
+            .name(format!("pqa-worker-{i}"))
+            .spawn(move || {
+                let _span = tracing::info_span!("worker", i).entered();
+                let r = run_worker(&cfg, defs, metrics, health, &stop, hooks, n);
+                if let Err(e) = &r {
+                    tracing::error!(cause = %e, "worker stopped: stopping the others");
+                    stop.trigger();
+                }
+                r
+            })
+            .map_err(|e| RunError::Worker(e.to_string()))?;
+        threads.push(t);
+        to_workers.push(tx);
+        shown.push(p);
+    }
+    health.set_live(true);
+    let mut rule_labels = Vec::new();
+    while !threads.iter().all(|t| t.is_finished()) {
+        if let Some(rx) = &reloads {
+            while let Ok(req) = rx.try_recv() {
+                let answer = reload_workers(&to_workers, req.defs);
+                let _ = req.reply.send(answer);
+            }
+        }
+        if let Some(p) = &published {
+            p.merge_workers(&shown);
+            let reports = p.rules.lock().expect("lock").clone();
+            crate::engine::publish_rule_gauges(&metrics, &reports, &mut rule_labels);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    health.set_live(false);
+    let mut result = Ok(());
+    for t in threads {
+        let r = t.join().unwrap_or_else(|_| Err(RunError::Worker("a worker panicked".into())));
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result
+}
+
+/// Hands new definitions to every worker and waits until each has taken
+/// them (between two of its batches): the answer lists every worker's
+/// offsets from which the new version judges events. Workers refuse alike
+/// (their states were made by the same definitions); one that stopped
+/// makes the answer an error.
+fn reload_workers(
+    workers: &[mpsc::Sender<ReloadRequest>],
+    defs: Arc<Definitions>,
+) -> Result<Applied, String> {
+    let mut answers = Vec::with_capacity(workers.len());
+    for tx in workers {
+        let (reply, answer) = mpsc::sync_channel(1);
+        tx.send(ReloadRequest { defs: defs.clone(), reply }).map_err(|_| "a worker has stopped".to_string())?;
+        answers.push(answer);
+    }
+    let mut merged: Option<Applied> = None;
+    let mut refused = None;
+    for (i, a) in answers.into_iter().enumerate() {
+        match a.recv_timeout(Duration::from_secs(55)) {
+            Ok(Ok(applied)) => match &mut merged {
+                Some(m) => m.from_offsets.extend(applied.from_offsets),
+                None => merged = Some(applied),
+            },
+            Ok(Err(why)) => {
+                refused.get_or_insert(format!("worker {i}: {why}"));
+            }
+            Err(_) => {
+                refused.get_or_insert(format!("worker {i} did not take the new definitions"));
+            }
+        }
+    }
+    match (refused, merged) {
+        (None, Some(m)) => Ok(m),
+        (Some(why), _) => Err(why),
+        (None, None) => Err("no worker is running".into()),
+    }
+}
+
+/// One worker: the consumer loop over the partitions the group gives it;
+/// `workers`: how many run in this process (the budget's share).
+fn run_worker(
+    cfg: &Config,
+    defs: Arc<Definitions>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: &Shutdown,
+    hooks: RunHooks,
+    workers: usize,
 ) -> Result<(), RunError> {
     let RunHooks { tap, reloads, published } = hooks;
     let mut store = Store::open(&cfg.state)?;
@@ -726,6 +864,7 @@ pub fn run_definitions(
     if engine.definition().budget.clock != Some(crate::budget::BudgetClock::Event) {
         engine.set_budget_clock(crate::budget::BudgetClock::Wall);
     }
+    engine.set_budget_workers(u32::try_from(workers).unwrap_or(u32::MAX));
     let outcomes_topic = Some(cfg.kafka.outcomes_topic.trim().to_string()).filter(|t| !t.is_empty());
     engine.set_outcomes(
         outcomes_topic,
