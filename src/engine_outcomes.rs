@@ -17,9 +17,9 @@ use std::collections::{BTreeMap, HashMap};
 use super::{Engine, EngineError, InputRecord, Output};
 use crate::decode::{Reason, Rejection};
 use crate::definitions::Definitions;
-use crate::telemetry::Metrics;
 use crate::outcome::{self, tally_account, AccountTally, Announcement, AttributedBy, Outcome, RuleReport};
 use crate::state::account::{Sent, StoredOutcome, MAX_OUTCOMES, MAX_SENT};
+use crate::telemetry::Metrics;
 
 const POSITIONS: &str = "outcome_positions";
 const PENDING: &str = "pending_outcome|";
@@ -358,16 +358,11 @@ fn pending_source(name: &str) -> Option<(i32, i64)> {
     Some((partition, offset))
 }
 
-
 /// Sets the per-rule gauges from `reports` (see
 /// [`Engine::publish_rule_metrics`]); `published` is the label sets set last
 /// time. Also used by a process with workers, for the workers' merged
 /// reports.
-pub fn publish_rule_gauges(
-    m: &Metrics,
-    reports: &[RuleReport],
-    published: &mut Vec<(String, &'static str, String)>,
-) {
+pub fn publish_rule_gauges(m: &Metrics, reports: &[RuleReport], published: &mut Vec<(String, &'static str, String)>) {
     let labels = || {
         reports.iter().flat_map(|r| {
             r.rules.iter().map(|(k, v)| (k.as_str(), v)).chain([("*", &r.all)]).map(move |(rule, t)| (r, rule, t))

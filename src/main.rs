@@ -614,7 +614,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 state = %cfg.state.dir.display(),
                 "pqa-engine starting (SIGHUP or a change of the config file reloads the definition)"
             );
-            let hooks = RunHooks { tap: None, reloads: Some(reload_rx), published: Some(published) };
+            let hooks = RunHooks { tap: None, reloads: Some(reload_rx), published: Some(published), start_line: None };
             let result = pqa_engine::source::run_definitions(&cfg, defs, metrics, health, &shutdown, hooks);
             shutdown.trigger();
             if let Some(t) = http_thread {
@@ -649,13 +649,29 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             if !a.state_dir.join("CURRENT").exists() {
                 anyhow::bail!("no state at {}", a.state_dir.display());
             }
-            cfg.state.dir = a.state_dir;
-            let store = pqa_engine::state::Store::open(&cfg.state)
-                .with_context(|| format!("opening {} (is an engine running on it?)", cfg.state.dir.display()))?;
-            let reader = store.reader();
+            // With `kafka.workers`, the other workers' states are under
+            // `workers/`: an account is read from the one that holds it.
+            let mut dirs = vec![a.state_dir.clone()];
+            if let Ok(rd) = std::fs::read_dir(a.state_dir.join("workers")) {
+                let mut more: Vec<PathBuf> =
+                    rd.flatten().map(|e| e.path()).filter(|p| p.join("CURRENT").exists()).collect();
+                more.sort();
+                dirs.extend(more);
+            }
+            let mut stores = Vec::with_capacity(dirs.len());
+            for dir in dirs {
+                cfg.state.dir = dir;
+                stores.push(
+                    pqa_engine::state::Store::open(&cfg.state).with_context(|| {
+                        format!("opening {} (is an engine running on it?)", cfg.state.dir.display())
+                    })?,
+                );
+            }
+            let readers: Vec<_> = stores.iter().map(|s| s.reader()).collect();
             let defs = Definitions::single(Arc::new(def));
             for id in &a.accounts {
-                let v = http::account_with_members(&defs, &reader, id, cfg.outcomes.attribution_window_ms())
+                let reader = http::owner(&readers, id).map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
+                let v = http::account_with_members(&defs, reader, id, cfg.outcomes.attribution_window_ms())
                     .map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
                 println!("{}", serde_json::json!({ "account_id": id, "state": v }));
             }

@@ -712,7 +712,11 @@ fn merge_families(own: Vec<MetricFamily>, workers: Vec<Vec<MetricFamily>>) -> Ve
                     let v = if by_max {
                         a.max(b)
                     } else if by_min {
-                        if b == 0.0 { a } else { a.min(b) }
+                        if b == 0.0 {
+                            a
+                        } else {
+                            a.min(b)
+                        }
                     } else {
                         a + b
                     };

@@ -236,6 +236,22 @@ fn workers_share_the_partitions_and_state_follows_them_between_workers() {
     let some_account = &events[0].account;
     let (status, body) = e.http_get(&format!("/accounts/{some_account}")).unwrap();
     assert_eq!(status, 200, "{body}");
+    // `/definitions` counts every worker's announcements (published
+    // every half second).
+    let announced = metric(&e, "pqa_announcements_total");
+    assert!(announced > 0.0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = e.http_get("/definitions").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let counts = &v["definitions"][0]["announcements"];
+        let sum: f64 = counts.as_object().map(|m| m.values().filter_map(|x| x.as_f64()).sum()).unwrap_or(0.0);
+        if sum == announced {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/definitions counts {sum} announcements, /metrics {announced}: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // Killed mid-stream of the rest; back with two workers.
     produce_by_account(&producer, &events[half..half + half / 2], PARTITIONS, &mut ends);
@@ -287,9 +303,30 @@ fn workers_share_the_partitions_and_state_follows_them_between_workers() {
             strip(reference.reader().account(acct).unwrap()),
             "state of {acct} differs from the clean run"
         );
-        assert_eq!(owner.reader().members(acct).unwrap(), reference.reader().members(acct).unwrap(), "members of {acct}");
+        assert_eq!(
+            owner.reader().members(acct).unwrap(),
+            reference.reader().members(acct).unwrap(),
+            "members of {acct}"
+        );
         compared += 1;
     }
     assert!(compared > 20);
+
+    // `inspect` finds an account in the worker's state that holds it.
+    let acct = events
+        .iter()
+        .map(|e| e.account.as_str())
+        .find(|a| {
+            let p = partition_of(a, PARTITIONS);
+            stores[1].reader().offset("events", p).unwrap() == Some(ends[&p])
+        })
+        .expect("an account of the second worker");
+    let want_seq = reference.reader().account(acct).unwrap().unwrap().seq;
+    drop(stores);
+    let out =
+        std::process::Command::new(BIN).args(["inspect", "--state-dir"]).arg(&a.state).arg(acct).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"]["seq"], want_seq, "{v}");
     drop(cluster);
 }

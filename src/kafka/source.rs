@@ -708,6 +708,35 @@ pub struct RunHooks {
     pub reloads: Option<mpsc::Receiver<ReloadRequest>>,
     /// Where the running definitions and their numbers are shown (HTTP).
     pub published: Option<Arc<Published>>,
+    /// Where the workers of one process wait for each other before they
+    /// join the group (see [`run_workers`]).
+    pub start_line: Option<Arc<StartLine>>,
+}
+
+/// Workers wait here until all have arrived (or the process stops), then
+/// go on together.
+pub struct StartLine {
+    waiting: Mutex<usize>,
+    all_here: std::sync::Condvar,
+}
+
+impl StartLine {
+    fn new(n: usize) -> StartLine {
+        StartLine { waiting: Mutex::new(n), all_here: std::sync::Condvar::new() }
+    }
+
+    fn wait(&self, shutdown: &Shutdown) {
+        let mut left = self.waiting.lock().expect("lock");
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            self.all_here.notify_all();
+        }
+        // (A worker that failed before arriving stops the process; the
+        // others see it within 100 ms.)
+        while *left > 0 && !shutdown.is_triggered() {
+            left = self.all_here.wait_timeout(left, Duration::from_millis(100)).expect("lock").0;
+        }
+    }
 }
 
 /// [`run`] with the live definition and its shadows, and hooks: one
@@ -752,8 +781,9 @@ fn run_workers(
     shutdown: &Shutdown,
     hooks: RunHooks,
 ) -> Result<(), RunError> {
-    let RunHooks { mut tap, reloads, published } = hooks;
+    let RunHooks { mut tap, reloads, published, .. } = hooks;
     tracing::info!(workers = n, "starting workers");
+    let start_line = Arc::new(StartLine::new(n));
     let mut threads = Vec::with_capacity(n);
     let mut to_workers = Vec::with_capacity(n);
     let mut shown = Vec::with_capacity(n);
@@ -761,7 +791,12 @@ fn run_workers(
         let cfg = cfg.for_worker(i, n);
         let (tx, rx) = mpsc::channel();
         let p = Published::new();
-        let hooks = RunHooks { tap: if i == 0 { tap.take() } else { None }, reloads: Some(rx), published: Some(p.clone()) };
+        let hooks = RunHooks {
+            tap: if i == 0 { tap.take() } else { None },
+            reloads: Some(rx),
+            published: Some(p.clone()),
+            start_line: Some(start_line.clone()),
+        };
         let (defs, metrics, health, stop) = (defs.clone(), metrics.worker(), health.worker(), shutdown.clone());
         let t = std::thread::Builder::new()
             .name(format!("pqa-worker-{i}"))
@@ -811,10 +846,7 @@ fn run_workers(
 /// offsets from which the new version judges events. Workers refuse alike
 /// (their states were made by the same definitions); one that stopped
 /// makes the answer an error.
-fn reload_workers(
-    workers: &[mpsc::Sender<ReloadRequest>],
-    defs: Arc<Definitions>,
-) -> Result<Applied, String> {
+fn reload_workers(workers: &[mpsc::Sender<ReloadRequest>], defs: Arc<Definitions>) -> Result<Applied, String> {
     let mut answers = Vec::with_capacity(workers.len());
     for tx in workers {
         let (reply, answer) = mpsc::sync_channel(1);
@@ -855,7 +887,7 @@ fn run_worker(
     hooks: RunHooks,
     workers: usize,
 ) -> Result<(), RunError> {
-    let RunHooks { tap, reloads, published } = hooks;
+    let RunHooks { tap, reloads, published, start_line } = hooks;
     let mut store = Store::open(&cfg.state)?;
     store.set_changelog(cfg.kafka.changelog);
     health.set_reader(store.reader());
@@ -912,6 +944,12 @@ fn run_worker(
             shutdown: shutdown.clone(),
         })
         .map_err(RunError::Consumer)?;
+    if let Some(line) = &start_line {
+        // The workers join the group together: one joining seconds after
+        // the others would take partitions they had started on, which
+        // then restore from the changelog.
+        line.wait(shutdown);
+    }
     let topics: Vec<&str> = cfg.kafka.input_topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
@@ -1126,6 +1164,43 @@ impl WallClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A worker answering reloads as `answer` says, on its own thread.
+    fn fake_worker(answer: impl Fn(usize) -> Result<Applied, String> + Send + 'static) -> mpsc::Sender<ReloadRequest> {
+        let (tx, rx) = mpsc::channel::<ReloadRequest>();
+        std::thread::spawn(move || {
+            for (n, req) in rx.into_iter().enumerate() {
+                let _ = req.reply.send(answer(n));
+            }
+        });
+        tx
+    }
+
+    fn applied(partition: i32) -> Applied {
+        Applied {
+            live: "v2".into(),
+            shadows: vec![],
+            from_offsets: vec![OffsetAt { topic: "events".into(), partition, offset: 10 }],
+            metrics: vec![],
+        }
+    }
+
+    /// A reload answers once every worker has taken it, with every
+    /// worker's offsets; one worker refusing, or stopped, makes it an
+    /// error that names the worker.
+    #[test]
+    fn a_reload_reaches_every_worker() {
+        let defs = Arc::new(Definitions::single(Arc::new(Config::default_config().validate().unwrap())));
+        let workers = vec![fake_worker(|_| Ok(applied(0))), fake_worker(|_| Ok(applied(1)))];
+        let a = reload_workers(&workers, defs.clone()).unwrap();
+        assert_eq!(a.live, "v2");
+        assert_eq!(a.from_offsets.iter().map(|o| o.partition).collect::<Vec<_>>(), vec![0, 1]);
+        let workers = vec![fake_worker(|_| Ok(applied(0))), fake_worker(|_| Err("the state cannot serve it".into()))];
+        assert_eq!(reload_workers(&workers, defs.clone()).unwrap_err(), "worker 1: the state cannot serve it");
+        let (gone, _) = mpsc::channel();
+        let workers = vec![fake_worker(|_| Ok(applied(0))), gone];
+        assert_eq!(reload_workers(&workers, defs).unwrap_err(), "a worker has stopped");
+    }
 
     /// The engine's defaults give way to the user's properties; the
     /// settings its guarantees depend on do not.
