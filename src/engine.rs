@@ -1364,6 +1364,12 @@ impl Engine {
         }
         st.last_seen_ms = st.last_seen_ms.max(ev.time_ms);
         st.seq += 1;
+        if st.partition.is_some_and(|p| p != entry.partition) {
+            // Fine for one instance with one worker; several would each
+            // hold part of this account (README, "What scale-out needs
+            // from the input").
+            self.metrics.account_partition_changes.inc();
+        }
         st.partition = Some(entry.partition);
         entry.dirty = true;
         let idx = bucket_of(ev.time_ms, layout.bucket_seconds);
@@ -2243,6 +2249,36 @@ mod tests {
                 .map(|h| def.signal_name(h.signal).to_string())
                 .collect()
         }
+    }
+
+    /// An account's event on another input partition than its last is
+    /// counted (the input is not keyed by account); a first event, or one
+    /// on the same partition, is not.
+    #[test]
+    fn events_of_an_account_on_two_partitions_are_counted() {
+        let mut t = T::new();
+        t.track("u1", "a", "x", 2);
+        t.track("u2", "a", "x", 3);
+        let changes = |t: &T| t.engine.metrics.account_partition_changes.get();
+        assert_eq!(changes(&t), 0);
+        let on = |t: &mut T, partition: i32, offset: i64, acct: &str| {
+            let json = format!(
+                r#"{{"type":"track","event":"x","userId":"u9","context":{{"groupId":"{acct}"}},"timestamp":"2026-01-04T10:00:00Z"}}"#
+            );
+            let rec = InputRecord {
+                topic: "t",
+                partition,
+                offset,
+                key: None,
+                payload: Some(json.as_bytes()),
+                timestamp_ms: None,
+            };
+            t.engine.process(&rec, &mut t.out).unwrap();
+        };
+        on(&mut t, 1, 0, "b");
+        assert_eq!(changes(&t), 0, "an account's first event");
+        on(&mut t, 1, 1, "a");
+        assert_eq!(changes(&t), 1);
     }
 
     /// An account's map of traits holds what the running definitions read;

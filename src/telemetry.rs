@@ -108,6 +108,11 @@ pub struct Metrics {
     /// Valid events counted and skipped (normal traffic that cannot count:
     /// a visitor with no account), by reason.
     pub events_skipped: IntCounterVec,
+    /// Events of an account that arrived on another input partition than
+    /// the account's previous event: the input is not keyed by account,
+    /// which several instances or workers need (see README, "What scale-out
+    /// needs from the input").
+    pub account_partition_changes: IntCounter,
     /// Announcements of the live definition by what the budget did with
     /// them: `queued` (no room: waits), `released` (went out after
     /// waiting), `direct` (went out at once, within the budget), `bypassed`
@@ -419,6 +424,14 @@ impl Metrics {
                         "Offsets in changelog ranges the broker skipped during a restore, by outcome",
                     ),
                     &["outcome"],
+                )
+                .unwrap(),
+            ),
+            account_partition_changes: reg(
+                &registry,
+                IntCounter::new(
+                    "pqa_account_partition_changes_total",
+                    "Events of an account on another input partition than its previous event (input not keyed by account)",
                 )
                 .unwrap(),
             ),

@@ -230,6 +230,7 @@ fn workers_share_the_partitions_and_state_follows_them_between_workers() {
         assert!(Instant::now() < deadline, "the workers never held every partition: {}", e.log());
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert_eq!(metric(&e, "pqa_account_partition_changes_total"), 0.0, "the input is keyed by account");
     let applied = metric(&e, "pqa_events_total") + metric(&e, "pqa_duplicate_events_total");
     assert!(applied >= half as f64 * 0.9, "/metrics sums the workers' events ({applied} of {half})");
     assert_eq!(e.http_get("/readyz").map(|r| r.0), Some(200), "{}", e.log());
