@@ -570,6 +570,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(a) => {
+            cap_c_allocator_arenas();
             let overrides = a.overrides();
             let mut cfg = load(a.config.as_ref())?;
             overrides(&mut cfg);
@@ -811,6 +812,24 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
 /// (see `ReplayOptions::stop`): killed at once, a temporary state stayed in
 /// the temporary directory, hundreds of MiB to GiB for a long history.
 const INTERRUPTED: u8 = 130;
+
+/// Caps the arenas of the C allocator (glibc's `malloc`, which RocksDB and
+/// librdkafka use; Rust's allocations go to mimalloc) at two, unless
+/// `MALLOC_ARENA_MAX` says otherwise. glibc gives threads arenas of their
+/// own, up to eight per core, each keeping what was freed in it: `run`'s
+/// many threads (workers, their RocksDB and Kafka clients) held 55-200 MiB
+/// more at the peak with the default than with two, at the same rate
+/// (BENCHMARKS.md, "Workers").
+fn cap_c_allocator_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before
+        // `run` starts its threads.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
