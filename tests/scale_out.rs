@@ -57,21 +57,32 @@ fn instance(root: &Path, name: &str, bootstrap: &str) -> Instance {
     Instance { dir, state, config, port }
 }
 
-#[test]
-fn three_instances_one_killed_for_good_state_follows_partitions() {
-    let root = tempfile::tempdir().unwrap();
+/// A simulated history, the state and output of its clean `replay` (the
+/// reference), and a mock cluster with a producer to send it through.
+struct Setup {
+    events: Vec<SimEvent>,
+    clean: Vec<serde_json::Value>,
+    clean_state: PathBuf,
+    cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    bootstrap: String,
+    producer: BaseProducer,
+}
+
+fn setup(root: &Path, seed: u64) -> Setup {
     let events: Vec<SimEvent> =
-        Simulator::new(SimConfig { seed: 5, accounts: 300, start_unix: 1_767_225_600, days: 60 })
-            .take(EVENTS)
-            .collect();
-
-    // The reference: a clean replay.
-    let (clean, clean_state) = clean_replay(root.path(), events.iter().map(|e| e.json.as_str()));
+        Simulator::new(SimConfig { seed, accounts: 300, start_unix: 1_767_225_600, days: 60 }).take(EVENTS).collect();
+    let (clean, clean_state) = clean_replay(root, events.iter().map(|e| e.json.as_str()));
     assert!(clean.len() > 50, "the history must produce announcements ({})", clean.len());
-
     let (cluster, bootstrap) = mock_kafka(PARTITIONS);
     let producer: BaseProducer =
         ClientConfig::new().set("bootstrap.servers", &bootstrap).set("linger.ms", "5").create().unwrap();
+    Setup { events, clean, clean_state, cluster, bootstrap, producer }
+}
+
+#[test]
+fn three_instances_one_killed_for_good_state_follows_partitions() {
+    let root = tempfile::tempdir().unwrap();
+    let Setup { events, clean, clean_state, cluster, bootstrap, producer } = setup(root.path(), 5);
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     let third = EVENTS / 3;
 
@@ -202,16 +213,7 @@ fn with_workers(i: &Instance, n: usize) {
 #[test]
 fn workers_share_the_partitions_and_state_follows_them_between_workers() {
     let root = tempfile::tempdir().unwrap();
-    let events: Vec<SimEvent> =
-        Simulator::new(SimConfig { seed: 7, accounts: 300, start_unix: 1_767_225_600, days: 60 })
-            .take(EVENTS)
-            .collect();
-    let (clean, clean_state) = clean_replay(root.path(), events.iter().map(|e| e.json.as_str()));
-    assert!(clean.len() > 50, "the history must produce announcements ({})", clean.len());
-
-    let (cluster, bootstrap) = mock_kafka(PARTITIONS);
-    let producer: BaseProducer =
-        ClientConfig::new().set("bootstrap.servers", &bootstrap).set("linger.ms", "5").create().unwrap();
+    let Setup { events, clean, clean_state, cluster, bootstrap, producer } = setup(root.path(), 7);
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     let half = EVENTS / 2;
     let a = instance(root.path(), "a", &bootstrap);
