@@ -144,10 +144,10 @@ async fn account(State(s): State<AppState>, Path(id): Path<String>) -> Response 
 }
 
 /// The state that holds `id` now: the only one, or, with workers (`run`,
-/// `inspect`), the
-/// worker's state whose record of it is the latest (a worker that gave the
-/// account's partition away keeps the record it had then; the record's
-/// sequence number only grows, through the changelog too).
+/// `inspect`), the worker's state whose record of it is the latest (a
+/// worker that gave the account's partition away keeps the record it had
+/// then; the record's sequence number only grows, through the changelog
+/// too).
 pub fn owner<'r>(readers: &'r [StateReader], id: &str) -> Result<&'r StateReader, String> {
     if readers.len() == 1 {
         return Ok(&readers[0]);

@@ -985,6 +985,23 @@ fn compile_expr(
 mod tests {
     use super::*;
 
+    /// A worker's share of the budget: every cap divided, rounded up (a cap
+    /// of 1 stays 1), the rest as it was.
+    #[test]
+    fn each_worker_counts_its_share_of_the_budget() {
+        let b = Budget {
+            per_hour: Some(10),
+            per_day: Some(1),
+            max_wait_seconds: 60,
+            rules: vec![("r".into(), Some(7), None, false), ("hand".into(), None, None, true)],
+            clock: None,
+        };
+        let s = b.share(3);
+        assert_eq!((s.per_hour, s.per_day, s.max_wait_seconds), (Some(4), Some(1), 60));
+        assert_eq!(s.rules, vec![("r".into(), Some(3), None, false), ("hand".into(), None, None, true)]);
+        assert_eq!(b.share(1), b);
+    }
+
     fn base() -> DefinitionConfig {
         crate::config::Config::default_config().definition
     }

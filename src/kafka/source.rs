@@ -804,8 +804,7 @@ fn run_workers(
                 let _span = tracing::info_span!("worker", i).entered();
                 let r = run_worker(&cfg, defs, metrics, health, &stop, hooks, n);
                 if let Err(e) = &r {
-                    tracing::error!(cause = %e, "worker stopped: stopping the others");
-                    stop.trigger();
+                    tracing::error!(cause = %e, "worker failed");
                 }
                 r
             })
@@ -817,6 +816,13 @@ fn run_workers(
     health.set_live(true);
     let mut rule_labels = Vec::new();
     while !threads.iter().all(|t| t.is_finished()) {
+        if threads.iter().any(|t| t.is_finished()) && !shutdown.is_triggered() {
+            // A worker that stopped on its own (an error, a panic): its
+            // partitions would move to the others, and the process would
+            // look healthy with a worker less. Stop, to be restarted.
+            tracing::error!("a worker stopped: stopping the others");
+            shutdown.trigger();
+        }
         if let Some(rx) = &reloads {
             while let Ok(req) = rx.try_recv() {
                 let answer = reload_workers(&to_workers, req.defs);
@@ -855,8 +861,10 @@ fn reload_workers(workers: &[mpsc::Sender<ReloadRequest>], defs: Arc<Definitions
     }
     let mut merged: Option<Applied> = None;
     let mut refused = None;
+    // (Within the reloader's 60 s, for all workers together.)
+    let deadline = Instant::now() + Duration::from_secs(55);
     for (i, a) in answers.into_iter().enumerate() {
-        match a.recv_timeout(Duration::from_secs(55)) {
+        match a.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(Ok(applied)) => match &mut merged {
                 Some(m) => m.from_offsets.extend(applied.from_offsets),
                 None => merged = Some(applied),
