@@ -21,11 +21,11 @@ use serde::{Deserialize, Serialize};
 pub use definition::{CompiledDefinition, DefinitionConfig};
 pub use deliver::DeliverConfig;
 
-/// The configuration shipped in `config/pqa-engine.toml`, embedded so that
-/// `demo` and tests need no file on disk.
 /// Most workers (`kafka.workers`) a process runs.
 pub const MAX_WORKERS: usize = 64;
 
+/// The configuration shipped in `config/pqa-engine.toml`, embedded so that
+/// `demo` and tests need no file on disk.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/pqa-engine.toml");
 
 /// Everything wrong with a configuration, each with where it is.
@@ -344,8 +344,14 @@ impl StateConfig {
     /// reading evicted users back). Four times as many was faster still but
     /// took the 3 M-account memory run to 939 MiB, near the 1 GiB that
     /// `deploy/` gives the engine (BENCHMARKS.md, "Users cached apart").
-    pub fn users_capacity(&self) -> usize {
-        self.cache_users.unwrap_or(self.cache_accounts.saturating_mul(2))
+    /// A temporary state (`temporary`: a `replay` or `backtest` without a
+    /// state directory) has no block cache, and the memory a kept state
+    /// gives it goes to users: four times `cache_accounts` (`h10m` 6 %
+    /// faster, its peak memory where it was with the block cache:
+    /// BENCHMARKS.md, eighth session).
+    pub fn users_capacity(&self, temporary: bool) -> usize {
+        let times = if temporary { 4 } else { 2 };
+        self.cache_users.unwrap_or(self.cache_accounts.saturating_mul(times))
     }
 }
 
@@ -687,12 +693,12 @@ mod tests {
     /// accounts), and zero is refused by name.
     #[test]
     fn the_users_cache_is_its_own_setting() {
-        assert_eq!(Config::default_config().state.users_capacity(), 200_000);
+        assert_eq!(Config::default_config().state.users_capacity(false), 200_000);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "[state]\ncache_accounts = 10\ncache_users = 25\n").unwrap();
         let cfg = Config::load(Some(&p)).unwrap();
-        assert_eq!((cfg.state.cache_accounts, cfg.state.users_capacity()), (10, 25));
+        assert_eq!((cfg.state.cache_accounts, cfg.state.users_capacity(false)), (10, 25));
         std::fs::write(&p, "[state]\ncache_users = 0\n").unwrap();
         let errs = Config::load(Some(&p)).unwrap().validate().unwrap_err();
         assert!(errs.0.iter().any(|e| e.path == "state.cache_users"), "{errs:?}");

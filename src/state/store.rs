@@ -1051,14 +1051,7 @@ impl Store {
         // The cache holds its capacity, and what a batch adds to it until
         // the commit.
         let room = |capacity: usize| capacity.saturating_add(capacity / 8).min(1 << 22);
-        // A temporary state has no block cache (above): the memory a kept
-        // state gives it goes to users, four times the accounts unless
-        // `cache_users` says otherwise (`h10m` 6 % faster, its peak memory
-        // where it was with the block cache: BENCHMARKS.md, eighth session).
-        let users_capacity = match (ephemeral, cfg.cache_users) {
-            (true, None) => cfg.cache_accounts.saturating_mul(4),
-            _ => cfg.users_capacity(),
-        };
+        let users_capacity = cfg.users_capacity(ephemeral);
         Ok(Store {
             reader,
             accounts: Records::with_capacity(room(cfg.cache_accounts)),
@@ -3049,9 +3042,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let mut c = cfg(dir.path());
             c.cache_users = cache_users;
-            if !ephemeral {
-                assert_eq!(c.users_capacity(), kept_users);
-            }
+            assert_eq!(c.users_capacity(ephemeral), kept_users);
             let mut s = if ephemeral { Store::open_ephemeral(&c) } else { Store::open(&c) }.unwrap();
             for i in 0..10 {
                 s.account(&format!("a{i}")).unwrap().dirty = true;
