@@ -233,6 +233,14 @@ impl<K: PartialEq + Clone> GapGuard<K> {
         });
     }
 
+    /// Whether the partition is being watched.
+    pub fn is_watched<Q: ?Sized>(&self, key: &Q) -> bool
+    where
+        K: PartialEq<Q>,
+    {
+        self.watches.iter().any(|w| w.key == *key)
+    }
+
     /// Stops watching a partition (revoked, or no longer read).
     pub fn forget<Q: ?Sized>(&mut self, key: &Q)
     where

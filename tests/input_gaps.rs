@@ -34,24 +34,42 @@ use pqa_engine::sim::{SimConfig, SimEvent, Simulator};
 use pqa_engine::source::{run_with, InputTap};
 use pqa_engine::telemetry::Metrics;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::BaseProducer;
 
 const PARTITIONS: i32 = 4;
 
 /// The tap: a broker that skips to the next multiple of `batch` after a seek.
+/// With `after_rebalance`, also after each rebalance on every partition it
+/// has returned records of, from the one after the last: librdkafka pauses
+/// the partitions a member keeps while the group rebalances and fetches
+/// them again from the application's position when it resumes them.
+#[derive(Default)]
 struct SkipsToBatchStart {
     batch: i64,
+    after_rebalance: bool,
     skip_until: HashMap<i32, i64>,
+    last: HashMap<i32, i64>,
     dropped: Arc<AtomicU64>,
+    /// Partitions a rebalance left to be fetched inside a batch.
+    armed_by_rebalance: Arc<AtomicU64>,
+}
+
+impl SkipsToBatchStart {
+    fn fetch_from(&mut self, partition: i32, offset: i64) -> bool {
+        if offset % self.batch == 0 {
+            self.skip_until.remove(&partition);
+            false
+        } else {
+            self.skip_until.insert(partition, (offset / self.batch + 1) * self.batch);
+            true
+        }
+    }
 }
 
 impl InputTap for SkipsToBatchStart {
     fn positioned(&mut self, _topic: &str, partition: i32, offset: i64) {
-        if offset % self.batch == 0 {
-            self.skip_until.remove(&partition);
-        } else {
-            self.skip_until.insert(partition, (offset / self.batch + 1) * self.batch);
-        }
+        self.fetch_from(partition, offset);
     }
 
     fn passes(&mut self, _topic: &str, partition: i32, offset: i64) -> bool {
@@ -62,7 +80,20 @@ impl InputTap for SkipsToBatchStart {
             }
             _ => {
                 self.skip_until.remove(&partition);
+                self.last.insert(partition, offset);
                 true
+            }
+        }
+    }
+
+    fn rebalanced(&mut self) {
+        if !self.after_rebalance {
+            return;
+        }
+        let positions: Vec<(i32, i64)> = self.last.iter().map(|(p, last)| (*p, last + 1)).collect();
+        for (partition, next) in positions {
+            if self.fetch_from(partition, next) {
+                self.armed_by_rebalance.fetch_add(1, Ordering::SeqCst);
             }
         }
     }
@@ -74,6 +105,51 @@ fn produce_all(bootstrap: &str, events: &[SimEvent], ends: &mut BTreeMap<i32, i6
     produce_by_account(&producer, events, PARTITIONS, ends);
 }
 
+/// The engine running in this process, on a thread of its own.
+struct Running {
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: Shutdown,
+    thread: std::thread::JoinHandle<Result<(), pqa_engine::source::RunError>>,
+}
+
+impl Running {
+    fn start(cfg: &Config, tap: Option<Box<dyn InputTap>>) -> Running {
+        let def = Arc::new(cfg.validate().unwrap());
+        let (metrics, health, shutdown) = (Metrics::new(), Health::new(), Shutdown::new());
+        let thread = {
+            let (cfg, metrics, health, shutdown) = (cfg.clone(), metrics.clone(), health.clone(), shutdown.clone());
+            std::thread::spawn(move || run_with(&cfg, def, metrics, health, &shutdown, tap))
+        };
+        Running { metrics, health, shutdown, thread }
+    }
+
+    /// Waits until Kafka's committed offsets reach `ends`.
+    fn wait_for(&self, bootstrap: &str, ends: &BTreeMap<i32, i64>) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !caught_up(bootstrap, ends) {
+            assert!(!self.thread.is_finished(), "the engine stopped");
+            let progress: Vec<String> = self
+                .metrics
+                .render()
+                .lines()
+                .filter(|l| l.starts_with("pqa_input_gap") || l.starts_with("pqa_events"))
+                .map(str::to_string)
+                .collect();
+            assert!(Instant::now() < deadline, "the engine did not catch up with {ends:?}:\n{}", progress.join("\n"));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the engine; returns its metrics and its `/readyz` warnings.
+    fn stop(self) -> (Metrics, Vec<String>) {
+        self.shutdown.trigger();
+        self.thread.join().unwrap().unwrap();
+        // (The health keeps a reader of the state: drop it with the run.)
+        (self.metrics, self.health.warnings())
+    }
+}
+
 /// Runs the engine in this process until Kafka's committed offsets reach
 /// `ends`; returns its metrics and its `/readyz` warnings.
 fn run_until_caught_up(
@@ -82,28 +158,9 @@ fn run_until_caught_up(
     ends: &BTreeMap<i32, i64>,
     tap: Option<Box<dyn InputTap>>,
 ) -> (Metrics, Vec<String>) {
-    let def = Arc::new(cfg.validate().unwrap());
-    let (metrics, health, shutdown) = (Metrics::new(), Health::new(), Shutdown::new());
-    let engine = {
-        let (cfg, metrics, health, shutdown) = (cfg.clone(), metrics.clone(), health.clone(), shutdown.clone());
-        std::thread::spawn(move || run_with(&cfg, def, metrics, health, &shutdown, tap))
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !caught_up(bootstrap, ends) {
-        assert!(!engine.is_finished(), "the engine stopped: {:?}", engine.join());
-        let progress: Vec<String> = metrics
-            .render()
-            .lines()
-            .filter(|l| l.starts_with("pqa_input_gap") || l.starts_with("pqa_events"))
-            .map(str::to_string)
-            .collect();
-        assert!(Instant::now() < deadline, "the engine did not catch up with {ends:?}:\n{}", progress.join("\n"));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    shutdown.trigger();
-    engine.join().unwrap().unwrap();
-    // (The health keeps a reader of the state: drop it with the run.)
-    (metrics, health.warnings())
+    let running = Running::start(cfg, tap);
+    running.wait_for(bootstrap, ends);
+    running.stop()
 }
 
 fn gaps(m: &Metrics, outcome: &str) -> (u64, u64) {
@@ -135,7 +192,7 @@ fn records_a_broker_skips_after_a_seek_are_found_and_applied() {
     // 2. A restart on a broker that skips to the next multiple of 1,000.
     produce_all(&bootstrap, &events[10_001..20_000], &mut ends);
     let dropped = Arc::new(AtomicU64::new(0));
-    let tap = SkipsToBatchStart { batch: 1_000, skip_until: HashMap::new(), dropped: dropped.clone() };
+    let tap = SkipsToBatchStart { batch: 1_000, dropped: dropped.clone(), ..Default::default() };
     let (m, warnings) = run_until_caught_up(&cfg, &bootstrap, &ends, Some(Box::new(tap)));
     let mid_batch: Vec<i64> = first_ends.values().copied().filter(|x| x % 1_000 != 0).collect();
     assert!(!mid_batch.is_empty(), "the restart must land inside a batch somewhere ({first_ends:?})");
@@ -156,7 +213,7 @@ fn records_a_broker_skips_after_a_seek_are_found_and_applied() {
     // returns nothing at all until the engine probes back to offset 0.
     produce_all(&bootstrap, &events[20_000..], &mut ends);
     let dropped = Arc::new(AtomicU64::new(0));
-    let tap = SkipsToBatchStart { batch: 1_000_000, skip_until: HashMap::new(), dropped: dropped.clone() };
+    let tap = SkipsToBatchStart { batch: 1_000_000, dropped: dropped.clone(), ..Default::default() };
     let (m, warnings) = run_until_caught_up(&cfg, &bootstrap, &ends, Some(Box::new(tap)));
     assert!(dropped.load(Ordering::SeqCst) > 0, "the tap hid the tail");
     assert!(warnings.is_empty(), "{warnings:?}");
@@ -171,6 +228,75 @@ fn records_a_broker_skips_after_a_seek_are_found_and_applied() {
     assert_same_output(&out, &clean, "");
 
     // And every account's state equals the clean run's.
+    let accounts: BTreeSet<&str> = events.iter().map(|e| e.account.as_str()).collect();
+    assert_same_state(&state, &clean_state, accounts.iter().copied());
+}
+
+/// tansu 0.6.0 (memory storage) lost records with no seek of the engine's
+/// to show it: when a second member joined, librdkafka paused the
+/// partitions the engine kept and fetched them again from the engine's
+/// position, inside a batch, and the broker returned the batches after it.
+/// The engine watches the partitions it keeps through a rebalance as it
+/// does after a seek.
+#[test]
+fn records_a_broker_skips_after_a_rebalance_are_found_and_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let events: Vec<SimEvent> =
+        Simulator::new(SimConfig { seed: 6, accounts: 400, start_unix: 1_767_225_600, days: 60 })
+            .take(16_000)
+            .collect();
+    let (clean, clean_state) = clean_replay(dir.path(), events.iter().map(|e| e.json.as_str()));
+    assert!(clean.len() > 10, "the history must produce announcements ({})", clean.len());
+
+    let (_cluster, bootstrap) = mock_kafka(PARTITIONS);
+    let state = dir.path().join("state");
+    let config = write_config(dir.path(), &bootstrap, &state, free_port(), "");
+    let cfg = Config::load(Some(&config)).unwrap();
+
+    let mut ends = BTreeMap::new();
+    produce_all(&bootstrap, &events[..8_001], &mut ends);
+    let armed = Arc::new(AtomicU64::new(0));
+    let tap = SkipsToBatchStart {
+        batch: 1_000,
+        after_rebalance: true,
+        armed_by_rebalance: armed.clone(),
+        ..Default::default()
+    };
+    let running = Running::start(&cfg, Some(Box::new(tap)));
+    running.wait_for(&bootstrap, &ends);
+
+    // A second member joins the group and leaves again: two rebalances,
+    // through which the engine keeps some of its partitions.
+    let other: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "pqa-it")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    other.subscribe(&["events"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while other.assignment().unwrap().count() == 0 {
+        assert!(Instant::now() < deadline, "the second member got no partition");
+        let _ = other.poll(Duration::from_millis(100));
+    }
+    let taken = other.assignment().unwrap().count();
+    assert!(taken < PARTITIONS as usize, "the engine must keep partitions through the rebalance ({taken} taken)");
+    drop(other);
+    assert!(armed.load(Ordering::SeqCst) > 0, "a partition kept through a rebalance resumes inside a batch");
+
+    produce_all(&bootstrap, &events[8_001..], &mut ends);
+    running.wait_for(&bootstrap, &ends);
+    let (m, warnings) = running.stop();
+    for lost in ["truncated", "unreadable"] {
+        assert_eq!(gaps(&m, lost), (0, 0), "{lost}");
+    }
+    assert!(warnings.is_empty(), "nothing lost, nothing to warn of: {warnings:?}");
+    let out = read_until(&bootstrap, "out", 1, Duration::from_secs(60), |r| {
+        r.iter().map(|x| x.json()["id"].as_str().unwrap().to_string()).collect::<BTreeSet<_>>().len() >= clean.len()
+    });
+    assert_same_output(&out, &clean, "");
     let accounts: BTreeSet<&str> = events.iter().map(|e| e.account.as_str()).collect();
     assert_same_state(&state, &clean_state, accounts.iter().copied());
 }

@@ -13,10 +13,12 @@
 //! nothing behind and an assignment seeks to the offsets RocksDB holds (the
 //! truth on restart), not Kafka's.
 //!
-//! The first record of a partition after an assignment (or a seek) must be
-//! at the offset the state expects: a broker that skips records after a
-//! seek inside a record batch is caught by a [`GapGuard`], which seeks back
-//! until the skipped range is returned (see [`crate::gaps`]).
+//! The first record of a partition after an assignment, a seek or a
+//! rebalance it was kept through (librdkafka fetches those again from the
+//! application's position) must be at the offset the state expects: a
+//! broker that skips records after a fetch inside a record batch is caught
+//! by a [`GapGuard`], which seeks back until the skipped range is returned
+//! (see [`crate::gaps`]).
 
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -93,6 +95,11 @@ pub trait InputTap: Send {
     /// Whether the record reaches the loop (`false`: as if the broker had
     /// not returned it).
     fn passes(&mut self, topic: &str, partition: i32, offset: i64) -> bool;
+    /// A rebalance began (each callback: partitions assigned or revoked).
+    /// librdkafka pauses the partitions it keeps while the group
+    /// rebalances and, on resuming them, fetches again from the position
+    /// the application reached, which is usually inside a record batch.
+    fn rebalanced(&mut self) {}
 }
 
 /// Everything a batch touches: the engine, the producers and the batch in
@@ -169,7 +176,7 @@ impl Worker {
                     partition,
                     got = offset,
                     seek = to,
-                    "the broker returned a record past the expected offset after a seek; seeking back"
+                    "the broker returned a record past the expected offset after a seek or a rebalance; seeking back"
                 );
                 self.seek_back(consumer, topic, partition, to);
                 false
@@ -182,6 +189,37 @@ impl Worker {
         self.gaps.expect(TopicPartition::new(topic, partition), next, Instant::now());
         if let Some(tap) = &mut self.tap {
             tap.positioned(topic, partition, next);
+        }
+    }
+
+    /// Watches the partitions this consumer keeps through a rebalance
+    /// (all it holds but `moving`), once the batch in hand is durable, at
+    /// the offsets RocksDB holds for them. librdkafka pauses those
+    /// partitions during the rebalance and fetches them again from the
+    /// application's position when it resumes them: a broker that skips
+    /// the rest of a batch after a fetch inside it (tansu 0.6.0's memory
+    /// storage) would skip records there with no seek of ours to show it.
+    /// On any other broker the next record is at the expected offset and
+    /// the watch ends at once.
+    fn watch_kept(&mut self, consumer: &BaseConsumer<EngineContext>, moving: &[(String, i32)]) {
+        let assignment = match consumer.assignment() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(cause = %e, "the assignment, to watch the partitions kept");
+                return;
+            }
+        };
+        let reader = self.engine.reader();
+        for e in assignment.elements() {
+            let (topic, partition) = (e.topic(), e.partition());
+            if moving.iter().any(|(t, p)| t == topic && *p == partition) || self.gaps.is_watched(&(topic, partition)) {
+                continue;
+            }
+            match reader.offset(topic, partition) {
+                Ok(Some(next)) => self.gaps.expect(TopicPartition::new(topic, partition), next, Instant::now()),
+                Ok(None) => {}
+                Err(e) => tracing::error!(cause = %e, topic, partition, "cannot read stored offset"),
+            }
         }
     }
 
@@ -448,6 +486,9 @@ impl ConsumerContext for EngineContext {
             }
             return;
         };
+        if let Some(tap) = &mut worker.tap {
+            tap.rebalanced();
+        }
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 // Finish the batch in hand (it may hold records of other
@@ -459,6 +500,7 @@ impl ConsumerContext for EngineContext {
                     tracing::error!(cause = %e, "cannot take over the assigned partitions");
                     worker.failed.get_or_insert(e);
                 }
+                worker.watch_kept(consumer, &elems);
                 let reader = worker.engine.reader();
                 let mut known = TopicPartitionList::new();
                 let mut unknown = TopicPartitionList::new();
@@ -523,6 +565,7 @@ impl ConsumerContext for EngineContext {
                     tracing::error!(cause = %e, "cannot finish the batch before giving up partitions");
                     worker.failed.get_or_insert(e);
                 }
+                worker.watch_kept(consumer, &elems);
                 if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                     if !matches!(e, KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)) {
                         tracing::warn!(cause = %e, "commit on revoke failed");
