@@ -163,37 +163,66 @@ fn run_until_caught_up(
     running.stop()
 }
 
+/// A generated history, its clean replay, and a mock cluster to read it from.
+struct Setup {
+    dir: tempfile::TempDir,
+    events: Vec<SimEvent>,
+    clean: Vec<serde_json::Value>,
+    clean_state: std::path::PathBuf,
+    _cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    bootstrap: String,
+    cfg: Config,
+}
+
+impl Setup {
+    fn new(seed: u64, n: usize) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let events: Vec<SimEvent> =
+            Simulator::new(SimConfig { seed, accounts: 400, start_unix: 1_767_225_600, days: 60 }).take(n).collect();
+        let (clean, clean_state) = clean_replay(dir.path(), events.iter().map(|e| e.json.as_str()));
+        assert!(clean.len() > 10, "the history must produce announcements ({})", clean.len());
+        let (cluster, bootstrap) = mock_kafka(PARTITIONS);
+        let config = write_config(dir.path(), &bootstrap, &dir.path().join("state"), free_port(), "");
+        let cfg = Config::load(Some(&config)).unwrap();
+        Setup { dir, events, clean, clean_state, _cluster: cluster, bootstrap, cfg }
+    }
+
+    /// The output topic holds exactly the clean run's announcements, and
+    /// every account's state equals the clean run's: nothing lost, nothing
+    /// counted twice.
+    fn assert_as_clean(&self) {
+        let out = read_until(&self.bootstrap, "out", 1, Duration::from_secs(60), |r| {
+            r.iter().map(|x| x.json()["id"].as_str().unwrap().to_string()).collect::<BTreeSet<_>>().len()
+                >= self.clean.len()
+        });
+        assert_same_output(&out, &self.clean, "");
+        let accounts: BTreeSet<&str> = self.events.iter().map(|e| e.account.as_str()).collect();
+        assert_same_state(&self.dir.path().join("state"), &self.clean_state, accounts.iter().copied());
+    }
+}
+
 fn gaps(m: &Metrics, outcome: &str) -> (u64, u64) {
     (m.input_gaps.with_label_values(&[outcome]).get(), m.input_gap_records.with_label_values(&[outcome]).get())
 }
 
 #[test]
 fn records_a_broker_skips_after_a_seek_are_found_and_applied() {
-    let dir = tempfile::tempdir().unwrap();
-    let events: Vec<SimEvent> =
-        Simulator::new(SimConfig { seed: 5, accounts: 400, start_unix: 1_767_225_600, days: 60 })
-            .take(24_000)
-            .collect();
-    let (clean, clean_state) = clean_replay(dir.path(), events.iter().map(|e| e.json.as_str()));
-    assert!(clean.len() > 20, "the history must produce announcements ({})", clean.len());
-
-    let (_cluster, bootstrap) = mock_kafka(PARTITIONS);
-    let state = dir.path().join("state");
-    let config = write_config(dir.path(), &bootstrap, &state, free_port(), "");
-    let cfg = Config::load(Some(&config)).unwrap();
+    let t = Setup::new(5, 24_000);
+    let Setup { events, bootstrap, cfg, .. } = &t;
+    let bootstrap = bootstrap.as_str();
 
     // 1. The first part, read as any broker returns it.
     let mut ends = BTreeMap::new();
-    produce_all(&bootstrap, &events[..10_001], &mut ends);
+    produce_all(bootstrap, &events[..10_001], &mut ends);
     let first_ends = ends.clone();
-    let (m, _) = run_until_caught_up(&cfg, &bootstrap, &ends, None);
+    let (m, _) = run_until_caught_up(cfg, bootstrap, &ends, None);
     assert_eq!(gaps(&m, "recovered"), (0, 0), "no gap on a broker that returns whole batches");
 
     // 2. A restart on a broker that skips to the next multiple of 1,000.
-    produce_all(&bootstrap, &events[10_001..20_000], &mut ends);
+    produce_all(bootstrap, &events[10_001..20_000], &mut ends);
     let dropped = Arc::new(AtomicU64::new(0));
     let tap = SkipsToBatchStart { batch: 1_000, dropped: dropped.clone(), ..Default::default() };
-    let (m, warnings) = run_until_caught_up(&cfg, &bootstrap, &ends, Some(Box::new(tap)));
+    let (m, warnings) = run_until_caught_up(cfg, bootstrap, &ends, Some(Box::new(tap)));
     let mid_batch: Vec<i64> = first_ends.values().copied().filter(|x| x % 1_000 != 0).collect();
     assert!(!mid_batch.is_empty(), "the restart must land inside a batch somewhere ({first_ends:?})");
     let skipped: u64 = mid_batch.iter().map(|x| (x / 1_000 + 1) * 1_000 - x).sum::<i64>() as u64;
@@ -211,10 +240,10 @@ fn records_a_broker_skips_after_a_seek_are_found_and_applied() {
 
     // 3. A restart where the rest of the log is one batch: the broker
     // returns nothing at all until the engine probes back to offset 0.
-    produce_all(&bootstrap, &events[20_000..], &mut ends);
+    produce_all(bootstrap, &events[20_000..], &mut ends);
     let dropped = Arc::new(AtomicU64::new(0));
     let tap = SkipsToBatchStart { batch: 1_000_000, dropped: dropped.clone(), ..Default::default() };
-    let (m, warnings) = run_until_caught_up(&cfg, &bootstrap, &ends, Some(Box::new(tap)));
+    let (m, warnings) = run_until_caught_up(cfg, bootstrap, &ends, Some(Box::new(tap)));
     assert!(dropped.load(Ordering::SeqCst) > 0, "the tap hid the tail");
     assert!(warnings.is_empty(), "{warnings:?}");
     for lost in ["truncated", "unreadable"] {
@@ -222,14 +251,7 @@ fn records_a_broker_skips_after_a_seek_are_found_and_applied() {
     }
     assert!(m.duplicates_skipped.get() > 0, "the probe re-read records already applied");
     // The output topic holds exactly the clean run's announcements.
-    let out = read_until(&bootstrap, "out", 1, Duration::from_secs(60), |r| {
-        r.iter().map(|x| x.json()["id"].as_str().unwrap().to_string()).collect::<BTreeSet<_>>().len() >= clean.len()
-    });
-    assert_same_output(&out, &clean, "");
-
-    // And every account's state equals the clean run's.
-    let accounts: BTreeSet<&str> = events.iter().map(|e| e.account.as_str()).collect();
-    assert_same_state(&state, &clean_state, accounts.iter().copied());
+    t.assert_as_clean();
 }
 
 /// tansu 0.6.0 (memory storage) lost records with no seek of the engine's
@@ -240,21 +262,12 @@ fn records_a_broker_skips_after_a_seek_are_found_and_applied() {
 /// does after a seek.
 #[test]
 fn records_a_broker_skips_after_a_rebalance_are_found_and_applied() {
-    let dir = tempfile::tempdir().unwrap();
-    let events: Vec<SimEvent> =
-        Simulator::new(SimConfig { seed: 6, accounts: 400, start_unix: 1_767_225_600, days: 60 })
-            .take(16_000)
-            .collect();
-    let (clean, clean_state) = clean_replay(dir.path(), events.iter().map(|e| e.json.as_str()));
-    assert!(clean.len() > 10, "the history must produce announcements ({})", clean.len());
-
-    let (_cluster, bootstrap) = mock_kafka(PARTITIONS);
-    let state = dir.path().join("state");
-    let config = write_config(dir.path(), &bootstrap, &state, free_port(), "");
-    let cfg = Config::load(Some(&config)).unwrap();
+    let t = Setup::new(6, 16_000);
+    let Setup { events, bootstrap, cfg, .. } = &t;
+    let bootstrap = bootstrap.as_str();
 
     let mut ends = BTreeMap::new();
-    produce_all(&bootstrap, &events[..8_001], &mut ends);
+    produce_all(bootstrap, &events[..8_001], &mut ends);
     let armed = Arc::new(AtomicU64::new(0));
     let tap = SkipsToBatchStart {
         batch: 1_000,
@@ -262,13 +275,13 @@ fn records_a_broker_skips_after_a_rebalance_are_found_and_applied() {
         armed_by_rebalance: armed.clone(),
         ..Default::default()
     };
-    let running = Running::start(&cfg, Some(Box::new(tap)));
-    running.wait_for(&bootstrap, &ends);
+    let running = Running::start(cfg, Some(Box::new(tap)));
+    running.wait_for(bootstrap, &ends);
 
     // A second member joins the group and leaves again: two rebalances,
     // through which the engine keeps some of its partitions.
     let other: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", "pqa-it")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.auto.commit", "false")
@@ -286,17 +299,12 @@ fn records_a_broker_skips_after_a_rebalance_are_found_and_applied() {
     drop(other);
     assert!(armed.load(Ordering::SeqCst) > 0, "a partition kept through a rebalance resumes inside a batch");
 
-    produce_all(&bootstrap, &events[8_001..], &mut ends);
-    running.wait_for(&bootstrap, &ends);
+    produce_all(bootstrap, &events[8_001..], &mut ends);
+    running.wait_for(bootstrap, &ends);
     let (m, warnings) = running.stop();
     for lost in ["truncated", "unreadable"] {
         assert_eq!(gaps(&m, lost), (0, 0), "{lost}");
     }
     assert!(warnings.is_empty(), "nothing lost, nothing to warn of: {warnings:?}");
-    let out = read_until(&bootstrap, "out", 1, Duration::from_secs(60), |r| {
-        r.iter().map(|x| x.json()["id"].as_str().unwrap().to_string()).collect::<BTreeSet<_>>().len() >= clean.len()
-    });
-    assert_same_output(&out, &clean, "");
-    let accounts: BTreeSet<&str> = events.iter().map(|e| e.account.as_str()).collect();
-    assert_same_state(&state, &clean_state, accounts.iter().copied());
+    t.assert_as_clean();
 }
