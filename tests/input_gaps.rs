@@ -208,6 +208,7 @@ fn gaps(m: &Metrics, outcome: &str) -> (u64, u64) {
 #[test]
 fn records_a_broker_skips_after_a_seek_are_found_and_applied() {
     let t = Setup::new(5, 24_000);
+    assert!(t.clean.len() > 20, "the history must produce announcements ({})", t.clean.len());
     let Setup { events, bootstrap, cfg, .. } = &t;
     let bootstrap = bootstrap.as_str();
 
